@@ -1,0 +1,5 @@
+import sys
+
+from openwan.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,185 @@
+"""Find, read and load Wan weights in any layout a user may have on disk.
+
+Accepted for the DiT: an official release folder (config.json + one or sharded safetensors with an index), a
+diffusers-format folder (the whole "-Diffusers" release or its transformer/ subfolder), or a single
+.safetensors / .pth file in either key layout. For the VAE: the release's Wan2.1_VAE.pth (no config: the
+architecture is read off the tensor shapes), a folder holding it, or a diffusers vae/ folder.
+
+Models are built on the meta device and take the file's tensors with ``assign=True``, so a 14B model is never
+in memory twice; ``dtype`` converts floating-point weights while loading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from openwan.checkpoints import keymaps
+from openwan.checkpoints.infer import infer_dit_config, infer_vae_config
+from openwan.checkpoints.io import CheckpointError, load_strict, read_state_dict
+from openwan.configs import DiTConfig, VAEConfig
+
+log = logging.getLogger(__name__)
+
+DIT_RELEASE_HINT = (
+    "a Wan release folder holds config.json and diffusion_pytorch_model.safetensors (14B models: "
+    "diffusion_pytorch_model-0000k-of-0000N.safetensors shards plus diffusion_pytorch_model.safetensors.index.json); "
+    "a diffusers-format release holds transformer/ with the same files"
+)
+VAE_RELEASE_HINT = "a Wan2.1 release folder holds Wan2.1_VAE.pth; a diffusers-format release holds vae/"
+_COMFY_PREFIX = "model.diffusion_model."
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable JSON config ({err}); restore it from the release.") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object; restore it from the release.")
+    return data
+
+
+def _dit_weight_files(folder: Path) -> Path:
+    for name in ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors",
+                 "model.safetensors.index.json", "model.safetensors"):
+        if (folder / name).is_file():
+            return folder / name
+    singles = sorted(folder.glob("*.safetensors"))
+    if len(singles) == 1:
+        return singles[0]
+    raise CheckpointError(f"{folder} holds no DiT weights I can identify; {DIT_RELEASE_HINT}.")
+
+
+def _official_dit_config(data: dict) -> DiTConfig:
+    known = {f.name for f in fields(DiTConfig)}
+    extra = sorted(k for k in data if k not in known and not k.startswith("_"))
+    if extra:
+        log.warning("ignoring config.json keys openwan does not use: %s", ", ".join(extra))
+    return DiTConfig.from_dict({k: v for k, v in data.items() if k in known})
+
+
+def _dit_config_from_json(data: dict) -> DiTConfig:
+    if "num_attention_heads" in data:
+        return keymaps.dit_config_from_diffusers(data)
+    return _official_dit_config(data)
+
+
+def resolve_dit(path: str | Path) -> tuple[Path, dict | None]:
+    """The weights file (or shard index) of a DiT and its config.json contents, if any."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; point at a Wan release folder or weights file ({DIT_RELEASE_HINT}).")
+    if path.is_dir():
+        if (path / "transformer").is_dir():
+            path = path / "transformer"
+        elif (path / "high_noise_model").is_dir() and (path / "low_noise_model").is_dir():
+            raise CheckpointError(
+                f"{path} is a Wan2.2 two-expert release; load {path / 'high_noise_model'} or "
+                f"{path / 'low_noise_model'} (the pipeline loads both)."
+            )
+        config = path / "config.json"
+        return _dit_weight_files(path), (_read_json(config) if config.is_file() else None)
+    config = path.parent / "config.json"
+    data = _read_json(config) if config.is_file() else None
+    if data is not None and not ({"dim", "num_attention_heads"} & set(data)):
+        data = None  # a config.json beside the file that belongs to something else
+    return path, data
+
+
+def load_dit_state(path: str | Path, config: DiTConfig | dict | None = None) -> tuple[DiTConfig, dict]:
+    """Read a DiT checkpoint from any supported layout: (config, official-layout state dict)."""
+    weights, data = resolve_dit(path)
+    state = read_state_dict(weights)
+    if any(k.startswith(_COMFY_PREFIX) for k in state):
+        state = {k.removeprefix(_COMFY_PREFIX): v for k, v in state.items()}
+    if keymaps.is_diffusers_dit(state):
+        state = keymaps.dit_diffusers_to_official(state)
+    if isinstance(config, dict):
+        config = _dit_config_from_json(config)
+    if config is None:
+        config = _dit_config_from_json(data) if data is not None else infer_dit_config(state)
+    # Wan2.1 and Wan2.2 i2v configs are identical; only the tensors tell whether CLIP image tokens are used.
+    present = infer_dit_config(state, head_dim=config.head_dim).image_tokens
+    if present != config.image_tokens:
+        config = config.replace(image_tokens=present)
+    return config, state
+
+
+def load_dit(path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+             config: DiTConfig | dict | None = None):
+    """A ``WanDiT`` with the weights at ``path`` (any supported layout), in ``dtype`` on ``device``."""
+    from openwan.models.dit import WanDiT
+
+    config, state = load_dit_state(path, config)
+    with torch.device("meta"):
+        model = WanDiT(config)
+    load_strict(model, state, source=path, dtype=dtype)
+    return _finish(model, device)
+
+
+def _vae_weight_file(folder: Path) -> tuple[Path, dict | None]:
+    if (folder / "vae").is_dir():
+        folder = folder / "vae"
+    config = folder / "config.json"
+    if config.is_file():
+        for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+            if (folder / name).is_file():
+                return folder / name, _read_json(config)
+    for name in ("Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors"):
+        if (folder / name).is_file():
+            return folder / name, None
+    if (folder / "Wan2.2_VAE.pth").is_file():
+        raise CheckpointError(
+            f"{folder} holds the Wan2.2 VAE (Wan2.2_VAE.pth), which openwan does not load yet; use a Wan2.1 VAE."
+        )
+    raise CheckpointError(f"{folder} holds no VAE weights I can identify; {VAE_RELEASE_HINT}.")
+
+
+def _vae_structure_from_diffusers(state: dict) -> VAEConfig:
+    """Enough architecture to rename diffusers keys (levels, blocks per level); shapes decide the rest later."""
+    up = {int(k.split(".")[2]) for k in state if k.startswith("decoder.up_blocks.")}
+    resnets = {int(k.split(".")[4]) for k in state if k.startswith("decoder.up_blocks.0.resnets.")}
+    if not up or not resnets:
+        raise CheckpointError("the VAE weights have no decoder.up_blocks tensors; this is not a Wan2.1 VAE.")
+    levels = max(up) + 1
+    return VAEConfig(dim_mult=(1,) * levels, num_res_blocks=max(resnets), temporal_downsample=(False,) * (levels - 1))
+
+
+def load_vae_state(path: str | Path) -> tuple[VAEConfig, dict]:
+    """Read a Wan2.1 VAE from any supported layout: (config, official-layout state dict)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; point at the VAE file or a release folder ({VAE_RELEASE_HINT}).")
+    weights, data = _vae_weight_file(path) if path.is_dir() else (path, None)
+    state = read_state_dict(weights)
+    if keymaps.is_diffusers_vae(state):
+        structure = keymaps.vae_config_from_diffusers(data) if data else _vae_structure_from_diffusers(state)
+        state = keymaps.vae_diffusers_to_official(state, structure)
+    config = infer_vae_config(state)
+    if data:  # a diffusers config carries the latent statistics
+        stats = keymaps.vae_config_from_diffusers(data)
+        config = config.replace(latents_mean=stats.latents_mean, latents_std=stats.latents_std)
+    return config, state
+
+
+def load_vae(path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
+    """A ``WanVAE`` with the weights at ``path``, in ``dtype`` on ``device``."""
+    from openwan.models.vae import WanVAE
+
+    config, state = load_vae_state(path)
+    with torch.device("meta"):
+        model = WanVAE(config)
+    load_strict(model, state, source=path, dtype=dtype)
+    return _finish(model, device)
+
+
+def _finish(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
+    leftover = [n for n, b in model.named_buffers() if b.is_meta]
+    if leftover:  # internal invariant: models keep no state outside their checkpoint keys
+        raise RuntimeError(f"{type(model).__name__} has buffers not restored by loading: {leftover[:4]}")
+    return model.to(device).eval()

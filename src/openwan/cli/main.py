@@ -1,0 +1,35 @@
+"""``openwan <command>``. User errors (ValueError) are printed as one line and exit with status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from openwan.cli import convert as convert_cmd
+
+COMMANDS = {"convert": convert_cmd}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openwan", description="Wan video generation models: an open implementation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except ValueError as err:  # user errors: one sentence, no traceback
+        print(f"openwan {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"openwan {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+"""Typed, frozen configs for every Wan network, and the preset registry.
+
+Each config mirrors the keys of the release's own ``config.json`` (DiT) or the constructor arguments of
+the reference (VAE, umT5, CLIP), so ``from_dict`` reads a release file as is. Every model kind has a
+``tiny`` preset that runs in milliseconds on a CPU; tests and the bundled demo model use it.
+
+This module imports nothing of openwan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+# Keys a release config.json carries that describe the file, not the network.
+_METADATA_KEYS = {"_class_name", "_diffusers_version", "_name_or_path", "architectures"}
+
+
+def _from_dict(cls: type[C], data: dict[str, Any], aliases: dict[str, str] | None = None) -> C:
+    """Build ``cls`` from a plain dict; unknown keys are an error that lists the allowed ones."""
+    allowed = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _METADATA_KEYS:
+            continue
+        key = (aliases or {}).get(key, key)
+        if key not in allowed:
+            raise ValueError(
+                f"{cls.__name__} has no field {key!r}; use one of: {', '.join(sorted(allowed))}."
+            )
+        if isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _to_dict(cfg: Any) -> dict[str, Any]:
+    out = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+# --------------------------------------------------------------------------------------------- DiT
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """The Wan diffusion transformer. Field names are those of the release's config.json.
+
+    ``image_tokens`` is not in the release config: Wan2.1 i2v/flf2v take CLIP image tokens (257 / 2×257)
+    through ``img_emb``, Wan2.2's i2v experts take none although their config.json is identical. The
+    loaders set it from the checkpoint's tensors; ``from_dict`` derives a default from ``model_type``.
+    """
+
+    model_type: str = "t2v"  # t2v | i2v | flf2v | ti2v
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    text_len: int = 512
+    in_dim: int = 16
+    dim: int = 1536
+    ffn_dim: int = 8960
+    freq_dim: int = 256
+    text_dim: int = 4096
+    out_dim: int = 16
+    num_heads: int = 12
+    num_layers: int = 30
+    window_size: tuple[int, int] = (-1, -1)
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    eps: float = 1e-6
+    image_tokens: int = -1  # -1: derive from model_type (i2v 257, flf2v 514, else 0)
+    image_dim: int = 1280  # CLIP ViT-H/14 width
+
+    def __post_init__(self) -> None:
+        if self.model_type not in ("t2v", "i2v", "flf2v", "ti2v"):
+            raise ValueError(f"model_type must be one of t2v, i2v, flf2v, ti2v; got {self.model_type!r}.")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim ({self.dim}) must be a multiple of num_heads ({self.num_heads}).")
+        if self.head_dim % 2 or self.head_dim < 6:
+            raise ValueError(f"head_dim = dim / num_heads must be even and >= 6 for 3D RoPE; got {self.head_dim}.")
+        if self.image_tokens == -1:
+            default = {"i2v": 257, "flf2v": 514}.get(self.model_type, 0)
+            object.__setattr__(self, "image_tokens", default)
+        if self.image_tokens not in (0, 257, 514):
+            raise ValueError(f"image_tokens must be 0, 257 (i2v) or 514 (flf2v); got {self.image_tokens}.")
+        object.__setattr__(self, "patch_size", tuple(self.patch_size))
+        object.__setattr__(self, "window_size", tuple(self.window_size))
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def rope_split(self) -> tuple[int, int, int]:
+        """Channels of head_dim given to the (t, h, w) axes: 44/42/42 for head_dim 128."""
+        hw = 2 * (self.head_dim // 6)
+        return self.head_dim - 2 * hw, hw, hw
+
+    @property
+    def has_image_input(self) -> bool:
+        return self.image_tokens > 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiTConfig:
+        return _from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Release-style config.json contents (``image_tokens`` kept so a round trip is exact)."""
+        return {"_class_name": "WanModel", **_to_dict(self)}
+
+    def replace(self, **changes: Any) -> DiTConfig:
+        return dataclasses.replace(self, **changes)
+
+
+_WAN_14B = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+
+DIT_PRESETS: dict[str, DiTConfig] = {
+    "t2v-1.3B": DiTConfig(model_type="t2v", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
+    "t2v-14B": DiTConfig(model_type="t2v", **_WAN_14B),
+    "i2v-14B-480p": DiTConfig(model_type="i2v", in_dim=36, **_WAN_14B),
+    "i2v-14B-720p": DiTConfig(model_type="i2v", in_dim=36, **_WAN_14B),
+    "flf2v-14B": DiTConfig(model_type="flf2v", in_dim=36, **_WAN_14B),
+    "t2v-A14B-high": DiTConfig(model_type="t2v", **_WAN_14B),
+    "t2v-A14B-low": DiTConfig(model_type="t2v", **_WAN_14B),
+    "i2v-A14B-high": DiTConfig(model_type="i2v", in_dim=36, image_tokens=0, **_WAN_14B),
+    "i2v-A14B-low": DiTConfig(model_type="i2v", in_dim=36, image_tokens=0, **_WAN_14B),
+    "ti2v-5B": DiTConfig(model_type="ti2v", in_dim=48, out_dim=48, dim=3072, ffn_dim=14336, num_heads=24,
+                         num_layers=30),
+    # Tiny presets: same code paths, sizes that run in milliseconds on a CPU.
+    "tiny": DiTConfig(model_type="t2v", dim=64, ffn_dim=128, freq_dim=32, text_dim=32, num_heads=2,
+                      num_layers=2, text_len=32),
+    "tiny-i2v": DiTConfig(model_type="i2v", in_dim=36, dim=64, ffn_dim=128, freq_dim=32, text_dim=32,
+                          num_heads=2, num_layers=2, text_len=32, image_dim=32),
+    "tiny-flf2v": DiTConfig(model_type="flf2v", in_dim=36, dim=64, ffn_dim=128, freq_dim=32, text_dim=32,
+                            num_heads=2, num_layers=2, text_len=32, image_dim=32),
+    "tiny-ti2v": DiTConfig(model_type="ti2v", in_dim=48, out_dim=48, dim=64, ffn_dim=128, freq_dim=32,
+                           text_dim=32, num_heads=2, num_layers=2, text_len=32),
+}
+
+# --------------------------------------------------------------------------------------------- VAE
+
+WAN21_LATENTS_MEAN = (
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+)
+WAN21_LATENTS_STD = (
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+)
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """The Wan2.1 3D causal VAE (``Wan2.1_VAE.pth`` ships no config; these are its constructor arguments)."""
+
+    dim: int = 96
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attn_scales: tuple[float, ...] = ()
+    temporal_downsample: tuple[bool, ...] = (False, True, True)
+    dropout: float = 0.0
+    latents_mean: tuple[float, ...] = WAN21_LATENTS_MEAN
+    latents_std: tuple[float, ...] = WAN21_LATENTS_STD
+
+    def __post_init__(self) -> None:
+        for name in ("dim_mult", "attn_scales", "temporal_downsample", "latents_mean", "latents_std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if len(self.temporal_downsample) != len(self.dim_mult) - 1:
+            raise ValueError(
+                f"temporal_downsample needs one entry per downsampling level ({len(self.dim_mult) - 1}); "
+                f"got {len(self.temporal_downsample)}."
+            )
+        if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
+            raise ValueError(f"latents_mean and latents_std need z_dim = {self.z_dim} entries each.")
+
+    @property
+    def spatial_compression(self) -> int:
+        return 2 ** (len(self.dim_mult) - 1)
+
+    @property
+    def temporal_compression(self) -> int:
+        return 2 ** sum(self.temporal_downsample)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VAEConfig:
+        # "temperal_downsample" is the reference's spelling; "base_dim" that of diffusers.
+        return _from_dict(cls, data, aliases={"temperal_downsample": "temporal_downsample", "base_dim": "dim"})
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    def replace(self, **changes: Any) -> VAEConfig:
+        return dataclasses.replace(self, **changes)
+
+
+VAE_PRESETS: dict[str, VAEConfig] = {
+    "wan2.1": VAEConfig(),
+    "tiny": VAEConfig(dim=8, z_dim=16),
+}
+
+# ------------------------------------------------------------------------------------- text encoder
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """umT5 encoder. ``to_hf`` gives the transformers ``UMT5Config`` that computes the same maths."""
+
+    vocab_size: int = 256384
+    dim: int = 4096
+    dim_attn: int = 4096
+    ffn_dim: int = 10240
+    num_heads: int = 64
+    num_layers: int = 24
+    num_buckets: int = 32
+    max_distance: int = 128
+    eps: float = 1e-6
+    text_len: int = 512
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TextEncoderConfig:
+        return _from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    def to_hf(self):  # -> transformers.UMT5Config
+        from transformers import UMT5Config
+
+        return UMT5Config(
+            vocab_size=self.vocab_size,
+            d_model=self.dim,
+            d_kv=self.dim_attn // self.num_heads,
+            d_ff=self.ffn_dim,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            relative_attention_num_buckets=self.num_buckets,
+            relative_attention_max_distance=self.max_distance,
+            layer_norm_epsilon=self.eps,
+            feed_forward_proj="gated-gelu",
+            dropout_rate=0.0,
+            is_encoder_decoder=False,
+            use_cache=False,
+            tie_word_embeddings=False,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+
+
+TEXT_ENCODER_PRESETS: dict[str, TextEncoderConfig] = {
+    "umt5-xxl": TextEncoderConfig(),
+    # Byte-level vocabulary (ByT5's 384 ids) so a tokenizer that ships with transformers serves it.
+    "tiny": TextEncoderConfig(vocab_size=384, dim=32, dim_attn=32, ffn_dim=64, num_heads=4, num_layers=2,
+                              text_len=32),
+}
+
+# ------------------------------------------------------------------------------------ image encoder
+
+
+@dataclass(frozen=True)
+class ImageEncoderConfig:
+    """The vision tower of open-clip XLM-RoBERTa-large ViT-H/14, as used by Wan i2v/flf2v.
+
+    Only ``num_layers - 1`` blocks are run (features after the penultimate block, no final norm).
+    """
+
+    image_size: int = 224
+    patch_size: int = 14
+    width: int = 1280
+    num_layers: int = 32
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    eps: float = 1e-5
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImageEncoderConfig:
+        return _from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+    def to_hf(self):  # -> transformers.CLIPVisionConfig (only the blocks that are used)
+        from transformers import CLIPVisionConfig
+
+        return CLIPVisionConfig(
+            hidden_size=self.width,
+            intermediate_size=int(self.width * self.mlp_ratio),
+            num_hidden_layers=self.num_layers - 1,
+            num_attention_heads=self.num_heads,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            hidden_act="gelu",
+            layer_norm_eps=self.eps,
+            num_channels=3,
+        )
+
+
+IMAGE_ENCODER_PRESETS: dict[str, ImageEncoderConfig] = {
+    "clip-vit-h-14": ImageEncoderConfig(),
+    "tiny": ImageEncoderConfig(image_size=28, patch_size=14, width=32, num_layers=3, num_heads=2),
+}
+
+
+# ------------------------------------------------------------------------------------------ lookup
+
+_REGISTRIES: dict[str, dict[str, Any]] = {
+    "dit": DIT_PRESETS,
+    "vae": VAE_PRESETS,
+    "text_encoder": TEXT_ENCODER_PRESETS,
+    "image_encoder": IMAGE_ENCODER_PRESETS,
+}
+
+
+def get_preset(kind: str, name: str) -> Any:
+    """Look up a preset, e.g. ``get_preset("dit", "t2v-1.3B")``; an unknown name lists the known ones."""
+    if kind not in _REGISTRIES:
+        raise ValueError(f"unknown model kind {kind!r}; use one of: {', '.join(_REGISTRIES)}.")
+    registry = _REGISTRIES[kind]
+    if name not in registry:
+        raise ValueError(f"unknown {kind} preset {name!r}; use one of: {', '.join(registry)}.")
+    return registry[name]
+
+
+__all__ = [
+    "DiTConfig",
+    "VAEConfig",
+    "TextEncoderConfig",
+    "ImageEncoderConfig",
+    "DIT_PRESETS",
+    "VAE_PRESETS",
+    "TEXT_ENCODER_PRESETS",
+    "IMAGE_ENCODER_PRESETS",
+    "WAN21_LATENTS_MEAN",
+    "WAN21_LATENTS_STD",
+    "get_preset",
+]
