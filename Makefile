@@ -24,8 +24,10 @@ test: setup
 lint: setup
 	$(PY) -m ruff check src tests benchmarks
 
-demo: setup
-	$(PY) -m openwan generate --prompt "a red circle moving to the right" --save-file demo.mp4
+demo:
+	@echo "make demo needs the bundled tiny model and the generation pipeline, which are not in this version yet."
+	@echo "Today: 'make test' checks every network against diffusers; see README.md for loading released weights."
+	@exit 1
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

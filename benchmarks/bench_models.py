@@ -1,0 +1,169 @@
+"""Our DiT forward and VAE decode against diffusers', same weights, same process, alternating runs.
+
+    python benchmarks/bench_models.py                 # CPU configuration of docs/benchmarks.md
+    python benchmarks/bench_models.py --device cuda --full   # t2v-1.3B, 480x832, 81 frames, bf16 (GPU)
+    python benchmarks/bench_models.py --memory        # peak memory of decode_stream vs diffusers' decode
+
+Prints seconds (median of --reps alternating runs), ours/theirs time ratios and achieved GFLOP/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from torch.utils.flop_counter import FlopCounterMode
+
+from openwan.checkpoints import keymaps
+from openwan.configs import DiTConfig, VAEConfig
+from openwan.models import WanDiT, WanVAE
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _flops(fn) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def compare(name: str, ours, theirs, device, reps: int) -> dict:
+    ours(), theirs()  # warm-up (allocator, kernels, RoPE tables)
+    t_ours, t_theirs = [], []
+    for _ in range(reps):  # alternate so drift (thermal, other load) hits both alike
+        t_ours.append(_time(ours, device))
+        t_theirs.append(_time(theirs, device))
+    flops = _flops(ours)
+    mo, mt = statistics.median(t_ours), statistics.median(t_theirs)
+    row = {"what": name, "ours_s": mo, "diffusers_s": mt, "ratio": mo / mt, "gflop": flops / 1e9,
+           "ours_gflops": flops / mo / 1e9, "diffusers_gflops": flops / mt / 1e9}
+    print(f"{name:34s} ours {mo:8.3f} s  diffusers {mt:8.3f} s  ours/theirs {mo / mt:5.3f}  "
+          f"{flops / 1e9:9.1f} GFLOP  ours {flops / mo / 1e9:7.1f} GFLOP/s  diffusers {flops / mt / 1e9:7.1f} GFLOP/s",
+          flush=True)
+    return row
+
+
+def dit_pair(cfg: DiTConfig, device, dtype):
+    ours = WanDiT(cfg).to(device=device, dtype=dtype).eval()
+    params = {k: v for k, v in keymaps.dit_config_to_diffusers(cfg).items() if not k.startswith("_")}
+    theirs = WanTransformer3DModel(**params)
+    theirs.load_state_dict(keymaps.dit_official_to_diffusers(ours.state_dict()), strict=True)
+    return ours, theirs.to(device=device, dtype=dtype).eval()
+
+
+def bench_dit(cfg: DiTConfig, latent: tuple[int, int, int], device, dtype, reps: int) -> dict:
+    ours, theirs = dit_pair(cfg, device, dtype)
+    f, h, w = latent
+    x = torch.randn(1, cfg.in_dim, f, h, w, device=device, dtype=dtype)
+    t = torch.tensor([500.0], device=device)
+    ctx = torch.randn(1, cfg.text_len, cfg.text_dim, device=device, dtype=dtype)
+    with torch.no_grad():
+        return compare(f"DiT forward {cfg.dim}d x{cfg.num_layers} {f}x{h}x{w}", lambda: ours(x, t, ctx),
+                       lambda: theirs(x, t, ctx, return_dict=False)[0], device, reps)
+
+
+def vae_pair(cfg: VAEConfig, device, dtype):
+    ours = WanVAE(cfg).to(device=device, dtype=dtype).eval()
+    theirs = AutoencoderKLWan(**{k: v for k, v in keymaps.vae_config_to_diffusers(cfg).items() if not k.startswith("_")})
+    theirs.load_state_dict(keymaps.vae_official_to_diffusers(ours.state_dict(), cfg), strict=True)
+    return ours, theirs.to(device=device, dtype=dtype).eval()
+
+
+def bench_vae(cfg: VAEConfig, latent: tuple[int, int, int], device, dtype, reps: int) -> dict:
+    ours, theirs = vae_pair(cfg, device, dtype)
+    f, h, w = latent
+    z = torch.randn(1, cfg.z_dim, f, h, w, device=device, dtype=dtype)
+    mean = torch.tensor(cfg.latents_mean, device=device, dtype=dtype).view(1, -1, 1, 1, 1)
+    std = torch.tensor(cfg.latents_std, device=device, dtype=dtype).view(1, -1, 1, 1, 1)
+    with torch.no_grad():
+        return compare(f"VAE decode {f}x{h}x{w} latent", lambda: ours.decode(z),
+                       lambda: theirs.decode(z * std + mean, return_dict=False)[0], device, reps)
+
+
+# ----------------------------------------------------------------------------------- peak memory
+
+
+def _memory_child(which: str, frames: int, size: int) -> None:
+    """Runs in a fresh process: decode once, print peak RSS growth (MiB) over the loaded model."""
+    torch.manual_seed(0)
+    cfg = VAEConfig()
+    latent_t = 1 + (frames - 1) // 4
+    z = torch.randn(1, 16, latent_t, size // 8, size // 8)
+    if which == "ours":
+        model = WanVAE(cfg).eval()
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with torch.no_grad():
+            n = sum(chunk.shape[2] for chunk in model.decode_stream(z))  # chunks are consumed, then dropped
+    else:
+        model = AutoencoderKLWan().eval()
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with torch.no_grad():
+            n = model.decode(z, return_dict=False)[0].shape[2]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"which": which, "frames": n, "peak_mib": (peak - base) / 1024}))
+
+
+def bench_memory(size: int) -> list[dict]:
+    rows = []
+    for frames in (9, 17, 33, 65):
+        row = {"frames": frames}
+        for which in ("ours", "diffusers"):
+            out = subprocess.run([sys.executable, __file__, "--memory-child", which, str(frames), str(size)],
+                                 check=True, capture_output=True, text=True).stdout
+            row[which] = json.loads(out.strip().splitlines()[-1])["peak_mib"]
+        print(f"decode {frames:3d} frames {size}x{size}: decode_stream peak +{row['ours']:7.1f} MiB   "
+              f"diffusers decode peak +{row['diffusers']:7.1f} MiB", flush=True)
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--full", action="store_true", help="t2v-1.3B at 480x832, 81 frames, bf16 (GPU)")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--memory", action="store_true", help="peak memory of streaming decode vs diffusers")
+    parser.add_argument("--memory-size", type=int, default=64, help="pixel size of the memory benchmark")
+    parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        which, frames, size = args.memory_child
+        return _memory_child(which, int(frames), int(size))
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    if args.memory:
+        bench_memory(args.memory_size)
+        return
+    if args.full:
+        from openwan.configs import DIT_PRESETS
+
+        dtype = torch.bfloat16
+        bench_dit(DIT_PRESETS["t2v-1.3B"], (21, 60, 104), device, dtype, args.reps)
+        bench_vae(VAEConfig(), (21, 60, 104), device, dtype, args.reps)
+        return
+    dit_cfg = DiTConfig(dim=512, num_heads=4, num_layers=8, ffn_dim=2048)
+    bench_dit(dit_cfg, (5, 32, 32), device, torch.float32, args.reps)
+    bench_vae(VAEConfig(), (3, 8, 8), device, torch.float32, args.reps)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Video files written and read back through PyAV: frame count, size, fps, content, atomicity, errors."""
+
+from __future__ import annotations
+
+import os
+
+import av
+import pytest
+import torch
+
+from openwan.data.video import VideoWriter, probe_video, read_image, read_video, save_image, save_video
+
+
+def _clip(t=9, h=32, w=48):
+    # A smooth moving gradient: compresses well, so decoded values stay close to the input.
+    ys = torch.linspace(0, 1, h)[:, None, None]
+    xs = torch.linspace(0, 1, w)[None, :, None]
+    frames = [torch.cat([(xs + i / t) % 1 * torch.ones_like(ys), ys * torch.ones_like(xs), 0.5 * torch.ones(h, w, 1)],
+                        dim=-1) for i in range(t)]
+    return torch.stack(frames)
+
+
+def test_mp4_round_trip(tmp_path):
+    clip = _clip()
+    path = save_video(clip, tmp_path / "a.mp4", fps=16)
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        assert s.codec_context.name == "h264" and s.codec_context.pix_fmt == "yuv420p"
+        assert float(s.average_rate) == 16
+    info = probe_video(path)
+    assert (info["frames"], info["width"], info["height"]) == (9, 48, 32)
+    back = read_video(path)
+    assert back.shape == clip.shape
+    assert (back - clip).abs().mean() < 0.03
+
+
+def test_streaming_chunks_equal_whole(tmp_path):
+    clip = _clip(t=13)
+    with VideoWriter(tmp_path / "s.mp4", fps=16) as w:
+        w.write(clip[:1])
+        w.write(clip[1:5])
+        w.write(clip[5:])
+    assert w.frames_written == 13
+    whole = save_video(clip, tmp_path / "w.mp4")
+    assert torch.equal(read_video(tmp_path / "s.mp4"), read_video(whole))
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with VideoWriter(tmp_path / "x.mp4") as w:
+            w.write(_clip(t=2))
+            raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []
+
+
+def test_png_and_image_read(tmp_path):
+    frame = _clip(t=1)
+    save_video(frame, tmp_path / "one.png")
+    img = read_image(tmp_path / "one.png")
+    assert img.shape == (1, 32, 48, 3) and (img - frame).abs().max() <= 1 / 255 + 1e-6
+    resized = read_image(tmp_path / "one.png", size=(16, 16))
+    assert resized.shape == (1, 16, 16, 3)
+    save_image(frame[0], tmp_path / "two.png")
+    assert read_image(tmp_path / "two.png").shape == (1, 32, 48, 3)
+
+
+def test_fps_resampling_and_crop(tmp_path):
+    save_video(_clip(t=32, h=48, w=64), tmp_path / "v.mp4", fps=32)
+    half = read_video(tmp_path / "v.mp4", fps=16)
+    assert half.shape[0] == 16
+    cropped = read_video(tmp_path / "v.mp4", size=(32, 32), max_frames=5)
+    assert cropped.shape == (5, 32, 32, 3)
+
+
+def test_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        read_video(tmp_path / "none.mp4")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 10)
+    with pytest.raises(ValueError, match="not a readable video"):
+        read_video(bad)
+    bad_img = tmp_path / "bad.png"
+    bad_img.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable image"):
+        read_image(bad_img)
+    with pytest.raises(ValueError, match="is a folder"):
+        save_video(_clip(t=1), tmp_path)
+    with pytest.raises(ValueError, match="even frame sizes"):
+        save_video(torch.zeros(1, 31, 32, 3), tmp_path / "odd.mp4")
+    assert not (tmp_path / "odd.mp4").exists()
+    with pytest.raises(ValueError, match=r"\[T, H, W, 3\]"):
+        save_video(torch.zeros(2, 3, 8, 8), tmp_path / "chw.mp4")
+
+
+def test_unwritable_path_is_refused_before_writing(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="cannot write"):
+        save_video(_clip(t=1), blocker / "x.mp4")  # the parent "folder" is a file: no root bypasses that
