@@ -83,7 +83,8 @@ def bench_dit(cfg: DiTConfig, latent: tuple[int, int, int], device, dtype, reps:
 
 def vae_pair(cfg: VAEConfig, device, dtype):
     ours = WanVAE(cfg).to(device=device, dtype=dtype).eval()
-    theirs = AutoencoderKLWan(**{k: v for k, v in keymaps.vae_config_to_diffusers(cfg).items() if not k.startswith("_")})
+    params = {k: v for k, v in keymaps.vae_config_to_diffusers(cfg).items() if not k.startswith("_")}
+    theirs = AutoencoderKLWan(**params)
     theirs.load_state_dict(keymaps.vae_official_to_diffusers(ours.state_dict(), cfg), strict=True)
     return ours, theirs.to(device=device, dtype=dtype).eval()
 

@@ -307,7 +307,8 @@ class ImageEncoderConfig:
 
 IMAGE_ENCODER_PRESETS: dict[str, ImageEncoderConfig] = {
     "clip-vit-h-14": ImageEncoderConfig(),
-    "tiny": ImageEncoderConfig(image_size=28, patch_size=14, width=32, num_layers=3, num_heads=2),
+    # 224 px / 14 = 257 tokens like the release, so it feeds the tiny i2v DiT (image_dim 32).
+    "tiny": ImageEncoderConfig(image_size=224, patch_size=14, width=32, num_layers=3, num_heads=2),
 }
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import official_keys
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
 
+from conftest import official_keys
 from openwan.checkpoints import keymaps
 from openwan.configs import DIT_PRESETS, VAE_PRESETS
 

@@ -28,7 +28,8 @@ def infer_dit_config(state: Mapping[str, torch.Tensor], head_dim: int = RELEASED
     if not blocks:
         raise ValueError("the weights have no 'blocks.{i}' tensors, so they are not a Wan DiT checkpoint.")
     ffn_dim = int(_need(state, "blocks.0.ffn.0.weight", "Wan DiT").shape[0])
-    out_dim = int(_need(state, "head.head.weight", "Wan DiT").shape[0]) // (patch_size[0] * patch_size[1] * patch_size[2])
+    patch_volume = patch_size[0] * patch_size[1] * patch_size[2]
+    out_dim = int(_need(state, "head.head.weight", "Wan DiT").shape[0]) // patch_volume
     image_tokens, image_dim = 0, 1280
     if "img_emb.proj.0.weight" in state:
         image_dim = int(state["img_emb.proj.0.weight"].shape[0])

@@ -7,7 +7,7 @@ the architecture (number of residual blocks per level), not hard-coded for the r
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -157,7 +157,9 @@ def dit_config_from_diffusers(data: Mapping) -> DiTConfig:
             image_dim=int(data.get("image_dim") or 1280),
         )
     except KeyError as err:
-        raise ValueError(f"the diffusers transformer config lacks {err}; it is not a WanTransformer3DModel config.") from None
+        raise ValueError(
+            f"the diffusers transformer config lacks {err}; it is not a WanTransformer3DModel config."
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------------ VAE

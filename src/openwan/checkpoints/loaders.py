@@ -73,7 +73,9 @@ def resolve_dit(path: str | Path) -> tuple[Path, dict | None]:
     """The weights file (or shard index) of a DiT and its config.json contents, if any."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path} does not exist; point at a Wan release folder or weights file ({DIT_RELEASE_HINT}).")
+        raise CheckpointError(
+            f"{path} does not exist; point at a Wan release folder or weights file ({DIT_RELEASE_HINT})."
+        )
     if path.is_dir():
         if (path / "transformer").is_dir():
             path = path / "transformer"
