@@ -128,10 +128,12 @@ def _vae_weight_file(folder: Path) -> tuple[Path, dict | None]:
     if (folder / "vae").is_dir():
         folder = folder / "vae"
     config = folder / "config.json"
-    if config.is_file():
+    # A release root also has a config.json: the DiT's. Only a VAE config makes this a diffusers vae/ folder.
+    data = _read_json(config) if config.is_file() else {}
+    if data.get("_class_name") == "AutoencoderKLWan" or "base_dim" in data:
         for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
             if (folder / name).is_file():
-                return folder / name, _read_json(config)
+                return folder / name, data
     for name in ("Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors"):
         if (folder / name).is_file():
             return folder / name, None

@@ -6,14 +6,15 @@ import argparse
 import sys
 
 from openwan.cli import convert as convert_cmd
+from openwan.cli import generate as generate_cmd
 
-COMMANDS = {"convert": convert_cmd}
+COMMANDS = {"generate": generate_cmd, "convert": convert_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openwan", description="Wan video generation models: an open implementation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module in COMMANDS.items():
+    for module in COMMANDS.values():
         module.add_parser(sub)
     return parser
 

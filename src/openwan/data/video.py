@@ -60,7 +60,9 @@ class VideoWriter:
     def _open_stream(self, height: int, width: int) -> None:
         if height % 2 or width % 2:
             raise ValueError(f"H.264 yuv420p needs even frame sizes; got {width}x{height}.")
-        stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(1001))
+        rate = Fraction(self.fps).limit_denominator(1001)
+        stream = self._container.add_stream("libx264", rate=rate)
+        stream.codec_context.time_base = 1 / rate
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"crf": str(self.crf), "preset": self.preset}
         self._stream = stream
@@ -69,8 +71,9 @@ class VideoWriter:
         array = _to_uint8(frames)
         if self._stream is None:
             self._open_stream(array.shape[1], array.shape[2])
-        for image in array:
+        for i, image in enumerate(array):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = self.frames_written + i  # explicit timestamps: without them x264's output is not reproducible
             self._container.mux(self._stream.encode(frame))
         self.frames_written += len(array)
 

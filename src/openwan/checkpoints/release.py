@@ -1,0 +1,57 @@
+"""Write loaded models as an official Wan release folder, so the same loading code serves every model.
+
+Used for openwan's own models (the bundled tiny model, trained checkpoints exported for sharing) and in tests.
+The folder looks exactly like a Wan2.1 release: config.json + diffusion_pytorch_model.safetensors,
+Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/ (tokenizer) and, for image-to-video models,
+the CLIP file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from openwan.checkpoints.convert import _atomic_write, save_sharded, write_json
+from openwan.checkpoints.encoders import (
+    CLIP_OFFICIAL_FILE,
+    UMT5_OFFICIAL_FILE,
+    clip_hf_to_official,
+    umt5_hf_to_official,
+)
+
+VAE_FILE = "Wan2.1_VAE.pth"
+TOKENIZER_DIR = "google/umt5-xxl"
+
+
+def _save_pth(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | None) -> None:
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+               for k, v in state.items()}
+    _atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+
+
+def _clip_full_tower(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our CLIP holds the blocks Wan uses (all but the last); a release file holds the whole tower, so the unused
+    last block is written as zeros (loaders drop it again)."""
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"visual\.transformer\.(\d+)\.", k))}
+    last = max(blocks)
+    extra = {k.replace(f"visual.transformer.{last}.", f"visual.transformer.{last + 1}.", 1): torch.zeros_like(v)
+             for k, v in state.items() if k.startswith(f"visual.transformer.{last}.")}
+    return {**state, **extra}
+
+
+def save_release(folder: str | Path, *, dit, vae, text_encoder, tokenizer, image_encoder=None,
+                 dtype: torch.dtype | None = None) -> Path:
+    """Write the models as an official-layout release folder (each file atomically)."""
+    folder = Path(folder)
+    dit_state = {k: (v.to(dtype) if dtype is not None else v).detach().cpu() for k, v in dit.state_dict().items()}
+    write_json(folder / "config.json", dit.cfg.to_dict())
+    save_sharded(dit_state, folder)
+    _save_pth(vae.state_dict(), folder / VAE_FILE, dtype)
+    _save_pth(umt5_hf_to_official(text_encoder.state_dict()), folder / UMT5_OFFICIAL_FILE, dtype)
+    tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
+    if image_encoder is not None:
+        official = clip_hf_to_official(image_encoder.state_dict())
+        _save_pth(_clip_full_tower(official), folder / CLIP_OFFICIAL_FILE, dtype)
+    return folder

@@ -1,0 +1,8 @@
+"""The Wan networks: the DiT, the Wan2.1 VAE, and loaders for the umT5 and CLIP encoders (transformers models)."""
+
+from openwan.models.dit import WanDiT
+from openwan.models.image_encoder import load_clip_encoder
+from openwan.models.text_encoder import load_umt5_encoder
+from openwan.models.vae import WanVAE
+
+__all__ = ["WanDiT", "WanVAE", "load_umt5_encoder", "load_clip_encoder"]

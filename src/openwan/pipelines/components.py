@@ -1,0 +1,88 @@
+"""Find and load every component of a release folder, official or diffusers layout.
+
+Official (e.g. Wan2.1-T2V-1.3B): config.json + diffusion_pytorch_model*.safetensors, Wan2.1_VAE.pth,
+models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/ (tokenizer); i2v/flf2v add
+models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth. Wan2.2 A14B: high_noise_model/ and low_noise_model/.
+Diffusers ("-Diffusers" releases): transformer/ (transformer_2/), vae/, text_encoder/, tokenizer/, image_encoder/.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from openwan.checkpoints.io import CheckpointError
+from openwan.pipelines.defaults import defaults_for
+
+T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
+CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+RELEASE_LAYOUT = (
+    "an official release folder holds config.json, diffusion_pytorch_model*.safetensors, Wan2.1_VAE.pth, "
+    f"{T5_FILE} and google/umt5-xxl/ (i2v/flf2v also {CLIP_FILE}); a diffusers release holds transformer/, vae/, "
+    "text_encoder/ and tokenizer/"
+)
+
+
+def _first(root: Path, *names: str) -> Path | None:
+    for name in names:
+        if (root / name).exists():
+            return root / name
+    return None
+
+
+def _require(root: Path, what: str, *names: str) -> Path:
+    found = _first(root, *names)
+    if found is None:
+        raise CheckpointError(f"{root} has no {what} ({' or '.join(names)}); {RELEASE_LAYOUT}.")
+    return found
+
+
+def _boundary(root: Path) -> float | None:
+    index = root / "model_index.json"
+    if index.is_file():
+        return json.loads(index.read_text()).get("boundary_ratio")
+    config = root / "configuration.json"
+    if config.is_file():
+        return json.loads(config.read_text()).get("boundary")
+    return None
+
+
+def load_components(path: str | Path, *, dtype: torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu") -> dict:
+    """Every model a :class:`WanPipeline` needs, loaded from ``path``."""
+    from openwan.models import WanDiT, WanVAE, load_clip_encoder, load_umt5_encoder
+    from openwan.models.text_encoder import load_tokenizer
+
+    root = Path(path)
+    if not root.is_dir():
+        raise CheckpointError(f"{root} is not a folder; {RELEASE_LAYOUT}.")
+    diffusers = (root / "transformer").is_dir()
+    if diffusers:
+        dit_dirs = [root / "transformer"] + ([root / "transformer_2"] if (root / "transformer_2").is_dir() else [])
+    elif (root / "high_noise_model").is_dir():
+        dit_dirs = [root / "high_noise_model", root / "low_noise_model"]
+    else:
+        dit_dirs = [root]
+    dits = [WanDiT.from_pretrained(d, dtype=dtype, device=device) for d in dit_dirs]
+    cfg = dits[0].cfg
+    if cfg.model_type == "ti2v":
+        raise CheckpointError(f"{root} is a Wan2.2 ti2v-5B release, which needs the Wan2.2 VAE; openwan does not "
+                              "load that VAE yet.")
+    # The VAE stays float32 unless asked otherwise on GPU: it is small and its output is what users see.
+    vae = WanVAE.from_pretrained(_require(root, "VAE", "vae", "Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors"),
+                                 dtype=torch.float32 if dtype == torch.float32 else dtype, device=device)
+    text_encoder = load_umt5_encoder(_require(root, "text encoder", "text_encoder", T5_FILE), dtype=dtype,
+                                     device=device)
+    tokenizer = load_tokenizer(_require(root, "tokenizer", "tokenizer", "google/umt5-xxl"))
+    image_encoder = None
+    if cfg.image_tokens:
+        image_encoder = load_clip_encoder(_require(root, "CLIP image encoder", "image_encoder", CLIP_FILE),
+                                          dtype=dtype, device=device)
+    two = len(dits) == 2
+    defaults = defaults_for(cfg, two_experts=two)
+    boundary = (_boundary(root) or defaults.boundary) if two else None
+    return {"dit": dits[0], "dit_low": dits[1] if two else None, "boundary": boundary, "vae": vae,
+            "text_encoder": text_encoder, "tokenizer": tokenizer, "image_encoder": image_encoder,
+            "defaults": defaults}

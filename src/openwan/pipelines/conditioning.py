@@ -1,0 +1,92 @@
+"""Per-task conditioning builders. Each turns the user's inputs into what the shared denoising loop needs.
+
+A builder returns a :class:`Conditioning`: the DiT's extra inputs (``y``: 4 mask + 16 latent channels, and CLIP
+image tokens) and, for video-to-video, the clean latents to start from and the strength. The loop itself never
+looks at the task name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+TASKS = ("t2v", "t2i", "i2v", "flf2v", "v2v", "extend")
+
+
+@dataclass
+class Conditioning:
+    y: torch.Tensor | None = None  # [1, 20, F_lat, h, w]  mask(4) + VAE latents(16)
+    clip_fea: torch.Tensor | None = None  # [1, 257 | 514, 1280]
+    init_latents: torch.Tensor | None = None  # [1, 16, F_lat, h, w] clean latents to noise (v2v)
+    strength: float | None = None
+
+
+def latent_frames(frame_num: int, temporal: int = 4) -> int:
+    return (frame_num - 1) // temporal + 1
+
+
+def check_frame_num(frame_num: int, temporal: int = 4) -> None:
+    if frame_num < 1 or (frame_num - 1) % temporal:
+        lower = max(1, (frame_num - 1) // temporal * temporal + 1)
+        upper = lower + temporal
+        raise ValueError(
+            f"frame_num must be {temporal}n+1 (1, 5, 9, ..., 81); {frame_num} is not — the nearest valid counts "
+            f"are {lower} and {upper}."
+        )
+
+
+def check_size(width: int, height: int, multiple: int = 16) -> None:
+    if width <= 0 or height <= 0 or width % multiple or height % multiple:
+        raise ValueError(
+            f"size {width}*{height} is not possible: width and height must be positive multiples of {multiple} "
+            f"(e.g. {max(multiple, width // multiple * multiple)}*{max(multiple, height // multiple * multiple)})."
+        )
+
+
+def size_for_image(image_hw: tuple[int, int], max_area: int, stride: int = 8, patch: int = 2) -> tuple[int, int]:
+    """(width, height) for an image's aspect ratio with about ``max_area`` pixels, as the reference i2v chooses it."""
+    h, w = image_hw
+    aspect = h / w
+    lat_h = round(math.sqrt(max_area * aspect) // stride // patch * patch)
+    lat_w = round(math.sqrt(max_area / aspect) // stride // patch * patch)
+    if lat_h < patch or lat_w < patch:
+        raise ValueError(f"size area {max_area} is too small for a {w}x{h} image; use a larger --size.")
+    return lat_w * stride, lat_h * stride
+
+
+def to_model_range(frames: torch.Tensor) -> torch.Tensor:
+    """[T, H, W, 3] in [0, 1] -> [1, 3, T, H, W] in [-1, 1]."""
+    return frames.permute(3, 0, 1, 2).unsqueeze(0).mul(2).sub(1)
+
+
+def resize_frame(frame: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """[1, 3, H, W] in [-1, 1] bicubic-resized (no crop) to (height, width), as the reference does for i2v."""
+    return F.interpolate(frame, size=(height, width), mode="bicubic", align_corners=False)
+
+
+def frame_mask(frame_num: int, keep: list[int], lat_h: int, lat_w: int, temporal: int = 4) -> torch.Tensor:
+    """The reference's 4-channel mask: 1 on given frames; frame 0 repeated ``temporal``x so T=4n+1 folds to
+    (n+1) latent frames x 4 channels. Returns [1, 4, F_lat, lat_h, lat_w]."""
+    mask = torch.zeros(1, frame_num, lat_h, lat_w)
+    mask[:, keep] = 1
+    mask = torch.cat([mask[:, :1].repeat(1, temporal, 1, 1), mask[:, 1:]], dim=1)  # [1, 4*F_lat, h, w]
+    mask = mask.view(1, mask.shape[1] // temporal, temporal, lat_h, lat_w).transpose(1, 2)
+    return mask  # [1, 4, F_lat, h, w]
+
+
+def image_conditioning(vae, frames: list[torch.Tensor], positions: list[int], frame_num: int, width: int,
+                       height: int) -> torch.Tensor:
+    """``y`` for i2v / flf2v: the given frames at ``positions`` (others zero) through the VAE, plus the mask.
+
+    ``frames`` are [1, 3, H, W] in [-1, 1], already at (height, width).
+    """
+    first = next(vae.parameters())
+    video = torch.zeros(1, 3, frame_num, height, width, device=first.device, dtype=first.dtype)
+    for frame, pos in zip(frames, positions):
+        video[:, :, pos] = frame.to(video)
+    latents = vae.encode(video)  # [1, 16, F_lat, h, w] normalised
+    mask = frame_mask(frame_num, positions, height // 8, width // 8).to(latents)
+    return torch.cat([mask, latents], dim=1)

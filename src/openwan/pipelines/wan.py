@@ -1,0 +1,294 @@
+"""One pipeline for every Wan task: text / image / first-last-frame / video to video, and video extension.
+
+Tasks differ only in their conditioning (``conditioning.py``); the denoising loop below is shared and short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from openwan.diffusion import make_solver, sampling_sigmas, timesteps_from_sigmas
+from openwan.pipelines import conditioning as cond
+from openwan.pipelines.defaults import DEFAULT_NEGATIVE_PROMPT, SamplingDefaults
+from openwan.runtime.offload import BlockStreamer, on_device
+
+
+@dataclass
+class WanOutput:
+    video: torch.Tensor | None  # [T, H, W, 3] in [0, 1]
+    latents: torch.Tensor  # [C, F_lat, H/8, W/8]
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_memory_gb: float | None = None
+
+
+class WanPipeline:
+    """The Wan generation pipeline over loaded components (see :meth:`from_pretrained`)."""
+
+    def __init__(self, dit, vae, text_encoder, tokenizer, *, image_encoder=None, dit_low=None,
+                 boundary: float | None = None, defaults: SamplingDefaults | None = None,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 t5_cpu: bool = False, offload_model: bool = False, stream_blocks: bool = False):
+        self.dit, self.dit_low, self.boundary = dit, dit_low, boundary
+        self.vae, self.text_encoder, self.tokenizer, self.image_encoder = vae, text_encoder, tokenizer, image_encoder
+        self.defaults = defaults or SamplingDefaults()
+        self.device, self.dtype = torch.device(device), dtype
+        self.text_device = torch.device("cpu") if t5_cpu else self.device
+        self.offload_model = offload_model
+        self._streamers = []
+        if stream_blocks:
+            self._streamers = [BlockStreamer(m, self.device).attach() for m in (dit, dit_low) if m is not None]
+
+    # ------------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None, **memory) -> WanPipeline:
+        """Load a release folder (official or diffusers layout) — see :mod:`openwan.pipelines.components`."""
+        from openwan.pipelines.components import load_components
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        parts = load_components(path, dtype=dtype, device="cpu" if memory.get("offload_model") else device)
+        return cls(**parts, device=device, dtype=dtype, **memory)
+
+    @property
+    def has_image_input(self) -> bool:
+        return self.dit.cfg.in_dim > self.dit.cfg.out_dim
+
+    # ------------------------------------------------------------------------------------ text
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """[B, text_len, text_dim] context: each prompt's umT5 output trimmed to its length, zero-padded."""
+        from openwan.models.text_encoder import encode_prompts, pad_context
+
+        text_len = self.dit.cfg.text_len
+        with on_device(self.text_encoder, self.text_device, self.offload_model):
+            outs = encode_prompts(self.text_encoder, self.tokenizer, prompts, text_len=text_len)
+        return pad_context(outs, text_len).to(self.device, self.dtype)
+
+    # ------------------------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def __call__(self, prompt: str, negative_prompt: str | None = None, task: str = "t2v",
+                 size: tuple[int, int] | None = None, frame_num: int | None = None, sample_steps: int | None = None,
+                 sample_shift: float | None = None, guide_scale: float | tuple[float, float] | None = None,
+                 solver: str = "unipc", seed: int = 0, latents: torch.Tensor | None = None,
+                 image: torch.Tensor | None = None, last_image: torch.Tensor | None = None,
+                 video: torch.Tensor | None = None, strength: float | None = None, cfg_batch: bool = True,
+                 return_video: bool = True, progress: bool = True) -> WanOutput:
+        """Generate. Images/videos are [T, H, W, 3] in [0, 1] (an image may be [H, W, 3]).
+
+        ``latents`` (when given) is the initial noise [C, F_lat, H/8, W/8], so runs can be compared step by step.
+        """
+        timings: dict[str, float] = {}
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        d = self.defaults.for_task(task)
+        frame_num = d.frame_num if frame_num is None else frame_num
+        width, height = size or d.size
+        steps = d.sample_steps if sample_steps is None else sample_steps
+        shift = d.sample_shift if sample_shift is None else sample_shift
+        guide = d.guide_scale if guide_scale is None else guide_scale
+        if task == "extend":
+            return self._extend(prompt, negative_prompt, video, frame_num, (width, height), steps, shift, guide,
+                                solver, seed, cfg_batch, progress, timings)
+        self._check_inputs(task, frame_num, width, height, image, last_image, video, strength)
+        if task in ("i2v", "flf2v"):
+            first = _as_frames(image)
+            width, height = cond.size_for_image(first.shape[1:3], width * height)
+
+        with _timer(timings, "text"):
+            negative = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+            guided = _max_scale(guide) != 1.0
+            context = self.encode_text([prompt, negative] if guided else [prompt])
+        with _timer(timings, "condition"):
+            c = self._conditioning(task, frame_num, width, height, image, last_image, video, strength)
+
+        shape = (self.dit.cfg.out_dim, cond.latent_frames(frame_num), height // 8, width // 8)
+        if latents is None:
+            generator = torch.Generator(self.device).manual_seed(seed)
+            noise = torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
+        else:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents must have shape {shape} for this size and frame count; got "
+                                 f"{tuple(latents.shape)}.")
+            noise = latents.to(self.device, torch.float32)
+        sigmas = sampling_sigmas(steps, shift, kind=solver)
+        x = noise[None]
+        if c.init_latents is not None:  # v2v: enter the schedule at the first sigma <= strength
+            start = min(int((sigmas[:-1] > c.strength).sum()), steps - 1)
+            sigmas = sigmas[start:]
+            s = float(sigmas[0])
+            x = (1 - s) * c.init_latents.float() + s * x
+        with _timer(timings, "denoise"):
+            x = self.denoise(x, context, c, sigmas, solver, guide, cfg_batch, progress)
+        out = WanOutput(video=None, latents=x[0], timings=timings)
+        if return_video:
+            with _timer(timings, "decode"):
+                out.video = self.decode(x)
+        if torch.cuda.is_available():
+            out.peak_memory_gb = torch.cuda.max_memory_allocated() / 1024**3
+        return out
+
+    def denoise(self, x: torch.Tensor, context: torch.Tensor, c: cond.Conditioning, sigmas: torch.Tensor,
+                solver_name: str, guide, cfg_batch: bool, progress: bool = True) -> torch.Tensor:
+        """The shared loop: one model evaluation (both CFG branches) and one solver step per sigma."""
+        solver = make_solver(solver_name, sigmas)
+        timesteps = timesteps_from_sigmas(sigmas).to(self.device)  # integer sigma*1000, as the reference
+        for i in tqdm(range(len(sigmas) - 1), desc="denoising", disable=not progress, leave=False):
+            t = timesteps[i]
+            model, scale = self._expert(t, guide)
+            with on_device(model, self.device, self.offload_model and self.dit_low is not None):
+                v = self._guided(model, x, t, context, c, scale, cfg_batch)
+            x = solver.step(v, x, i)
+        return x
+
+    def _expert(self, t: torch.Tensor, guide):
+        """Wan2.2 A14B: the high-noise expert while t >= boundary·1000, each with its own guide scale."""
+        if self.dit_low is None or self.boundary is None:
+            return self.dit, (guide[1] if isinstance(guide, tuple) else guide)
+        low, high = guide if isinstance(guide, tuple) else (guide, guide)
+        return (self.dit, high) if float(t) >= self.boundary * 1000 else (self.dit_low, low)
+
+    def _guided(self, model, x, t, context, c: cond.Conditioning, scale: float, cfg_batch: bool) -> torch.Tensor:
+        dtype = self.dtype
+        kwargs = {}
+        if c.y is not None:
+            kwargs["y"] = c.y.to(dtype)
+        if c.clip_fea is not None:
+            kwargs["clip_fea"] = c.clip_fea.to(dtype)
+        tt = t.reshape(1).float()
+        if context.shape[0] == 1:  # no guidance
+            return model(x.to(dtype), tt, context, **kwargs).float()
+        if cfg_batch:  # both branches in one batch of 2
+            batched = {k: torch.cat([v, v]) for k, v in kwargs.items()}
+            v = model(torch.cat([x, x]).to(dtype), tt.expand(2), context, **batched).float()
+            v_cond, v_uncond = v.chunk(2)
+        else:
+            v_cond = model(x.to(dtype), tt, context[:1], **kwargs).float()
+            v_uncond = model(x.to(dtype), tt, context[1:], **kwargs).float()
+        return v_uncond + scale * (v_cond - v_uncond)
+
+    # ------------------------------------------------------------------------------------ conditioning
+    def _check_inputs(self, task, frame_num, width, height, image, last_image, video, strength) -> None:
+        if task not in cond.TASKS:
+            raise ValueError(f"unknown task {task!r}; use one of: {', '.join(cond.TASKS)}.")
+        cond.check_frame_num(frame_num)
+        cond.check_size(width, height)
+        if task == "t2i" and frame_num != 1:
+            raise ValueError("t2i makes one image; set frame_num to 1 (or use task t2v).")
+        if task in ("i2v", "flf2v", "extend"):
+            if not self.has_image_input:
+                raise ValueError(f"task {task} needs an image-to-video model (in_dim 36); this checkpoint is "
+                                 f"text-to-video — load an i2v/flf2v release.")
+            if task != "extend" and image is None:
+                raise ValueError(f"task {task} needs an image: pass image= (CLI: --image or --first-frame).")
+        if task == "flf2v" and last_image is None:
+            raise ValueError("task flf2v needs a last frame: pass last_image= (CLI: --last-frame).")
+        if task in ("t2v", "t2i", "v2v") and self.has_image_input:
+            raise ValueError(f"this checkpoint is image-to-video; task {task} needs a text-to-video model.")
+        if task == "v2v":
+            if video is None:
+                raise ValueError("task v2v needs an input video: pass video= (CLI: --video).")
+            if strength is None or not 0.0 < strength <= 1.0:
+                raise ValueError("task v2v needs strength in (0, 1] (how much of the input to re-noise).")
+
+    def _conditioning(self, task, frame_num, width, height, image, last_image, video, strength) -> cond.Conditioning:
+        if task in ("t2v", "t2i"):
+            return cond.Conditioning()
+        if task == "v2v":
+            frames = _as_frames(video)
+            if frames.shape[0] < frame_num:
+                raise ValueError(f"the input video has {frames.shape[0]} frames; v2v needs at least frame_num = "
+                                 f"{frame_num} (or lower --frame-num).")
+            from openwan.data.video import resize_crop
+
+            clip = cond.to_model_range(resize_crop(frames[:frame_num], (width, height)))
+            with on_device(self.vae, self.device, self.offload_model):
+                z = self.vae.encode(clip.to(self.device, _dtype_of(self.vae)))
+            return cond.Conditioning(init_latents=z.float(), strength=strength)
+        # i2v / flf2v: the reference resizes (no crop) to the chosen size, encodes, and runs CLIP on the frames.
+        frames = [_as_frames(image)] + ([_as_frames(last_image)] if task == "flf2v" else [])
+        pixels = [cond.resize_frame(cond.to_model_range(f[:1])[:, :, 0], width, height) for f in frames]
+        positions = [0] + ([frame_num - 1] if task == "flf2v" else [])
+        with on_device(self.vae, self.device, self.offload_model):
+            y = cond.image_conditioning(self.vae, [p.to(self.device) for p in pixels], positions, frame_num,
+                                        width, height)
+        clip_fea = None
+        if self.dit.cfg.image_tokens:
+            from openwan.models.image_encoder import encode_images
+
+            with on_device(self.image_encoder, self.device, self.offload_model):
+                enc_dtype = _dtype_of(self.image_encoder)
+                feats = [encode_images(self.image_encoder, cond.to_model_range(f[:1])[:, :, 0].to(self.device,
+                                                                                                  enc_dtype))
+                         for f in frames]
+            clip_fea = torch.cat(feats, dim=1)  # flf2v: first frame's 257 tokens, then the last frame's
+        return cond.Conditioning(y=y, clip_fea=clip_fea)
+
+    def _extend(self, prompt, negative_prompt, video, frame_num, size, steps, shift, guide, solver, seed,
+                cfg_batch, progress, timings) -> WanOutput:
+        """Continue ``video`` from its last frame through i2v, ``frame_num`` frames per segment."""
+        if video is None:
+            raise ValueError("task extend needs an input video: pass video= (CLI: --video).")
+        frames = _as_frames(video)
+        out = self(prompt, negative_prompt, task="i2v", size=size, frame_num=frame_num, sample_steps=steps,
+                   sample_shift=shift, guide_scale=guide, solver=solver, seed=seed, image=frames[-1],
+                   cfg_batch=cfg_batch, progress=progress)
+        from openwan.data.video import resize_crop
+
+        height, width = out.video.shape[1:3]
+        head = resize_crop(frames, (width, height))
+        # The new segment's first frame re-creates the conditioning frame: keep the original one.
+        video_out = torch.cat([head, out.video[1:]])
+        return WanOutput(video=video_out, latents=out.latents, timings={**timings, **out.timings},
+                         peak_memory_gb=out.peak_memory_gb)
+
+    # ------------------------------------------------------------------------------------ decoding
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """[1, C, F, h, w] latents -> [T, H, W, 3] in [0, 1]."""
+        return torch.cat(list(self.decode_frames(latents)))
+
+    def decode_frames(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Frames chunk by chunk ([t, H, W, 3] in [0, 1]) in constant memory, for streaming to a file."""
+        if latents.ndim == 4:
+            latents = latents[None]
+        with on_device(self.vae, self.device, self.offload_model):
+            z = latents.to(self.device, _dtype_of(self.vae))
+            for chunk in self.vae.decode_stream(z):
+                yield chunk[0].float().add(1).div(2).clamp(0, 1).permute(1, 2, 3, 0).cpu()
+
+
+def _as_frames(x: torch.Tensor) -> torch.Tensor:
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"images and videos must be [T, H, W, 3] (or [H, W, 3]) in [0, 1]; got {tuple(x.shape)}.")
+    return x.float()
+
+
+def _dtype_of(module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+def _max_scale(guide) -> float:
+    return max(guide) if isinstance(guide, tuple) else float(guide)
+
+
+@contextlib.contextmanager
+def _timer(timings: dict, name: str):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    yield
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+ProgressFn = Callable[[int, int], None]

@@ -1,0 +1,1 @@
+"""How models run: device placement, offloading and block streaming."""
