@@ -93,7 +93,8 @@ def _run_variant(variant: str, full: bool, device: str) -> dict:
     peak = (torch.cuda.max_memory_allocated() / 1024**3 if device.type == "cuda"
             else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024**2)
     return {"variant": variant, "total_s": total, "per_step_s": timings.get("denoise", float("nan")) / steps,
-            "timings": timings, "peak_gb": peak, "peak_kind": "GPU allocated" if device.type == "cuda" else "RSS growth"}
+            "timings": timings, "peak_gb": peak,
+            "peak_kind": "GPU allocated" if device.type == "cuda" else "RSS growth"}
 
 
 def main() -> None:
