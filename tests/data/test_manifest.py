@@ -1,0 +1,127 @@
+"""Manifests: Parquet and JSON Lines round trips, path resolution, stable ids, row validation, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from openwan.data.manifest import ClipRecord, read_manifest, write_manifest
+
+_GOOD = {"path": "a.mp4", "caption": "c", "frames": 9, "fps": 16.0, "width": 32, "height": 32}
+
+
+def _records(folder):
+    return [
+        ClipRecord(str(folder / "clips" / "a.mp4"), "a cat", 81, 16.0, 832, 480),
+        ClipRecord(str(folder / "clips" / "a.mp4"), "the same file, later", 81, 16.0, 832, 480, start=2.5, end=4.0),
+        ClipRecord(str(folder / "img.png"), "ünïcode caption", 1, 0.0, 64, 32, id="image-1"),
+        ClipRecord("/elsewhere/b.mp4", "", 9, 24.0, 48, 32),
+    ]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_round_trip(tmp_path, suffix):
+    records = _records(tmp_path)
+    path = write_manifest(records, tmp_path / f"m{suffix}")
+    back = read_manifest(path)
+    assert back == records
+    a = str(tmp_path / "clips" / "a.mp4")
+    assert [r.id for r in back] == [a, f"{a}@2.500", "image-1", "/elsewhere/b.mp4"]  # kept as first derived
+    assert isinstance(back[0].frames, int) and isinstance(back[0].fps, float)
+    assert os.listdir(tmp_path) == [path.name]  # no temporary file left behind
+
+
+def test_paths_inside_the_folder_are_stored_relative_and_survive_a_move(tmp_path):
+    write_manifest(_records(tmp_path / "data"), tmp_path / "data" / "m.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "data" / "m.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in rows] == ["clips/a.mp4", "clips/a.mp4", "img.png", "/elsewhere/b.mp4"]
+    os.rename(tmp_path / "data", tmp_path / "moved")
+    back = read_manifest(tmp_path / "moved" / "m.jsonl")
+    assert back[0].path == str(tmp_path / "moved" / "clips" / "a.mp4")
+    assert [r.id for r in back] == [r.id for r in _records(tmp_path / "data")]  # written out, so kept
+
+
+def test_default_ids_come_from_the_path_as_written(tmp_path):
+    row = {**_GOOD, "path": "clips/a.mp4"}
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "m.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "start": 0.5}))
+        first, second = read_manifest(tmp_path / folder / "m.jsonl")
+        assert first.path == str(tmp_path / folder / "clips" / "a.mp4")
+        assert (first.id, second.id) == ("clips/a.mp4", "clips/a.mp4@0.500")  # the same wherever the folder is
+
+
+def test_relative_paths_resolve_against_the_manifest_folder(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    row = {"path": "../v/x.mp4", "caption": "c", "frames": 9, "fps": 16, "width": 32, "height": 32, "start": 1}
+    (tmp_path / "sub" / "m.jsonl").write_text(json.dumps(row) + "\n\n")  # a blank line is allowed
+    monkeypatch.chdir("/")
+    (record,) = read_manifest(tmp_path / "sub" / "m.jsonl")
+    assert record.path == str(tmp_path / "v" / "x.mp4")
+    assert record.id == "../v/x.mp4@1.000" and record.fps == 16.0 and record.start == 1.0
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({k: v for k, v in _GOOD.items() if k != "caption"}, r"row 2 .* no 'caption' field"),
+        ({**_GOOD, "frames": "9"}, r"row 2 .*'frames' must be an integer"),
+        ({**_GOOD, "frames": 9.0}, r"row 2 .*'frames' must be an integer"),
+        ({**_GOOD, "width": True}, r"row 2 .*'width' must be an integer"),
+        ({**_GOOD, "fps": "16"}, r"row 2 .*'fps' must be a number"),
+        ({**_GOOD, "path": 3}, r"row 2 .*'path' must be a string"),
+        ({**_GOOD, "start": "0"}, r"row 2 .*'start' must be a number"),
+        ({**_GOOD, "id": 7}, r"row 2 .*'id' must be a string"),
+        ({**_GOOD, "start": 2.0, "end": 1.0}, r"row 2 .*'end' must be after 'start'"),
+        ({**_GOOD, "fps": 0.0}, r"row 2 .*'fps' must be positive"),
+        ({**_GOOD, "height": 0}, r"row 2 .*positive"),
+    ],
+)
+def test_bad_jsonl_rows_name_row_and_field(tmp_path, bad, match):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(_GOOD) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ValueError, match=match):
+        read_manifest(path)
+
+
+def test_bad_parquet_column_type_names_row_and_field(tmp_path):
+    table = pa.table({**{k: [v, v] for k, v in _GOOD.items()}, "frames": ["9", "9"]})
+    pq.write_table(table, tmp_path / "m.parquet")
+    with pytest.raises(ValueError, match=r"row 1 .*'frames' must be an integer"):
+        read_manifest(tmp_path / "m.parquet")
+    table = pa.table({k: [v, None] if k == "height" else [v, v] for k, v in _GOOD.items()})
+    pq.write_table(table, tmp_path / "n.parquet")
+    with pytest.raises(ValueError, match=r"row 2 .* no 'height' field"):
+        read_manifest(tmp_path / "n.parquet")
+
+
+def test_unreadable_manifests(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"path": \n')
+    with pytest.raises(ValueError, match="line 1 .* not valid JSON"):
+        read_manifest(tmp_path / "m.jsonl")
+    (tmp_path / "m.parquet").write_text("not parquet")
+    with pytest.raises(ValueError, match="not a readable Parquet file"):
+        read_manifest(tmp_path / "m.parquet")
+    with pytest.raises(ValueError, match=r"\*\.parquet or \*\.jsonl"):
+        read_manifest(tmp_path / "m.csv")
+    with pytest.raises(ValueError, match="does not exist"):
+        read_manifest(tmp_path / "none.jsonl")
+
+
+def test_unknown_columns_are_ignored(tmp_path):
+    (tmp_path / "m.jsonl").write_text(json.dumps({**_GOOD, "aesthetic": 5.5}) + "\n")
+    assert read_manifest(tmp_path / "m.jsonl")[0].caption == "c"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_failed_write_keeps_the_old_manifest(tmp_path, suffix):
+    path = write_manifest(_records(tmp_path), tmp_path / f"m{suffix}")
+    broken = [ClipRecord(str(tmp_path / "x.mp4"), object(), 9, 16.0, 32, 32)]  # a caption that cannot be stored
+    with pytest.raises((TypeError, pa.ArrowException)):
+        write_manifest(broken, path)
+    assert read_manifest(path) == _records(tmp_path)
+    assert os.listdir(tmp_path) == [path.name]
