@@ -206,3 +206,16 @@ def test_cli_convert_error_exits_2(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "out"), "--to", "diffusers"]) == 2
     assert "is not a folder" in capsys.readouterr().err
     assert keymaps.is_diffusers_dit(["condition_embedder.time_proj.weight"])
+
+
+def test_vae_statistics_sidecar(vae, tmp_path):
+    """A VAE trained by openwan keeps its latent statistics in <name>.json beside <name>.pth."""
+    stats = vae.cfg.replace(latents_mean=tuple(0.1 * i for i in range(16)), latents_std=(2.0,) * 16)
+    path = _official_vae(vae, tmp_path)
+    path.with_suffix(".json").write_text(json.dumps(stats.to_dict()))
+    loaded = WanVAE.from_pretrained(path)
+    assert loaded.cfg.latents_mean == stats.latents_mean and loaded.cfg.latents_std == stats.latents_std
+    path.with_suffix(".json").write_text(json.dumps(stats.replace(z_dim=4, latents_mean=(0.0,) * 4,
+                                                                  latents_std=(1.0,) * 4).to_dict()))
+    with pytest.raises(CheckpointError, match="z_dim 4"):
+        WanVAE.from_pretrained(path)

@@ -165,8 +165,15 @@ def load_vae_state(path: str | Path) -> tuple[VAEConfig, dict]:
         structure = keymaps.vae_config_from_diffusers(data) if data else _vae_structure_from_diffusers(state)
         state = keymaps.vae_diffusers_to_official(state, structure)
     config = infer_vae_config(state)
+    stats = None
     if data:  # a diffusers config carries the latent statistics
         stats = keymaps.vae_config_from_diffusers(data)
+    elif weights.with_suffix(".json").is_file():  # a VAE trained by openwan: <name>.json beside <name>.pth
+        stats = VAEConfig.from_dict(_read_json(weights.with_suffix(".json")))
+    if stats is not None:
+        if stats.z_dim != config.z_dim:
+            raise CheckpointError(f"the latent statistics beside {weights} are for z_dim {stats.z_dim}, but the "
+                                  f"weights have z_dim {config.z_dim}; keep each config with its own weights.")
         config = config.replace(latents_mean=stats.latents_mean, latents_std=stats.latents_std)
     return config, state
 

@@ -20,6 +20,7 @@ from openwan.checkpoints.encoders import (
     clip_hf_to_official,
     umt5_hf_to_official,
 )
+from openwan.configs import VAEConfig
 
 VAE_FILE = "Wan2.1_VAE.pth"
 TOKENIZER_DIR = "google/umt5-xxl"
@@ -49,6 +50,8 @@ def save_release(folder: str | Path, *, dit, vae, text_encoder, tokenizer, image
     write_json(folder / "config.json", dit.cfg.to_dict())
     save_sharded(dit_state, folder)
     _save_pth(vae.state_dict(), folder / VAE_FILE, dtype)
+    if vae.cfg.latents_mean != VAEConfig().latents_mean or vae.cfg.latents_std != VAEConfig().latents_std:
+        write_json((folder / VAE_FILE).with_suffix(".json"), vae.cfg.to_dict())  # a VAE with its own statistics
     _save_pth(umt5_hf_to_official(text_encoder.state_dict()), folder / UMT5_OFFICIAL_FILE, dtype)
     tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
     if image_encoder is not None:
