@@ -1,0 +1,71 @@
+"""Training: the flow-matching DiT trainer, its configs, checkpoints with exact resume, EMA, LoRA and metrics."""
+
+from openwan.train.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from openwan.train.config import (
+    CheckpointConfig,
+    DataConfig,
+    EMAConfig,
+    LogConfig,
+    LoRAConfig,
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+    SampleConfig,
+    ScheduleConfig,
+    StageConfig,
+    TimestepConfig,
+    TrainConfig,
+    apply_overrides,
+    load_config,
+)
+from openwan.train.ema import EMA
+from openwan.train.lora import add_lora, fuse_lora, load_lora, lora_state_dict, parse_lora_spec, save_lora
+from openwan.train.metrics import MetricsLogger, read_metrics
+from openwan.train.trainer import (
+    BatchSource,
+    ListBatches,
+    SamplerLoader,
+    Trainer,
+    data_from_config,
+    flow_matching_loss,
+    lr_at,
+    train,
+)
+
+__all__ = [
+    "BatchSource",
+    "CheckpointConfig",
+    "DataConfig",
+    "EMA",
+    "EMAConfig",
+    "ListBatches",
+    "LogConfig",
+    "LoRAConfig",
+    "MetricsLogger",
+    "ModelConfig",
+    "OptimConfig",
+    "ParallelConfig",
+    "SampleConfig",
+    "SamplerLoader",
+    "ScheduleConfig",
+    "StageConfig",
+    "TimestepConfig",
+    "TrainConfig",
+    "Trainer",
+    "add_lora",
+    "apply_overrides",
+    "data_from_config",
+    "flow_matching_loss",
+    "fuse_lora",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_config",
+    "load_lora",
+    "lora_state_dict",
+    "lr_at",
+    "parse_lora_spec",
+    "read_metrics",
+    "save_checkpoint",
+    "save_lora",
+    "train",
+]

@@ -1,0 +1,546 @@
+"""Training configs: typed, frozen dataclasses read from YAML or TOML, with ``a.b.0.c=value`` overrides.
+
+A run is a :class:`TrainConfig`; its ``stages`` list is the curriculum (e.g. 256 px images, then joint
+images + 5 s videos at 192 px, then 480 px, then 720 px), each stage with its own data mix, buckets, steps,
+batch size and learning rate. Every field is checked when the config is built: an unknown field, a value of
+the wrong type or out of range raises ``ValueError`` naming the field (dotted path) and what is allowed.
+
+The paper's curriculum for t2v-1.3B, as a config (``openwan train --config this.yaml``; numbers illustrative)::
+
+    model: {preset: t2v-1.3B, vae: Wan2.1-T2V-1.3B/Wan2.1_VAE.pth,
+            text_encoder: Wan2.1-T2V-1.3B/models_t5_umt5-xxl-enc-bf16.pth, tokenizer: Wan2.1-T2V-1.3B/google/umt5-xxl}
+    data: {manifest: data/clips.parquet, num_workers: 8}
+    stages:
+      - {name: image-256, steps: 100000, batch_size: 64, buckets: [[1, 256, 256]]}
+      - {name: joint-192, steps: 100000, batch_size: 16, image_video_ratio: 0.25,
+         buckets: [[1, 192, 336], [81, 192, 336]]}
+      - {name: joint-480, steps: 50000, batch_size: 4, lr: 5.0e-5, cache_dir: cache/480p,
+         buckets: [[1, 480, 832], [81, 480, 832]]}
+    optim: {lr: 1.0e-4, betas: [0.9, 0.999], weight_decay: 0.01, grad_clip: 1.0}
+    schedule: {kind: cosine, warmup_steps: 1000}
+    timesteps: {mode: logit_normal, shift: resolution}
+    ema: {decay: 0.9999}
+    activation_checkpointing: true
+    checkpoint: {every: 1000, keep_last: 3}
+    sample: {every: 5000, prompts: [a red fox runs through snow], size: [832, 480], frame_num: 81}
+    output_dir: runs/t2v-1.3B
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+DEFAULT_LORA_TARGETS = (
+    "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
+    "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o",
+    "ffn.0", "ffn.2",
+)
+LORA_TARGETS = DEFAULT_LORA_TARGETS + ("cross_attn.k_img", "cross_attn.v_img")
+"""Linears of a DiT block LoRA can adapt (official module names, relative to ``blocks.{i}``)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What is trained, and the frozen encoders that turn raw data into latents and text states.
+
+    ``path`` None starts the DiT from a random init of ``preset``. ``vae`` / ``text_encoder``: a weights path,
+    or a preset name (``tiny``), which builds a *random* model — only useful for tests and debugging.
+    ``tokenizer``: a tokenizer folder, or ``byt5`` (byte-level, no download; fits the ``tiny`` umT5 preset).
+    """
+
+    preset: str = "t2v-1.3B"
+    path: str | None = None
+    vae: str | None = None
+    text_encoder: str | None = None
+    tokenizer: str | None = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where batches come from: a clip manifest (raw videos) or a latent/text cache folder (one of the two)."""
+
+    manifest: str | None = None
+    cache_dir: str | None = None
+    fps: float = 16.0
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One curriculum stage. ``buckets`` are (frames, height, width) in pixels, frames 4n+1 (1 = image).
+
+    ``image_video_ratio`` is handed to the bucket sampler (the data mix); ``lr`` / ``warmup_steps`` None take
+    ``optim.lr`` / ``schedule.warmup_steps``; ``manifest`` / ``cache_dir`` replace ``data``'s for this stage.
+    """
+
+    name: str = "stage"
+    steps: int = 1000
+    batch_size: int = 1
+    lr: float | None = None
+    warmup_steps: int | None = None
+    buckets: tuple[tuple[int, int, int], ...] = ((1, 256, 256),)
+    image_video_ratio: float | None = None
+    manifest: str | None = None
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW. Weight decay applies to matrices and convolution kernels, not to biases, norms or modulation."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Learning rate per stage: linear warm-up, then cosine decay to ``min_lr_ratio``·lr, or constant."""
+
+    kind: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+
+
+@dataclass(frozen=True)
+class TimestepConfig:
+    """Training noise levels σ: uniform or logit-normal, then shifted.
+
+    ``shift`` is a number (1 = no shift), or ``resolution``: the Flux rule ``resolution_shift(tokens, ...)``
+    with the four parameters below, so larger images/videos train at higher noise.
+    """
+
+    mode: Literal["uniform", "logit_normal"] = "uniform"
+    shift: float | Literal["resolution"] = 1.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    base_tokens: int = 256
+    base_shift: float = 0.5
+    max_tokens: int = 4096
+    max_shift: float = 1.15
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    decay: float = 0.999  # 0 disables the EMA
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 1000  # steps between checkpoints (0: only at the end)
+    keep_last: int = 3
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Sample videos from fixed prompts every ``every`` steps (0: never); needs a VAE, text encoder and tokenizer."""
+
+    every: int = 0
+    prompts: tuple[str, ...] = ()
+    negative_prompt: str | None = None
+    size: tuple[int, int] = (832, 480)  # width, height
+    frame_num: int = 81
+    steps: int = 30
+    shift: float = 5.0
+    guide_scale: float = 5.0
+    seed: int = 0
+    fps: int = 16
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    rank: int = 16
+    alpha: float = 16.0
+    targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Mesh sizes. Only 1 works today: data / context parallel training arrives with the distributed layer."""
+
+    dp: int = 1
+    cp_ulysses: int = 1
+    cp_ring: int = 1
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    every: int = 1  # steps between metric lines
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    stages: tuple[StageConfig, ...] = (StageConfig(),)
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    timesteps: TimestepConfig = TimestepConfig()
+    ema: EMAConfig = EMAConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    sample: SampleConfig = SampleConfig()
+    lora: LoRAConfig | None = None  # None: full fine-tune
+    parallel: ParallelConfig = ParallelConfig()
+    log: LogConfig = LogConfig()
+    text_dropout: float = 0.1
+    activation_checkpointing: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    device: str = "auto"
+    seed: int = 0
+    output_dir: str = "runs/train"
+    resume: str = "auto"  # auto (latest checkpoint in output_dir, if any) | never | a checkpoint folder
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def stage_lr(self, stage: StageConfig) -> float:
+        return self.optim.lr if stage.lr is None else stage.lr
+
+    def stage_warmup(self, stage: StageConfig) -> int:
+        return self.schedule.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        cfg = _build(cls, data, "")
+        _validate(cfg)
+        return cfg
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return TrainConfig.from_dict({**self.to_dict(), **{k: _plain(v) for k, v in changes.items()}})
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) file (None: the defaults) and apply ``a.b.0.c=value`` overrides."""
+    data = read_config_file(path) if path is not None else {}
+    cfg = TrainConfig.from_dict(data)
+    if overrides:
+        cfg = TrainConfig.from_dict(apply_overrides(cfg.to_dict(), overrides))
+    return cfg
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist; give a .yaml or .toml training config.")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path} is not valid YAML ({str(err).splitlines()[0]}); fix the syntax.") from None
+    elif path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path} is not valid TOML ({err}); fix the syntax.") from None
+    else:
+        raise ValueError(f"config file {path} has an unknown suffix; use .yaml, .yml or .toml.")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of config sections (model, data, stages, ...) at the top.")
+    return data
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    import yaml
+
+    from openwan.checkpoints.convert import _atomic_write
+
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``stages.0.steps=10`` style assignments on a nested dict; values are parsed as YAML (``[1, 2]``, ``null``)."""
+    import yaml
+
+    data = _copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not of the form field.path=value (e.g. optim.lr=1e-4).")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        _assign(data, key.strip().split("."), value, key.strip())
+    return data
+
+
+def _assign(node: Any, parts: list[str], value: Any, key: str) -> None:
+    head, rest = parts[0], parts[1:]
+    if isinstance(node, list):
+        if not head.isdigit() or int(head) > len(node):
+            raise ValueError(f"override {key}: {head!r} is not an index of a list of {len(node)} (use 0..{len(node)}).")
+        index = int(head)
+        if index == len(node):  # one past the end appends a new entry (a new stage)
+            node.append({})
+        if not rest:
+            node[index] = value
+            return
+        if not isinstance(node[index], (dict, list)):
+            node[index] = {}
+        _assign(node[index], rest, value, key)
+        return
+    if not isinstance(node, dict):
+        raise ValueError(f"override {key}: cannot set a field inside a value that is not a section.")
+    if not rest:
+        node[head] = value
+        return
+    if not isinstance(node.get(head), (dict, list)):
+        node[head] = {}  # e.g. lora.rank=8 when lora was null: turn the section on with its defaults
+    _assign(node[head], rest, value, key)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses -> dicts, tuples -> lists (what YAML / JSON write)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------------------ typing
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    where = path or "the config"
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where} must be a mapping of fields ({', '.join(f.name for f in fields(cls))}); "
+                         f"got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{path}.{key}" if path else str(key)
+        if key not in allowed:
+            raise ValueError(f"unknown config field {name!r}; {where} has: {', '.join(allowed)}.")
+        kwargs[key] = _coerce(hints[key], value, name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        for option in options:
+            try:
+                return _coerce(option, value, name)
+            except ValueError:
+                continue
+        raise ValueError(f"config field {name} must be {' or '.join(_describe(o) for o in options)}"
+                         f"{' or null' if type(None) in args else ''}; got {value!r}.")
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"config field {name} must be one of: {', '.join(map(str, args))}; got {value!r}.")
+        return value
+    if origin is tuple:
+        return _coerce_tuple(args, value, name)
+    if is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return _build(tp, value, name)
+    return _coerce_scalar(tp, value, name)
+
+
+def _coerce_tuple(args: tuple, value: Any, name: str) -> tuple:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"config field {name} must be {_describe(tuple[args])}; got {value!r}.")
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_coerce(args[0], v, f"{name}.{i}") for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise ValueError(f"config field {name} must be {_describe(tuple[args])}; got {value!r}.")
+    return tuple(_coerce(a, v, f"{name}.{i}") for i, (a, v) in enumerate(zip(args, value)))
+
+
+def _coerce_scalar(tp: Any, value: Any, name: str) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        raise TypeError(f"unsupported config type {tp!r}")  # internal: a field type _coerce does not know
+    raise ValueError(f"config field {name} must be {_describe(tp)}; got {value!r}.")
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of: " + ", ".join(map(str, args))
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0])} values"
+        return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+    if is_dataclass(tp):
+        return f"a section with fields {', '.join(f.name for f in fields(tp))}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def _check(ok: bool, name: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"config field {name} must be {allowed}; got {value!r}.")
+
+
+def _validate(cfg: TrainConfig) -> None:
+    from openwan.configs import DIT_PRESETS
+
+    _check(cfg.model.preset in DIT_PRESETS or cfg.model.path is not None, "model.preset",
+           "one of: " + ", ".join(DIT_PRESETS) + " (or set model.path)", cfg.model.preset)
+    _check(cfg.data.fps > 0, "data.fps", "a positive number", cfg.data.fps)
+    _check(cfg.data.num_workers >= 0, "data.num_workers", "an integer >= 0", cfg.data.num_workers)
+    _check(len(cfg.stages) >= 1, "stages", "a list of at least one stage", list(cfg.stages))
+    for i, stage in enumerate(cfg.stages):
+        _validate_stage(stage, f"stages.{i}")
+    _validate_optim(cfg)
+    t = cfg.timesteps
+    if t.shift != "resolution":
+        _check(math.isfinite(t.shift) and t.shift > 0, "timesteps.shift", "a positive number or resolution", t.shift)
+    _check(t.logit_std > 0, "timesteps.logit_std", "a positive number", t.logit_std)
+    _check(t.max_tokens != t.base_tokens and t.base_tokens > 0, "timesteps.max_tokens",
+           "a token count different from timesteps.base_tokens (both > 0)", t.max_tokens)
+    _check(0.0 <= cfg.ema.decay < 1.0, "ema.decay", "in [0, 1) (0 disables the EMA)", cfg.ema.decay)
+    _check(0.0 <= cfg.text_dropout <= 1.0, "text_dropout", "a probability in [0, 1]", cfg.text_dropout)
+    _check(cfg.checkpoint.every >= 0, "checkpoint.every", "an integer >= 0 (0: only at the end)", cfg.checkpoint.every)
+    _check(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "an integer >= 1", cfg.checkpoint.keep_last)
+    _check(cfg.log.every >= 1, "log.every", "an integer >= 1", cfg.log.every)
+    _validate_sample(cfg.sample)
+    if cfg.lora is not None:
+        _check(cfg.lora.rank >= 1, "lora.rank", "an integer >= 1", cfg.lora.rank)
+        _check(cfg.lora.alpha > 0, "lora.alpha", "a positive number", cfg.lora.alpha)
+        bad = [t for t in cfg.lora.targets if t not in LORA_TARGETS]
+        _check(bool(cfg.lora.targets) and not bad, "lora.targets", "a non-empty list of: " + ", ".join(LORA_TARGETS),
+               list(cfg.lora.targets))
+    for axis in ("dp", "cp_ulysses", "cp_ring"):
+        size = getattr(cfg.parallel, axis)
+        _check(size == 1, f"parallel.{axis}",
+               "1 (data and context parallel training arrive with the distributed layer; train on one device "
+               "for now)", size)
+    _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device",
+           "auto, cpu, cuda or cuda:N", cfg.device)
+    _check(cfg.resume in ("auto", "never") or bool(cfg.resume), "resume", "auto, never or a checkpoint folder",
+           cfg.resume)
+
+
+def _validate_stage(stage: StageConfig, name: str) -> None:
+    _check(stage.steps >= 1, f"{name}.steps", "an integer >= 1", stage.steps)
+    _check(stage.batch_size >= 1, f"{name}.batch_size", "an integer >= 1", stage.batch_size)
+    if stage.lr is not None:
+        _check(stage.lr > 0, f"{name}.lr", "a positive number (or null for optim.lr)", stage.lr)
+    if stage.warmup_steps is not None:
+        _check(stage.warmup_steps >= 0, f"{name}.warmup_steps", "an integer >= 0", stage.warmup_steps)
+    _check(len(stage.buckets) >= 1, f"{name}.buckets", "a list of at least one [frames, height, width]",
+           list(stage.buckets))
+    for j, (frames, height, width) in enumerate(stage.buckets):
+        _check(frames >= 1 and (frames - 1) % 4 == 0, f"{name}.buckets.{j}.0", "a frame count 4n+1 (1 = image)",
+               frames)
+        for k, size in ((1, height), (2, width)):
+            _check(size >= 16 and size % 16 == 0, f"{name}.buckets.{j}.{k}", "a pixel size that is a multiple of 16",
+                   size)
+    if stage.image_video_ratio is not None:
+        _check(stage.image_video_ratio >= 0, f"{name}.image_video_ratio", "a number >= 0 (or null)",
+               stage.image_video_ratio)
+
+
+def _validate_optim(cfg: TrainConfig) -> None:
+    o, s = cfg.optim, cfg.schedule
+    _check(o.lr > 0, "optim.lr", "a positive number", o.lr)
+    for i, beta in enumerate(o.betas):
+        _check(0.0 <= beta < 1.0, f"optim.betas.{i}", "in [0, 1)", beta)
+    _check(o.eps > 0, "optim.eps", "a positive number", o.eps)
+    _check(o.weight_decay >= 0, "optim.weight_decay", "a number >= 0", o.weight_decay)
+    _check(o.grad_clip >= 0, "optim.grad_clip", "a number >= 0 (0 disables clipping)", o.grad_clip)
+    _check(s.warmup_steps >= 0, "schedule.warmup_steps", "an integer >= 0", s.warmup_steps)
+    _check(0.0 <= s.min_lr_ratio <= 1.0, "schedule.min_lr_ratio", "in [0, 1]", s.min_lr_ratio)
+
+
+def _validate_sample(s: SampleConfig) -> None:
+    _check(s.every >= 0, "sample.every", "an integer >= 0 (0: never)", s.every)
+    _check(not (s.every and not s.prompts), "sample.prompts", "a non-empty list of prompts when sample.every > 0",
+           list(s.prompts))
+    _check(s.frame_num >= 1 and (s.frame_num - 1) % 4 == 0, "sample.frame_num", "a frame count 4n+1", s.frame_num)
+    for k, size in enumerate(s.size):
+        _check(size >= 16 and size % 16 == 0, f"sample.size.{k}", "a pixel size that is a multiple of 16", size)
+    _check(s.steps >= 1, "sample.steps", "an integer >= 1", s.steps)
+    _check(s.shift > 0, "sample.shift", "a positive number", s.shift)
+
+
+__all__ = [
+    "TrainConfig",
+    "ModelConfig",
+    "DataConfig",
+    "StageConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "TimestepConfig",
+    "EMAConfig",
+    "CheckpointConfig",
+    "SampleConfig",
+    "LoRAConfig",
+    "ParallelConfig",
+    "LogConfig",
+    "DEFAULT_LORA_TARGETS",
+    "LORA_TARGETS",
+    "load_config",
+    "read_config_file",
+    "save_config",
+    "apply_overrides",
+]
