@@ -1,0 +1,691 @@
+"""VAE training in the paper's three stages, ending in a Wan2.1 VAE file that ``WanVAE.from_pretrained`` loads.
+
+1. A 2D image VAE (:class:`~openwan.models.image_vae.ImageVAE`, the target VAE's widths) learns on images —
+   stills, or the frames of clips, each coded on its own.
+2. :func:`inflate_image_vae` turns it into the 3D causal :class:`~openwan.models.vae.WanVAE`: each 2D kernel goes
+   in the last temporal tap (the one that sees the current frame), the other taps are zero, and the temporal
+   resampling convs start as "take the newest frame" (down) and "repeat the frame" (up). WanVAE codes a first
+   frame with the last taps only and skips the temporal resampling there, so a single image encodes and decodes
+   exactly as before; a clip starts as latent k = image latent of frame 4k, each decoded into 4 equal frames.
+   Then it trains on short low-resolution clips.
+3. The same with a 3D PatchGAN discriminator and hinge losses, switched on after ``gan_start`` steps, with the
+   GAN term weighted adaptively (its gradient at the decoder's last layer sized to the reconstruction's).
+
+Losses (see :mod:`openwan.train.vae_losses`): L1 ×3, KL ×3e-6, perceptual ×3 when local VGG16/AlexNet weights
+are given — otherwise one log line says it is off. AdamW, gradient clipping, checkpoints written to a temporary
+file and renamed, and a resume that restores model, optimizers, discriminator, the posterior-noise generator and
+the data position, so a resumed run continues with the same losses as one never interrupted (exactly so on CPU
+for a data source that is a list or that saves its position, like the DiT trainer's ``SamplerLoader``).
+
+Data: any iterable of batches ``{"video": [B, 3, T, H, W] in [-1, 1]}`` (an image is T = 1); ``None`` batches
+(all items unreadable) are skipped; an iterable that ends is iterated again.
+
+The final WanVAE's state dict has the official ``Wan2.1_VAE.pth`` layout; the per-channel mean and std of the
+posterior mean over a sample of the data are written to a JSON file next to it (:func:`export_wan_vae`,
+read back by :func:`load_trained_vae`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from openwan.configs import VAEConfig
+from openwan.models.image_vae import ImageVAE
+from openwan.models.vae import FeatureCache, WanVAE
+from openwan.train.vae_losses import (
+    PatchDiscriminator3d,
+    adaptive_gan_weight,
+    hinge_d_loss,
+    hinge_g_loss,
+    kl_loss,
+    l1_loss,
+    load_perceptual,
+    sample_posterior,
+)
+
+log = logging.getLogger("openwan.train")
+
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+IMAGE_VAE_NAME = "image_vae"  # stage 1 output: image_vae.pth + image_vae.json (its VAEConfig)
+WAN_VAE_NAME = "Wan2.1_VAE"  # stage 2/3 output: Wan2.1_VAE.pth + Wan2.1_VAE.json (config with latent stats)
+_CKPT = re.compile(r"^vae-step-(\d+)\.pt$")
+LOG_VAR_RANGE = (-30.0, 20.0)  # keeps exp(log_var) finite early in training
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    """One VAE training stage. Weights follow the Wan paper; ``perceptual_weights`` are local file paths."""
+
+    stage: int = 1
+    steps: int = 1000
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # 0: no clipping
+    l1_weight: float = 3.0
+    kl_weight: float = 3e-6
+    perceptual_weight: float = 3.0
+    perceptual_weights: tuple[str, ...] = ()
+    gan_weight: float = 0.5  # stage 3: times the adaptive weight (or alone when gan_adaptive is off)
+    gan_start: int = 0  # stage 3: the step from which the discriminator trains and the GAN term applies
+    gan_adaptive: bool = True
+    disc_lr: float = 1e-4
+    disc_betas: tuple[float, float] = (0.5, 0.9)
+    disc_dim: int = 64
+    disc_layers: int = 3
+    seed: int = 0
+    device: str = "cpu"
+    precision: str = "fp32"  # fp32 | bf16 (autocast; CUDA only)
+    log_every: int = 10
+    save_every: int = 500  # 0: only at the end of fit
+    keep_last: int = 2
+    stats_batches: int = 16  # batches whose posterior means give the latent statistics
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
+        object.__setattr__(self, "disc_betas", tuple(self.disc_betas))
+        object.__setattr__(self, "perceptual_weights", tuple(str(p) for p in self.perceptual_weights))
+        _need(self.stage in (1, 2, 3), "stage", "1, 2 or 3", self.stage)
+        _need(self.steps >= 0, "steps", "an integer >= 0", self.steps)
+        _need(self.precision in ("fp32", "bf16"), "precision", "fp32 or bf16", self.precision)
+        for name in ("lr", "disc_lr"):
+            _need(getattr(self, name) > 0, name, "a number > 0", getattr(self, name))
+        for name in ("l1_weight", "kl_weight", "perceptual_weight", "gan_weight", "grad_clip", "weight_decay"):
+            _need(getattr(self, name) >= 0, name, "a number >= 0", getattr(self, name))
+        for name in ("warmup_steps", "gan_start", "save_every"):
+            _need(getattr(self, name) >= 0, name, "an integer >= 0", getattr(self, name))
+        for name in ("log_every", "keep_last", "stats_batches", "disc_dim", "disc_layers"):
+            _need(getattr(self, name) >= 1, name, "an integer >= 1", getattr(self, name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _need(ok: bool, name: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"VAETrainConfig.{name} must be {allowed}; got {value!r}.")
+
+
+# --------------------------------------------------------------------------------------- the models
+
+
+def inflate_image_vae(image_vae: ImageVAE) -> WanVAE:
+    """The 3D causal WanVAE that codes a single image exactly as ``image_vae`` does (see the module doc)."""
+    vae = WanVAE(image_vae.cfg).to(image_vae.dtype)
+    flat = image_vae.state_dict()
+    state = vae.state_dict()
+    assert set(flat) == {k for k in state if ".time_conv." not in k}, "ImageVAE and WanVAE layouts differ"
+    with torch.no_grad():
+        for key, target in state.items():
+            if ".time_conv." in key:
+                continue  # set per module below
+            src = flat[key]
+            if src.shape == target.shape:
+                target.copy_(src)
+            else:  # [o, i, 1, k, k] -> [o, i, kt, k, k]: the kernel in the newest-frame tap, zeros before it
+                assert src.shape[2] == 1 and src.shape[:2] + src.shape[3:] == target.shape[:2] + target.shape[3:], key
+                target.zero_()
+                target[:, :, -1:] = src
+        vae.load_state_dict(state)
+        for module in vae.modules():
+            mode = getattr(module, "mode", None)
+            if mode in ("downsample3d", "upsample3d"):
+                _init_time_conv(module.time_conv, repeats=2 if mode == "upsample3d" else 1)
+    return vae.to(next(image_vae.parameters()).device)
+
+
+def _init_time_conv(conv: nn.Module, repeats: int) -> None:
+    """Identity on the newest-frame tap, ``repeats`` times over the output channels (up: both output frames)."""
+    out_ch, in_ch = conv.weight.shape[:2]
+    assert out_ch == repeats * in_ch
+    conv.weight.zero_()
+    eye = torch.eye(in_ch, dtype=conv.weight.dtype, device=conv.weight.device)
+    for r in range(repeats):
+        conv.weight[r * in_ch:(r + 1) * in_ch, :, -1, 0, 0] = eye
+    conv.bias.zero_()
+
+
+def encode_moments(model: nn.Module, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw posterior (mu, log_var) of an ImageVAE (per frame) or a WanVAE (causal, 4n+1 frames)."""
+    return model.encode_moments(video)
+
+
+def decode_raw(model: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Raw latents -> frames, NOT clamped (training needs gradients past [-1, 1]).
+
+    For a WanVAE this is ``decode`` without the latent scaling and the clamp: one causal pass, one latent frame
+    at a time, through the same modules.
+    """
+    if isinstance(model, ImageVAE):
+        return model.decode_raw(latents)
+    x = model.conv2(latents.to(model.dtype))  # [B, z, T', h, w]
+    cache = FeatureCache()
+    chunks = []
+    for k in range(x.shape[2]):
+        cache.next_chunk()
+        chunks.append(model.decoder(x[:, :, k:k + 1], cache))
+    return torch.cat(chunks, dim=2)  # [B, 3, 1 + 4(T'-1), H, W]
+
+
+def _check_model(model: nn.Module, stage: int) -> None:
+    if stage == 1 and not isinstance(model, ImageVAE):
+        raise ValueError(f"stage 1 trains a 2D ImageVAE; got {type(model).__name__} — build one with "
+                         "ImageVAE(vae_config).")
+    if stage in (2, 3) and not isinstance(model, WanVAE):
+        raise ValueError(f"stage {stage} trains the 3D WanVAE; got {type(model).__name__} — inflate the stage-1 "
+                         "model with inflate_image_vae(image_vae).")
+
+
+# --------------------------------------------------------------------------------------- the trainer
+
+
+class VAETrainer:
+    """Trains ``model`` (an ImageVAE in stage 1, a WanVAE in stages 2 and 3) for the stage in ``cfg``.
+
+    ``out_dir`` (optional) receives checkpoints (``checkpoints/vae-step-XXXXXXXX.pt``) and ``metrics.jsonl``.
+    """
+
+    def __init__(self, model: nn.Module, cfg: VAETrainConfig, out_dir: str | Path | None = None) -> None:
+        _check_model(model, cfg.stage)
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        if cfg.precision == "bf16" and self.device.type != "cuda":
+            raise ValueError("precision bf16 needs a CUDA device; use precision fp32 on the CPU.")
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.model = model.to(self.device, torch.float32).train()  # float32 master weights
+        self.perceptual = self._perceptual()
+        self.disc = PatchDiscriminator3d(cfg.disc_dim, cfg.disc_layers).to(self.device) if cfg.stage == 3 else None
+        self.optimizer = _adamw(self.model, cfg.lr, cfg.betas, cfg.weight_decay)
+        self.disc_optimizer = (_adamw(self.disc, cfg.disc_lr, cfg.disc_betas, cfg.weight_decay)
+                               if self.disc is not None else None)
+        # An own generator for posterior noise: checkpointed, and nothing else draws from it.
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.step = 0
+        self.batches_seen = 0  # batches taken from the data (None batches included): where a resume continues
+        self.data_state: Any = None  # the data source's own state_dict(), when it has one
+        self._last_saved: int | None = None
+        if self.out_dir is not None:
+            for stale in (self.out_dir / CHECKPOINT_DIR).glob(".vae-step-*.pt.tmp-*"):
+                log.info("removing %s, left by an interrupted checkpoint write", stale)
+                stale.unlink(missing_ok=True)
+
+    def _perceptual(self) -> nn.Module | None:
+        cfg = self.cfg
+        if cfg.perceptual_weight == 0:
+            log.info("perceptual loss OFF: perceptual_weight is 0")
+            return None
+        model = load_perceptual(cfg.perceptual_weights)
+        return model.to(self.device) if model is not None else None
+
+    # ------------------------------------------------------------------------------------ one step
+
+    def train_step(self, batch: dict | torch.Tensor) -> dict[str, float]:
+        """One optimizer step of the VAE (and, in stage 3 from ``gan_start``, one of the discriminator)."""
+        cfg = self.cfg
+        video = _video_of(batch).to(self.device, torch.float32)
+        lr_scale = min(1.0, (self.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        _set_lr(self.optimizer, cfg.lr * lr_scale)
+        start = time.perf_counter()
+        with self._autocast():
+            mu, log_var = encode_moments(self.model, video)
+            log_var = log_var.float().clamp(*LOG_VAR_RANGE)
+            recon = decode_raw(self.model, sample_posterior(mu.float(), log_var, self.generator)).float()
+        terms = {"l1": l1_loss(recon, video), "kl": kl_loss(mu, log_var, video[0].numel())}
+        rec = cfg.l1_weight * terms["l1"]
+        if self.perceptual is not None:
+            terms["perceptual"] = self.perceptual(recon, video)
+            rec = rec + cfg.perceptual_weight * terms["perceptual"]
+        loss = rec + cfg.kl_weight * terms["kl"]
+        gan_on = self.disc is not None and self.step >= cfg.gan_start
+        if gan_on:
+            loss = loss + self._generator_gan_term(recon, rec, terms)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = _clip(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        if gan_on:
+            terms["disc"] = self._disc_step(video, recon.detach())
+        self.step += 1
+        metrics = {"step": self.step, "loss": loss.item(), "rec": rec.item()}
+        metrics.update({k: float(v.detach()) for k, v in terms.items()})
+        metrics.update(grad_norm=grad_norm, lr=cfg.lr * lr_scale, step_time=time.perf_counter() - start)
+        return metrics
+
+    def _generator_gan_term(self, recon: torch.Tensor, rec: torch.Tensor, terms: dict) -> torch.Tensor:
+        cfg = self.cfg
+        self.disc.requires_grad_(False)  # the VAE step needs gradients through D, not into it
+        with self._autocast():
+            g_loss = hinge_g_loss(self.disc(recon))
+        self.disc.requires_grad_(True)
+        weight = torch.tensor(cfg.gan_weight, device=recon.device)
+        if cfg.gan_adaptive:
+            weight = weight * adaptive_gan_weight(rec, g_loss, self.model.decoder.head[-1].weight)
+        terms["gan_g"], terms["gan_weight"] = g_loss, weight
+        return weight * g_loss
+
+    def _disc_step(self, video: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            d_loss = hinge_d_loss(self.disc(video), self.disc(fake))
+        self.disc_optimizer.zero_grad(set_to_none=True)
+        d_loss.backward()
+        _clip(self.disc.parameters(), self.cfg.grad_clip)
+        self.disc_optimizer.step()
+        return d_loss.detach()
+
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # -------------------------------------------------------------------------------------- loop
+
+    def fit(self, data: Iterable, steps: int | None = None) -> list[dict[str, float]]:
+        """Train until ``self.step`` reaches ``steps`` (default ``cfg.steps``); returns each step's metrics.
+
+        With ``out_dir``, saves a checkpoint every ``save_every`` steps and at the end, and appends metrics.
+        """
+        end = self.cfg.steps if steps is None else steps
+        history: list[dict[str, float]] = []
+        batches = self._batches(data)
+        while self.step < end:
+            metrics = self.train_step(next(batches))
+            history.append(metrics)
+            self._report(metrics, end)
+            if self.out_dir is not None and self.cfg.save_every and self.step % self.cfg.save_every == 0:
+                self.save_checkpoint()
+        if self.out_dir is not None and self._last_saved != self.step:
+            self.save_checkpoint()
+        return history
+
+    def _batches(self, data: Iterable) -> Iterator[dict | torch.Tensor]:
+        """Batches in order, forever; on resume, continue where the checkpointed run was."""
+        stateful = callable(getattr(data, "state_dict", None)) and callable(getattr(data, "load_state_dict", None))
+        if stateful and self.data_state is not None:
+            data.load_state_dict(self.data_state)
+        skip = 0 if stateful else self.batches_seen
+        if skip:
+            log.info("resume: skipping the %d batches the checkpointed run had taken", skip)
+        while True:
+            empty = True
+            for batch in data:
+                empty = False
+                if skip:
+                    skip -= 1
+                    continue
+                self.batches_seen += 1
+                if stateful:
+                    self.data_state = data.state_dict()
+                if batch is not None:
+                    yield batch
+            if empty:
+                raise ValueError("the training data gave no batches; give a non-empty list or a re-iterable loader "
+                                 "(a one-shot iterator runs out after its first pass).")
+
+    def _report(self, metrics: dict[str, float], end: int) -> None:
+        if self.step % self.cfg.log_every == 0 or self.step == end:
+            shown = " ".join(f"{k} {metrics[k]:.4g}" for k in ("loss", "l1", "kl", "perceptual", "gan_g", "disc")
+                             if k in metrics)
+            log.info("vae stage %d step %d/%d %s (%.2f s/step)", self.cfg.stage, self.step, end, shown,
+                     metrics["step_time"])
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps({"stage": self.cfg.stage, **metrics}) + "\n")
+
+    # -------------------------------------------------------------------------------- checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs, as tensors and plain values (``torch.load(weights_only=True)`` reads it)."""
+        state = {
+            "stage": self.cfg.stage,
+            "step": self.step,
+            "batches_seen": self.batches_seen,
+            "data_state": self.data_state,
+            "model_kind": type(self.model).__name__,
+            "model_config": self.model.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "train_config": self.cfg.to_dict(),
+        }
+        if self.disc is not None:
+            state["disc"] = self.disc.state_dict()
+            state["disc_optimizer"] = self.disc_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["stage"] != self.cfg.stage:
+            raise ValueError(f"the checkpoint is of stage {state['stage']}, this run is stage {self.cfg.stage}; "
+                             "resume with the same stage, or start the next stage from that stage's output file.")
+        if state["model_kind"] != type(self.model).__name__:
+            raise ValueError(f"the checkpoint holds a {state['model_kind']}, not a {type(self.model).__name__}.")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.disc is not None:
+            if "disc" not in state:
+                raise ValueError("the checkpoint has no discriminator; resume a stage-3 run from a stage-3 checkpoint.")
+            self.disc.load_state_dict(state["disc"])
+            self.disc_optimizer.load_state_dict(state["disc_optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.batches_seen = int(state["step"]), int(state["batches_seen"])
+        self.data_state = state["data_state"]
+        self._last_saved = self.step
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Write the trainer state atomically (temporary file, then rename); keep the newest ``keep_last``."""
+        if path is None:
+            if self.out_dir is None:
+                raise ValueError("save_checkpoint needs a path, or a trainer built with out_dir.")
+            path = self.out_dir / CHECKPOINT_DIR / f"vae-step-{self.step:08d}.pt"
+        path = Path(path)
+        _atomic_write(path, lambda tmp: torch.save(self.state_dict(), tmp))
+        self._last_saved = self.step
+        if path.parent == self._checkpoint_dir():
+            for old in list_vae_checkpoints(path.parent)[:-self.cfg.keep_last]:
+                old.unlink(missing_ok=True)
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        self.load_state_dict(read_vae_checkpoint(path))
+        if self.out_dir is not None:  # steps after the checkpoint are about to be trained again
+            _truncate_metrics(self.out_dir / METRICS_FILE, self.step)
+
+    def _checkpoint_dir(self) -> Path | None:
+        return self.out_dir / CHECKPOINT_DIR if self.out_dir is not None else None
+
+
+def _video_of(batch: dict | torch.Tensor) -> torch.Tensor:
+    video = batch.get("video") if isinstance(batch, dict) else batch
+    if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
+        got = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+        raise ValueError(f"VAE training batches are dicts with 'video' [B, 3, T, H, W] in [-1, 1]; got {got}.")
+    return video
+
+
+def _adamw(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
+    # Decay kernels only: biases and norm gains keep their scale.
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.ndim >= 2 and not n.endswith("gamma")]
+    keep = [p for n, p in params if not (p.ndim >= 2 and not n.endswith("gamma"))]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _clip(params, max_norm: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(list(params), max_norm if max_norm > 0 else math.inf)
+    return float(norm)
+
+
+# ------------------------------------------------------------------------------------------- files
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(tmp_path)`` then rename over ``path``: a killed process leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a killed run
+        if record.get("step", 0) <= step:
+            keep.append(line + "\n")
+    _atomic_write(path, lambda tmp: Path(tmp).write_text("".join(keep)))
+
+
+def list_vae_checkpoints(folder: str | Path) -> list[Path]:
+    """Complete checkpoints in ``folder`` (``vae-step-XXXXXXXX.pt``), oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_vae_checkpoint(out_dir: str | Path) -> Path | None:
+    found = list_vae_checkpoints(Path(out_dir) / CHECKPOINT_DIR)
+    return found[-1] if found else None
+
+
+def read_vae_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist; give a vae-step-XXXXXXXX.pt from a run's checkpoints folder.")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, corrupt, or not a torch file: all mean "use another checkpoint"
+        raise ValueError(f"{path} cannot be read ({type(err).__name__}); it is damaged — resume from an earlier "
+                         "checkpoint.") from None
+    if not isinstance(state, dict) or "model" not in state or "stage" not in state:
+        raise ValueError(f"{path} is not a VAE training checkpoint (written by VAETrainer.save_checkpoint).")
+    return state
+
+
+def model_from_checkpoint(path_or_state: str | Path | dict[str, Any]) -> nn.Module:
+    """A model of the checkpoint's kind and architecture (weights are restored by ``load_checkpoint``)."""
+    state = path_or_state if isinstance(path_or_state, dict) else read_vae_checkpoint(path_or_state)
+    cfg = VAEConfig.from_dict(state["model_config"])
+    return ImageVAE(cfg) if state["model_kind"] == "ImageVAE" else WanVAE(cfg)
+
+
+# ----------------------------------------------------------------------------- latent statistics, export
+
+
+@torch.no_grad()
+def latent_stats(model: nn.Module, data: Iterable, max_batches: int = 16) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the posterior mean mu over the first ``max_batches`` batches of ``data``."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total = total_sq = None
+    count = 0
+    for batch in _first_batches(data, max_batches):
+        mu = encode_moments(model, _video_of(batch).to(device, model.dtype))[0].double()
+        per_channel = mu.transpose(0, 1).flatten(1)  # [z, B·T'·h·w]
+        s, s2 = per_channel.sum(1), per_channel.square().sum(1)
+        total, total_sq = (s, s2) if total is None else (total + s, total_sq + s2)
+        count += per_channel.shape[1]
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("the data gave no batches to measure the latent statistics on.")
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+def _first_batches(data: Iterable, n: int) -> Iterator[dict | torch.Tensor]:
+    """Up to ``n`` non-None batches, iterating ``data`` again when a pass ends (a resumable source may have been
+    left at the end of an epoch); stops after two passes in a row that give nothing."""
+    taken, empty_passes = 0, 0
+    for _ in range(n + 2):
+        got = False
+        for batch in data:
+            got = True
+            if batch is None:
+                continue
+            yield batch
+            taken += 1
+            if taken == n:
+                return
+        empty_passes = 0 if got else empty_passes + 1
+        if empty_passes == 2:
+            return
+
+
+def with_latent_stats(vae: WanVAE, mean: Iterable[float], std: Iterable[float]) -> WanVAE:
+    """A copy of ``vae`` whose config (and so ``encode``/``decode`` scaling) carries these latent statistics."""
+    cfg = vae.cfg.replace(latents_mean=tuple(float(m) for m in mean), latents_std=tuple(float(s) for s in std))
+    with torch.device("meta"):
+        out = WanVAE(cfg)
+    out.load_state_dict({k: v.detach().clone() for k, v in vae.state_dict().items()}, assign=True)
+    return out.to(next(vae.parameters()).device).train(vae.training)
+
+
+def export_wan_vae(vae: WanVAE, out_dir: str | Path, name: str = WAN_VAE_NAME) -> Path:
+    """Write ``<name>.pth`` (official Wan2.1 layout, loads with ``WanVAE.from_pretrained``) and ``<name>.json``
+    (its VAEConfig, latent statistics included); returns the .pth path."""
+    out_dir = Path(out_dir)
+    path = out_dir / f"{name}.pth"
+    state = {k: v.detach().float().cpu().contiguous() for k, v in vae.state_dict().items()}
+    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    _write_json(path.with_suffix(".json"), vae.cfg.to_dict())
+    return path
+
+
+def load_trained_vae(path: str | Path) -> WanVAE:
+    """``WanVAE.from_pretrained(path)`` with the latent statistics of ``<stem>.json`` beside it, when present."""
+    return WanVAE.from_pretrained(path)  # the loader reads the statistics of <stem>.json beside the file
+
+
+def export_image_vae(model: ImageVAE, out_dir: str | Path, name: str = IMAGE_VAE_NAME) -> Path:
+    """Write the stage-1 model as ``<name>.pth`` (state dict) and ``<name>.json`` (its VAEConfig)."""
+    out_dir = Path(out_dir)
+    path = out_dir / f"{name}.pth"
+    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    _write_json(path.with_suffix(".json"), model.cfg.to_dict())
+    return path
+
+
+def load_image_vae(path: str | Path) -> ImageVAE:
+    """The stage-1 model written by :func:`export_image_vae` (needs the .json beside the .pth)."""
+    from openwan.checkpoints.io import load_strict, read_state_dict
+
+    path = Path(path)
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        raise ValueError(f"{sidecar} is missing; a stage-1 image VAE is {path.name} with its config {sidecar.name} "
+                         "beside it, as export_image_vae writes them.")
+    model = ImageVAE(_read_config_json(sidecar))
+    return load_strict(model, read_state_dict(path), source=path, assign=False)
+
+
+def _read_config_json(path: Path) -> VAEConfig:
+    try:
+        return VAEConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"{path} is not a readable VAE config JSON ({err}); write it again with the export.") from None
+
+
+def is_image_vae_file(path: str | Path) -> bool:
+    """True for a stage-1 image VAE file (kernels one frame deep), False for a 3D WanVAE file."""
+    from openwan.checkpoints.io import read_state_dict
+
+    weight = read_state_dict(path).get("encoder.conv1.weight")
+    if weight is None or weight.ndim != 5:
+        raise ValueError(f"{path} is not a Wan VAE weights file (no 5D encoder.conv1.weight).")
+    return weight.shape[2] == 1
+
+
+# ------------------------------------------------------------------------------------------- a stage
+
+
+def initial_model(stage: int, init: str | Path | None = None, vae_config: VAEConfig | None = None) -> nn.Module:
+    """The model a stage starts from.
+
+    Stage 1: ``init`` (an image VAE file, to continue) or a fresh ImageVAE of ``vae_config`` (default: the
+    released Wan2.1 widths). Stages 2 and 3: ``init`` is required — an image VAE file is inflated, a 3D VAE file
+    (``Wan2.1_VAE.pth`` of the previous stage) is loaded.
+    """
+    if stage == 1:
+        return load_image_vae(init) if init is not None else ImageVAE(vae_config or VAEConfig())
+    if init is None:
+        previous = "the stage-1 image_vae.pth" if stage == 2 else "the stage-2 Wan2.1_VAE.pth"
+        raise ValueError(f"stage {stage} starts from a trained model; give init= {previous}.")
+    if is_image_vae_file(init):
+        log.info("inflating the image VAE %s to the 3D causal VAE", init)
+        return inflate_image_vae(load_image_vae(init))
+    return load_trained_vae(init).train()
+
+
+def run_stage(cfg: VAETrainConfig, data: Iterable, out_dir: str | Path, *, model: nn.Module | None = None,
+              init: str | Path | None = None, vae_config: VAEConfig | None = None, resume: bool = False) -> Path:
+    """One stage end to end: start (or resume from ``out_dir``'s newest checkpoint), train ``cfg.steps`` steps,
+    export. Returns the exported file: ``image_vae.pth`` (stage 1) or ``Wan2.1_VAE.pth`` (stages 2, 3).
+
+    ``model`` (optional) replaces :func:`initial_model`'s choice for a fresh start.
+    """
+    out_dir = Path(out_dir)
+    checkpoint = latest_vae_checkpoint(out_dir)
+    if checkpoint is not None and not resume:
+        raise ValueError(f"{out_dir} already holds checkpoints (newest {checkpoint.name}); resume to continue that "
+                         "run, or choose another output folder.")
+    if checkpoint is not None:
+        state = read_vae_checkpoint(checkpoint)
+        trainer = VAETrainer(model_from_checkpoint(state), cfg, out_dir)
+        trainer.load_state_dict(state)
+        _truncate_metrics(out_dir / METRICS_FILE, trainer.step)
+        log.info("resumed from %s at step %d", checkpoint, trainer.step)
+    else:
+        trainer = VAETrainer(model if model is not None else initial_model(cfg.stage, init, vae_config), cfg, out_dir)
+    trainer.fit(data)
+    if cfg.stage == 1:
+        path = export_image_vae(trainer.model, out_dir)
+    else:
+        mean, std = latent_stats(trainer.model, data, cfg.stats_batches)
+        path = export_wan_vae(with_latent_stats(trainer.model, mean, std), out_dir)
+    log.info("stage %d done: wrote %s (and %s)", cfg.stage, path, path.with_suffix(".json").name)
+    return path
+
+
+__all__ = [
+    "VAETrainConfig",
+    "VAETrainer",
+    "decode_raw",
+    "encode_moments",
+    "export_image_vae",
+    "export_wan_vae",
+    "inflate_image_vae",
+    "initial_model",
+    "latent_stats",
+    "latest_vae_checkpoint",
+    "list_vae_checkpoints",
+    "load_image_vae",
+    "load_trained_vae",
+    "model_from_checkpoint",
+    "read_vae_checkpoint",
+    "run_stage",
+    "with_latent_stats",
+]
