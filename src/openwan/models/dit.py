@@ -62,13 +62,19 @@ class _Attention(nn.Module):
 
 
 class SelfAttention(_Attention):
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    # The attention kernel, called like layers.attention. openwan.parallel.parallelize_dit sets a
+    # context-parallel one per block (an attribute, so the forward below never changes).
+    attn_backend = staticmethod(attention)
+
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_lens: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = x.to(self.q.weight.dtype)  # [B, L, D]
         cos, sin = rope
         q = apply_rope(self.heads(self.norm_q(self.q(x))), cos, sin)  # [B, L, H, Dh]
         k = apply_rope(self.heads(self.norm_k(self.k(x))), cos, sin)
         v = self.heads(self.v(x))
-        return self.o(attention(q, k, v).flatten(2))
+        return self.o(self.attn_backend(q, k, v, key_lens=key_lens).flatten(2))
 
 
 class CrossAttention(_Attention):
@@ -115,9 +121,10 @@ class WanBlock(nn.Module):
         e0: torch.Tensor,  # [B, 1 or L, 6, D] float32 time projection
         context: torch.Tensor,  # [B, Lc, D]
         rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin [L, Dh/2]
+        key_lens: torch.Tensor | None = None,  # [B] keys at positions >= key_lens are padding (context parallel)
     ) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).unbind(2)  # [B, 1|L, D]
-        y = self.self_attn(self.norm1(x) * (1 + scale1) + shift1, rope)
+        y = self.self_attn(self.norm1(x) * (1 + scale1) + shift1, rope, key_lens)
         x = x + y.float() * gate1
         x = x + self.cross_attn(self.norm3(x), context).float()
         y = self.ffn((self.norm2(x) * (1 + scale2) + shift2).to(self.ffn[0].weight.dtype))
@@ -187,6 +194,9 @@ class WanDiT(nn.Module):
         self.head = Head(dim, cfg.out_dim, cfg.patch_size, cfg.eps)
         self.img_emb = ImageEmbedding(cfg.image_dim, dim, cfg.image_tokens) if cfg.image_tokens else None
         self._rope_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Context parallelism (openwan.parallel.parallelize_dit) sets a splitter that keeps this rank's share
+        # of the tokens from the first block to the head; None runs the whole sequence here.
+        self.token_split = None
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
 
@@ -259,14 +269,19 @@ class WanDiT(nn.Module):
 
         context = self._embed_context(context, clip_fea)  # [B, image_tokens + text_len, D]
         rope = self._rope(grid, x.device)
+        key_lens = None
+        if self.token_split is not None:  # x, per-token e/e0 and rope become this rank's padded shard
+            x, e, e0, rope, key_lens = self.token_split.shard(x, e, e0, rope)
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, e0, context, rope, use_reentrant=False)
+                x = checkpoint(block, x, e0, context, rope, key_lens, use_reentrant=False)
             else:
-                x = block(x, e0, context, rope)
+                x = block(x, e0, context, rope, key_lens)
 
         x = self.head(x, e).float()  # [B, L, pt*ph*pw*out_dim]
         f, h, w = grid
+        if self.token_split is not None:
+            x = self.token_split.gather(x, f * h * w)
         return rearrange(
             x, "b (f h w) (pt ph pw c) -> b c (f pt) (h ph) (w pw)", f=f, h=h, w=w, pt=pt, ph=ph, pw=pw
         )
