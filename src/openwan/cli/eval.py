@@ -1,0 +1,114 @@
+"""``openwan eval``: prompt following of a model on held-out synthetic prompts, and VAE reconstruction quality."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from openwan.cli.common import parse_dtype
+
+HELP = "measure a model: prompt following (prompts) or VAE reconstruction PSNR/SSIM (vae)"
+PROMPTS_HELP = "generate held-out prompts of the synthetic shapes data and measure how often the video matches"
+VAE_HELP = "VAE reconstruction PSNR and SSIM on held-out synthetic clips and on pan/zoom clips of real photos"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().replace("x", "*").split("*"))
+    except ValueError:
+        raise ValueError(f"--size must look like WIDTH*HEIGHT (e.g. 64*64); got {text!r}.") from None
+    return width, height
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help=HELP, description=HELP + ".")
+    kinds = p.add_subparsers(dest="eval_command", required=True, metavar="KIND")
+
+    q = kinds.add_parser("prompts", help=PROMPTS_HELP, description=PROMPTS_HELP + ".")
+    q.add_argument("--ckpt-dir", required=True, help="a release folder (e.g. the bundled tiny model's)")
+    q.add_argument("--out", required=True, help="report folder: report.json, samples.png, videos/")
+    q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    q.add_argument("--prompts", nargs="+", default=None,
+                   help="prompts to evaluate instead of the held-out ones (in the dataset's vocabulary)")
+    q.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts")
+    q.add_argument("--size", default=None, help="WIDTH*HEIGHT (default: the model's)")
+    q.add_argument("--frame-num", type=int, default=None, help="frames, 4n+1 (default: the model's)")
+    q.add_argument("--sample-solver", default="unipc", choices=["unipc", "dpm++", "euler"])
+    q.add_argument("--sample-steps", type=int, default=None)
+    q.add_argument("--sample-shift", type=float, default=None)
+    q.add_argument("--sample-guide-scale", type=float, default=None)
+    q.add_argument("--negative-prompt", default=None, help="default: the pipeline's")
+    q.add_argument("--still-threshold", type=float, default=0.1,
+                   help="centroid travel below this fraction of the frame counts as still")
+    q.add_argument("--no-videos", action="store_true", help="do not keep the generated mp4 files")
+    q.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
+    q.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: bf16 on GPU, fp32 on CPU)")
+    q.set_defaults(run=run_prompts)
+
+    v = kinds.add_parser("vae", help=VAE_HELP, description=VAE_HELP + ".")
+    v.add_argument("--ckpt-dir", required=True, help="a release folder or a VAE file (e.g. Wan2.1_VAE.pth)")
+    v.add_argument("--out", required=True, help="report folder: vae_report.json, vae_samples.png")
+    v.add_argument("--size", default="64*64", help="WIDTH*HEIGHT of the clips, multiples of 16")
+    v.add_argument("--frames", type=int, default=17, help="frames per clip, 4n+1")
+    v.add_argument("--num-synthetic", type=int, default=36, help="held-out synthetic clips (0: none)")
+    v.add_argument("--photos", nargs="*", default=None,
+                   help="skimage.data photographs (default: astronaut coffee chelsea rocket; none: skip)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--batch-size", type=int, default=4, help="clips per VAE pass")
+    v.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    v.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    v.set_defaults(run=run_vae)
+
+
+def run_prompts(args: argparse.Namespace) -> int:
+    from openwan.data.synthetic import heldout_prompts, parse_caption
+    from openwan.eval.prompts import evaluate_prompts
+    from openwan.pipelines import WanPipeline
+    from openwan.pipelines.conditioning import check_frame_num
+
+    if args.frame_num is not None:
+        check_frame_num(args.frame_num)
+    size = parse_size(args.size) if args.size else None
+    prompts = args.prompts or heldout_prompts()
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be at least 1; got {args.limit}.")
+        prompts = prompts[:args.limit]
+    for prompt in prompts:  # before loading the model: the detector can judge only the dataset's vocabulary
+        parse_caption(prompt)
+    dtype = parse_dtype(args.dtype) if args.dtype else None
+    pipe = WanPipeline.from_pretrained(args.ckpt_dir, device=args.device, dtype=dtype)
+    report = evaluate_prompts(pipe, args.out, prompts=prompts, seeds=args.seeds, size=size,
+                              frame_num=args.frame_num, sample_steps=args.sample_steps,
+                              sample_shift=args.sample_shift, guide_scale=args.sample_guide_scale,
+                              negative_prompt=args.negative_prompt, solver=args.sample_solver,
+                              save_videos=not args.no_videos, still_threshold=args.still_threshold,
+                              checkpoint=str(args.ckpt_dir))
+    acc = report["accuracy"]
+    print(f"{report['num_videos']} videos: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items()))
+    print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'samples.png'}")
+    return 0
+
+
+def run_vae(args: argparse.Namespace) -> int:
+    import torch
+
+    from openwan.eval.reconstruction import PHOTOS, check_clip_settings, evaluate_vae
+    from openwan.models import WanVAE
+
+    size = parse_size(args.size)
+    check_clip_settings(size, args.frames)  # before loading anything
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1; got {args.batch_size}.")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    vae = WanVAE.from_pretrained(args.ckpt_dir, dtype=parse_dtype(args.dtype), device=device)
+    photos = PHOTOS if args.photos is None else args.photos
+    report = evaluate_vae(vae, args.out, size=size, frames=args.frames, num_synthetic=args.num_synthetic,
+                          seed=args.seed, photos=photos, batch_size=args.batch_size, checkpoint=str(args.ckpt_dir))
+    for kind in ("synthetic", "photos"):
+        if kind in report:
+            r = report[kind]
+            print(f"{kind}: {r['clips']} clips, PSNR {r['psnr']:.2f} dB (min {r['psnr_min']:.2f}), "
+                  f"SSIM {r['ssim']:.4f}")
+    print(f"wrote {Path(args.out) / 'vae_report.json'}")
+    return 0

@@ -1,0 +1,326 @@
+"""A synthetic captioned video dataset: one coloured shape moving over a muted background.
+
+It is what the bundled tiny model learns from, and its held-out combinations are what ``openwan eval prompts``
+measures prompt following on. Everything is deterministic from a seed.
+
+- colours: red, green, blue, yellow, white, purple (:data:`COLOURS`)
+- shapes: circle ("ball", "disc"), square ("box"), triangle (:data:`SHAPES`)
+- motions: left, right, up, down, still (:data:`MOTIONS`)
+
+Captions vary verbs, word order and articles ("red ball sliding leftward", "a box, blue, drifting up");
+:func:`parse_caption` recovers the attributes from any caption :func:`make_caption` writes. Backgrounds are
+dark-to-mid grey tones with a faint tint and a gentle linear gradient, never close to an object colour; the
+object's size, start position and exact speed vary and are not named. The object stays fully in frame and
+keeps one orientation (squares axis-aligned, triangles pointing up). ``make_dataset`` writes
+``videos/NNNNNN.mp4`` (H.264, x264 preset :data:`MP4_PRESET`) and a manifest in the training schema.
+
+Held-out split (:func:`is_held_out`): with colour, shape and motion indices c, s, m in the order of the lists
+above, a combination is held out when ``(c + 2 s + m) % 5 == 0`` — 18 of 90 combinations (20%). Each
+(colour, shape) pair loses exactly one motion, and every (colour, motion), (shape, motion) pair still appears
+in training, so the held-out prompts test composition of things the model has seen.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from openwan.data.manifest import MANIFEST_SUFFIXES, ClipRecord, write_manifest
+from openwan.data.video import save_video
+
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.90, 0.12, 0.10),
+    "green": (0.10, 0.78, 0.20),
+    "blue": (0.12, 0.30, 0.95),
+    "yellow": (0.95, 0.86, 0.10),
+    "white": (0.96, 0.96, 0.96),
+    "purple": (0.62, 0.18, 0.85),
+}
+SHAPES = ("circle", "square", "triangle")
+MOTIONS = ("left", "right", "up", "down", "still")
+SPLITS = ("train", "heldout")
+MP4_PRESET = "ultrafast"  # the x264 preset of the dataset's files: the one whose output is reproducible
+
+SHAPE_NOUNS = {"circle": ("circle", "ball", "disc"), "square": ("square", "box"), "triangle": ("triangle",)}
+# verb: (third person, -ing form)
+VERBS = (("moves", "moving"), ("slides", "sliding"), ("drifts", "drifting"), ("travels", "traveling"),
+         ("glides", "gliding"))
+DIRECTION_PHRASES = {
+    "left": ("to the left", "left", "leftward", "leftwards", "towards the left"),
+    "right": ("to the right", "right", "rightward", "rightwards", "towards the right"),
+    "up": ("up", "upward", "upwards", "towards the top"),
+    "down": ("down", "downward", "downwards", "towards the bottom"),
+}
+ARTICLES = ("a", "the", "")
+
+# {a}: article, {c}: colour, {n}: shape noun, {v}/{ving}: verb forms, {d}: direction phrase.
+MOVING_TEMPLATES = (
+    "{a} {c} {n} {ving} {d}",
+    "{c} {n} {ving} {d}",
+    "{a} {n}, {c}, {ving} {d}",
+    "{a} {c} {n} that {v} {d}",
+    "{a} {c} {n} {v} {d}",
+    "{a} {n} in {c} {ving} {d}",
+    "{c} {n}, {ving} {d}",
+)
+STILL_TEMPLATES = (
+    "{a} {c} {n} that stays still",
+    "{a} {c} {n} staying still",
+    "{c} {n}, not moving",
+    "{a} {c} {n} that is not moving",
+    "{a} stationary {c} {n}",
+    "{a} {n}, {c}, stationary",
+    "{a} {n} in {c}, staying still",
+    "{c} {n} stays still",
+)
+
+_SHAPE_OF_NOUN = {noun: shape for shape, nouns in SHAPE_NOUNS.items() for noun in nouns}
+_DIRECTION_WORDS = {"left": "left", "leftward": "left", "leftwards": "left", "right": "right",
+                    "rightward": "right", "rightwards": "right", "up": "up", "upward": "up", "upwards": "up",
+                    "top": "up", "down": "down", "downward": "down", "downwards": "down", "bottom": "down"}
+
+
+# --------------------------------------------------------------------------------------------- split
+
+
+def combinations() -> list[tuple[str, str, str]]:
+    """Every (colour, shape, motion), in a fixed order."""
+    return list(itertools.product(COLOURS, SHAPES, MOTIONS))
+
+
+def is_held_out(colour: str, shape: str, motion: str) -> bool:
+    """True for the 18 of 90 combinations kept out of training (see the module doc for the rule)."""
+    c, s, m = list(COLOURS).index(colour), SHAPES.index(shape), MOTIONS.index(motion)
+    return (c + 2 * s + m) % 5 == 0
+
+
+def split_combinations(split: str) -> list[tuple[str, str, str]]:
+    """The combinations of ``split`` ("train" or "heldout")."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use 'train' or 'heldout'.")
+    return [combo for combo in combinations() if is_held_out(*combo) == (split == "heldout")]
+
+
+def canonical_caption(colour: str, shape: str, motion: str) -> str:
+    """The plain phrasing used for evaluation prompts: "a red circle moving to the left"."""
+    if motion == "still":
+        return f"a {colour} {shape} that stays still"
+    return f"a {colour} {shape} moving {DIRECTION_PHRASES[motion][0]}"
+
+
+def heldout_prompts() -> list[str]:
+    """One evaluation prompt per held-out combination, in a fixed order (parse them with :func:`parse_caption`)."""
+    return [canonical_caption(*combo) for combo in split_combinations("heldout")]
+
+
+# ------------------------------------------------------------------------------------------- captions
+
+
+def make_caption(colour: str, shape: str, motion: str, rng: np.random.Generator) -> str:
+    """A caption for the attributes, with phrasing drawn from ``rng``."""
+    _check_attributes(colour, shape, motion)
+    still = motion == "still"
+    template = _pick(rng, STILL_TEMPLATES if still else MOVING_TEMPLATES)
+    v, ving = _pick(rng, VERBS)
+    fields = {"a": _pick(rng, ARTICLES), "c": colour, "n": _pick(rng, SHAPE_NOUNS[shape]), "v": v, "ving": ving,
+              "d": "" if still else _pick(rng, DIRECTION_PHRASES[motion])}
+    return " ".join(template.format(**fields).split())  # an empty article leaves no double space
+
+
+def parse_caption(caption: str) -> tuple[str, str, str]:
+    """(colour, shape, motion) of a caption in this dataset's vocabulary; ValueError when it does not name
+    exactly one colour, one shape and one motion."""
+    words = re.findall(r"[a-z]+", caption.lower())
+    colours = {w for w in words if w in COLOURS}
+    shapes = {_SHAPE_OF_NOUN[w] for w in words if w in _SHAPE_OF_NOUN}
+    text = " ".join(words)
+    still = "stationary" in words or "still" in words or "not moving" in text
+    directions = {_DIRECTION_WORDS[w] for w in words if w in _DIRECTION_WORDS}
+    motions = directions | ({"still"} if still else set())
+    for name, found, vocabulary in (("colour", colours, list(COLOURS)), ("shape", shapes, list(_SHAPE_OF_NOUN)),
+                                    ("motion", motions, [*DIRECTION_PHRASES, "stays still"])):
+        if len(found) != 1:
+            raise ValueError(f"caption {caption!r} names {len(found)} {name}s; name exactly one of "
+                             f"{', '.join(vocabulary)}.")
+    return colours.pop(), shapes.pop(), motions.pop()
+
+
+def _pick(rng: np.random.Generator, options):
+    return options[int(rng.integers(len(options)))]
+
+
+def _check_attributes(colour: str, shape: str, motion: str) -> None:
+    for name, value, allowed in (("colour", colour, list(COLOURS)), ("shape", shape, SHAPES),
+                                 ("motion", motion, MOTIONS)):
+        if value not in allowed:
+            raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}.")
+
+
+# ------------------------------------------------------------------------------------------- rendering
+
+
+def _size(size: int | tuple[int, int]) -> tuple[int, int]:
+    """(width, height) from an int (square) or a (width, height) pair, checked."""
+    width, height = (size, size) if isinstance(size, int) else size
+    if width < 32 or height < 32 or width % 2 or height % 2:
+        raise ValueError(f"size must be even and at least 32 pixels per side; got {width}x{height}.")
+    return width, height
+
+
+@dataclass(frozen=True)
+class ClipLayout:
+    """Everything random about one clip (drawn by :func:`sample_layout`; drawn on screen by
+    :func:`render_layout`). Positions are the centre of the shape's bounding box, in pixels."""
+
+    shape: str
+    width: int
+    height: int
+    frames: int
+    rgb: tuple[float, float, float]  # object colour: the named colour, jittered slightly
+    radius: float  # shapes of one radius have equal areas
+    start: tuple[float, float]
+    end: tuple[float, float]
+    background: tuple[float, float, float]  # mean background colour
+    gradient: tuple[float, float]  # (angle in radians, amplitude) of the background's linear ramp
+
+    def centre(self, t: int) -> tuple[float, float]:
+        f = t / (self.frames - 1)
+        return (self.start[0] + f * (self.end[0] - self.start[0]), self.start[1] + f * (self.end[1] - self.start[1]))
+
+    def box(self, t: int) -> tuple[float, float, float, float]:
+        """(left, top, right, bottom) of the shape at frame ``t``."""
+        (cx, cy), (hx, hy) = self.centre(t), half_extent(self.shape, self.radius)
+        return cx - hx, cy - hy, cx + hx, cy + hy
+
+
+def half_extent(shape: str, radius: float) -> tuple[float, float]:
+    """Half width and half height of the shape's bounding box; shapes of one radius have equal areas."""
+    if shape == "circle":
+        return radius, radius
+    if shape == "square":
+        side = radius * math.sqrt(math.pi)
+        return side / 2, side / 2
+    circumradius = radius * math.sqrt(4 * math.pi / (3 * math.sqrt(3)))  # equilateral, pointing up
+    return circumradius * math.sqrt(3) / 2, circumradius * 0.75
+
+
+def sample_layout(colour: str, shape: str, motion: str, seed: int, size: int | tuple[int, int] = 64,
+                  frames: int = 17) -> ClipLayout:
+    """The random choices of one clip, from ``seed``: background tone and ramp, object colour jitter, size,
+    and a path that keeps the whole object in frame. Moving objects travel 25-45% of the frame along their
+    axis, at constant speed."""
+    _check_attributes(colour, shape, motion)
+    width, height = _size(size)
+    if frames < 2:
+        raise ValueError(f"a clip needs at least 2 frames; got {frames}.")
+    rng = np.random.default_rng(seed)
+    # Muted grey tones with a faint tint: far from every object colour.
+    base = rng.uniform(0.12, 0.42) + rng.uniform(-0.04, 0.04, size=3)
+    gradient = (float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(0.0, 0.15)))
+    radius = float(rng.uniform(0.12, 0.19) * min(width, height))
+    hx, hy = half_extent(shape, radius)
+    dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}[motion]
+    travel = rng.uniform(0.25, 0.45)
+    shift_x, shift_y = dx * travel * width, dy * travel * height  # total displacement, pixels
+    margin = 1.0
+    # Start positions that keep the whole bounding box in frame at both ends of the (straight) path.
+    x0 = rng.uniform(margin + hx + max(0.0, -shift_x), width - margin - hx - max(0.0, shift_x))
+    y0 = rng.uniform(margin + hy + max(0.0, -shift_y), height - margin - hy - max(0.0, shift_y))
+    rgb = np.clip(np.array(COLOURS[colour]) + rng.uniform(-0.03, 0.03, size=3), 0, 1)
+    return ClipLayout(shape=shape, width=width, height=height, frames=frames, rgb=tuple(map(float, rgb)),
+                      radius=radius, start=(float(x0), float(y0)), end=(float(x0 + shift_x), float(y0 + shift_y)),
+                      background=tuple(map(float, base)), gradient=gradient)
+
+
+def shape_coverage(layout: ClipLayout, t: int) -> torch.Tensor:
+    """Anti-aliased coverage [H, W] in [0, 1] of the shape at frame ``t`` (a one-pixel linear edge ramp)."""
+    y, x = torch.meshgrid(torch.arange(layout.height, dtype=torch.float64) + 0.5,
+                          torch.arange(layout.width, dtype=torch.float64) + 0.5, indexing="ij")
+    cx, cy = layout.centre(t)
+    dx, dy = x - cx, y - cy
+    hx, hy = half_extent(layout.shape, layout.radius)
+    if layout.shape == "circle":
+        dist = torch.sqrt(dx * dx + dy * dy) - layout.radius  # signed distance to the edge, pixels
+    elif layout.shape == "square":
+        dist = torch.maximum(dx.abs() - hx, dy.abs() - hy)
+    else:  # the triangle is the intersection of three half-planes: its base and two sides
+        slope = math.hypot(hx, 2 * hy)
+        sides = (2 * hy * dx.abs() - hx * (dy + hy)) / slope  # signed distance to the slanted sides
+        dist = torch.maximum(dy - hy, sides)
+    return (0.5 - dist).clamp(0, 1).float()
+
+
+def render_layout(layout: ClipLayout) -> torch.Tensor:
+    """The clip ``[T, H, W, 3]`` in [0, 1] of ``layout``."""
+    h, w = layout.height, layout.width
+    y, x = torch.meshgrid(torch.linspace(-0.5, 0.5, h), torch.linspace(-0.5, 0.5, w), indexing="ij")
+    angle, amplitude = layout.gradient
+    ramp = amplitude * (math.cos(angle) * x + math.sin(angle) * y)  # [H, W]
+    background = (torch.tensor(layout.background) + ramp[..., None]).clamp(0.05, 0.6)  # [H, W, 3]
+    rgb = torch.tensor(layout.rgb)
+    out = torch.empty(layout.frames, h, w, 3)
+    for t in range(layout.frames):
+        alpha = shape_coverage(layout, t)[..., None]  # [H, W, 1]
+        out[t] = background * (1 - alpha) + rgb * alpha
+    return out
+
+
+def render_clip(colour: str, shape: str, motion: str, seed: int, size: int | tuple[int, int] = 64,
+                frames: int = 17) -> torch.Tensor:
+    """One clip ``[T, H, W, 3]`` in [0, 1], deterministic from ``seed``; ``size`` is an int or (width, height)."""
+    return render_layout(sample_layout(colour, shape, motion, seed, size, frames))
+
+
+# --------------------------------------------------------------------------------------------- dataset
+
+
+def _clip_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, index]))
+
+
+def dataset_combinations(num: int, seed: int, split: str = "train") -> list[tuple[str, str, str]]:
+    """The combination of each of ``num`` clips: every combination of the split equally often (±1), shuffled."""
+    combos = split_combinations(split)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 2**31 - 1]))
+    out: list[tuple[str, str, str]] = []
+    while len(out) < num:
+        out += [combos[i] for i in rng.permutation(len(combos))]
+    return out[:num]
+
+
+def make_dataset(out_dir: str | Path, num: int, seed: int = 0, split: str = "train",
+                 size: int | tuple[int, int] = 64, frames: int = 17, fps: float = 16,
+                 manifest: str = "manifest.jsonl") -> Path:
+    """Write ``num`` clips of ``split`` as ``out_dir/videos/NNNNNN.mp4`` plus a manifest in the training schema
+    (``.jsonl`` or ``.parquet``, by the name's suffix); returns the manifest's path."""
+    if num < 1:
+        raise ValueError(f"the number of clips must be at least 1; got {num}.")
+    width, height = _size(size)
+    if fps <= 0:
+        raise ValueError(f"fps must be positive; got {fps}.")
+    if Path(manifest).suffix.lower() not in MANIFEST_SUFFIXES:  # fail before rendering anything
+        raise ValueError(f"manifest {manifest!r} must be named *.jsonl or *.parquet.")
+    out_dir = Path(out_dir)
+    records = []
+    for index, (colour, shape, motion) in enumerate(dataset_combinations(num, seed, split)):
+        rng = _clip_rng(seed, index)
+        caption = make_caption(colour, shape, motion, rng)
+        clip = render_clip(colour, shape, motion, int(rng.integers(2**63 - 1)), (width, height), frames)
+        # x264's slower presets (macroblock-tree, adaptive quantisation) do not give the same bytes from run to
+        # run here, even on one thread; ultrafast does, and costs nothing that matters at this size.
+        path = save_video(clip, out_dir / "videos" / f"{index:06d}.mp4", fps=fps, preset=MP4_PRESET).absolute()
+        records.append(ClipRecord(path=str(path), caption=caption, frames=frames, fps=float(fps), width=width,
+                                  height=height, id=f"synthetic-{split}-{seed}-{index:06d}"))
+    return write_manifest(records, out_dir / manifest)
+
+
+__all__ = ["COLOURS", "SHAPES", "MOTIONS", "SHAPE_NOUNS", "VERBS", "combinations", "is_held_out",
+           "split_combinations", "canonical_caption", "heldout_prompts", "make_caption", "parse_caption",
+           "ClipLayout", "sample_layout", "render_layout", "shape_coverage", "half_extent", "render_clip",
+           "dataset_combinations", "make_dataset"]

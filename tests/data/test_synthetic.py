@@ -1,0 +1,215 @@
+"""The synthetic shapes dataset: the held-out split, captions that parse back, clips, files and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from openwan.cli import data as data_cmd
+from openwan.data.manifest import read_manifest
+from openwan.data.synthetic import (
+    COLOURS,
+    DIRECTION_PHRASES,
+    MOTIONS,
+    SHAPE_NOUNS,
+    SHAPES,
+    VERBS,
+    combinations,
+    dataset_combinations,
+    heldout_prompts,
+    is_held_out,
+    make_caption,
+    make_dataset,
+    parse_caption,
+    render_clip,
+    sample_layout,
+    shape_coverage,
+    split_combinations,
+)
+from openwan.data.video import probe_video
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small tensors: one thread is faster than two on the shared 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+# ------------------------------------------------------------------------------------------------ split
+
+
+def test_held_out_split_keeps_every_value_and_pair_in_training():
+    held, train = split_combinations("heldout"), split_combinations("train")
+    assert len(held) + len(train) == len(combinations()) == 90
+    assert len(held) / 90 >= 0.2 and set(held).isdisjoint(train)
+    assert all(is_held_out(*c) for c in held) and not any(is_held_out(*c) for c in train)
+    for i, values in enumerate((COLOURS, SHAPES, MOTIONS)):
+        assert {c[i] for c in train} == set(values)
+    for i, j in itertools.combinations(range(3), 2):  # every pair of attribute values is seen in training
+        assert {(c[i], c[j]) for c in train} == {(c[i], c[j]) for c in combinations()}
+    assert Counter((c, s) for c, s, _ in held) == Counter({(c, s): 1 for c in COLOURS for s in SHAPES})
+
+
+def test_heldout_prompts_name_the_held_out_combinations():
+    prompts = heldout_prompts()
+    assert [parse_caption(p) for p in prompts] == split_combinations("heldout")
+    assert "a red circle moving to the left" in prompts
+
+
+# ---------------------------------------------------------------------------------------------- captions
+
+
+def test_thousands_of_captions_parse_back_to_their_attributes():
+    rng = np.random.default_rng(0)
+    combos = combinations()
+    captions = set()
+    for i in range(5000):
+        attrs = combos[i % len(combos)]
+        caption = make_caption(*attrs, rng)
+        assert parse_caption(caption) == attrs, caption
+        captions.add(caption)
+    assert len(captions) > 2500  # phrasing really varies
+    words = set(" ".join(captions).replace(",", " ").split())
+    vocabulary = {w for nouns in SHAPE_NOUNS.values() for w in nouns} | {w for pair in VERBS for w in pair}
+    vocabulary |= {w for phrases in DIRECTION_PHRASES.values() for p in phrases for w in p.split()}
+    vocabulary |= {"stationary", "still", "not", "stays", "a", "the"} | set(COLOURS)
+    assert vocabulary <= words
+
+
+@pytest.mark.parametrize(("caption", "attrs"), [
+    ("a red circle moving to the left", ("red", "circle", "left")),
+    ("red ball sliding leftward", ("red", "circle", "left")),
+    ("a box, blue, drifting up", ("blue", "square", "up")),
+    ("a green triangle that stays still", ("green", "triangle", "still")),
+    ("The purple disc is not moving.", ("purple", "circle", "still")),
+    ("a stationary white box", ("white", "square", "still")),
+    ("yellow ball glides towards the bottom", ("yellow", "circle", "down")),
+])
+def test_issue_phrasings_parse(caption, attrs):
+    assert parse_caption(caption) == attrs
+
+
+@pytest.mark.parametrize("caption", ["a red blue circle moving left", "a red circle", "a red thing moving up",
+                                     "a red circle moving left and up", "a red ball moving left, then still"])
+def test_ambiguous_captions_are_rejected(caption):
+    with pytest.raises(ValueError, match="exactly one"):
+        parse_caption(caption)
+
+
+# ------------------------------------------------------------------------------------------------ clips
+
+
+def test_render_is_deterministic_and_seed_dependent():
+    a = render_clip("red", "circle", "left", seed=3)
+    assert a.shape == (17, 64, 64, 3) and a.dtype == torch.float32 and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, render_clip("red", "circle", "left", seed=3))
+    assert not torch.equal(a, render_clip("red", "circle", "left", seed=4))
+    assert render_clip("white", "triangle", "up", seed=0, size=(96, 64), frames=5).shape == (5, 64, 96, 3)
+
+
+@pytest.mark.parametrize("motion", MOTIONS)
+def test_object_stays_whole_in_frame_and_moves_as_named(motion):
+    for seed, shape in itertools.product(range(8), SHAPES):
+        layout = sample_layout("blue", shape, motion, seed, size=(64, 80), frames=9)
+        for t in (0, layout.frames - 1):
+            left, top, right, bottom = layout.box(t)
+            assert left >= 0 and top >= 0 and right <= layout.width and bottom <= layout.height
+        # Nothing is cut off: on a canvas padded by 20 pixels all round, the drawn area is the same.
+        padded = replace(layout, width=layout.width + 40, height=layout.height + 40,
+                         start=tuple(v + 20 for v in layout.start), end=tuple(v + 20 for v in layout.end))
+        for t in range(layout.frames):
+            assert torch.allclose(shape_coverage(layout, t).sum(), shape_coverage(padded, t).sum())
+        dx, dy = (e - s for s, e in zip(layout.start, layout.end))
+        expected = {"left": (dx < 0, dy == 0), "right": (dx > 0, dy == 0), "up": (dx == 0, dy < 0),
+                    "down": (dx == 0, dy > 0), "still": (dx == 0, dy == 0)}[motion]
+        assert all(expected)
+        assert motion == "still" or max(abs(dx) / layout.width, abs(dy) / layout.height) >= 0.25
+
+
+def test_background_is_never_an_object_colour():
+    palette = torch.tensor(list(COLOURS.values()))  # [6, 3]
+    for seed in range(200):
+        corners = render_clip("red", "circle", "still", seed, frames=2)[0, [0, 0, -1, -1], [0, -1, 0, -1]]  # [4, 3]
+        assert torch.cdist(corners, palette).min() > 0.3, sample_layout("red", "circle", "still", seed)
+
+
+def test_bad_attributes_and_sizes_are_user_errors():
+    with pytest.raises(ValueError, match="unknown colour"):
+        render_clip("orange", "circle", "left", 0)
+    with pytest.raises(ValueError, match="unknown shape"):
+        render_clip("red", "hexagon", "left", 0)
+    with pytest.raises(ValueError, match="even"):
+        render_clip("red", "circle", "left", 0, size=63)
+    with pytest.raises(ValueError, match="split"):
+        split_combinations("test")
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+
+
+def test_dataset_combinations_are_balanced():
+    combos = dataset_combinations(144, seed=5)
+    assert Counter(combos) == Counter({c: 2 for c in split_combinations("train")})
+    assert combos != dataset_combinations(144, seed=6)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    return make_dataset(root / "a", 8, seed=1), make_dataset(root / "b", 8, seed=1), root
+
+
+def test_dataset_files_and_manifest(dataset):
+    manifest, _, _ = dataset
+    records = read_manifest(manifest)
+    assert len(records) == 8 and len({r.id for r in records}) == 8
+    for record in records:
+        assert (record.frames, record.fps, record.width, record.height) == (17, 16.0, 64, 64)
+        assert not is_held_out(*parse_caption(record.caption))
+        assert probe_video(record.path) == {"frames": 17, "fps": 16.0, "width": 64, "height": 64}
+    assert '"path": "videos/000000.mp4"' in manifest.read_text()  # stored folder-relative: the folder can move
+
+
+def test_dataset_is_deterministic(dataset):
+    a, b, root = dataset
+    assert a.read_text() == b.read_text()
+    for ra, rb in zip(read_manifest(a), read_manifest(b)):
+        assert Path(ra.path).read_bytes() == Path(rb.path).read_bytes()
+    other = make_dataset(root / "c", 8, seed=2)
+    assert [r.caption for r in read_manifest(other)] != [r.caption for r in read_manifest(a)]
+
+
+def test_heldout_split_dataset_and_parquet(tmp_path):
+    manifest = make_dataset(tmp_path, 4, seed=0, split="heldout", size=(48, 32), frames=5,
+                            manifest="clips.parquet")
+    records = read_manifest(manifest)
+    assert all(is_held_out(*parse_caption(r.caption)) for r in records)
+    assert (records[0].width, records[0].height, records[0].frames) == (48, 32, 5)
+
+
+def _cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    data_cmd.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["data", *argv])
+    return args.run(args)
+
+
+def test_cli_synth(tmp_path, capsys):
+    assert _cli("synth", "--out", str(tmp_path), "--num", "3", "--seed", "7", "--frames", "9") == 0
+    assert "wrote 3 train clips" in capsys.readouterr().out
+    records = read_manifest(tmp_path / "manifest.jsonl")
+    assert len(records) == 3 and records[0].frames == 9
+    with pytest.raises(ValueError, match="jsonl or"):
+        _cli("synth", "--out", str(tmp_path / "x"), "--num", "1", "--manifest", "m.csv")
+    with pytest.raises(ValueError, match="--size"):
+        _cli("synth", "--out", str(tmp_path / "x"), "--num", "1", "--size", "big")
+    assert not (tmp_path / "x").exists()
