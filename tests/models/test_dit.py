@@ -228,7 +228,8 @@ SECTIONS = {
 
 
 def test_every_released_preset_has_a_reference_section():
-    assert {name for name in DIT_PRESETS if not name.startswith("tiny")} == set(SECTIONS)
+    ours = {"demo"}  # openwan's own bundled model, not a Wan release
+    assert {name for name in DIT_PRESETS if not name.startswith("tiny")} - ours == set(SECTIONS)
 
 
 @pytest.mark.parametrize("preset", list(SECTIONS))

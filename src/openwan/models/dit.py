@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from openwan.configs import DiTConfig
-from openwan.models.layers import FP32LayerNorm, RMSNorm, apply_rope, attention, rope_table
+from openwan.models.layers import FP32LayerNorm, RMSNorm, apply_rope, attention, interleave_rope, rope_table
 
 _ROPE_CACHE_SIZE = 16
 
@@ -120,15 +120,16 @@ class WanBlock(nn.Module):
         x: torch.Tensor,  # [B, L, D] float32 residual stream
         e0: torch.Tensor,  # [B, 1 or L, 6, D] float32 time projection
         context: torch.Tensor,  # [B, Lc, D]
-        rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin [L, Dh/2]
+        rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin [L, Dh] (interleave_rope tables)
         key_lens: torch.Tensor | None = None,  # [B] keys at positions >= key_lens are padding (context parallel)
     ) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).unbind(2)  # [B, 1|L, D]
-        y = self.self_attn(self.norm1(x) * (1 + scale1) + shift1, rope, key_lens)
-        x = x + y.float() * gate1
+        # addcmul: modulate and gate in one pass over the activations each (same maths as a*b + c)
+        y = self.self_attn(torch.addcmul(shift1, self.norm1(x), 1 + scale1), rope, key_lens)
+        x = torch.addcmul(x, y.float(), gate1)
         x = x + self.cross_attn(self.norm3(x), context).float()
-        y = self.ffn((self.norm2(x) * (1 + scale2) + shift2).to(self.ffn[0].weight.dtype))
-        return x + y.float() * gate2
+        y = self.ffn(torch.addcmul(shift2, self.norm2(x), 1 + scale2).to(self.ffn[0].weight.dtype))
+        return torch.addcmul(x, y.float(), gate2)
 
 
 class Head(nn.Module):
@@ -141,7 +142,7 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         # x [B, L, D] float32, e [B, 1 or L, D] float32 (the time embedding, not its projection)
         shift, scale = (self.modulation.float() + e.unsqueeze(2)).unbind(2)  # [B, 1|L, D]
-        return self.head((self.norm(x) * (1 + scale) + shift).to(self.head.weight.dtype))
+        return self.head(torch.addcmul(shift, self.norm(x), 1 + scale).to(self.head.weight.dtype))
 
 
 class ImageEmbedding(nn.Module):
@@ -299,7 +300,7 @@ class WanDiT(nn.Module):
         if key not in self._rope_cache:
             if len(self._rope_cache) >= _ROPE_CACHE_SIZE:
                 self._rope_cache.pop(next(iter(self._rope_cache)))
-            self._rope_cache[key] = rope_table(grid, self.cfg.rope_split, device)
+            self._rope_cache[key] = interleave_rope(*rope_table(grid, self.cfg.rope_split, device))
         return self._rope_cache[key]
 
     def _check_inputs(self, x, t, context, clip_fea, y) -> None:

@@ -73,13 +73,26 @@ def rope_table(
     return full.cos().float(), full.sin().float()
 
 
+def interleave_rope(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Half-width tables [L, D/2] -> full-width [L, D]: cos repeated per pair, sin as (-s, +s) per pair.
+
+    With these, rotating pairs is ``x * cos + swap_pairs(x) * sin``: three passes over x instead of seven.
+    """
+    return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs (2i, 2i+1) of x [B, L, H, D] by the angles of tables [L, D/2]."""
-    x32 = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
-    x0, x1 = x32[..., 0], x32[..., 1]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1)
-    return out.flatten(-2).to(x.dtype)
+    """Rotate adjacent channel pairs (2i, 2i+1) of x [B, L, H, D] by the RoPE angles, in float32.
+
+    Tables are [L, D/2] (as from :func:`rope_table`) or [L, D] (from :func:`interleave_rope`, faster):
+    out[2i] = x[2i]·cos - x[2i+1]·sin, out[2i+1] = x[2i+1]·cos + x[2i]·sin.
+    """
+    if cos.shape[-1] * 2 == x.shape[-1]:
+        cos, sin = interleave_rope(cos, sin)
+    x32 = x.float()
+    swapped = x32.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0) per pair
+    out = torch.addcmul(x32 * cos[None, :, None, :], swapped, sin[None, :, None, :])
+    return out.to(x.dtype)
 
 
 # ------------------------------------------------------------------------------------- attention

@@ -279,7 +279,7 @@ class TokenSplit:
         self.size, self.rank = dist.get_world_size(group), dist.get_rank(group)
 
     def shard(self, x, e, e0, rope):
-        """x [B, L, D], e [B, 1|L, D], e0 [B, 1|L, 6, D], rope (cos, sin) [L, Dh/2] -> this rank's shards and
+        """x [B, L, D], e [B, 1|L, D], e0 [B, 1|L, 6, D], rope (cos, sin) [L, Dh] -> this rank's shards and
         key_lens ([B] on the CPU, the unpadded length; None when L divides evenly)."""
         length = x.shape[1]
         pad = -length % self.size
