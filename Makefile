@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # On a machine with a GPU, run `make setup TORCH_SPEC=torch` (or pip install openwan) to get a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test lint demo clean
+.PHONY: setup test lint demo demo-model clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,12 @@ test: setup
 lint: setup
 	$(PY) -m ruff check src tests benchmarks
 
-demo:
-	@echo "make demo needs the bundled tiny model and the generation pipeline, which are not in this version yet."
-	@echo "Today: 'make test' checks every network against diffusers; see README.md for loading released weights."
-	@exit 1
+demo: setup
+	$(PY) -m openwan generate --prompt "a red circle moving to the right" --save-file demo.mp4 --strip demo.png
+	@echo "demo video: $(CURDIR)/demo.mp4   frames: $(CURDIR)/demo.png"
+
+demo-model: setup
+	bash recipes/demo_model.sh runs/demo-model
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -137,6 +137,9 @@ DIT_PRESETS: dict[str, DiTConfig] = {
                           num_heads=2, num_layers=2, text_len=32, image_dim=32),
     "tiny-flf2v": DiTConfig(model_type="flf2v", in_dim=36, dim=64, ffn_dim=128, freq_dim=32, text_dim=32,
                             num_heads=2, num_layers=2, text_len=32, image_dim=32),
+    # The bundled demo model (weights/openwan-demo): 64x64, 17-frame shapes videos from the synthetic dataset.
+    "demo": DiTConfig(model_type="t2v", dim=256, ffn_dim=1024, freq_dim=256, text_dim=64, num_heads=4,
+                      num_layers=6, text_len=64),
     "tiny-ti2v": DiTConfig(model_type="ti2v", in_dim=48, out_dim=48, dim=64, ffn_dim=128, freq_dim=32,
                            text_dim=32, num_heads=2, num_layers=2, text_len=32),
 }
@@ -201,6 +204,7 @@ class VAEConfig:
 VAE_PRESETS: dict[str, VAEConfig] = {
     "wan2.1": VAEConfig(),
     "tiny": VAEConfig(dim=8, z_dim=16),
+    "demo": VAEConfig(dim=16, z_dim=16),
 }
 
 # ------------------------------------------------------------------------------------- text encoder
@@ -256,6 +260,8 @@ TEXT_ENCODER_PRESETS: dict[str, TextEncoderConfig] = {
     # Byte-level vocabulary (ByT5's 384 ids) so a tokenizer that ships with transformers serves it.
     "tiny": TextEncoderConfig(vocab_size=384, dim=32, dim_attn=32, ffn_dim=64, num_heads=4, num_layers=2,
                               text_len=32),
+    "demo": TextEncoderConfig(vocab_size=384, dim=64, dim_attn=64, ffn_dim=128, num_heads=4, num_layers=2,
+                              text_len=64),
 }
 
 # ------------------------------------------------------------------------------------ image encoder

@@ -43,10 +43,15 @@ def _clip_full_tower(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_release(folder: str | Path, *, dit, vae, text_encoder, tokenizer, image_encoder=None,
-                 dtype: torch.dtype | None = None) -> Path:
-    """Write the models as an official-layout release folder (each file atomically)."""
+                 dtype: torch.dtype | None = None, dit_dtype: torch.dtype | None = None) -> Path:
+    """Write the models as an official-layout release folder (each file atomically).
+
+    ``dtype`` casts every floating-point tensor; ``dit_dtype`` only the DiT's (the bulk of the bytes).
+    """
     folder = Path(folder)
-    dit_state = {k: (v.to(dtype) if dtype is not None else v).detach().cpu() for k, v in dit.state_dict().items()}
+    dit_dtype = dit_dtype or dtype
+    dit_state = {k: (v.to(dit_dtype) if dit_dtype is not None else v).detach().cpu()
+                 for k, v in dit.state_dict().items()}
     write_json(folder / "config.json", dit.cfg.to_dict())
     save_sharded(dit_state, folder)
     _save_pth(vae.state_dict(), folder / VAE_FILE, dtype)

@@ -47,6 +47,7 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt-extend-model", default="default", help="model name sent to the endpoint")
     p.add_argument("--save-file", default=None, help="output .mp4 (or .png for t2i)")
     p.add_argument("--fps", type=int, default=None, help="frames per second of the file (default 16)")
+    p.add_argument("--strip", default=None, help="also write a PNG strip of evenly spaced frames here")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: bf16 on GPU, fp32 on CPU)")
     p.set_defaults(run=run)
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     dtype = parse_dtype(args.dtype) if args.dtype else None
     save_file = args.save_file or f"{task}_{time.strftime('%Y%m%d_%H%M%S')}" + (".png" if task == "t2i" else ".mp4")
     check_writable(save_file)  # before any compute
+    if args.strip:
+        check_writable(args.strip)
     image = last = video = None
     if task == "i2v" and not args.image:
         raise ValueError("task i2v needs --image (the first frame).")
@@ -81,7 +84,13 @@ def run(args: argparse.Namespace) -> int:
     if args.video:
         video = read_video(args.video, fps=args.fps or 16)
     if args.ckpt_dir is None:
-        raise ValueError("give --ckpt-dir, a Wan release folder (e.g. Wan2.1-T2V-1.3B) on this machine.")
+        from openwan.pipelines.components import BUNDLED, BUNDLED_NOTE
+
+        if not (BUNDLED / "config.json").is_file():
+            raise ValueError(f"no --ckpt-dir given and no bundled model at {BUNDLED}; give --ckpt-dir, a Wan release "
+                             "folder (e.g. Wan2.1-T2V-1.3B).")
+        args.ckpt_dir = str(BUNDLED)
+        print(BUNDLED_NOTE)
 
     t0 = time.perf_counter()
     pipe = WanPipeline.from_pretrained(args.ckpt_dir, device=args.device, dtype=dtype, t5_cpu=args.t5_cpu,
@@ -112,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
             for chunk in pipe.decode_frames(out.latents[None]):
                 writer.write(chunk)
     out.timings["decode+write"] = time.perf_counter() - t1
+    if args.strip:
+        from openwan.eval.prompts import write_strip
+
+        video = out.video if out.video is not None else pipe.decode(out.latents[None])
+        print(f"saved {write_strip(video, args.strip)}")
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in {"load": load_s, **out.timings}.items())
     print(f"saved {save_file}")
     print(f"time: {stages}; total {time.perf_counter() - t0:.1f}s")

@@ -126,6 +126,18 @@ def strip_frames(video: torch.Tensor, count: int = 3) -> torch.Tensor:
     return video[index]
 
 
+def write_strip(video: torch.Tensor, path, count: int = 6, min_size: int = 128) -> Path:
+    """Evenly spaced frames of ``video`` [T, H, W, 3] side by side, enlarged to at least ``min_size`` px, as a PNG."""
+    from openwan.data.video import save_image
+
+    frames = strip_frames(video, count)  # [n, H, W, 3]
+    scale = max(1, -(-min_size // frames.shape[1]))
+    big = frames.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    gap = torch.ones(big.shape[1], 4, 3)  # a thin white line between frames
+    pieces = [piece for frame in big[:-1] for piece in (frame, gap)] + [big[-1]]
+    return save_image(torch.cat(pieces, dim=1), path)
+
+
 def _font(size: int):
     try:
         return ImageFont.load_default(size=size)  # scalable when Pillow has FreeType

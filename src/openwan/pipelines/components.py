@@ -16,6 +16,9 @@ import torch
 from openwan.checkpoints.io import CheckpointError
 from openwan.pipelines.defaults import defaults_for
 
+BUNDLED = Path(__file__).resolve().parents[3] / "weights" / "openwan-demo"
+BUNDLED_NOTE = ("using the bundled demo model: a small model trained on synthetic shapes (e.g. 'a red circle moving "
+                "to the left'); pass --ckpt-dir with a Wan release folder for real weights")
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 RELEASE_LAYOUT = (

@@ -27,6 +27,7 @@ class SamplingDefaults:
     size: tuple[int, int] = (832, 480)
     sizes: tuple[tuple[int, int], ...] = SIZES_480P + SIZES_720P
     boundary: float | None = None
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
 
     def for_task(self, task: str) -> SamplingDefaults:
         if task == "t2i":
@@ -44,7 +45,9 @@ FAMILY_DEFAULTS: dict[str, SamplingDefaults] = {
                                  size=(1280, 720)),
     "i2v-A14B": SamplingDefaults(sample_steps=40, sample_shift=5.0, guide_scale=(3.5, 3.5), boundary=0.900,
                                  size=(1280, 720)),
-    "tiny": SamplingDefaults(sample_steps=20, sample_shift=3.0, frame_num=17, size=(64, 64), sizes=((64, 64),)),
+    # Small models (tests, the bundled demo): trained with "" as the unconditional prompt.
+    "tiny": SamplingDefaults(sample_steps=20, sample_shift=3.0, frame_num=17, size=(64, 64), sizes=((64, 64),),
+                             negative_prompt=""),
 }
 
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from openwan.diffusion import make_solver, sampling_sigmas, timesteps_from_sigmas
 from openwan.pipelines import conditioning as cond
-from openwan.pipelines.defaults import DEFAULT_NEGATIVE_PROMPT, SamplingDefaults
+from openwan.pipelines.defaults import SamplingDefaults
 from openwan.runtime.offload import BlockStreamer, on_device
 
 
@@ -103,7 +103,7 @@ class WanPipeline:
             width, height = cond.size_for_image(first.shape[1:3], width * height)
 
         with _timer(timings, "text"):
-            negative = DEFAULT_NEGATIVE_PROMPT if negative_prompt is None else negative_prompt
+            negative = d.negative_prompt if negative_prompt is None else negative_prompt
             guided = _max_scale(guide) != 1.0
             context = self.encode_text([prompt, negative] if guided else [prompt])
         with _timer(timings, "condition"):

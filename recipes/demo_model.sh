@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Reproduce the bundled demo model (weights/openwan-demo) from scratch on a CPU, with openwan's own tools:
+#   synthetic data -> VAE (2D, then inflated 3D) -> latent/text caches -> DiT with flow matching -> release folder.
+# Usage: bash recipes/demo_model.sh [WORK_DIR]   (default: runs/demo-model). Override sizes with env variables.
+set -euo pipefail
+OPENWAN=${OPENWAN:-".venv/bin/python -m openwan"}
+PY=${PY:-.venv/bin/python}
+WORK=${1:-runs/demo-model}
+NUM_CLIPS=${NUM_CLIPS:-1440}
+VAE1_STEPS=${VAE1_STEPS:-600}
+VAE2_STEPS=${VAE2_STEPS:-150}
+DIT_STEPS=${DIT_STEPS:-3000}
+mkdir -p "$WORK"
+
+[ -f "$WORK/data/train/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/train" --num "$NUM_CLIPS" --seed 0
+[ -f "$WORK/data/heldout/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/heldout" --num 72 --seed 1 --split heldout
+
+# VAE stage 1: a 2D image VAE on single frames; stage 2: inflated to the 3D causal VAE, trained on 5-frame clips.
+[ -f "$WORK/vae1/image_vae.pth" ] || $OPENWAN train-vae --stage 1 --manifest "$WORK/data/train/manifest.jsonl" \
+  --out "$WORK/vae1" --preset demo --size 64 --frames 1 --batch-size 16 --steps "$VAE1_STEPS" --lr 1e-3 \
+  --warmup-steps 50 --log-every 50 --workers 1
+[ -f "$WORK/vae2/Wan2.1_VAE.pth" ] || $OPENWAN train-vae --stage 2 --manifest "$WORK/data/train/manifest.jsonl" \
+  --out "$WORK/vae2" --init "$WORK/vae1/image_vae.pth" --size 64 --frames 5 --batch-size 4 --steps "$VAE2_STEPS" \
+  --lr 3e-4 --log-every 25 --workers 1
+
+# The rest (random frozen text encoder, caches, DiT training, release folder) is driven from Python.
+$PY -m openwan.recipes.demo_model "$WORK" --dit-steps "$DIT_STEPS"

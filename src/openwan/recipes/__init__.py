@@ -1,0 +1,1 @@
+"""Reproducible recipes built from openwan's own tools (the bundled demo model)."""

@@ -1,0 +1,101 @@
+"""The bundled demo model, step 3 of ``recipes/demo_model.sh``: text encoder, caches, DiT training, release.
+
+The text encoder is the ``demo`` umT5 preset with a fixed random init (seed 0) and the byte-level ByT5
+tokenizer: it is never trained, the DiT learns to read its features. The VAE comes from ``openwan train-vae``
+(stages 1-2 of the script); the DiT is trained by ``openwan train`` on the latent and text caches built here.
+The result is written as an official-layout release folder, so the ordinary loaders serve it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+DEMO_WEIGHTS = Path(__file__).resolve().parents[3] / "weights" / "openwan-demo"
+TEXT_SEED = 0
+DIT_CONFIG = """\
+model: {{preset: demo}}
+data: {{cache_dir: {cache}}}
+stages:
+  - {{name: shapes-64px, steps: {steps}, batch_size: 32, buckets: [[17, 64, 64]]}}
+optim: {{lr: 5.0e-4, weight_decay: 0.01, grad_clip: 1.0}}
+schedule: {{kind: cosine, warmup_steps: 200, min_lr_ratio: 0.1}}
+timesteps: {{mode: logit_normal, shift: 3.0}}
+ema: {{decay: 0.998}}
+text_dropout: 0.1
+checkpoint: {{every: 500, keep_last: 2}}
+log: {{every: 50, progress: false, tensorboard: false}}
+seed: 0
+output_dir: {out}
+"""
+
+
+def demo_text_encoder():
+    from transformers import ByT5Tokenizer, UMT5EncoderModel
+
+    from openwan.configs import TEXT_ENCODER_PRESETS
+
+    torch.manual_seed(TEXT_SEED)
+    encoder = UMT5EncoderModel(TEXT_ENCODER_PRESETS["demo"].to_hf()).eval()
+    return encoder, ByT5Tokenizer()
+
+
+def build_caches(work: Path) -> Path:
+    from openwan.configs import DIT_PRESETS
+    from openwan.data.buckets import Bucket
+    from openwan.data.cache import build_latent_cache, build_text_cache
+    from openwan.data.manifest import read_manifest
+    from openwan.models import WanVAE
+
+    cache = work / "cache"
+    records = read_manifest(work / "data" / "train" / "manifest.jsonl")
+    vae = WanVAE.from_pretrained(work / "vae2" / "Wan2.1_VAE.pth")
+    encoder, tokenizer = demo_text_encoder()
+    with torch.no_grad():
+        build_latent_cache(records, vae, [Bucket(17, 64, 64)], cache, batch_size=16)
+        build_text_cache(records, encoder, tokenizer, cache, text_len=DIT_PRESETS["demo"].text_len)
+    return cache
+
+
+def write_release(work: Path, out: Path) -> Path:
+    from safetensors.torch import load_file
+
+    from openwan.checkpoints.release import save_release
+    from openwan.configs import DIT_PRESETS
+    from openwan.models import WanDiT, WanVAE
+    from openwan.train.checkpoint import latest_checkpoint
+
+    step = latest_checkpoint(work / "dit" / "checkpoints") or latest_checkpoint(work / "dit")
+    if step is None:
+        raise ValueError(f"no DiT checkpoint under {work / 'dit'}; run the training step first.")
+    dit = WanDiT(DIT_PRESETS["demo"]).eval()
+    ema = load_file(Path(step) / "ema.safetensors")
+    dit.load_state_dict(ema, strict=True)  # ship the EMA weights
+    vae = WanVAE.from_pretrained(work / "vae2" / "Wan2.1_VAE.pth")
+    encoder, tokenizer = demo_text_encoder()
+    # The DiT in bfloat16 keeps the folder small; loaders upcast it (float32 on CPU).
+    return save_release(out, dit=dit, vae=vae, text_encoder=encoder, tokenizer=tokenizer, dit_dtype=torch.bfloat16)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("work", type=Path)
+    parser.add_argument("--dit-steps", type=int, default=3000)
+    parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
+    args = parser.parse_args(argv)
+    cache = args.work / "cache"
+    if not (cache / "text_index.json").is_file():
+        build_caches(args.work)
+    config = args.work / "dit.yaml"
+    config.write_text(DIT_CONFIG.format(cache=cache.resolve(), steps=args.dit_steps, out=(args.work / "dit").resolve()))
+    subprocess.run([sys.executable, "-m", "openwan", "train", "--config", str(config)], check=True)
+    print(f"wrote {write_release(args.work, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
