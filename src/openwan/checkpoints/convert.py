@@ -7,8 +7,6 @@ file that looks complete.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,30 +16,19 @@ from safetensors.torch import save_file
 from openwan.checkpoints import keymaps
 from openwan.checkpoints.io import CheckpointError
 from openwan.checkpoints.loaders import load_dit_state, load_vae_state
+from openwan.fileio import atomic_write
 
 LAYOUTS = ("official", "diffusers")
 DEFAULT_SHARD_BYTES = 5 * 1024**3
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, data: Mapping) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
     tensors = {k: v.detach().contiguous() for k, v in state.items()}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata or {"format": "pt"}))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata or {"format": "pt"}))
 
 
 def save_sharded(state: Mapping[str, torch.Tensor], folder: Path, stem: str = "diffusion_pytorch_model",
@@ -105,7 +92,7 @@ def convert_vae(src: str | Path, dst: str | Path, to: str, *, dtype: torch.dtype
         return dst
     target = dst / "Wan2.1_VAE.pth" if dst.suffix != ".pth" else dst
     tensors = {k: v.contiguous() for k, v in state.items()}
-    _atomic_write(target, lambda tmp: torch.save(tensors, tmp))
+    atomic_write(target, lambda tmp: torch.save(tensors, tmp))
     return target
 
 

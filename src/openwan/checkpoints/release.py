@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from openwan.checkpoints.convert import _atomic_write, save_sharded, write_json
+from openwan.checkpoints.convert import save_sharded, write_json
 from openwan.checkpoints.encoders import (
     CLIP_OFFICIAL_FILE,
     UMT5_OFFICIAL_FILE,
@@ -21,6 +21,7 @@ from openwan.checkpoints.encoders import (
     umt5_hf_to_official,
 )
 from openwan.configs import VAEConfig
+from openwan.fileio import atomic_write
 
 VAE_FILE = "Wan2.1_VAE.pth"
 TOKENIZER_DIR = "google/umt5-xxl"
@@ -29,7 +30,7 @@ TOKENIZER_DIR = "google/umt5-xxl"
 def _save_pth(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | None) -> None:
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
                for k, v in state.items()}
-    _atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+    atomic_write(path, lambda tmp: torch.save(tensors, tmp))
 
 
 def _clip_full_tower(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

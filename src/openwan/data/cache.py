@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from openwan.data.buckets import Bucket, BucketBatchSampler, assign_buckets
 from openwan.data.dataset import VideoClipDataset
-from openwan.data.manifest import ClipRecord, atomic_write
+from openwan.data.manifest import ClipRecord
+from openwan.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 

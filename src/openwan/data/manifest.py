@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from openwan.data.video import IMAGE_SUFFIXES
+from openwan.fileio import atomic_write
 
 MANIFEST_SUFFIXES = (".parquet", ".jsonl")
 
@@ -147,22 +147,6 @@ def read_manifest(path: str | Path) -> list[ClipRecord]:
     return [_record(_checked_row(row, f"row {i} of {path}"), folder) for i, row in enumerate(rows, 1)]
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``.
-
-    A crash leaves either the old file or the new one, never a partial file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _portable_path(path: str, folder: Path) -> str:
     """Paths inside the manifest's folder are written relative to it, so the folder can move."""
     if not os.path.isabs(path):
@@ -204,4 +188,4 @@ def _write_parquet(rows: list[dict], tmp: str) -> None:
     pq.write_table(pa.table(columns, schema=schema), tmp)
 
 
-__all__ = ["ClipRecord", "read_manifest", "write_manifest", "default_clip_id", "atomic_write"]
+__all__ = ["ClipRecord", "read_manifest", "write_manifest", "default_clip_id"]

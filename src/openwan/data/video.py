@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from openwan.fileio import atomic_write
+
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -109,14 +111,7 @@ def save_image(frame: torch.Tensor, path: str | Path) -> Path:
     if frame.ndim == 3:
         frame = frame[None]
     image = Image.fromarray(_to_uint8(frame)[0])
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".png", dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, image.save, suffix=path.suffix or ".png")
     return path
 
 

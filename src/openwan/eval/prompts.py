@@ -19,10 +19,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from openwan.data.manifest import atomic_write
 from openwan.data.synthetic import heldout_prompts, parse_caption
 from openwan.data.video import save_video
 from openwan.eval.detector import detect
+from openwan.fileio import atomic_write
 
 ATTRIBUTES = ("colour", "shape", "motion")
 TARGETS = {"colour": 0.95, "motion": 0.90, "shape": 0.80}  # the tiny model's goals (issue 5)

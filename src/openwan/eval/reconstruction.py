@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from openwan.data.manifest import atomic_write
 from openwan.data.synthetic import MP4_PRESET, dataset_combinations, render_clip
 from openwan.data.video import read_video, save_video
 from openwan.eval.prompts import GridCell, GridRow, strip_frames, write_grid
+from openwan.fileio import atomic_write
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # colour photographs bundled with scikit-image
 REPORT_FILE, GRID_FILE = "vae_report.json", "vae_samples.png"

@@ -269,10 +269,10 @@ def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
     import yaml
 
-    from openwan.checkpoints.convert import _atomic_write
+    from openwan.fileio import atomic_write
 
     text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

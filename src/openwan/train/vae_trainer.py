@@ -31,7 +31,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Iterable, Iterator
@@ -43,6 +42,7 @@ import torch
 from torch import nn
 
 from openwan.configs import VAEConfig
+from openwan.fileio import atomic_write
 from openwan.models.image_vae import ImageVAE
 from openwan.models.vae import FeatureCache, WanVAE
 from openwan.train.vae_losses import (
@@ -398,7 +398,7 @@ class VAETrainer:
                 raise ValueError("save_checkpoint needs a path, or a trainer built with out_dir.")
             path = self.out_dir / CHECKPOINT_DIR / f"vae-step-{self.step:08d}.pt"
         path = Path(path)
-        _atomic_write(path, lambda tmp: torch.save(self.state_dict(), tmp))
+        atomic_write(path, lambda tmp: torch.save(self.state_dict(), tmp))
         self._last_saved = self.step
         if path.parent == self._checkpoint_dir():
             for old in list_vae_checkpoints(path.parent)[:-self.cfg.keep_last]:
@@ -444,21 +444,8 @@ def _clip(params, max_norm: float) -> float:
 # ------------------------------------------------------------------------------------------- files
 
 
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename over ``path``: a killed process leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_json(path: Path, data: Any) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -472,7 +459,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue  # a line cut short by a killed run
         if record.get("step", 0) <= step:
             keep.append(line + "\n")
-    _atomic_write(path, lambda tmp: Path(tmp).write_text("".join(keep)))
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(keep)))
 
 
 def list_vae_checkpoints(folder: str | Path) -> list[Path]:
@@ -569,7 +556,7 @@ def export_wan_vae(vae: WanVAE, out_dir: str | Path, name: str = WAN_VAE_NAME) -
     out_dir = Path(out_dir)
     path = out_dir / f"{name}.pth"
     state = {k: v.detach().float().cpu().contiguous() for k, v in vae.state_dict().items()}
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     _write_json(path.with_suffix(".json"), vae.cfg.to_dict())
     return path
 
@@ -584,7 +571,7 @@ def export_image_vae(model: ImageVAE, out_dir: str | Path, name: str = IMAGE_VAE
     out_dir = Path(out_dir)
     path = out_dir / f"{name}.pth"
     state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     _write_json(path.with_suffix(".json"), model.cfg.to_dict())
     return path
 
