@@ -43,3 +43,12 @@ def _float32_and_seed():
     torch.manual_seed(0)
     torch.set_default_dtype(torch.float32)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors run faster on one thread than on two on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,13 +27,7 @@ TEXT_LEN = 32
 BUCKETS = [Bucket(1, 32, 32), Bucket(5, 32, 32), Bucket(9, 32, 32)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models are all per-op overhead; on a shared 2-core machine a second OpenMP thread only adds waiting.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,7 @@ from openwan.data.synthetic import COLOURS, combinations, make_dataset, parse_ca
 from openwan.data.video import read_video
 from openwan.eval.detector import Detection, classify_shape, detect, fit_background, motion_from_displacement
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _accuracy(pairs) -> dict[str, float]:

@@ -18,13 +18,7 @@ from openwan.pipelines import WanOutput
 from openwan.pipelines.defaults import FAMILY_DEFAULTS
 from tiny import tiny_components
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RenderingPipe:

@@ -27,13 +27,7 @@ from openwan.eval.reconstruction import (
 from openwan.models import WanVAE
 from tiny import randomize
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reference_ssim(a: torch.Tensor, b: torch.Tensor) -> float:

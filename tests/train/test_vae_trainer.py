@@ -31,12 +31,7 @@ from openwan.train.vae_trainer import (
 TINY = VAE_PRESETS["tiny"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine is small and shared
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

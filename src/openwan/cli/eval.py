@@ -5,19 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from openwan.cli.common import parse_dtype
+from openwan.cli.common import parse_dtype, parse_size
 
 HELP = "measure a model: prompt following (prompts) or VAE reconstruction PSNR/SSIM (vae)"
 PROMPTS_HELP = "generate held-out prompts of the synthetic shapes data and measure how often the video matches"
 VAE_HELP = "VAE reconstruction PSNR and SSIM on held-out synthetic clips and on pan/zoom clips of real photos"
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().replace("x", "*").split("*"))
-    except ValueError:
-        raise ValueError(f"--size must look like WIDTH*HEIGHT (e.g. 64*64); got {text!r}.") from None
-    return width, height
 
 
 def add_parser(sub) -> None:

@@ -6,17 +6,11 @@ import argparse
 import logging
 import time
 
-from openwan.cli.common import parse_dtype
+from openwan.cli.common import parse_dtype, parse_size
 
 HELP = "make a video (or image) from a prompt, an image, two frames or a video"
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().replace("x", "*").split("*"))
-    except ValueError:
-        raise ValueError(f"--size must look like WIDTH*HEIGHT (e.g. 832*480); got {text!r}.") from None
-    return width, height
 
 
 def add_parser(sub) -> None:

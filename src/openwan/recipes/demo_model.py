@@ -21,7 +21,7 @@ DIT_CONFIG = """\
 model: {{preset: demo}}
 data: {{cache_dir: {cache}}}
 stages:
-  - {{name: shapes-64px, steps: {steps}, batch_size: 32, buckets: [[17, 64, 64]]}}
+  - {{name: shapes-64px, steps: {steps}, batch_size: 24, buckets: [[17, 64, 64]]}}
 optim: {{lr: 5.0e-4, weight_decay: 0.01, grad_clip: 1.0}}
 schedule: {{kind: cosine, warmup_steps: 200, min_lr_ratio: 0.1}}
 timesteps: {{mode: logit_normal, shift: 3.0}}
