@@ -42,6 +42,15 @@ def add_parser(sub) -> None:
     p.add_argument("--save-file", default=None, help="output .mp4 (or .png for t2i)")
     p.add_argument("--fps", type=int, default=None, help="frames per second of the file (default 16)")
     p.add_argument("--strip", default=None, help="also write a PNG strip of evenly spaced frames here")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="apply a LoRA (ours, diffusers, ComfyUI/official or musubi format); repeat for several")
+    p.add_argument("--fuse-lora", action="store_true", help="merge the LoRAs into the weights (faster sampling)")
+    p.add_argument("--save-latents", default=None, help="also write the final latents as a .safetensors file")
+    p.add_argument("--ulysses-size", type=int, default=1, help="Ulysses context parallel degree (under torchrun)")
+    p.add_argument("--ring-size", type=int, default=1, help="Ring attention context parallel degree (under torchrun)")
+    p.add_argument("--cfg-parallel", action="store_true", help="conditional and unconditional branch on two ranks")
+    p.add_argument("--dit-fsdp", action="store_true", help="shard the DiT weights with FSDP2 (under torchrun)")
+    p.add_argument("--t5-fsdp", action="store_true", help="shard the text encoder with FSDP2 (under torchrun)")
     p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: bf16 on GPU, fp32 on CPU)")
     p.set_defaults(run=run)
@@ -55,15 +64,18 @@ def run(args: argparse.Namespace) -> int:
     from openwan.pipelines.conditioning import check_frame_num
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    mesh, rank = _mesh(args)
+    main_rank = rank == 0
     task = args.task
     size = parse_size(args.size) if args.size else None
     if args.frame_num is not None:
         check_frame_num(args.frame_num)
     dtype = parse_dtype(args.dtype) if args.dtype else None
     save_file = args.save_file or f"{task}_{time.strftime('%Y%m%d_%H%M%S')}" + (".png" if task == "t2i" else ".mp4")
-    check_writable(save_file)  # before any compute
-    if args.strip:
-        check_writable(args.strip)
+    if main_rank:  # only rank 0 writes
+        check_writable(save_file)  # before any compute
+        if args.strip:
+            check_writable(args.strip)
     image = last = video = None
     if task == "i2v" and not args.image:
         raise ValueError("task i2v needs --image (the first frame).")
@@ -84,11 +96,24 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"no --ckpt-dir given and no bundled model at {BUNDLED}; give --ckpt-dir, a Wan release "
                              "folder (e.g. Wan2.1-T2V-1.3B).")
         args.ckpt_dir = str(BUNDLED)
-        print(BUNDLED_NOTE)
+        if main_rank:
+            print(BUNDLED_NOTE)
 
     t0 = time.perf_counter()
-    pipe = WanPipeline.from_pretrained(args.ckpt_dir, device=args.device, dtype=dtype, t5_cpu=args.t5_cpu,
-                                       offload_model=args.offload_model, stream_blocks=args.stream_blocks)
+    device = args.device
+    if device is None and mesh is not None and torch.cuda.is_available():
+        device = f"cuda:{torch.cuda.current_device()}"
+    pipe = WanPipeline.from_pretrained(args.ckpt_dir, device=device, dtype=dtype, t5_cpu=args.t5_cpu,
+                                       offload_model=args.offload_model, stream_blocks=args.stream_blocks,
+                                       mesh=mesh, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp)
+    if args.lora:
+        from openwan.train.lora import fuse_lora, load_lora, parse_lora_spec
+
+        for model in (pipe.dit, pipe.dit_low):
+            if model is not None:
+                load_lora(model, [parse_lora_spec(spec) for spec in args.lora])
+                if args.fuse_lora:
+                    fuse_lora(model)
     load_s = time.perf_counter() - t0
     prompt = args.prompt
     if args.prompt_extend:
@@ -102,7 +127,16 @@ def run(args: argparse.Namespace) -> int:
     out = pipe(prompt, args.negative_prompt, task=task, size=size, frame_num=args.frame_num,
                sample_steps=args.sample_steps, sample_shift=args.sample_shift, guide_scale=guide,
                solver=args.sample_solver, seed=args.base_seed, image=image, last_image=last, video=video,
-               strength=args.strength, cfg_batch=not args.no_cfg_batch, return_video=task in ("extend",))
+               strength=args.strength, cfg_batch=not args.no_cfg_batch, return_video=task in ("extend",),
+               progress=main_rank)
+    if not main_rank:  # every rank computed the same latents; rank 0 decodes and writes
+        return 0
+    if args.save_latents:
+        from safetensors.torch import save_file as save_tensors
+
+        from openwan.fileio import atomic_write
+
+        atomic_write(args.save_latents, lambda tmp: save_tensors({"latents": out.latents.contiguous()}, tmp))
     fps = args.fps or pipe.defaults.fps
     t1 = time.perf_counter()
     if out.video is not None:  # extend: the joined video is already decoded
@@ -126,3 +160,18 @@ def run(args: argparse.Namespace) -> int:
     if torch.cuda.is_available():
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 1024**3:.2f} GB")
     return 0
+
+
+def _mesh(args: argparse.Namespace):
+    """A device mesh when context / CFG parallelism is asked for (run under torchrun), else None."""
+    cfg = 2 if args.cfg_parallel else 1
+    if args.ulysses_size * args.ring_size * cfg == 1 and not (args.dit_fsdp or args.t5_fsdp):
+        return None, 0
+    from openwan.parallel import build_mesh, init_distributed
+
+    rank, world = init_distributed()
+    if world == 1:
+        raise ValueError("--ulysses-size, --ring-size, --cfg-parallel and --*-fsdp need several processes: launch "
+                         "with torchrun --nproc-per-node N -m openwan generate ...")
+    # As in the reference CLI, the parallel sizes must use every process (build_mesh says so otherwise).
+    return build_mesh(cfg=cfg, ring=args.ring_size, ulysses=args.ulysses_size), rank

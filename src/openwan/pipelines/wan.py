@@ -34,7 +34,8 @@ class WanPipeline:
     def __init__(self, dit, vae, text_encoder, tokenizer, *, image_encoder=None, dit_low=None,
                  boundary: float | None = None, defaults: SamplingDefaults | None = None,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 t5_cpu: bool = False, offload_model: bool = False, stream_blocks: bool = False):
+                 t5_cpu: bool = False, offload_model: bool = False, stream_blocks: bool = False,
+                 mesh=None, dit_fsdp: bool = False, t5_fsdp: bool = False):
         self.dit, self.dit_low, self.boundary = dit, dit_low, boundary
         self.vae, self.text_encoder, self.tokenizer, self.image_encoder = vae, text_encoder, tokenizer, image_encoder
         self.defaults = defaults or SamplingDefaults()
@@ -42,8 +43,26 @@ class WanPipeline:
         self.text_device = torch.device("cpu") if t5_cpu else self.device
         self.offload_model = offload_model
         self._streamers = []
+        self.cfg_group = None
+        if mesh is not None and mesh.size() > 1:
+            if stream_blocks or offload_model:
+                raise ValueError("block streaming and offload do not combine with a multi-process run; drop "
+                                 "--stream-blocks/--offload-model (FSDP shards the weights instead).")
+            self._parallelize(mesh, dit_fsdp, t5_fsdp)
         if stream_blocks:
             self._streamers = [BlockStreamer(m, self.device).attach() for m in (dit, dit_low) if m is not None]
+
+    def _parallelize(self, mesh, dit_fsdp: bool, t5_fsdp: bool) -> None:
+        """Context parallel / FSDP for the DiT(s) and CFG-parallel, applied from outside (openwan.parallel)."""
+        from openwan.parallel import DiTParallelConfig, dim_group, dim_size, parallelize_dit, shard_text_encoder
+
+        for model in (self.dit, self.dit_low):
+            if model is not None:
+                parallelize_dit(model, mesh, DiTParallelConfig(fsdp=dit_fsdp))
+        if t5_fsdp:
+            shard_text_encoder(self.text_encoder, mesh)
+        if dim_size(mesh, "cfg") > 1:
+            self.cfg_group = dim_group(mesh, "cfg")
 
     # ------------------------------------------------------------------------------------ construction
     @classmethod
@@ -165,7 +184,12 @@ class WanPipeline:
         tt = t.reshape(1).float()
         if context.shape[0] == 1:  # no guidance
             return model(x.to(dtype), tt, context, **kwargs).float()
-        if cfg_batch:  # both branches in one batch of 2
+        if self.cfg_group is not None:  # one branch per rank of the cfg group
+            from openwan.parallel import cfg_parallel_forward
+
+            v_cond, v_uncond = cfg_parallel_forward(model, self.cfg_group, x.to(dtype), tt, context, **kwargs)
+            v_cond, v_uncond = v_cond.float(), v_uncond.float()
+        elif cfg_batch:  # both branches in one batch of 2
             batched = {k: torch.cat([v, v]) for k, v in kwargs.items()}
             v = model(torch.cat([x, x]).to(dtype), tt.expand(2), context, **batched).float()
             v_cond, v_uncond = v.chunk(2)
