@@ -8,8 +8,9 @@ PY=${PY:-.venv/bin/python}
 WORK=${1:-runs/demo-model}
 NUM_CLIPS=${NUM_CLIPS:-1440}
 VAE1_STEPS=${VAE1_STEPS:-600}
-VAE2_STEPS=${VAE2_STEPS:-150}
-DIT_STEPS=${DIT_STEPS:-3000}
+VAE1B_STEPS=${VAE1B_STEPS:-1500}
+VAE2_STEPS=${VAE2_STEPS:-50}
+DIT_STEPS=${DIT_STEPS:-1500}
 mkdir -p "$WORK"
 
 [ -f "$WORK/data/train/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/train" --num "$NUM_CLIPS" --seed 0
@@ -19,9 +20,14 @@ mkdir -p "$WORK"
 [ -f "$WORK/vae1/image_vae.pth" ] || $OPENWAN train-vae --stage 1 --manifest "$WORK/data/train/manifest.jsonl" \
   --out "$WORK/vae1" --preset demo --size 64 --frames 1 --batch-size 16 --steps "$VAE1_STEPS" --lr 1e-3 \
   --warmup-steps 50 --log-every 50 --workers 1
+# A second stage-1 leg continues the first with a fresh warm-up (the shipped model was trained in these two legs:
+# after the first, the VAE had the backgrounds but not yet the small shapes).
+[ -f "$WORK/vae1b/image_vae.pth" ] || $OPENWAN train-vae --stage 1 --manifest "$WORK/data/train/manifest.jsonl" \
+  --out "$WORK/vae1b" --init "$WORK/vae1/image_vae.pth" --size 64 --frames 1 --batch-size 16 --steps "$VAE1B_STEPS" \
+  --lr 1e-3 --warmup-steps 20 --log-every 100 --workers 1
 [ -f "$WORK/vae2/Wan2.1_VAE.pth" ] || $OPENWAN train-vae --stage 2 --manifest "$WORK/data/train/manifest.jsonl" \
-  --out "$WORK/vae2" --init "$WORK/vae1/image_vae.pth" --size 64 --frames 5 --batch-size 4 --steps "$VAE2_STEPS" \
-  --lr 3e-4 --log-every 25 --workers 1
+  --out "$WORK/vae2" --init "$WORK/vae1b/image_vae.pth" --size 64 --frames 5 --batch-size 4 --steps "$VAE2_STEPS" \
+  --lr 3e-4 --log-every 10 --workers 1
 
 # The rest (random frozen text encoder, caches, DiT training, release folder) is driven from Python.
 $PY -m openwan.recipes.demo_model "$WORK" --dit-steps "$DIT_STEPS"

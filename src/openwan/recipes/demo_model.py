@@ -23,7 +23,7 @@ data: {{cache_dir: {cache}}}
 stages:
   - {{name: shapes-64px, steps: {steps}, batch_size: 24, buckets: [[17, 64, 64]]}}
 optim: {{lr: 5.0e-4, weight_decay: 0.01, grad_clip: 1.0}}
-schedule: {{kind: cosine, warmup_steps: 200, min_lr_ratio: 0.1}}
+schedule: {{kind: cosine, warmup_steps: 100, min_lr_ratio: 0.1}}
 timesteps: {{mode: logit_normal, shift: 3.0}}
 ema: {{decay: 0.998}}
 text_dropout: 0.1
@@ -56,7 +56,7 @@ def build_caches(work: Path) -> Path:
     vae = WanVAE.from_pretrained(work / "vae2" / "Wan2.1_VAE.pth")
     encoder, tokenizer = demo_text_encoder()
     with torch.no_grad():
-        build_latent_cache(records, vae, [Bucket(17, 64, 64)], cache, batch_size=16)
+        build_latent_cache(records, vae, [Bucket(17, 64, 64)], cache, batch_size=16, num_workers=1)
         build_text_cache(records, encoder, tokenizer, cache, text_len=DIT_PRESETS["demo"].text_len)
     return cache
 
@@ -84,7 +84,7 @@ def write_release(work: Path, out: Path) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("work", type=Path)
-    parser.add_argument("--dit-steps", type=int, default=3000)
+    parser.add_argument("--dit-steps", type=int, default=1500)
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     args = parser.parse_args(argv)
     cache = args.work / "cache"
