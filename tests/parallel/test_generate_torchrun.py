@@ -1,0 +1,64 @@
+"""`torchrun -m openwan generate` with context / CFG parallelism gives the single-process result (bundled model)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+COMMON = ["--prompt", "a blue box drifting up", "--frame-num", "9", "--sample-steps", "3", "--base-seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """The bundled demo model when it ships, else a tiny random release (same loaders, same code path)."""
+    from openwan.pipelines.components import BUNDLED
+
+    if (BUNDLED / "config.json").is_file():
+        return BUNDLED
+    from openwan.checkpoints.release import save_release
+    from tiny import tiny_components
+
+    return save_release(tmp_path_factory.mktemp("release") / "tiny", **tiny_components("tiny"))
+
+
+def _generate(tmp_path, name, ckpt, *extra, procs=1):
+    latents = tmp_path / f"{name}.safetensors"
+    video = tmp_path / f"{name}.mp4"
+    launcher = [sys.executable, "-m", "openwan"] if procs == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs), "-m", "openwan"]
+    args = ["generate", "--ckpt-dir", str(ckpt), *COMMON, *extra, "--save-file", str(video),
+            "--save-latents", str(latents)]
+    proc = subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert video.is_file()
+    return load_file(latents)["latents"]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, ckpt):
+    return _generate(tmp_path_factory.mktemp("single"), "single", ckpt)
+
+
+@pytest.mark.parametrize("flags", [["--ulysses-size", "2"], ["--ring-size", "2"], ["--cfg-parallel"]],
+                         ids=["ulysses", "ring", "cfg"])
+def test_two_processes_equal_one(single, ckpt, tmp_path, flags):
+    parallel = _generate(tmp_path, "parallel", ckpt, *flags, procs=2)
+    diff = ((parallel - single).abs().max() / single.abs().max()).item()
+    print(f"{flags}: max rel diff {diff:.2e}")
+    assert diff <= 1e-5
+    # only rank 0 wrote files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parallel.mp4", "parallel.safetensors"]
+
+
+def test_parallel_flags_without_torchrun_are_refused(tmp_path, ckpt):
+    proc = subprocess.run([sys.executable, "-m", "openwan", "generate", "--ckpt-dir", str(ckpt), *COMMON,
+                           "--ulysses-size", "2",
+                           "--save-file", str(tmp_path / "x.mp4")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "torchrun" in proc.stderr and "Traceback" not in proc.stderr
+    assert torch.__version__  # the subprocess ran the same interpreter
