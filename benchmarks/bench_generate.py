@@ -23,7 +23,7 @@ from openwan.checkpoints import keymaps
 from openwan.configs import DIT_PRESETS, VAE_PRESETS, DiTConfig, TextEncoderConfig
 
 SMALL = {
-    "dit": DiTConfig(dim=512, num_heads=4, num_layers=8, ffn_dim=2048),
+    "dit": DiTConfig(dim=512, num_heads=4, num_layers=8, ffn_dim=2048, text_dim=512),
     "text": TextEncoderConfig(vocab_size=384, dim=512, dim_attn=512, ffn_dim=1024, num_heads=8, num_layers=4),
     "size": (128, 128), "frames": 17, "steps": 10,
 }
