@@ -9,12 +9,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import tiny_components
 
 from openwan.checkpoints.release import save_release
 from openwan.cli.main import main
 from openwan.pipelines.prompt_extend import extend_prompt
 from openwan.train.lora import add_lora, save_lora
+from tiny import tiny_components
 
 ARGS = ["--prompt", "a cat", "--frame-num", "5", "--sample-steps", "2", "--size", "32*32"]
 
