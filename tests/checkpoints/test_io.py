@@ -9,16 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from openwan.checkpoints.io import CheckpointError, load_strict, read_state_dict
-
-
-class _Evil:
-    """Unpickling this would create a file; loading must refuse it before that can happen."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
+from tiny import PickleBomb
 
 
 def _tiny() -> torch.nn.Module:
@@ -60,7 +51,7 @@ def test_truncated_file(tmp_path, suffix):
 def test_pickled_code_is_never_run(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    torch.save({"weight": _Evil(marker)}, path)
+    torch.save({"weight": PickleBomb(marker)}, path)
     with pytest.raises(CheckpointError, match="no pickled code is ever run"):
         read_state_dict(path)
     assert not marker.exists()

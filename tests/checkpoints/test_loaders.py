@@ -14,7 +14,7 @@ from openwan.checkpoints.convert import convert_dit, convert_release, convert_va
 from openwan.cli.main import main
 from openwan.configs import DIT_PRESETS, VAE_PRESETS, DiTConfig
 from openwan.models import WanDiT, WanVAE
-from tiny import randomize
+from tiny import PickleBomb, randomize
 
 # head_dim 128 like every release, so a bare weights file with no config.json is fully described by its shapes.
 BARE = DiTConfig(model_type="i2v", in_dim=36, dim=256, num_heads=2, ffn_dim=64, num_layers=2, text_dim=32,
@@ -179,11 +179,7 @@ def test_strict_errors_name_file_and_keys(vae, tmp_path):
 def test_non_weights_pth_runs_no_code(tmp_path):
     marker = tmp_path / "ran"
 
-    class Evil:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    torch.save({"encoder.conv1.weight": Evil()}, tmp_path / "Wan2.1_VAE.pth")
+    torch.save({"encoder.conv1.weight": PickleBomb(marker)}, tmp_path / "Wan2.1_VAE.pth")
     with pytest.raises(CheckpointError, match="no pickled code is ever run"):
         WanVAE.from_pretrained(tmp_path)
     assert not marker.exists()

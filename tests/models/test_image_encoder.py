@@ -20,6 +20,7 @@ from openwan.checkpoints.encoders import (
 from openwan.checkpoints.io import CheckpointError
 from openwan.configs import IMAGE_ENCODER_PRESETS
 from openwan.models.image_encoder import clip_preprocess, encode_images, load_clip_encoder
+from tiny import PickleBomb
 
 TINY = IMAGE_ENCODER_PRESETS["tiny"]
 
@@ -180,16 +181,6 @@ def test_preprocess():
 # ------------------------------------------------------------------------------------------ loader errors
 
 
-class _Evil:
-    """Unpickling this would create a file; loading must refuse it before that can happen."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
 def test_truncated_file(official_file):
     data = official_file.read_bytes()
     official_file.write_bytes(data[: len(data) // 2])
@@ -201,7 +192,7 @@ def test_truncated_file(official_file):
 def test_pickled_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / CLIP_OFFICIAL_FILE
-    torch.save({"visual.cls_embedding": torch.zeros(1, 1, 4), "x": _Evil(marker)}, path)
+    torch.save({"visual.cls_embedding": torch.zeros(1, 1, 4), "x": PickleBomb(marker)}, path)
     with pytest.raises(CheckpointError) as err:
         load_clip_encoder(path)
     assert str(path) in str(err.value) and not marker.exists()

@@ -27,6 +27,7 @@ from openwan.models.text_encoder import (
     load_umt5_encoder,
     pad_context,
 )
+from tiny import PickleBomb
 
 TINY = TEXT_ENCODER_PRESETS["tiny"]
 
@@ -172,16 +173,6 @@ def test_full_size_keys_match_the_release():
 # ------------------------------------------------------------------------------------------ loader errors
 
 
-class _Evil:
-    """Unpickling this would create a file; loading must refuse it before that can happen."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
 def test_truncated_file(official_file):
     data = official_file.read_bytes()
     official_file.write_bytes(data[: len(data) // 2])
@@ -193,7 +184,7 @@ def test_truncated_file(official_file):
 def test_pickled_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / UMT5_OFFICIAL_FILE
-    torch.save({"token_embedding.weight": torch.zeros(2, 2), "x": _Evil(marker)}, path)
+    torch.save({"token_embedding.weight": torch.zeros(2, 2), "x": PickleBomb(marker)}, path)
     with pytest.raises(CheckpointError) as err:
         load_umt5_encoder(path)
     assert str(path) in str(err.value) and not marker.exists()
