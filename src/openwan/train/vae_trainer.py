@@ -553,12 +553,7 @@ def with_latent_stats(vae: WanVAE, mean: Iterable[float], std: Iterable[float]) 
 def export_wan_vae(vae: WanVAE, out_dir: str | Path, name: str = WAN_VAE_NAME) -> Path:
     """Write ``<name>.pth`` (official Wan2.1 layout, loads with ``WanVAE.from_pretrained``) and ``<name>.json``
     (its VAEConfig, latent statistics included); returns the .pth path."""
-    out_dir = Path(out_dir)
-    path = out_dir / f"{name}.pth"
-    state = {k: v.detach().float().cpu().contiguous() for k, v in vae.state_dict().items()}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-    _write_json(path.with_suffix(".json"), vae.cfg.to_dict())
-    return path
+    return _export(vae, out_dir, name)
 
 
 def load_trained_vae(path: str | Path) -> WanVAE:
@@ -568,8 +563,12 @@ def load_trained_vae(path: str | Path) -> WanVAE:
 
 def export_image_vae(model: ImageVAE, out_dir: str | Path, name: str = IMAGE_VAE_NAME) -> Path:
     """Write the stage-1 model as ``<name>.pth`` (state dict) and ``<name>.json`` (its VAEConfig)."""
-    out_dir = Path(out_dir)
-    path = out_dir / f"{name}.pth"
+    return _export(model, out_dir, name)
+
+
+def _export(model: nn.Module, out_dir: str | Path, name: str) -> Path:
+    """``<name>.pth`` (float32 state dict) and ``<name>.json`` (the model's VAEConfig), each written atomically."""
+    path = Path(out_dir) / f"{name}.pth"
     state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     _write_json(path.with_suffix(".json"), model.cfg.to_dict())
