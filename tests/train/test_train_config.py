@@ -103,8 +103,8 @@ def test_overrides(tmp_path):
     (["text_dropout=1.5"], "text_dropout must be a probability in [0, 1]"),
     (["ema.decay=1"], "ema.decay must be in [0, 1)"),
     (["activation_checkpointing=maybe"], "activation_checkpointing must be true or false"),
-    (["parallel.cp_ulysses=2"], "parallel.cp_ulysses must be 1 (data and context parallel training arrive with the "
-                                "distributed layer"),
+    (["parallel.cp_ulysses=0"], "parallel.cp_ulysses must be an integer >= 1"),
+    (["parallel.dp=some"], "parallel.dp must be an integer or one of: auto"),
     (["lora.targets=[attn]"], "lora.targets must be a non-empty list of: self_attn.q"),
     (["model.preset=huge"], "model.preset must be one of: t2v-1.3B"),
     (["precision=fp8"], "precision must be one of: auto, fp32, bf16"),

@@ -149,12 +149,22 @@ def test_skips_empty_batches_and_reports_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="text encoder"):
         trainer.prepare_batch({"latents": good["latents"], "caption": ["x"]})
 
-    class Mesh:
+    class Mesh:  # two ranks, but not laid out as the config's parallel section says (dp: auto = 2)
+        mesh_dim_names = ("dp", "cfg", "ring", "ulysses")
+
         def size(self):
             return 2
 
-    with pytest.raises(ValueError, match="distributed layer"):
+        def __getitem__(self, name):
+            return type("Dim", (), {"size": lambda self: 2 if name == "ulysses" else 1})()
+
+    with pytest.raises(ValueError, match="parallel section asks for"):
         Trainer(_cfg(tmp_path), mesh=Mesh(), data=ListBatches([good]))
+    with pytest.raises(ValueError, match="parallel.dp=auto × cp_ring=1 × cp_ulysses=2 needs a number of processes "
+                                         "divisible by 2, but 1 process was started"):
+        Trainer(_cfg(tmp_path, "parallel.cp_ulysses=2"), data=ListBatches([good]))
+    with pytest.raises(ValueError, match="LoRA training runs in one process"):
+        Trainer(_cfg(tmp_path, "lora.rank=2", "parallel.cp_ulysses=2"), mesh=Mesh(), data=ListBatches([good]))
     with pytest.raises(ValueError, match="text-to-video"):
         Trainer(_cfg(tmp_path), dit=WanDiT(DIT_PRESETS["tiny-i2v"]), data=ListBatches([good]))
     with pytest.raises(ValueError, match="already holds checkpoints"):

@@ -1,32 +1,49 @@
-"""``openwan train --config FILE [field.path=value ...]``: train a DiT from a YAML/TOML config."""
+"""``openwan train --config FILE [field.path=value ...]``: train a DiT from a YAML/TOML config, on one process or
+under ``torchrun``; ``openwan train --export CHECKPOINT OUT``: a checkpoint as a single-file release DiT."""
 
 from __future__ import annotations
 
 import argparse
+
+from openwan.cli.common import parse_dtype
 
 HELP = "train (or fine-tune, or LoRA-tune) a Wan DiT by flow matching from a YAML/TOML config"
 EPILOG = """examples:
   openwan train --config train.yaml
   openwan train --config train.yaml optim.lr=1e-4 stages.0.steps=10 lora.rank=16
   openwan train --config train.yaml --print-config
+  torchrun --nproc-per-node 8 -m openwan train --config train.yaml parallel.cp_ulysses=4   (dp = 8 / 4 = 2)
+  openwan train --export runs/t2v/step-00010000 release/ --weights ema --dtype bf16
 
 The run resumes from the newest checkpoint in output_dir (resume=auto); resume=never starts fresh and
-resume=PATH continues from a given step folder."""
+resume=PATH continues from a given step folder. Checkpoints written by any number of processes resume on any
+other number. --export writes OUT/diffusion_pytorch_model.safetensors (official keys) and OUT/config.json."""
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help=HELP, description=HELP + ".", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="training config (.yaml, .yml or .toml)")
+    p.add_argument("--config", help="training config (.yaml, .yml or .toml)")
     p.add_argument("overrides", nargs="*", metavar="FIELD=VALUE",
                    help="config overrides, e.g. optim.lr=1e-4 stages.0.steps=10 (values are read as YAML)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "OUT"),
+                   help="write a training checkpoint (a step folder, or a run folder: its newest; written by any "
+                        "number of processes) as one safetensors DiT with official keys + config.json, and exit")
+    p.add_argument("--weights", choices=["ema", "model"], default="ema",
+                   help="with --export: the EMA weights (default) or the trained weights")
+    p.add_argument("--dtype", default=None, help="with --export: cast to fp32, bf16 or fp16 (default: float32)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.export:
+        return _export(args)
+    if not args.config:
+        raise ValueError("give a training config with --config FILE (or --export CHECKPOINT OUT).")
     import logging
 
+    import torch.distributed as dist
     import yaml
 
     from openwan.train import load_config, train
@@ -35,9 +52,34 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), end="")
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    metrics = train(cfg)
+    joined = dist.is_initialized()  # a caller that set up the process group also takes it down
+    rank = dist.get_rank() if joined else _env_rank()
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    try:
+        metrics = train(cfg)  # joins the torchrun job, if there is one, and builds the mesh from cfg.parallel
+    finally:
+        if not joined and dist.is_initialized():
+            dist.destroy_process_group()
     loss = metrics.get("loss")
-    print(f"trained {cfg.total_steps} steps" + (f" (last loss {loss:.4f})" if loss is not None else "")
-          + f"; checkpoints, metrics.jsonl and loss_curve.png are in {cfg.output_dir}")
+    if rank == 0:
+        print(f"trained {cfg.total_steps} steps" + (f" (last loss {loss:.4f})" if loss is not None else "")
+              + f"; checkpoints, metrics.jsonl and loss_curve.png are in {cfg.output_dir}")
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from openwan.train.checkpoint import export_dit
+
+    if args.config or args.overrides or args.print_config:
+        raise ValueError("--export takes only CHECKPOINT OUT (and --weights / --dtype); drop --config and overrides.")
+    checkpoint, out = args.export
+    file = export_dit(checkpoint, out, weights=args.weights, dtype=parse_dtype(args.dtype) if args.dtype else None)
+    print(f"wrote the {args.weights} weights of {checkpoint} to {file} (+ config.json)")
+    return 0
+
+
+def _env_rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))

@@ -1,6 +1,13 @@
-"""Training: the flow-matching DiT trainer, its configs, checkpoints with exact resume, EMA, LoRA and metrics."""
+"""Training: the flow-matching DiT trainer (one process or torchrun: data parallel × FSDP2 × context parallel), its
+configs, checkpoints with exact resume (sharded ones load at any world size), release export, EMA, LoRA and metrics."""
 
-from openwan.train.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from openwan.train.checkpoint import (
+    checkpoint_weights,
+    export_dit,
+    latest_checkpoint,
+    list_checkpoints,
+    save_checkpoint,
+)
 from openwan.train.config import (
     CheckpointConfig,
     DataConfig,
@@ -30,6 +37,7 @@ from openwan.train.trainer import (
     flow_matching_loss,
     lr_at,
     train,
+    training_mesh,
 )
 
 __all__ = [
@@ -54,7 +62,9 @@ __all__ = [
     "Trainer",
     "add_lora",
     "apply_overrides",
+    "checkpoint_weights",
     "data_from_config",
+    "export_dit",
     "flow_matching_loss",
     "fuse_lora",
     "latest_checkpoint",
@@ -68,4 +78,5 @@ __all__ = [
     "save_checkpoint",
     "save_lora",
     "train",
+    "training_mesh",
 ]

@@ -7,6 +7,11 @@ removes); the previous checkpoint is never touched until the new one is in place
 
 Files are written by suffix: ``.safetensors`` (tensors), ``.pt`` (a tensors-and-plain-values object such as
 an optimizer state, read back with ``torch.load(weights_only=True)``), ``.json`` (plain state).
+
+A multi-process run (``save_sharded_checkpoint``) adds ``sharded/``: model, optimizer and EMA as
+``torch.distributed.checkpoint`` writes them, each rank its own shards, loadable at any world size (one process
+needs no process group). Rank 0 writes the plain files next to it and renames the folder after a barrier.
+``export_dit`` turns either kind into one release-layout DiT (official keys + config.json).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 STATE_FILE = "trainer_state.json"  # present in every complete checkpoint
+MODEL_FILE = "diffusion_pytorch_model.safetensors"  # the full weights: a step folder loads with WanDiT.from_pretrained
+EMA_FILE = "ema.safetensors"  # the EMA of the weights, same keys
+CONFIG_FILE = "config.json"  # the DiT's config (official key names)
+SHARDED_DIR = "sharded"  # multi-process runs: the torch.distributed.checkpoint folder
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-step-"
 _TRASH_PREFIX = ".trash-step-"
@@ -69,17 +79,54 @@ def remove_stale(root: str | Path) -> list[Path]:
 def save_checkpoint(root: str | Path, step: int, files: Mapping[str, Any], keep_last: int | None = None) -> Path:
     """Write ``files`` (name -> object, by suffix) as the checkpoint of ``step``; keep the newest ``keep_last``."""
     assert STATE_FILE in files, f"a checkpoint needs its {STATE_FILE}"
-    root = Path(root)
+    tmp = _begin(Path(root), step)
+    _write_files(tmp, files)
+    return _commit(Path(root), tmp, step, keep_last)
+
+
+def save_sharded_checkpoint(root: str | Path, step: int, sharded: Mapping[str, Any], files: Mapping[str, Any] | None,
+                            keep_last: int | None = None) -> Path:
+    """Collective: every rank of the default process group calls it. ``sharded`` (state dicts as
+    ``get_model_state_dict`` / ``get_optimizer_state_dict`` give them) goes to ``<folder>/sharded`` through
+    ``torch.distributed.checkpoint``, each rank its shards; rank 0 writes ``files`` as :func:`save_checkpoint` does
+    (other ranks pass None) and, once every rank is done, renames the folder into place."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    root, main = Path(root), dist.get_rank() == 0
+    assert not main or STATE_FILE in files, f"a checkpoint needs its {STATE_FILE}"
+    name = [str(_begin(root, step)) if main else None]
+    dist.broadcast_object_list(name, src=0)  # one temporary folder for all ranks (a shared filesystem)
+    tmp = Path(name[0])
+    dcp.save(dict(sharded), checkpoint_id=str(tmp / SHARDED_DIR))  # files are synced as they are written
+    if main:
+        _write_files(tmp, files)
+        _fsync(tmp / SHARDED_DIR)
+    dist.barrier()  # every rank's shards are on disk before the folder becomes a checkpoint
+    if main:
+        _commit(root, tmp, step, keep_last)
+    dist.barrier()  # ... and no rank goes on before it is in place
+    return root / checkpoint_name(step)
+
+
+def _begin(root: Path, step: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    final = root / checkpoint_name(step)
     tmp = root / f"{_TMP_PREFIX}{step:08d}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    return tmp
+
+
+def _write_files(tmp: Path, files: Mapping[str, Any]) -> None:
     # The state file goes last: a folder holding it is complete even if the rename below was not atomic.
     for name in sorted(files, key=lambda n: n == STATE_FILE):
         _write_file(tmp / name, files[name])
+
+
+def _commit(root: Path, tmp: Path, step: int, keep_last: int | None) -> Path:
     _fsync(tmp)
+    final = root / checkpoint_name(step)
     if final.exists():  # the same step saved again (a resumed run): move the old one away first
         _discard(final)
     os.replace(tmp, final)
@@ -191,3 +238,105 @@ def restore_rng(tensors: Mapping[str, torch.Tensor], plain: Mapping[str, Any],
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = plain["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+# ------------------------------------------------------------------------------------------ release export
+
+
+def read_sharded(path: str | Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The whole tensors saved under ``prefix`` ("model", "ema") in a ``sharded/`` folder, read in this process
+    (no process group; the world size that wrote it does not matter). Keys lose the prefix."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    path, head = Path(path), prefix + "."
+    saved = sharded_metadata(path)
+    out = {key: torch.empty(meta.size, dtype=meta.properties.dtype) for key, meta in saved.items()
+           if key.startswith(head) and isinstance(meta, TensorStorageMetadata)}
+    if out:
+        load_sharded(out, path, single_process=True)
+    return {key[len(head):]: value for key, value in out.items()}
+
+
+def sharded_metadata(path: str | Path) -> dict[str, Any]:
+    """Flattened key (``model.blocks.0.self_attn.q.weight``, ``ema...``, ``optimizer...``) -> its metadata (size,
+    dtype) of a ``sharded/`` folder."""
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        return dict(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+    except (OSError, RuntimeError, ValueError, EOFError) as err:
+        raise CheckpointCorrupt(f"{path} cannot be read as a distributed checkpoint ({type(err).__name__}); the "
+                                "checkpoint is damaged — use an earlier one.") from None
+
+
+def load_sharded(state: dict[str, Any], path: str | Path, single_process: bool) -> None:
+    """``torch.distributed.checkpoint.load`` of ``state`` (in place) from a ``sharded/`` folder; collective unless
+    ``single_process`` (then no process group is used, whatever world size wrote it)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        with warnings.catch_warnings():
+            # DCP warns whenever it reads without a process group; here that is the intent.
+            warnings.filterwarnings("ignore", message="torch.distributed is .* single process")
+            dcp.load(state, checkpoint_id=str(path), no_dist=single_process)
+    except (CheckpointException, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointCorrupt(f"{path} cannot be read ({first[:300]}); the checkpoint is damaged or incomplete — "
+                                "use an earlier one.") from None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A step folder as given, or the newest one in a run's output folder."""
+    path = Path(path)
+    if (path / STATE_FILE).is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise ValueError(f"{path} is neither a checkpoint folder (with {STATE_FILE}) nor a run folder holding one; "
+                         "give a step-XXXXXXXX folder or the run's output_dir.")
+    return latest
+
+
+def checkpoint_weights(path: str | Path, weights: str = "ema") -> dict[str, torch.Tensor]:
+    """The full DiT state dict (official keys) of a training checkpoint of any world size: its EMA or its
+    trained weights (``weights`` "ema" / "model"). ``path``: a step folder or a run folder (its newest)."""
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be ema or model; got {weights!r}.")
+    folder = resolve_checkpoint(path)
+    if read_file(folder / STATE_FILE).get("lora"):
+        raise ValueError(f"{folder} is a LoRA checkpoint: its adapter is lora.safetensors (diffusers keys) or "
+                         "lora_official.safetensors; export works on full fine-tunes.")
+    if (folder / SHARDED_DIR).is_dir():
+        tensors = read_sharded(folder / SHARDED_DIR, weights)
+    else:
+        file = folder / (EMA_FILE if weights == "ema" else MODEL_FILE)
+        tensors = read_file(file) if file.is_file() else {}
+    if not tensors:
+        raise ValueError(f"{folder} holds no {weights} weights (the EMA exists when ema.decay > 0); export "
+                         f"weights={'model' if weights == 'ema' else 'ema'} instead.")
+    return tensors
+
+
+def export_dit(checkpoint: str | Path, out: str | Path, weights: str = "ema",
+               dtype: torch.dtype | None = None) -> Path:
+    """Write a training checkpoint (one process or sharded, any world size; a step or run folder) as a release
+    DiT: ``out/diffusion_pytorch_model.safetensors`` with the official keys and ``out/config.json`` — or, when
+    ``out`` ends in .safetensors, that file with config.json beside it. ``WanDiT.from_pretrained`` and
+    ``openwan.checkpoints.loaders.load_dit`` load either. ``dtype`` casts floating-point tensors. Returns the file."""
+    from openwan.fileio import atomic_write
+
+    folder = resolve_checkpoint(checkpoint)
+    tensors = checkpoint_weights(folder, weights)
+    if not (folder / CONFIG_FILE).is_file():
+        raise CheckpointCorrupt(f"{folder / CONFIG_FILE} is missing; the checkpoint is incomplete.")
+    config = read_file(folder / CONFIG_FILE)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    out = Path(out)
+    file = out if out.suffix == ".safetensors" else out / MODEL_FILE
+    file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(file, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                                             metadata={"format": "pt"}))
+    atomic_write(file.parent / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=1) + "\n"))
+    return file

@@ -21,6 +21,7 @@ The paper's curriculum for t2v-1.3B, as a config (``openwan train --config this.
     timesteps: {mode: logit_normal, shift: resolution}
     ema: {decay: 0.9999}
     activation_checkpointing: true
+    parallel: {cp_ulysses: 4}  # under torchrun: 8 processes = dp 2 (auto) x Ulysses 4
     checkpoint: {every: 1000, keep_last: 3}
     sample: {every: 5000, prompts: [a red fox runs through snow], size: [832, 480], frame_num: 81}
     output_dir: runs/t2v-1.3B
@@ -135,8 +136,13 @@ class EMAConfig:
 
 @dataclass(frozen=True)
 class CheckpointConfig:
+    """``consolidated``: a multi-process run also writes the full weights and EMA as safetensors files (rank 0
+    gathers them, one tensor at a time) next to its sharded checkpoint, so a step folder loads like a one-process
+    one; set false for models too large for rank 0's CPU memory and export with ``openwan train --export``."""
+
     every: int = 1000  # steps between checkpoints (0: only at the end)
     keep_last: int = 3
+    consolidated: bool = True
 
 
 @dataclass(frozen=True)
@@ -164,11 +170,36 @@ class LoRAConfig:
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    """Mesh sizes. Only 1 works today: data / context parallel training arrives with the distributed layer."""
+    """The device mesh of a ``torchrun`` job: ``dp × cp_ring × cp_ulysses`` must equal the number of processes.
 
-    dp: int = 1
+    ``dp`` ranks hold different samples: a stage's ``batch_size`` is the global batch, split evenly over them.
+    The ranks of one context-parallel group (``cp_ring × cp_ulysses``) share their samples and split each
+    sample's tokens. ``dp: auto`` takes what the context-parallel sizes leave of the world size. ``fsdp`` shards
+    parameters, gradients and optimizer state over all ranks (FSDP2); without it every rank holds the whole
+    model and the gradients are all-reduced. One process (``python -m openwan train``) is a world of one.
+    """
+
+    dp: int | Literal["auto"] = "auto"
     cp_ulysses: int = 1
     cp_ring: int = 1
+    fsdp: bool = True
+
+    def sizes(self, world_size: int) -> dict[str, int]:
+        """{"dp", "ring", "ulysses"} for ``world_size`` processes; ValueError if they do not multiply to it."""
+        ring, ulysses = self.cp_ring, self.cp_ulysses
+        cp = ring * ulysses
+        dp = world_size // cp if self.dp == "auto" else self.dp
+        if dp >= 1 and dp * cp == world_size:
+            return {"dp": dp, "ring": ring, "ulysses": ulysses}
+        started = f"{world_size} process{'es were' if world_size != 1 else ' was'} started (WORLD_SIZE)"
+        sizes = f"parallel.dp={self.dp} × cp_ring={ring} × cp_ulysses={ulysses}"
+        if self.dp == "auto" or world_size % cp:
+            raise ValueError(f"{sizes} needs a number of processes divisible by {cp}, but {started}; choose "
+                             f"cp_ring × cp_ulysses that divides {world_size}, or start a multiple of {cp} processes "
+                             "(torchrun --nproc-per-node).")
+        raise ValueError(f"{sizes} = {dp * cp} rank{'s' * (dp * cp != 1)}, but {started}; set parallel.dp="
+                         f"{world_size // cp} (or auto), or start {dp * cp} process{'es' * (dp * cp != 1)} "
+                         "(torchrun --nproc-per-node).")
 
 
 @dataclass(frozen=True)
@@ -193,7 +224,8 @@ class TrainConfig:
     parallel: ParallelConfig = ParallelConfig()
     log: LogConfig = LogConfig()
     text_dropout: float = 0.1
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # recompute each DiT block in the backward
+    compile: bool = False  # torch.compile each DiT block (in place: parameter names are unchanged)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     device: str = "auto"
     seed: int = 0
@@ -469,11 +501,10 @@ def _validate(cfg: TrainConfig) -> None:
         bad = [t for t in cfg.lora.targets if t not in LORA_TARGETS]
         _check(bool(cfg.lora.targets) and not bad, "lora.targets", "a non-empty list of: " + ", ".join(LORA_TARGETS),
                list(cfg.lora.targets))
-    for axis in ("dp", "cp_ulysses", "cp_ring"):
-        size = getattr(cfg.parallel, axis)
-        _check(size == 1, f"parallel.{axis}",
-               "1 (data and context parallel training arrive with the distributed layer; train on one device "
-               "for now)", size)
+    _check(cfg.parallel.dp == "auto" or cfg.parallel.dp >= 1, "parallel.dp", "auto or an integer >= 1",
+           cfg.parallel.dp)
+    for axis in ("cp_ulysses", "cp_ring"):
+        _check(getattr(cfg.parallel, axis) >= 1, f"parallel.{axis}", "an integer >= 1", getattr(cfg.parallel, axis))
     _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device",
            "auto, cpu, cuda or cuda:N", cfg.device)
     _check(cfg.resume in ("auto", "never") or bool(cfg.resume), "resume", "auto, never or a checkpoint folder",

@@ -1,4 +1,8 @@
-"""Exponential moving average of the trained parameters, kept in float32 whatever the parameters' dtype."""
+"""Exponential moving average of the trained parameters, kept in float32 whatever the parameters' dtype.
+
+Under FSDP2 the parameters are sharded DTensors and so is the shadow: each rank averages its own shard, and
+:meth:`EMA.full_state_dict` gathers whole tensors for a release file.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ class EMA:
     """shadow ← decay·shadow + (1 − decay)·param after every optimizer step, for the named parameters given.
 
     Only the parameters that train are tracked (for a LoRA run: the adapter weights), so the shadow costs one
-    float32 copy of what is trained.
+    float32 copy of what is trained (of this rank's shard, under FSDP).
     """
 
     def __init__(self, params: Mapping[str, nn.Parameter], decay: float):
@@ -31,17 +35,39 @@ class EMA:
         torch._foreach_lerp_(shadow, current, 1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The shadow as it is held (sharded DTensors under FSDP: what a distributed checkpoint saves)."""
         return dict(self.shadow)
 
+    def full_state_dict(self, keep: bool = True) -> dict[str, torch.Tensor]:
+        """Whole float32 tensors on the CPU. Sharded shadows are all-gathered one tensor at a time, so every rank
+        must call this; ranks with ``keep`` False drop each gathered tensor at once and get {}."""
+        from torch.distributed.tensor import DTensor
+
+        out = {}
+        for name, value in self.shadow.items():
+            full = value.full_tensor() if isinstance(value, DTensor) else value
+            if keep:
+                out[name] = full.cpu()
+        return out
+
+    @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore the shadow from whole tensors, or from tensors sharded like it."""
         missing, unexpected = set(self.shadow) - set(state), set(state) - set(self.shadow)
         if missing or unexpected:
             raise ValueError(
                 f"the EMA state does not match the trained parameters ({len(missing)} missing, {len(unexpected)} "
                 "unexpected); resume with the same model and LoRA settings as the checkpoint."
             )
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
         for name, value in state.items():
-            self.shadow[name].copy_(value)
+            shadow = self.shadow[name]
+            if isinstance(shadow, DTensor) and not isinstance(value, DTensor):
+                # Every rank holds the whole tensor (read from one file): each keeps its shard, nothing is sent.
+                value = distribute_tensor(value.to(shadow.device, shadow.dtype), shadow.device_mesh,
+                                          shadow.placements, src_data_rank=None)
+            shadow.copy_(value)
 
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:

@@ -8,8 +8,12 @@ Batches are dicts (the data contract): ``latents`` [B, C, F, h, w] or ``video`` 
 (encoded here with the VAE), and ``context`` [B, L, D] (+ ``context_empty`` [L', D]) or ``caption`` (encoded here
 with umT5). Text dropout swaps a sample's context for the empty prompt's so classifier-free guidance works.
 
-World size 1 is a mesh of size 1: the trainer holds no DDP/FSDP code; parallelism will be applied to the model
-from outside (``openwan.parallel.parallelize_dit``) before it reaches this class.
+Many processes (``torchrun``) run the same code: the model is parallelized from outside with
+``openwan.parallel.parallelize_dit`` (context parallel over ``cp_ring × cp_ulysses``, FSDP2 over all ranks),
+the data is sharded over the ``dp`` ranks only, and every random draw of a step (σ, ε, text dropout) is a
+function of (seed, draw, the sample's index in the global batch) — so a run, its loss curve and its checkpoints do
+not depend on how many processes trained it. Multi-process checkpoints are sharded
+(``torch.distributed.checkpoint``) and load at any world size, one process included.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -37,12 +42,12 @@ from openwan.train.metrics import MetricsLogger
 
 log = logging.getLogger("openwan.train")
 
-MODEL_FILE = "diffusion_pytorch_model.safetensors"  # full fine-tune: the folder loads with WanDiT.from_pretrained
+MODEL_FILE = ckpt.MODEL_FILE  # full fine-tune: the folder loads with WanDiT.from_pretrained
 ADAPTER_FILE = "adapter.safetensors"  # LoRA: the trained adapter parameters, for resume
 LORA_FILE = "lora.safetensors"  # LoRA: the export in diffusers' key names (WanPipeline.load_lora_weights)
 LORA_OFFICIAL_FILE = "lora_official.safetensors"  # the same in official module names + alpha (ComfyUI)
 LORA_EMA_FILE = "lora_ema.safetensors"
-EMA_FILE = "ema.safetensors"
+EMA_FILE = ckpt.EMA_FILE
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.safetensors"
 
@@ -154,18 +159,23 @@ class Trainer:
     dit: the model to train (None: built from ``cfg.model``); data: a :data:`DataFactory` or one
     :class:`BatchSource` for every stage (None: built from ``cfg.data``); vae / text_encoder / tokenizer: used
     for raw-video or caption batches and for sample videos (None: built from ``cfg.model`` when named there);
-    mesh: a ``DeviceMesh`` (None = one process); on_step_end(trainer, metrics) runs after every step.
+    mesh: a ``DeviceMesh`` with dims ("dp", "cfg", "ring", "ulysses") as :func:`training_mesh` builds it from
+    ``cfg.parallel`` (None: built that way — None again for one process); on_step_end(trainer, metrics) runs after
+    every step. With a mesh, a ``data`` given here must yield this rank's share of each batch: the samples of
+    data-parallel rank ``trainer.dp_rank`` of ``trainer.dp_size``, the same on the ranks of a context-parallel group.
     """
 
     def __init__(self, cfg: TrainConfig, *, dit: nn.Module | None = None, data: DataFactory | BatchSource | None = None,
                  vae: nn.Module | None = None, text_encoder: nn.Module | None = None, tokenizer: Any = None,
                  mesh: Any = None, on_step_end: Callable[[Trainer, dict], None] | None = None):
         self.cfg = cfg
-        self.world_size = _mesh_size(mesh)
-        self.mesh = mesh
-        self.is_main = True
         self.device = _resolve_device(cfg.device)
         self.autocast_dtype = _autocast_dtype(cfg.precision, self.device)
+        self.mesh = _checked_mesh(cfg, mesh if mesh is not None else training_mesh(cfg))
+        if cfg.lora is not None and self.mesh is not None:
+            raise ValueError("LoRA training runs in one process so far; start it without torchrun (or train the "
+                             "full model on many processes).")
+        self._init_ranks()
         self.out = Path(cfg.output_dir)
         self.on_step_end = on_step_end
         seed_everything(cfg.seed)
@@ -177,15 +187,14 @@ class Trainer:
 
             add_lora(self.dit, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
         self.dit.gradient_checkpointing = cfg.activation_checkpointing
+        self._parallelize()
         self.dit.train()
-        self.params = {n: p for n, p in self.dit.named_parameters() if p.requires_grad}
+        self.params = {n: p for n, p in self.dit.named_parameters() if p.requires_grad}  # DTensors under FSDP
         self.optimizer = _adamw(self.params, cfg)
         self.ema = EMA(self.params, cfg.ema.decay) if cfg.ema.decay > 0 else None
-        # Own generators for σ/noise and text dropout: their states are checkpointed, and nothing else draws from them.
-        self.generators = {
-            "noise": torch.Generator().manual_seed(cfg.seed + 1),
-            "dropout": torch.Generator().manual_seed(cfg.seed + 2),
-        }
+        # How many times σ/ε and text dropout were drawn: with the seed and each sample's index in the global
+        # batch this fixes every draw (see sample_generator), so a checkpoint holds the counts, not generator states.
+        self.draws = {"noise": 0, "dropout": 0}
         given = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer}
         built = build_encoders(cfg, self.device, only=[k for k, v in given.items() if v is None])
         parts = {k: v if v is not None else built.get(k) for k, v in given.items()}
@@ -198,6 +207,34 @@ class Trainer:
         self.metrics = MetricsLogger(self.out, tensorboard=cfg.log.tensorboard, enabled=self.is_main)
         self._empty_context: torch.Tensor | None = None
         self._warned: set[str] = set()
+
+    def _init_ranks(self) -> None:
+        """This process's place: rank (0 = the one that writes files) and data-parallel rank / size / group."""
+        from openwan.parallel import dim_group, dim_size
+
+        mesh = self.mesh
+        self.world_size = mesh.size() if mesh is not None else 1
+        self.rank = torch.distributed.get_rank() if mesh is not None else 0
+        self.is_main = self.rank == 0
+        self.dp_rank = mesh.get_local_rank("dp") if mesh is not None else 0
+        self.dp_size = dim_size(mesh, "dp")
+        self.dp_group = dim_group(mesh, "dp")
+
+    def _parallelize(self) -> None:
+        """Context parallel, activation checkpointing, compile and FSDP2, applied from outside (also at world
+        size 1, where only checkpointing and compile apply)."""
+        from openwan.parallel import DiTParallelConfig, parallelize_dit
+
+        cfg = self.cfg
+        parallelize_dit(self.dit, self.mesh, DiTParallelConfig(
+            fsdp=cfg.parallel.fsdp, activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
+            param_dtype=self.autocast_dtype or torch.float32))
+        # Without FSDP every rank holds the whole model and its gradients are all-reduced after the backward.
+        self._all_reduce_grads = self.mesh is not None and not cfg.parallel.fsdp
+
+    def _barrier(self) -> None:
+        if self.mesh is not None:
+            torch.distributed.barrier()
 
     # ------------------------------------------------------------------------------------ running
 
@@ -236,6 +273,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             for path in ckpt.remove_stale(self.out):
                 log.info("removed %s, left by an interrupted checkpoint write", path)
+        self._barrier()  # the other ranks look for checkpoints once stale folders are gone
         folder = self._resume_folder()
         if folder is not None:
             self.load_checkpoint(folder)
@@ -280,7 +318,7 @@ class Trainer:
     def _source(self, index: int, stage: StageConfig) -> BatchSource:
         data = self.data
         if data is None:
-            data = data_from_config(self.cfg)
+            data = data_from_config(self.cfg, self.dp_rank, self.dp_size)
             self.data = data
         source = data if isinstance(data, BatchSource) else data(index, stage)
         if not isinstance(source, BatchSource):
@@ -316,8 +354,9 @@ class Trainer:
                                   self.autocast_dtype)
         loss.backward()
         params = list(self.params.values())
-        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        if self._all_reduce_grads:
+            _all_reduce_grads(params, self.dp_size)
+        grad_norm = self._clip_gradients(params)
         finite = math.isfinite(grad_norm)
         if finite:
             self.optimizer.step()
@@ -326,33 +365,63 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None and finite:
             self.ema.update()
+        loss_value, sigma_mean = self._mean_over_dp(loss.detach(), sigmas.mean())
         seconds = _now(self.device) - start
-        tokens = x0.shape[0] * tokens_of(x0, self.dit.cfg.patch_size)
+        batch = x0.shape[0] * self.dp_size  # the global batch
         return {
-            "loss": loss.item(),
+            "loss": loss_value,
             "lr": lr,
             "grad_norm": grad_norm,
             "step_time": seconds,
-            "tokens_per_s": tokens / max(seconds, 1e-9),
-            "batch_size": int(x0.shape[0]),
+            "tokens_per_s": batch * tokens_of(x0, self.dit.cfg.patch_size) / max(seconds, 1e-9),
+            "batch_size": int(batch),
             "latent_shape": list(x0.shape[2:]),
             "shift": shift,
-            "sigma_mean": float(sigmas.mean()),
+            "sigma_mean": sigma_mean,
         }
 
+    def _clip_gradients(self, params: list[nn.Parameter]) -> float:
+        """Scale the gradients to a global norm of at most ``optim.grad_clip``; returns the norm before.
+
+        Under FSDP the gradients are DTensor shards: their norm is reduced over all ranks (the whole gradient's)."""
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        norm = _full_tensor(norm)
+        torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+        return float(norm)
+
+    def _mean_over_dp(self, loss: torch.Tensor, sigma_mean: torch.Tensor) -> tuple[float, float]:
+        """The loss and mean σ of the global batch (equal-sized shards: the mean of the data-parallel ranks')."""
+        if self.dp_group is None:
+            return loss.item(), float(sigma_mean)
+        stats = torch.stack([loss.float(), sigma_mean.to(loss.device, torch.float32)])
+        torch.distributed.all_reduce(stats, group=self.dp_group)
+        loss_value, sigma_value = (stats / self.dp_size).tolist()
+        return loss_value, sigma_value
+
     def draw_noise(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """σ [B] and ε like x0, drawn on the CPU from the trainer's own generator (the same on any device)."""
+        """σ [B] and ε like x0, drawn on the CPU (the same on any device), each sample from its own generator:
+        :func:`sample_generator` of its index in the global batch, so data-parallel shards draw what one process
+        drawing the whole batch would."""
         t = self.cfg.timesteps
         if t.shift == "resolution":
             shift = resolution_shift(tokens_of(x0, self.dit.cfg.patch_size), t.base_tokens, t.base_shift,
                                      t.max_tokens, t.max_shift)
         else:
             shift = float(t.shift)
-        gen = self.generators["noise"]
-        sigmas = sample_training_sigmas(x0.shape[0], t.mode, shift, generator=gen, logit_mean=t.logit_mean,
-                                        logit_std=t.logit_std)
-        noise = torch.randn(x0.shape, generator=gen, dtype=torch.float32)
-        return sigmas, noise, shift
+        sigmas, noise = [], []
+        for gen in self._generators("noise", x0.shape[0]):
+            sigmas.append(sample_training_sigmas(1, t.mode, shift, generator=gen, logit_mean=t.logit_mean,
+                                                 logit_std=t.logit_std))
+            noise.append(torch.randn(x0.shape[1:], generator=gen, dtype=torch.float32))
+        return torch.cat(sigmas), torch.stack(noise), shift
+
+    def _generators(self, stream: str, batch: int) -> list[torch.Generator]:
+        """One generator per sample of this rank's batch for the next draw of ``stream``."""
+        draw = self.draws[stream]
+        self.draws[stream] += 1
+        first = self.dp_rank * batch  # shards are equal: sample j here is sample first + j of the global batch
+        return [sample_generator(self.cfg.seed, stream, draw, first + j) for j in range(batch)]
 
     def prepare_batch(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0 [B, C, F, h, w] float32, context [B, L, text_dim]) on the training device, text dropout applied."""
@@ -363,7 +432,8 @@ class Trainer:
                              "or context per sample.")
         p = self.cfg.text_dropout
         if p > 0:
-            drop = torch.rand(x0.shape[0], generator=self.generators["dropout"]) < p  # [B]
+            gens = self._generators("dropout", x0.shape[0])
+            drop = torch.cat([torch.rand(1, generator=g) for g in gens]) < p  # [B]
             if bool(drop.any()):
                 empty = F.pad(empty.to(context), (0, 0, 0, context.shape[1] - empty.shape[0]))  # [L, D]
                 context = torch.where(drop.to(context.device)[:, None, None], empty[None], context)
@@ -428,7 +498,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------ checkpoints
 
     def checkpoint_files(self) -> dict[str, Any]:
-        """Every file of a checkpoint of the current state (name -> object; see :mod:`openwan.train.checkpoint`)."""
+        """Every file of a one-process checkpoint of the current state (name -> object; see
+        :mod:`openwan.train.checkpoint`)."""
         files: dict[str, Any] = {}
         if self.cfg.lora is not None:
             from openwan.train.lora import lora_state_dict
@@ -441,55 +512,146 @@ class Trainer:
                     files[LORA_EMA_FILE] = lora_state_dict(self.dit, "diffusers")
         else:
             files[MODEL_FILE] = {k: v.detach() for k, v in self.dit.state_dict().items()}
-            files["config.json"] = self.dit.cfg.to_dict()
+            files[ckpt.CONFIG_FILE] = self.dit.cfg.to_dict()
         if self.ema is not None:
             files[EMA_FILE] = self.ema.state_dict()
         files[OPTIMIZER_FILE] = self.optimizer.state_dict()
-        rng_tensors, rng_plain = ckpt.capture_rng(self.generators)
-        files[RNG_FILE] = rng_tensors
-        files[ckpt.STATE_FILE] = {
-            "format": 1,
-            "step": self.step,
-            "lr": lr_at(self.cfg, max(self.step - 1, 0)),
-            "data": self.data_state,
-            "rng": rng_plain,
-            "lora": self.cfg.lora is not None,
-            "config": self.cfg.to_dict(),
+        files.update(self._state_files())
+        return files
+
+    def _state_files(self) -> dict[str, Any]:
+        """The RNG states and trainer_state.json: step (hence the LR), data position and draw counts."""
+        rng_tensors, rng_plain = ckpt.capture_rng({})
+        return {
+            RNG_FILE: rng_tensors,
+            ckpt.STATE_FILE: {
+                "format": 2,
+                "step": self.step,
+                "lr": lr_at(self.cfg, max(self.step - 1, 0)),
+                "data": self.data_state,
+                "draws": dict(self.draws),
+                "rng": rng_plain,
+                "lora": self.cfg.lora is not None,
+                "world_size": self.world_size,
+                "config": self.cfg.to_dict(),
+            },
         }
+
+    def sharded_state(self) -> dict[str, Any]:
+        """What a multi-process checkpoint saves with torch.distributed.checkpoint: model, optimizer, EMA (as
+        ``torch.distributed.checkpoint.state_dict`` gives them: official parameter names, sharded under FSDP)."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        state = {"model": get_model_state_dict(self.dit),
+                 "optimizer": get_optimizer_state_dict(self.dit, self.optimizer)}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def _sharded_files(self) -> dict[str, Any] | None:
+        """Rank 0's plain files next to a sharded checkpoint (None on other ranks). With checkpoint.consolidated
+        the full weights and EMA are gathered into it: a collective, every rank takes part."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        files: dict[str, Any] = {}
+        if self.cfg.checkpoint.consolidated:
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors on rank 0 only
+            files[MODEL_FILE] = get_model_state_dict(self.dit, options=options)
+            if self.ema is not None:
+                files[EMA_FILE] = self.ema.full_state_dict(keep=self.is_main)
+        if not self.is_main:
+            return None
+        files[ckpt.CONFIG_FILE] = self.dit.cfg.to_dict()
+        files.update(self._state_files())
         return files
 
     def save_checkpoint(self) -> Path | None:
-        if not self.is_main:
-            return None
-        folder = ckpt.save_checkpoint(self.out, self.step, self.checkpoint_files(), self.cfg.checkpoint.keep_last)
+        """Write the checkpoint of the current step (with a mesh: every rank must call this); returns its folder."""
+        if self.mesh is None:
+            folder = ckpt.save_checkpoint(self.out, self.step, self.checkpoint_files(), self.cfg.checkpoint.keep_last)
+        else:
+            folder = ckpt.save_sharded_checkpoint(self.out, self.step, self.sharded_state(), self._sharded_files(),
+                                                  self.cfg.checkpoint.keep_last)
         self.last_checkpoint_step = self.step
-        self.metrics.plot()
-        log.info("saved checkpoint %s", folder)
+        if self.is_main:
+            self.metrics.plot()
+            log.info("saved checkpoint %s", folder)
         return folder
 
     def load_checkpoint(self, folder: str | Path) -> None:
-        """Restore model (or adapter), EMA, optimizer, step (hence the LR), data position and every RNG."""
+        """Restore model (or adapter), EMA, optimizer, step (hence the LR), data position and every RNG — from a
+        one-process or a sharded checkpoint, whatever the world size that wrote it."""
         folder = Path(folder)
         state = ckpt.read_file(folder / ckpt.STATE_FILE)
         if bool(state.get("lora")) != (self.cfg.lora is not None):
             kind = "a LoRA" if state.get("lora") else "a full fine-tune"
             raise ValueError(f"{folder} is a checkpoint of {kind} run; set lora as that run did to resume it.")
+        if (folder / ckpt.SHARDED_DIR).is_dir():
+            self._load_sharded(folder)
+        elif self.mesh is None:
+            self._load_files(folder)
+        else:
+            self._load_files_into_shards(folder)
+        self.step = int(state["step"])
+        self.data_state = self._resume_data = state.get("data")
+        self.draws = dict(state.get("draws") or {"noise": self.step, "dropout": self.step})  # format 1: per step
+        ckpt.restore_rng(ckpt.read_file(folder / RNG_FILE), state["rng"], {})
+        self.last_checkpoint_step = self.step
+        self.metrics.truncate_after(self.step)
+
+    def _load_files(self, folder: Path) -> None:
         if self.cfg.lora is not None:
             self._load_params(ckpt.read_file(folder / ADAPTER_FILE), folder / ADAPTER_FILE)
         else:
             self._load_params(ckpt.read_file(folder / MODEL_FILE), folder / MODEL_FILE)
-        if self.ema is not None:
-            if (folder / EMA_FILE).is_file():
-                self.ema.load_state_dict(ckpt.read_file(folder / EMA_FILE))
-            else:
-                log.warning("%s has no EMA; the EMA starts from the loaded weights", folder)
-                self.ema = EMA(self.params, self.cfg.ema.decay)
+        self._load_ema(folder)
         self.optimizer.load_state_dict(ckpt.read_file(folder / OPTIMIZER_FILE))
-        self.step = int(state["step"])
-        self.data_state = self._resume_data = state.get("data")
-        ckpt.restore_rng(ckpt.read_file(folder / RNG_FILE), state["rng"], self.generators)
-        self.last_checkpoint_step = self.step
-        self.metrics.truncate_after(self.step)
+
+    def _load_ema(self, folder: Path) -> None:
+        if self.ema is None:
+            return
+        if (folder / EMA_FILE).is_file():
+            self.ema.load_state_dict(ckpt.read_file(folder / EMA_FILE))
+        else:
+            log.warning("%s has no EMA; the EMA starts from the loaded weights", folder)
+            self.ema = EMA(self.params, self.cfg.ema.decay)
+
+    def _load_files_into_shards(self, folder: Path) -> None:
+        """A one-process checkpoint into a model on a mesh: every rank reads the whole files and keeps its shards."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        whole = StateDictOptions(full_state_dict=True)
+        weights = ckpt.read_file(folder / MODEL_FILE)
+        self._check_keys(set(weights), folder / MODEL_FILE)
+        set_model_state_dict(self.dit, weights, options=whole)
+        self._load_ema(folder)
+        optim = _named_optimizer_state(ckpt.read_file(folder / OPTIMIZER_FILE), self.optimizer, self.params)
+        set_optimizer_state_dict(self.dit, self.optimizer, optim, options=whole)
+
+    def _load_sharded(self, folder: Path) -> None:
+        """A sharded checkpoint at any world size: torch.distributed.checkpoint reshards it onto this mesh (or
+        reads it whole into one process, with no process group)."""
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        path = folder / ckpt.SHARDED_DIR
+        saved = ckpt.sharded_metadata(path)
+        self._check_keys({k.removeprefix("model.") for k in saved if k.startswith("model.")}, path)
+        state = self.sharded_state()
+        has_ema = any(k.startswith("ema.") for k in saved)
+        if not has_ema:
+            state.pop("ema", None)
+        ckpt.load_sharded(state, path, single_process=self.mesh is None)
+        set_model_state_dict(self.dit, state["model"])
+        set_optimizer_state_dict(self.dit, self.optimizer, state["optimizer"])
+        if self.ema is not None and has_ema:
+            self.ema.load_state_dict(state["ema"])
+        elif self.ema is not None:
+            log.warning("%s has no EMA; the EMA starts from the loaded weights", folder)
+            self.ema = EMA(self.params, self.cfg.ema.decay)
 
     @torch.no_grad()
     def _load_params(self, tensors: Mapping[str, torch.Tensor], source: Path) -> None:
@@ -502,10 +664,20 @@ class Trainer:
         for name, value in tensors.items():
             named[name].copy_(value)
 
+    def _check_keys(self, saved: set[str], source: Path) -> None:
+        named = set(self.dit.state_dict())
+        missing, unexpected = named - saved, saved - named
+        if missing or unexpected:
+            raise ValueError(f"{source} does not match the model being trained ({len(missing)} missing, "
+                             f"{len(unexpected)} unexpected tensors); resume with the config of the run that wrote it.")
+
     # ------------------------------------------------------------------------------------ samples
 
     def sample(self) -> list[Path]:
-        """Videos from the fixed prompts of ``cfg.sample`` with the current (EMA, if any) weights."""
+        """Videos from the fixed prompts of ``cfg.sample`` with the current (EMA, if any) weights.
+
+        With a mesh every rank runs the sampler (each forward is collective: context parallel, FSDP); all compute
+        the same video and rank 0 writes it."""
         s = self.cfg.sample
         if None in (self.vae, self.text_encoder, self.tokenizer):
             self._warn_once("sample", "sample videos need model.vae, model.text_encoder and model.tokenizer; skipped")
@@ -518,7 +690,7 @@ class Trainer:
                            dtype=torch.float32)
         suffix = ".png" if s.frame_num == 1 else ".mp4"
         written = []
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        devices = [_cuda_index(self.device)] if self.device.type == "cuda" else []
         swap = self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
         with torch.random.fork_rng(devices=devices), swap, _autocast(self.device, self.autocast_dtype):
             self.dit.eval()
@@ -527,7 +699,8 @@ class Trainer:
                     out = pipe(prompt, s.negative_prompt, size=tuple(s.size), frame_num=s.frame_num,
                                sample_steps=s.steps, sample_shift=s.shift, guide_scale=s.guide_scale, seed=s.seed + i,
                                progress=False)
-                    written.append(save_video(out.video, folder / f"prompt-{i:02d}{suffix}", fps=s.fps))
+                    if self.is_main:
+                        written.append(save_video(out.video, folder / f"prompt-{i:02d}{suffix}", fps=s.fps))
             finally:
                 self.dit.train()
         return written
@@ -610,8 +783,56 @@ def _build_tokenizer(name: str | None):
     return load_tokenizer(path if path.is_dir() else path.parent)
 
 
-def data_from_config(cfg: TrainConfig) -> DataFactory:
-    """The batch source of each stage from ``cfg.data`` / the stage: a manifest of raw clips or a cache folder."""
+def training_mesh(cfg: TrainConfig):
+    """Join the job ``torchrun`` started and lay its processes out as ``cfg.parallel`` says: a ``DeviceMesh`` with
+    dims ("dp", "cfg", "ring", "ulysses") (cfg = 1); None for one process, which needs no process group.
+
+    Raises ValueError when parallel.dp × cp_ring × cp_ulysses is not the number of processes."""
+    import torch.distributed as dist
+
+    initialized = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if initialized else int(os.environ.get("WORLD_SIZE", "1"))
+    sizes = cfg.parallel.sizes(world)
+    if world == 1:
+        return None
+    from openwan.parallel import build_mesh, init_distributed
+
+    device = _resolve_device(cfg.device)
+    init_distributed("nccl" if device.type == "cuda" else "gloo")
+    return build_mesh(dp=sizes["dp"], ring=sizes["ring"], ulysses=sizes["ulysses"], device_type=device.type)
+
+
+def _checked_mesh(cfg: TrainConfig, mesh: Any):
+    """``mesh`` if its dims are the ones ``cfg.parallel`` asks for (None for a mesh of one rank)."""
+    if mesh is None or mesh.size() == 1:
+        cfg.parallel.sizes(1)
+        return None
+    from openwan.parallel import dim_size
+
+    want = {**cfg.parallel.sizes(mesh.size()), "cfg": 1}
+    have = {name: dim_size(mesh, name) for name in want}
+    if have != want:
+        raise ValueError(f"the device mesh has {have} but the config's parallel section asks for {want}; build the "
+                         "mesh with openwan.train.training_mesh(cfg), or change parallel.dp / cp_ring / cp_ulysses.")
+    return mesh
+
+
+def sample_generator(seed: int, stream: str, draw: int, index: int) -> torch.Generator:
+    """The generator of one sample's random draws: a pure function of the run's seed, the stream ("noise" for σ
+    and ε, "dropout" for text dropout), the draw number (once per step) and the sample's index in the global
+    batch — so any split of the batch over data-parallel ranks draws exactly what one process draws."""
+    words = np.random.SeedSequence([seed % 2**64, _STREAMS[stream], draw, index]).generate_state(2)  # 2 x uint32
+    return torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
+
+
+_STREAMS = {"noise": 1, "dropout": 2}
+
+
+def data_from_config(cfg: TrainConfig, dp_rank: int = 0, dp_size: int = 1) -> DataFactory:
+    """The batch source of each stage from ``cfg.data`` / the stage: a manifest of raw clips or a cache folder.
+
+    A stage's ``batch_size`` is the global batch: data-parallel rank ``dp_rank`` of ``dp_size`` gets its
+    ``batch_size / dp_size`` samples of each (the ranks of a context-parallel group pass the same dp_rank)."""
 
     def factory(index: int, stage: StageConfig) -> BatchSource:
         manifest = stage.manifest or (cfg.data.manifest if stage.cache_dir is None else None)
@@ -619,13 +840,16 @@ def data_from_config(cfg: TrainConfig) -> DataFactory:
         if bool(manifest) == bool(cache_dir):
             raise ValueError(f"stage {index} ({stage.name}) needs exactly one data source: set data.manifest (raw "
                              "clips) or data.cache_dir (latent + text cache), here or in the stage.")
-        return _stage_source(cfg, index, stage, manifest, cache_dir)
+        if stage.batch_size % dp_size:
+            raise ValueError(f"stages.{index}.batch_size={stage.batch_size} is the global batch and must split evenly "
+                             f"over the {dp_size} data-parallel ranks (parallel.dp); make it a multiple of {dp_size}.")
+        return _stage_source(cfg, index, stage, manifest, cache_dir, dp_rank, dp_size)
 
     return factory
 
 
 def _stage_source(cfg: TrainConfig, index: int, stage: StageConfig, manifest: str | None,
-                  cache_dir: str | None) -> BatchSource:
+                  cache_dir: str | None, dp_rank: int = 0, dp_size: int = 1) -> BatchSource:
     from openwan.data.buckets import Bucket, BucketBatchSampler, assign_buckets
     from openwan.data.dataset import VideoClipDataset, collate
 
@@ -652,8 +876,9 @@ def _stage_source(cfg: TrainConfig, index: int, stage: StageConfig, manifest: st
     used = sum(a is not None for a in assignments)
     log.info("stage %d (%s): %d of %d clips of the %s fit its buckets", index, stage.name, used, len(assignments),
              where)
-    sampler = BucketBatchSampler(assignments, stage.batch_size, seed=cfg.seed + 1000 * index,
-                                 image_video_ratio=stage.image_video_ratio)
+    # Cut into global batches of batch_size (the same plan for any dp_size), each split over the dp ranks.
+    sampler = BucketBatchSampler(assignments, stage.batch_size // dp_size, seed=cfg.seed + 1000 * index,
+                                 image_video_ratio=stage.image_video_ratio, rank=dp_rank, world_size=dp_size)
     return SamplerLoader(dataset, sampler, collate, num_workers=cfg.data.num_workers, seed=cfg.seed + 1000 * index)
 
 
@@ -710,14 +935,42 @@ def _check_trainable_model(dit: nn.Module) -> None:
                          f"{cfg.model_type} model with image conditioning.")
 
 
-def _mesh_size(mesh: Any) -> int:
-    if mesh is None:
-        return 1
-    size = int(mesh.size())
-    if size != 1:
-        raise ValueError(f"the device mesh has {size} ranks; data and context parallel training arrive with the "
-                         "distributed layer (openwan.parallel) — train with one process for now.")
-    return size
+def _named_optimizer_state(state: Mapping[str, Any], optimizer: torch.optim.Optimizer,
+                           params: Mapping[str, nn.Parameter]) -> dict[str, Any]:
+    """A one-process ``optimizer.state_dict()`` (parameters numbered in group order) keyed by parameter names, as
+    ``set_optimizer_state_dict`` takes it."""
+    names = {id(p): n for n, p in params.items()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    saved = [i for group in state["param_groups"] for i in group["params"]]
+    if len(saved) != len(order):
+        raise ValueError(f"the checkpoint's optimizer holds {len(saved)} parameters, this model trains {len(order)}; "
+                         "resume with the config of the run that wrote it.")
+    return {
+        "state": {order[i]: value for i, value in state["state"].items()},
+        "param_groups": [{**group, "params": [order[i] for i in group["params"]]} for group in state["param_groups"]],
+    }
+
+
+def _all_reduce_grads(params: list[nn.Parameter], samples: int) -> None:
+    """Whole-model gradients on every rank (no FSDP): summed over all ranks — a context-parallel group holds one
+    sample's gradient in per-token shares — and divided by the number of distinct samples (dp)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])  # one collective for all
+    torch.distributed.all_reduce(flat)
+    flat /= samples
+    torch._foreach_copy_(grads, [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)])
+
+
+def _full_tensor(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -762,6 +1015,8 @@ __all__ = [
     "build_dit",
     "build_encoders",
     "data_from_config",
+    "sample_generator",
+    "training_mesh",
     "SamplerLoader",
     "flow_matching_loss",
     "lr_at",
