@@ -34,6 +34,21 @@ def test_mp4_round_trip(tmp_path):
     assert (back - clip).abs().mean() < 0.03
 
 
+def test_full_colour_lossless_mp4(tmp_path):
+    """yuv444p at crf 0 keeps what 4:2:0 loses: a saturated square's edges on a grey ground (odd sizes allowed)."""
+    clip = torch.full((5, 33, 47, 3), 0.3)
+    clip[:, 8:20, 10:25] = torch.tensor([0.9, 0.1, 0.1])
+    full = read_video(save_video(clip, tmp_path / "444.mp4", crf=0, pix_fmt="yuv444p"))
+    with av.open(str(tmp_path / "444.mp4")) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv444p"
+    assert (full - clip).abs().max() < 0.02  # only the 8-bit YCbCr round trip is left
+    even = clip[:, :32, :46]
+    lossy = read_video(save_video(even, tmp_path / "sub.mp4", crf=0))
+    assert (lossy - even).abs().max() > 0.1  # 4:2:0 smears the red into its neighbours
+    with pytest.raises(ValueError, match="pix_fmt must be one of"):
+        save_video(clip, tmp_path / "x.mp4", pix_fmt="rgb24")
+
+
 def test_streaming_chunks_equal_whole(tmp_path):
     clip = _clip(t=13)
     with VideoWriter(tmp_path / "s.mp4", fps=16) as w:

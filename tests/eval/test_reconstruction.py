@@ -92,7 +92,9 @@ def test_clip_sets():
     synthetic = synthetic_clips(3, seed=0, size=(64, 64), frames=5)
     assert len(synthetic) == 3 and synthetic[0][1].shape == (5, 64, 64, 3)
     raw = synthetic_clips(3, seed=0, size=(64, 64), frames=5, codec=False)
-    assert 30 < psnr(raw[0][1], synthetic[0][1]) < 60  # the codec round trip: close, not exact
+    # The dataset's lossless 4:4:4 files: only the 8-bit YCbCr round trip is left (4:2:0 would be ~34 dB, below
+    # the VAE's 35 dB target), so the clips measure the VAE and not the codec.
+    assert all(45 < psnr(r, s) < 100 for (_, r), (_, s) in zip(raw, synthetic))
     with pytest.raises(ValueError, match="not a colour photograph"):
         load_photo("camera")  # a grey-level image
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from openwan.data.synthetic import MP4_PRESET, dataset_combinations, render_clip
+from openwan.data.synthetic import MP4_OPTIONS, dataset_combinations, render_clip
 from openwan.data.video import read_video, save_video
 from openwan.eval.prompts import GridCell, GridRow, strip_frames, write_grid
 from openwan.fileio import atomic_write
@@ -73,7 +73,7 @@ def synthetic_clips(num: int, seed: int = 0, size: tuple[int, int] = (64, 64), f
         for i, combo in enumerate(dataset_combinations(num, seed, "heldout")):
             clip = render_clip(*combo, seed=seed * 100003 + i, size=size, frames=frames)
             if codec:
-                clip = read_video(save_video(clip, Path(tmp) / "clip.mp4", preset=MP4_PRESET))
+                clip = read_video(save_video(clip, Path(tmp) / "clip.mp4", **MP4_OPTIONS))
             clips.append(("-".join(combo) + f"-{i}", clip))
     return clips
 
