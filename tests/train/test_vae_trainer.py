@@ -24,6 +24,7 @@ from openwan.train.vae_trainer import (
     latent_stats,
     list_vae_checkpoints,
     load_trained_vae,
+    lr_scale_at,
     run_stage,
     with_latent_stats,
 )
@@ -138,6 +139,22 @@ def test_stage1_image_vae_learns_and_says_perceptual_is_off(caplog):
     history = trainer.fit(batches(1))
     assert "perceptual" not in history[-1]
     _falls(history)
+
+
+def test_lr_warms_up_then_decays_to_the_floor():
+    cfg = VAETrainConfig(stage=1, steps=11, lr=1.0, warmup_steps=2, min_lr_ratio=0.1)
+    scales = [lr_scale_at(cfg, s) for s in range(cfg.steps)]
+    assert scales[:3] == [0.5, 1.0, 1.0]  # warm-up, then the cosine's start
+    assert scales[-1] == pytest.approx(0.1) and all(a >= b for a, b in zip(scales[2:], scales[3:]))
+    assert {lr_scale_at(VAETrainConfig(steps=11), s) for s in range(11)} == {1.0}  # default: constant
+    with pytest.raises(ValueError, match="min_lr_ratio must be a number in"):
+        VAETrainConfig(min_lr_ratio=1.5)
+
+
+def test_mse_term_is_logged_and_weighted():
+    trainer = VAETrainer(ImageVAE(TINY), VAETrainConfig(stage=1, steps=1, l1_weight=0.0, l2_weight=2.0))
+    metrics = trainer.fit(batches(1, count=1))[-1]
+    assert metrics["rec"] == pytest.approx(2.0 * metrics["l2"], rel=1e-6) and metrics["l2"] > 0
 
 
 def test_stage2_inflated_vae_learns_on_clips():

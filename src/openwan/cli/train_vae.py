@@ -34,7 +34,11 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--min-lr-ratio", type=float, default=1.0,
+                   help="cosine-decay the lr after warm-up to lr × this at the last step (default 1: constant)")
     p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--l1-weight", type=float, default=3.0)
+    p.add_argument("--l2-weight", type=float, default=0.0, help="mean squared error weight (default 0: L1 only)")
     p.add_argument("--kl-weight", type=float, default=3e-6)
     p.add_argument("--perceptual", nargs="*", default=[], metavar="FILE",
                    help="local perceptual network weights (VGG16/AlexNet backbone, optionally LPIPS heads)")
@@ -91,8 +95,10 @@ def run(args: argparse.Namespace) -> int:
     size = args.size or (128 if video_stage else 256)
     frames = args.frames or (5 if video_stage else 1)
     cfg = VAETrainConfig(
-        stage=args.stage, steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
-        kl_weight=args.kl_weight, perceptual_weights=tuple(args.perceptual), gan_start=args.gan_start,
+        stage=args.stage, steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps,
+        min_lr_ratio=args.min_lr_ratio, grad_clip=args.grad_clip,
+        l1_weight=args.l1_weight, l2_weight=args.l2_weight, kl_weight=args.kl_weight,
+        perceptual_weights=tuple(args.perceptual), gan_start=args.gan_start,
         gan_weight=args.gan_weight, gan_adaptive=not args.no_adaptive_gan, disc_dim=args.disc_dim, seed=args.seed,
         device=device, precision=precision, log_every=args.log_every, save_every=args.save_every,
         keep_last=args.keep_last,

@@ -151,7 +151,7 @@ def load_perceptual(paths: str | Path | Sequence[str | Path] | None) -> Perceptu
     paths = [Path(p) for p in (paths or [])]
     if not paths:
         log.warning("perceptual loss OFF: no perceptual network weights given (none can be downloaded here); "
-                    "training continues with L1 + KL only — pass VGG16/AlexNet weights by path to enable it.")
+                    "training continues on the pixel losses and KL — pass VGG16/AlexNet weights by path to enable it.")
         return None
     state: dict[str, torch.Tensor] = {}
     for path in paths:

@@ -79,8 +79,11 @@ class VAETrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.01
     warmup_steps: int = 0
+    min_lr_ratio: float = 1.0  # after warm-up, cosine decay to lr × this at the last step (1: constant lr)
     grad_clip: float = 1.0  # 0: no clipping
     l1_weight: float = 3.0
+    l2_weight: float = 0.0  # mean squared error; its gradient grows with the error, so a missing small object
+    # (a few large errors among many small ones) pulls harder than under L1 alone — and it is what PSNR measures
     kl_weight: float = 3e-6
     perceptual_weight: float = 3.0
     perceptual_weights: tuple[str, ...] = ()
@@ -108,8 +111,10 @@ class VAETrainConfig:
         _need(self.precision in ("fp32", "bf16"), "precision", "fp32 or bf16", self.precision)
         for name in ("lr", "disc_lr"):
             _need(getattr(self, name) > 0, name, "a number > 0", getattr(self, name))
-        for name in ("l1_weight", "kl_weight", "perceptual_weight", "gan_weight", "grad_clip", "weight_decay"):
+        for name in ("l1_weight", "l2_weight", "kl_weight", "perceptual_weight", "gan_weight", "grad_clip",
+                     "weight_decay"):
             _need(getattr(self, name) >= 0, name, "a number >= 0", getattr(self, name))
+        _need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "a number in [0, 1]", self.min_lr_ratio)
         for name in ("warmup_steps", "gan_start", "save_every"):
             _need(getattr(self, name) >= 0, name, "an integer >= 0", getattr(self, name))
         for name in ("log_every", "keep_last", "stats_batches", "disc_dim", "disc_layers"):
@@ -241,7 +246,7 @@ class VAETrainer:
         """One optimizer step of the VAE (and, in stage 3 from ``gan_start``, one of the discriminator)."""
         cfg = self.cfg
         video = _video_of(batch).to(self.device, torch.float32)
-        lr_scale = min(1.0, (self.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        lr_scale = lr_scale_at(cfg, self.step)
         _set_lr(self.optimizer, cfg.lr * lr_scale)
         start = time.perf_counter()
         with self._autocast():
@@ -250,6 +255,9 @@ class VAETrainer:
             recon = decode_raw(self.model, sample_posterior(mu.float(), log_var, self.generator)).float()
         terms = {"l1": l1_loss(recon, video), "kl": kl_loss(mu, log_var, video[0].numel())}
         rec = cfg.l1_weight * terms["l1"]
+        if cfg.l2_weight:
+            terms["l2"] = (recon - video).square().mean()
+            rec = rec + cfg.l2_weight * terms["l2"]
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(recon, video)
             rec = rec + cfg.perceptual_weight * terms["perceptual"]
@@ -341,7 +349,7 @@ class VAETrainer:
 
     def _report(self, metrics: dict[str, float], end: int) -> None:
         if self.step % self.cfg.log_every == 0 or self.step == end:
-            shown = " ".join(f"{k} {metrics[k]:.4g}" for k in ("loss", "l1", "kl", "perceptual", "gan_g", "disc")
+            shown = " ".join(f"{k} {metrics[k]:.4g}" for k in ("loss", "l1", "l2", "kl", "perceptual", "gan_g", "disc")
                              if k in metrics)
             log.info("vae stage %d step %d/%d %s (%.2f s/step)", self.cfg.stage, self.step, end, shown,
                      metrics["step_time"])
@@ -420,6 +428,15 @@ def _video_of(batch: dict | torch.Tensor) -> torch.Tensor:
         got = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
         raise ValueError(f"VAE training batches are dicts with 'video' [B, 3, T, H, W] in [-1, 1]; got {got}.")
     return video
+
+
+def lr_scale_at(cfg: VAETrainConfig, step: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine from 1 to ``min_lr_ratio`` at the stage's last step."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - 1 - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _adamw(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
