@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable
@@ -22,7 +23,22 @@ def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@functools.cache
+def default_mode() -> int:
+    """The permissions a plainly created file gets here (0o666 less the umask; read once, as reading it means
+    setting it); temporary files start at 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """Give a finished temporary file ordinary permissions and rename it over ``path`` (atomic on one filesystem)."""
+    os.chmod(tmp, default_mode())
+    os.replace(tmp, path)

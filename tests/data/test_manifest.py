@@ -125,3 +125,24 @@ def test_failed_write_keeps_the_old_manifest(tmp_path, suffix):
         write_manifest(broken, path)
     assert read_manifest(path) == _records(tmp_path)
     assert os.listdir(tmp_path) == [path.name]
+
+
+def test_atomic_writes_leave_files_with_ordinary_permissions(tmp_path):
+    import stat
+    from pathlib import Path
+
+    import torch
+
+    from openwan.data.video import save_video
+    from openwan.fileio import atomic_write, default_mode
+
+    umask = os.umask(0o022)
+    default_mode.cache_clear()
+    try:
+        atomic_write(tmp_path / "a.txt", lambda tmp: Path(tmp).write_text("x"))
+        save_video(torch.zeros(5, 16, 16, 3), tmp_path / "b.mp4")
+        for name in ("a.txt", "b.mp4"):  # temporary files are 0o600; the published file is what open() would make
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+    finally:
+        os.umask(umask)
+        default_mode.cache_clear()

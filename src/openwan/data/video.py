@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from openwan.fileio import atomic_write
+from openwan.fileio import atomic_write, publish
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".webm", ".avi")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -97,7 +97,7 @@ class VideoWriter:
         if self.frames_written == 0:
             os.unlink(self._tmp)
             raise ValueError(f"no frames were given for {self.path}; nothing was written.")
-        os.replace(self._tmp, self.path)
+        publish(self._tmp, self.path)
         return self.path
 
     def abort(self) -> None:
