@@ -7,27 +7,23 @@ OPENWAN=${OPENWAN:-".venv/bin/python -m openwan"}
 PY=${PY:-.venv/bin/python}
 WORK=${1:-runs/demo-model}
 NUM_CLIPS=${NUM_CLIPS:-1440}
-VAE1_STEPS=${VAE1_STEPS:-600}
-VAE1B_STEPS=${VAE1B_STEPS:-1500}
-VAE2_STEPS=${VAE2_STEPS:-50}
-DIT_STEPS=${DIT_STEPS:-1500}
+VAE1_STEPS=${VAE1_STEPS:-2400}
+VAE2_STEPS=${VAE2_STEPS:-400}
+DIT_STEPS=${DIT_STEPS:-4500}
 mkdir -p "$WORK"
 
 [ -f "$WORK/data/train/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/train" --num "$NUM_CLIPS" --seed 0
 [ -f "$WORK/data/heldout/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/heldout" --num 72 --seed 1 --split heldout
 
-# VAE stage 1: a 2D image VAE on single frames; stage 2: inflated to the 3D causal VAE, trained on 5-frame clips.
+# VAE stage 1: a 2D image VAE on single frames, L1 + MSE (the MSE pulls the small object in early), cosine-decayed lr.
+# Stage 2: inflated to the 3D causal VAE and trained on 9-frame clips (1 + 4 + 4: the second 4-frame chunk runs, as
+# the rest of a clip does, on a cache filled by a full chunk before it).
 [ -f "$WORK/vae1/image_vae.pth" ] || $OPENWAN train-vae --stage 1 --manifest "$WORK/data/train/manifest.jsonl" \
   --out "$WORK/vae1" --preset demo --size 64 --frames 1 --batch-size 16 --steps "$VAE1_STEPS" --lr 1e-3 \
-  --warmup-steps 50 --log-every 50 --workers 1
-# A second stage-1 leg continues the first with a fresh warm-up (the shipped model was trained in these two legs:
-# after the first, the VAE had the backgrounds but not yet the small shapes).
-[ -f "$WORK/vae1b/image_vae.pth" ] || $OPENWAN train-vae --stage 1 --manifest "$WORK/data/train/manifest.jsonl" \
-  --out "$WORK/vae1b" --init "$WORK/vae1/image_vae.pth" --size 64 --frames 1 --batch-size 16 --steps "$VAE1B_STEPS" \
-  --lr 1e-3 --warmup-steps 20 --log-every 100 --workers 1
+  --warmup-steps 50 --min-lr-ratio 0.05 --l2-weight 10 --log-every 100 --save-every 600 --workers 1
 [ -f "$WORK/vae2/Wan2.1_VAE.pth" ] || $OPENWAN train-vae --stage 2 --manifest "$WORK/data/train/manifest.jsonl" \
-  --out "$WORK/vae2" --init "$WORK/vae1b/image_vae.pth" --size 64 --frames 5 --batch-size 4 --steps "$VAE2_STEPS" \
-  --lr 3e-4 --log-every 10 --workers 1
+  --out "$WORK/vae2" --init "$WORK/vae1/image_vae.pth" --size 64 --frames 9 --batch-size 4 --steps "$VAE2_STEPS" \
+  --lr 3e-4 --warmup-steps 20 --min-lr-ratio 0.1 --l2-weight 10 --log-every 50 --save-every 200 --workers 1
 
 # The rest (random frozen text encoder, caches, DiT training, release folder) is driven from Python.
 $PY -m openwan.recipes.demo_model "$WORK" --dit-steps "$DIT_STEPS"

@@ -84,7 +84,7 @@ def write_release(work: Path, out: Path) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("work", type=Path)
-    parser.add_argument("--dit-steps", type=int, default=1500)
+    parser.add_argument("--dit-steps", type=int, default=4500)
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     args = parser.parse_args(argv)
     cache = args.work / "cache"
