@@ -10,6 +10,7 @@ NUM_CLIPS=${NUM_CLIPS:-1440}
 VAE1_STEPS=${VAE1_STEPS:-2400}
 VAE2_STEPS=${VAE2_STEPS:-400}
 DIT_STEPS=${DIT_STEPS:-4500}
+DIT_EXTEND_TO=${DIT_EXTEND_TO:-8500}
 mkdir -p "$WORK"
 
 [ -f "$WORK/data/train/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/train" --num "$NUM_CLIPS" --seed 0
@@ -25,5 +26,6 @@ mkdir -p "$WORK"
   --out "$WORK/vae2" --init "$WORK/vae1/image_vae.pth" --size 64 --frames 9 --batch-size 4 --steps "$VAE2_STEPS" \
   --lr 3e-4 --warmup-steps 20 --min-lr-ratio 0.1 --l2-weight 10 --log-every 50 --save-every 200 --workers 1
 
-# The rest (random frozen text encoder, caches, DiT training, release folder) is driven from Python.
-$PY -m openwan.recipes.demo_model "$WORK" --dit-steps "$DIT_STEPS"
+# The rest (random frozen text encoder, caches, DiT training, release folder) is driven from Python. The DiT trains
+# DIT_STEPS on a cosine schedule, then resumes with the schedule stretched to DIT_EXTEND_TO (a warm restart).
+$PY -m openwan.recipes.demo_model "$WORK" --dit-steps "$DIT_STEPS" --dit-extend-to "$DIT_EXTEND_TO"

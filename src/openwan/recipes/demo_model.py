@@ -81,10 +81,20 @@ def write_release(work: Path, out: Path) -> Path:
     return save_release(out, dit=dit, vae=vae, text_encoder=encoder, tokenizer=tokenizer, dit_dtype=torch.bfloat16)
 
 
+def _trained_steps(work: Path) -> int:
+    from openwan.train.checkpoint import latest_checkpoint
+
+    newest = latest_checkpoint(work / "dit")
+    return int(newest.name.rsplit("-", 1)[-1]) if newest is not None else 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("work", type=Path)
     parser.add_argument("--dit-steps", type=int, default=4500)
+    parser.add_argument("--dit-extend-to", type=int, default=8500,
+                        help="then resume that run with the cosine schedule stretched to this many steps (a warm "
+                             "restart: the shipped model's motion came in this phase); 0 = no second phase")
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     args = parser.parse_args(argv)
     cache = args.work / "cache"
@@ -92,7 +102,11 @@ def main(argv=None) -> int:
         build_caches(args.work)
     config = args.work / "dit.yaml"
     config.write_text(DIT_CONFIG.format(cache=cache.resolve(), steps=args.dit_steps, out=(args.work / "dit").resolve()))
-    subprocess.run([sys.executable, "-m", "openwan", "train", "--config", str(config)], check=True)
+    train = [sys.executable, "-m", "openwan", "train", "--config", str(config)]
+    if _trained_steps(args.work) < args.dit_steps:  # both phases resume from the newest checkpoint when re-run
+        subprocess.run(train, check=True)
+    if _trained_steps(args.work) < args.dit_extend_to:
+        subprocess.run([*train, f"stages.0.steps={args.dit_extend_to}"], check=True)
     print(f"wrote {write_release(args.work, args.out)}")
     return 0
 
