@@ -68,7 +68,7 @@ def _demo_inputs(work: Path, step: Path | None, num: int, seed: int):
     from openwan.data.cache import CachedDataset
     from openwan.data.synthetic import parse_caption
     from openwan.models import WanDiT
-    from openwan.models.text_encoder import encode_prompts
+    from openwan.models.text_encoder import encode_prompts, pad_context
     from openwan.recipes.demo_model import demo_text_encoder
     from openwan.train.checkpoint import latest_checkpoint
 
@@ -84,7 +84,7 @@ def _demo_inputs(work: Path, step: Path | None, num: int, seed: int):
     encoder, tokenizer = demo_text_encoder()
 
     def encode(prompts: list[str]) -> torch.Tensor:
-        return torch.stack([cache._padded(c) for c in encode_prompts(encoder, tokenizer, prompts, cache.text_len)])
+        return pad_context(encode_prompts(encoder, tokenizer, prompts, cache.text_len), cache.text_len)
 
     return Path(step), dit, latents, attributes, encode
 
