@@ -57,6 +57,23 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun: wait until rank 0 has written the outputs, then close the process group on every rank. A rank
+    that exits with the group still open can abort (gloo) while a peer is still connected."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from openwan.data.video import VideoWriter, check_writable, read_image, read_video, save_image
