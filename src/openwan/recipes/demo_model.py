@@ -82,10 +82,10 @@ def write_release(work: Path, out: Path) -> Path:
 
 
 def _trained_steps(work: Path) -> int:
-    from openwan.train.checkpoint import latest_checkpoint
+    from openwan.train.checkpoint import list_checkpoints
 
-    newest = latest_checkpoint(work / "dit")
-    return int(newest.name.rsplit("-", 1)[-1]) if newest is not None else 0
+    found = list_checkpoints(work / "dit")
+    return found[-1][0] if found else 0
 
 
 def main(argv=None) -> int:

@@ -119,13 +119,18 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     cosine decay to ``min_lr_ratio``·lr, or constant. A pure function of the step: resuming restores it exactly."""
     stage, k = stage_at(cfg, step)
     base, warmup = cfg.stage_lr(stage), cfg.stage_warmup(stage)
-    if k < warmup:
-        return base * (k + 1) / warmup
-    if cfg.schedule.kind == "constant":
+    if k >= warmup and cfg.schedule.kind == "constant":
         return base
-    progress = (k - warmup) / max(1, stage.steps - warmup)
-    low = base * cfg.schedule.min_lr_ratio
-    return low + (base - low) * 0.5 * (1 + math.cos(math.pi * progress))
+    return base * warmup_cosine(k, warmup, stage.steps - warmup, cfg.schedule.min_lr_ratio)
+
+
+def warmup_cosine(k: int, warmup: int, span: int, min_ratio: float) -> float:
+    """LR scale of step ``k``: linear warm-up over ``warmup`` steps, then cosine from 1 down to ``min_ratio``,
+    reached ``span`` steps after the warm-up (and held beyond)."""
+    if k < warmup:
+        return (k + 1) / warmup
+    progress = min(1.0, (k - warmup) / max(1, span))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def stage_at(cfg: TrainConfig, step: int) -> tuple[StageConfig, int]:

@@ -432,11 +432,9 @@ def _video_of(batch: dict | torch.Tensor) -> torch.Tensor:
 
 def lr_scale_at(cfg: VAETrainConfig, step: int) -> float:
     """Linear warm-up over ``warmup_steps``, then cosine from 1 to ``min_lr_ratio`` at the stage's last step."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - 1 - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    from openwan.train.trainer import warmup_cosine
+
+    return warmup_cosine(step, cfg.warmup_steps, cfg.steps - 1 - cfg.warmup_steps, cfg.min_lr_ratio)
 
 
 def _adamw(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
