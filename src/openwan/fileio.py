@@ -29,6 +29,18 @@ def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "
         raise
 
 
+def atomic_torch_save(obj, path: str | Path) -> None:
+    """``torch.save`` through :func:`atomic_write`. Saved through a file object, the archive's inner folder is
+    "archive/" rather than the temporary file's random name, so the same tensors give the same bytes."""
+    import torch
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(path, write)
+
+
 @functools.cache
 def default_mode() -> int:
     """The permissions a plainly created file gets here (0o666 less the umask; read once, as reading it means

@@ -146,3 +146,17 @@ def test_atomic_writes_leave_files_with_ordinary_permissions(tmp_path):
     finally:
         os.umask(umask)
         default_mode.cache_clear()
+
+
+def test_atomic_torch_save_gives_the_same_bytes_for_the_same_tensors(tmp_path):
+    import torch
+
+    from openwan.fileio import atomic_torch_save
+
+    state = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2, dtype=torch.bfloat16)}
+    atomic_torch_save(state, tmp_path / "a.pth")
+    atomic_torch_save(state, tmp_path / "b.pth")  # another random temporary name on the way
+    assert (tmp_path / "a.pth").read_bytes() == (tmp_path / "b.pth").read_bytes()
+    loaded = torch.load(tmp_path / "a.pth", weights_only=True)
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    assert sorted(os.listdir(tmp_path)) == ["a.pth", "b.pth"]

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from openwan.checkpoints import keymaps
 from openwan.checkpoints.io import CheckpointError
 from openwan.checkpoints.loaders import load_dit_state, load_vae_state
-from openwan.fileio import atomic_write
+from openwan.fileio import atomic_torch_save, atomic_write
 
 LAYOUTS = ("official", "diffusers")
 DEFAULT_SHARD_BYTES = 5 * 1024**3
@@ -92,7 +92,7 @@ def convert_vae(src: str | Path, dst: str | Path, to: str, *, dtype: torch.dtype
         return dst
     target = dst / "Wan2.1_VAE.pth" if dst.suffix != ".pth" else dst
     tensors = {k: v.contiguous() for k, v in state.items()}
-    atomic_write(target, lambda tmp: torch.save(tensors, tmp))
+    atomic_torch_save(tensors, target)
     return target
 
 

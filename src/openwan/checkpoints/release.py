@@ -21,7 +21,7 @@ from openwan.checkpoints.encoders import (
     umt5_hf_to_official,
 )
 from openwan.configs import VAEConfig
-from openwan.fileio import atomic_write
+from openwan.fileio import atomic_torch_save
 
 VAE_FILE = "Wan2.1_VAE.pth"
 TOKENIZER_DIR = "google/umt5-xxl"
@@ -30,7 +30,7 @@ TOKENIZER_DIR = "google/umt5-xxl"
 def _save_pth(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | None) -> None:
     tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
                for k, v in state.items()}
-    atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+    atomic_torch_save(tensors, path)
 
 
 def _clip_full_tower(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

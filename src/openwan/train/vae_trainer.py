@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from openwan.configs import VAEConfig
-from openwan.fileio import atomic_write
+from openwan.fileio import atomic_torch_save, atomic_write
 from openwan.models.image_vae import ImageVAE
 from openwan.models.vae import FeatureCache, WanVAE
 from openwan.train.vae_losses import (
@@ -406,7 +406,7 @@ class VAETrainer:
                 raise ValueError("save_checkpoint needs a path, or a trainer built with out_dir.")
             path = self.out_dir / CHECKPOINT_DIR / f"vae-step-{self.step:08d}.pt"
         path = Path(path)
-        atomic_write(path, lambda tmp: torch.save(self.state_dict(), tmp))
+        atomic_torch_save(self.state_dict(), path)
         self._last_saved = self.step
         if path.parent == self._checkpoint_dir():
             for old in list_vae_checkpoints(path.parent)[:-self.cfg.keep_last]:
@@ -585,7 +585,7 @@ def _export(model: nn.Module, out_dir: str | Path, name: str) -> Path:
     """``<name>.pth`` (float32 state dict) and ``<name>.json`` (the model's VAEConfig), each written atomically."""
     path = Path(out_dir) / f"{name}.pth"
     state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_torch_save(state, path)
     _write_json(path.with_suffix(".json"), model.cfg.to_dict())
     return path
 
