@@ -18,6 +18,8 @@ def test_each_variant_changes_exactly_its_attribute():
     variants = swapped_prompts(ATTRS, seed=3)
     assert [parse_caption(p) for p in variants["true"]] == ATTRS
     assert variants["empty"] == ["", "", ""]
+    assert [parse_caption(p) for p in variants["opposite"]] == [("red", "circle", "right"), ATTRS[1],
+                                                                 ("white", "square", "down")]
     for k, name in enumerate(["colour", "shape", "motion"]):
         for truth, prompt in zip(ATTRS, variants[name]):
             swapped = parse_caption(prompt)
@@ -43,10 +45,10 @@ def test_a_text_blind_model_scores_every_variant_alike_and_a_reading_one_does_no
                                   sigmas=(0.5, 0.9))
     assert list(blind) == ["0.5", "0.9"]
     for row in blind.values():
-        assert set(row) == {"true", "colour", "shape", "motion", "empty"}
+        assert set(row) == {"true", "colour", "shape", "motion", "opposite", "empty"}
         assert len(set(row.values())) == 1  # same context for every variant: bit-identical losses
     reading = attribute_sensitivity(dit, latents, ATTRS, _encoder(cfg.text_dim), sigmas=(0.9,))["0.9"]
-    assert len({round(v, 7) for v in reading.values()}) == 5
+    assert len({round(v, 7) for v in reading.values()}) == 6
 
 
 def test_one_attribute_triple_per_latent():

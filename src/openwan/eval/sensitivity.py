@@ -2,6 +2,9 @@
 one attribute swapped (colour, shape or motion of the synthetic shapes data) and against the empty prompt.
 
 A DiT that uses an attribute loses more when that attribute is swapped; equal losses mean the attribute is ignored.
+The "opposite" variant reverses each moving prompt's direction (left <-> right, up <-> down; "still" stays): a
+clip played backwards is a clip moving the opposite way, so only a DiT that knows which way time runs in its
+latents can tell these apart — a model that reads motion as "moving along this axis" scores them alike.
 This isolates the text conditioning from the sampler, the VAE and the detector (which ``openwan eval prompts``
 measures together), and shows which attribute is learned when, checkpoint by checkpoint.
 
@@ -24,11 +27,12 @@ from openwan.data.synthetic import COLOURS, MOTIONS, SHAPES, canonical_caption
 from openwan.train.trainer import flow_matching_loss
 
 ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "motion": list(MOTIONS)}
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
 def swapped_prompts(attributes: Sequence[tuple[str, str, str]], seed: int = 0) -> dict[str, list[str]]:
     """Canonical prompts for ``attributes`` ("true"), the same with one attribute replaced by another value drawn
-    at random (one variant per attribute), and the empty prompt."""
+    at random (one variant per attribute), with the direction reversed ("opposite"), and the empty prompt."""
     rng = random.Random(seed)
     variants = {"true": [canonical_caption(*a) for a in attributes]}
     for k, (name, values) in enumerate(ATTRIBUTES.items()):
@@ -38,6 +42,7 @@ def swapped_prompts(attributes: Sequence[tuple[str, str, str]], seed: int = 0) -
             other[k] = rng.choice([v for v in values if v != a[k]])
             prompts.append(canonical_caption(*other))
         variants[name] = prompts
+    variants["opposite"] = [canonical_caption(c, s, OPPOSITE.get(m, m)) for c, s, m in attributes]
     variants["empty"] = [""] * len(attributes)
     return variants
 
@@ -64,7 +69,6 @@ def _demo_inputs(work: Path, step: Path | None, num: int, seed: int):
     """The recipe's DiT (EMA weights), ``num`` random training latents with their attributes, and its encoder."""
     from safetensors.torch import load_file
 
-    from openwan.configs import DIT_PRESETS
     from openwan.data.cache import CachedDataset
     from openwan.data.synthetic import parse_caption
     from openwan.models import WanDiT
@@ -73,9 +77,10 @@ def _demo_inputs(work: Path, step: Path | None, num: int, seed: int):
     from openwan.train.checkpoint import latest_checkpoint
 
     step = step or latest_checkpoint(work / "dit")
-    if step is None or not (Path(step) / "ema.safetensors").is_file():
-        raise ValueError(f"no DiT checkpoint with EMA weights under {work / 'dit'}; give one with --step.")
-    dit = WanDiT(DIT_PRESETS["demo"]).eval()
+    if step is None or not all((Path(step) / f).is_file() for f in ("ema.safetensors", "config.json")):
+        raise ValueError(f"no DiT checkpoint with EMA weights and config.json under {work / 'dit'}; give one with "
+                         "--step.")
+    dit = WanDiT.from_config(json.loads((Path(step) / "config.json").read_text())).eval()  # as it was trained
     dit.load_state_dict(load_file(Path(step) / "ema.safetensors"))
     cache = CachedDataset(work / "cache")
     picks = random.Random(seed).sample(range(len(cache)), min(num, len(cache)))
