@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the bundled demo model (weights/openwan-demo) from scratch on a CPU, with openwan's own tools:
 #   synthetic data -> VAE (2D, then inflated 3D) -> latent/text caches -> DiT with flow matching -> release folder.
-# Usage: bash recipes/demo_model.sh [WORK_DIR]   (default: runs/demo-model). Override sizes with env variables.
+# Usage: bash recipes/demo_model.sh [WORK_DIR]   (default: runs/demo-model). Override sizes with env variables;
+# OUT=DIR writes the release folder there instead of weights/openwan-demo.
 set -euo pipefail
 OPENWAN=${OPENWAN:-".venv/bin/python -m openwan"}
 PY=${PY:-.venv/bin/python}
@@ -9,8 +10,8 @@ WORK=${1:-runs/demo-model}
 NUM_CLIPS=${NUM_CLIPS:-1440}
 VAE1_STEPS=${VAE1_STEPS:-2400}
 VAE2_STEPS=${VAE2_STEPS:-400}
-DIT_STEPS=${DIT_STEPS:-4500}
-DIT_EXTEND_TO=${DIT_EXTEND_TO:-8500}
+DIT_STEPS=${DIT_STEPS:-3500}
+DIT_EXTEND_TO=${DIT_EXTEND_TO:-6000}
 mkdir -p "$WORK"
 
 [ -f "$WORK/data/train/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/train" --num "$NUM_CLIPS" --seed 0
@@ -27,5 +28,5 @@ mkdir -p "$WORK"
   --lr 3e-4 --warmup-steps 20 --min-lr-ratio 0.1 --l2-weight 10 --log-every 50 --save-every 200 --workers 1
 
 # The rest (random frozen text encoder, caches, DiT training, release folder) is driven from Python. The DiT trains
-# DIT_STEPS on a cosine schedule, then resumes with the schedule stretched to DIT_EXTEND_TO (a warm restart).
-$PY -m openwan.recipes.demo_model "$WORK" --dit-steps "$DIT_STEPS" --dit-extend-to "$DIT_EXTEND_TO"
+# DIT_STEPS on a cosine schedule; DIT_EXTEND_TO > DIT_STEPS then resumes it with the schedule stretched (a warm restart).
+$PY -m openwan.recipes.demo_model "$WORK" --dit-steps "$DIT_STEPS" --dit-extend-to "$DIT_EXTEND_TO" ${OUT:+--out "$OUT"}

@@ -138,8 +138,10 @@ DIT_PRESETS: dict[str, DiTConfig] = {
     "tiny-flf2v": DiTConfig(model_type="flf2v", in_dim=36, dim=64, ffn_dim=128, freq_dim=32, text_dim=32,
                             num_heads=2, num_layers=2, text_len=32, image_dim=32),
     # The bundled demo model (weights/openwan-demo): 64x64, 17-frame shapes videos from the synthetic dataset.
-    "demo": DiTConfig(model_type="t2v", dim=256, ffn_dim=1024, freq_dim=256, text_dim=64, num_heads=4,
-                      num_layers=6, text_len=64),
+    # Patch 1x1x1: a token is 8x8 pixels, so a moving shape shifts about one token per latent frame (with 2x2
+    # patches the shift was a fraction of a token and the model never learned which way the prompt said).
+    "demo": DiTConfig(model_type="t2v", patch_size=(1, 1, 1), dim=192, ffn_dim=768, freq_dim=256, text_dim=64,
+                      num_heads=3, num_layers=4, text_len=64),
     "tiny-ti2v": DiTConfig(model_type="ti2v", in_dim=48, out_dim=48, dim=64, ffn_dim=128, freq_dim=32,
                            text_dim=32, num_heads=2, num_layers=2, text_len=32),
 }

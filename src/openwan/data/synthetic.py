@@ -216,8 +216,9 @@ def half_extent(shape: str, radius: float) -> tuple[float, float]:
 def sample_layout(colour: str, shape: str, motion: str, seed: int, size: int | tuple[int, int] = 64,
                   frames: int = 17) -> ClipLayout:
     """The random choices of one clip, from ``seed``: background tone and ramp, object colour jitter, size,
-    and a path that keeps the whole object in frame. Moving objects travel 25-45% of the frame along their
-    axis, at constant speed."""
+    and a path that keeps the whole object in frame. Moving objects travel 40-60% of the frame along their
+    axis (less when a large shape has no room for it), at constant speed: at least about one latent pixel per
+    latent frame, so the motion a DiT token sees between latent frames is not a sub-pixel shade."""
     _check_attributes(colour, shape, motion)
     width, height = _size(size)
     if frames < 2:
@@ -229,16 +230,22 @@ def sample_layout(colour: str, shape: str, motion: str, seed: int, size: int | t
     radius = float(rng.uniform(0.12, 0.19) * min(width, height))
     hx, hy = half_extent(shape, radius)
     dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}[motion]
-    travel = rng.uniform(0.25, 0.45)
-    shift_x, shift_y = dx * travel * width, dy * travel * height  # total displacement, pixels
+    travel = rng.uniform(0.40, 0.60)
     margin = 1.0
+    room_x, room_y = width - 2 * (margin + hx), height - 2 * (margin + hy)  # the farthest a path can go, pixels
+    shift_x, shift_y = dx * min(travel * width, room_x), dy * min(travel * height, room_y)  # total displacement
     # Start positions that keep the whole bounding box in frame at both ends of the (straight) path.
-    x0 = rng.uniform(margin + hx + max(0.0, -shift_x), width - margin - hx - max(0.0, shift_x))
-    y0 = rng.uniform(margin + hy + max(0.0, -shift_y), height - margin - hy - max(0.0, shift_y))
+    x0 = _between(rng, margin + hx + max(0.0, -shift_x), width - margin - hx - max(0.0, shift_x))
+    y0 = _between(rng, margin + hy + max(0.0, -shift_y), height - margin - hy - max(0.0, shift_y))
     rgb = np.clip(np.array(COLOURS[colour]) + rng.uniform(-0.03, 0.03, size=3), 0, 1)
     return ClipLayout(shape=shape, width=width, height=height, frames=frames, rgb=tuple(map(float, rgb)),
                       radius=radius, start=(float(x0), float(y0)), end=(float(x0 + shift_x), float(y0 + shift_y)),
                       background=tuple(map(float, base)), gradient=gradient)
+
+
+def _between(rng: np.random.Generator, low: float, high: float) -> float:
+    """A uniform draw in [low, high]; a path that uses all the room leaves ``high`` a rounding error below ``low``."""
+    return low + max(0.0, high - low) * rng.random()
 
 
 def shape_coverage(layout: ClipLayout, t: int) -> torch.Tensor:

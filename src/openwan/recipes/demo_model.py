@@ -9,6 +9,7 @@ The result is written as an official-layout release folder, so the ordinary load
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -65,14 +66,13 @@ def write_release(work: Path, out: Path) -> Path:
     from safetensors.torch import load_file
 
     from openwan.checkpoints.release import save_release
-    from openwan.configs import DIT_PRESETS
     from openwan.models import WanDiT, WanVAE
     from openwan.train.checkpoint import latest_checkpoint
 
     step = latest_checkpoint(work / "dit" / "checkpoints") or latest_checkpoint(work / "dit")
     if step is None:
         raise ValueError(f"no DiT checkpoint under {work / 'dit'}; run the training step first.")
-    dit = WanDiT(DIT_PRESETS["demo"]).eval()
+    dit = WanDiT.from_config(json.loads((Path(step) / "config.json").read_text())).eval()  # as it was trained
     ema = load_file(Path(step) / "ema.safetensors")
     dit.load_state_dict(ema, strict=True)  # ship the EMA weights
     vae = WanVAE.from_pretrained(work / "vae2" / "Wan2.1_VAE.pth")
@@ -91,10 +91,11 @@ def _trained_steps(work: Path) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("work", type=Path)
-    parser.add_argument("--dit-steps", type=int, default=4500)
-    parser.add_argument("--dit-extend-to", type=int, default=8500,
+    parser.add_argument("--dit-steps", type=int, default=3500)
+    parser.add_argument("--dit-extend-to", type=int, default=6000,
                         help="then resume that run with the cosine schedule stretched to this many steps (a warm "
-                             "restart: the shipped model's motion came in this phase); 0 = no second phase")
+                             "restart: motion direction was still being learned at the end of the first phase); "
+                             "0 = no second phase")
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     args = parser.parse_args(argv)
     cache = args.work / "cache"
