@@ -35,6 +35,7 @@ from openwan.checkpoints.loaders import load_dit
 from openwan.cli.main import main as openwan_main
 from openwan.data.cache import LATENT_INDEX, TEXT_EMPTY, TEXT_INDEX
 from openwan.train import data_from_config, export_dit, list_checkpoints, load_config, read_metrics
+from openwan.train.checkpoint import checkpoint_dit
 
 TOL = 1e-5  # relative, per step: losses and gradient norms
 # Weights after 6 AdamW steps, relative over all tensors: Adam divides each update by sqrt(v), so where a gradient
@@ -235,6 +236,9 @@ def test_export_gives_a_release_file_that_load_dit_loads(setup, ulysses, one):
     assert exported.keys() == gathered.keys() and all(torch.equal(exported[k], gathered[k]) for k in gathered)
     print(f"exported EMA vs one process's: max rel diff {_weights_diff(exported, _final(one, 'ema.safetensors')):.1e}")
     assert _weights_diff(exported, _final(one, "ema.safetensors")) <= WEIGHTS_TOL
+    # The same weights as a model, straight from the (sharded) checkpoint, built from its config.json.
+    model = checkpoint_dit(ulysses, "ema")
+    assert not model.training and all(torch.equal(v, gathered[k]) for k, v in model.state_dict().items())
     # The CLI entry, trained weights, bf16.
     assert openwan_main(["train", "--export", str(step), str(setup / "raw"), "--weights", "model", "--dtype",
                          "bf16"]) == 0

@@ -67,21 +67,16 @@ def attribute_sensitivity(dit, latents: torch.Tensor, attributes: Sequence[tuple
 
 def _demo_inputs(work: Path, step: Path | None, num: int, seed: int):
     """The recipe's DiT (EMA weights), ``num`` random training latents with their attributes, and its encoder."""
-    from safetensors.torch import load_file
-
     from openwan.data.cache import CachedDataset
     from openwan.data.synthetic import parse_caption
-    from openwan.models import WanDiT
     from openwan.models.text_encoder import encode_prompts, pad_context
     from openwan.recipes.demo_model import demo_text_encoder
-    from openwan.train.checkpoint import latest_checkpoint
+    from openwan.train.checkpoint import checkpoint_dit, latest_checkpoint
 
     step = step or latest_checkpoint(work / "dit")
-    if step is None or not all((Path(step) / f).is_file() for f in ("ema.safetensors", "config.json")):
-        raise ValueError(f"no DiT checkpoint with EMA weights and config.json under {work / 'dit'}; give one with "
-                         "--step.")
-    dit = WanDiT.from_config(json.loads((Path(step) / "config.json").read_text())).eval()  # as it was trained
-    dit.load_state_dict(load_file(Path(step) / "ema.safetensors"))
+    if step is None:
+        raise ValueError(f"no DiT checkpoint under {work / 'dit'}; give one with --step.")
+    dit = checkpoint_dit(step, "ema")  # as it was trained, EMA weights
     cache = CachedDataset(work / "cache")
     picks = random.Random(seed).sample(range(len(cache)), min(num, len(cache)))
     latents = torch.stack([cache[i]["latents"] for i in picks]).float()

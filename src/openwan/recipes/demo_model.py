@@ -9,7 +9,6 @@ The result is written as an official-layout release folder, so the ordinary load
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -63,18 +62,14 @@ def build_caches(work: Path) -> Path:
 
 
 def write_release(work: Path, out: Path) -> Path:
-    from safetensors.torch import load_file
-
     from openwan.checkpoints.release import save_release
-    from openwan.models import WanDiT, WanVAE
-    from openwan.train.checkpoint import latest_checkpoint
+    from openwan.models import WanVAE
+    from openwan.train.checkpoint import checkpoint_dit, latest_checkpoint
 
     step = latest_checkpoint(work / "dit" / "checkpoints") or latest_checkpoint(work / "dit")
     if step is None:
         raise ValueError(f"no DiT checkpoint under {work / 'dit'}; run the training step first.")
-    dit = WanDiT.from_config(json.loads((Path(step) / "config.json").read_text())).eval()  # as it was trained
-    ema = load_file(Path(step) / "ema.safetensors")
-    dit.load_state_dict(ema, strict=True)  # ship the EMA weights
+    dit = checkpoint_dit(step, "ema")  # ship the EMA weights
     vae = WanVAE.from_pretrained(work / "vae2" / "Wan2.1_VAE.pth")
     encoder, tokenizer = demo_text_encoder()
     # The DiT in bfloat16 keeps the folder small; loaders upcast it (float32 on CPU).

@@ -318,6 +318,19 @@ def checkpoint_weights(path: str | Path, weights: str = "ema") -> dict[str, torc
     return tensors
 
 
+def checkpoint_dit(path: str | Path, weights: str = "ema"):
+    """The :class:`~openwan.models.WanDiT` of a training checkpoint (a step or run folder, any world size), built
+    from the checkpoint's own config.json (so it loads after presets change) with its EMA or trained weights."""
+    from openwan.models import WanDiT
+
+    folder = resolve_checkpoint(path)
+    if not (folder / CONFIG_FILE).is_file():
+        raise CheckpointCorrupt(f"{folder / CONFIG_FILE} is missing; the checkpoint is incomplete.")
+    dit = WanDiT.from_config(read_file(folder / CONFIG_FILE))
+    dit.load_state_dict(checkpoint_weights(folder, weights), strict=True)
+    return dit.eval()
+
+
 def export_dit(checkpoint: str | Path, out: str | Path, weights: str = "ema",
                dtype: torch.dtype | None = None) -> Path:
     """Write a training checkpoint (one process or sharded, any world size; a step or run folder) as a release
