@@ -57,20 +57,12 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from openwan.parallel.mesh import close_distributed
+
     try:
         return _run(args)
     finally:
-        _leave_process_group()
-
-
-def _leave_process_group() -> None:
-    """Under torchrun: wait until rank 0 has written the outputs, then close the process group on every rank. A rank
-    that exits with the group still open can abort (gloo) while a peer is still connected."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+        close_distributed()  # under torchrun: every rank waits for rank 0's files, then leaves
 
 
 def _run(args: argparse.Namespace) -> int:

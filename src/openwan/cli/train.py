@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
     import yaml
 
+    from openwan.parallel.mesh import close_distributed
     from openwan.train import load_config, train
 
     cfg = load_config(args.config, args.overrides)
@@ -59,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         metrics = train(cfg)  # joins the torchrun job, if there is one, and builds the mesh from cfg.parallel
     finally:
-        if not joined and dist.is_initialized():
-            dist.destroy_process_group()
+        if not joined:
+            close_distributed(wait=False)  # a failed peer would leave a barrier waiting
     loss = metrics.get("loss")
     if rank == 0:
         print(f"trained {cfg.total_steps} steps" + (f" (last loss {loss:.4f})" if loss is not None else "")

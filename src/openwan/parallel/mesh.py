@@ -32,6 +32,16 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def close_distributed(wait: bool = True) -> None:
+    """Leave the process group, if one is open: with ``wait``, first until every rank gets here (so rank 0 has
+    finished writing before its peers exit — a gloo rank that exits while a peer is still connected can abort
+    it). Pass ``wait=False`` on paths where a peer may already have died, which would leave the barrier hanging."""
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def build_mesh(*, dp: int = 1, cfg: int = 1, ring: int = 1, ulysses: int = 1,
                device_type: str | None = None) -> DeviceMesh:
     """A 4-D mesh with dims ``MESH_DIMS`` over all ranks of the default process group (sizes of 1 are kept)."""
