@@ -178,3 +178,45 @@ def test_flow_matching_loss_is_the_velocity_mse():
     x0, noise = torch.randn(2, 16, 1, 4, 4), torch.randn(2, 16, 1, 4, 4)
     loss = flow_matching_loss(dit, x0, torch.randn(2, 3, 32), torch.tensor([0.2, 0.9]), noise)
     torch.testing.assert_close(loss, ((noise - x0) ** 2).mean())
+
+
+def test_per_frame_sigmas_reach_each_frame_and_its_tokens():
+    """Diffusion forcing: σ [B, F] noises each latent frame at its own level and gives its tokens that t."""
+    dit = tiny_components()["dit"]
+    x0, noise, context = torch.randn(2, 16, 3, 4, 4), torch.randn(2, 16, 3, 4, 4), torch.randn(2, 3, 32)
+    shared = torch.tensor([0.3, 0.8])
+    torch.testing.assert_close(flow_matching_loss(dit, x0, context, shared[:, None].expand(2, 3), noise),
+                               flow_matching_loss(dit, x0, context, shared, noise))
+    sigmas = torch.tensor([[0.1, 0.5, 0.9], [1.0, 0.0, 0.4]])
+    seen = {}
+    hook = dit.register_forward_pre_hook(lambda module, args: seen.update(x=args[0], t=args[1]))
+    flow_matching_loss(dit, x0, context, sigmas, noise)
+    hook.remove()
+    tokens_per_frame = 2 * 2  # the tiny preset's 2x2 spatial patches over 4x4 latents
+    assert seen["t"].shape == (2, 3 * tokens_per_frame)
+    for f in range(3):
+        s = sigmas[:, f]
+        assert torch.equal(seen["t"][:, f * tokens_per_frame:(f + 1) * tokens_per_frame],
+                           (s * 1000)[:, None].expand(2, tokens_per_frame))
+        torch.testing.assert_close(seen["x"][:, :, f], (1 - s.view(2, 1, 1, 1)) * x0[:, :, f]
+                                   + s.view(2, 1, 1, 1) * noise[:, :, f])
+
+
+@pytest.mark.parametrize("per_frame", [0.0, 0.5, 1.0])
+def test_draw_noise_per_frame(tmp_path, per_frame):
+    batch = {"latents": torch.randn(1, 16, 1, 4, 4), "context": torch.randn(1, 4, 32)}
+    trainer = Trainer(_cfg(tmp_path, f"timesteps.per_frame={per_frame}"), data=ListBatches([batch]))
+    x0 = torch.zeros(64, 16, 5, 4, 4)
+    sigmas, noise, _ = trainer.draw_noise(x0)
+    assert noise.shape == x0.shape and ((0 <= sigmas) & (sigmas <= 1)).all()
+    if per_frame == 0:
+        assert sigmas.shape == (64,)
+        return
+    assert sigmas.shape == (64, 5)
+    distinct = (sigmas != sigmas[:, :1]).any(1).float().mean().item()  # samples whose frames differ
+    assert abs(distinct - per_frame) < 0.2
+
+
+def test_per_frame_must_be_a_fraction(tmp_path):
+    with pytest.raises(ValueError, match="timesteps.per_frame must be a fraction"):
+        _cfg(tmp_path, "timesteps.per_frame=1.5")

@@ -117,6 +117,9 @@ class TimestepConfig:
 
     ``shift`` is a number (1 = no shift), or ``resolution``: the Flux rule ``resolution_shift(tokens, ...)``
     with the four parameters below, so larger images/videos train at higher noise.
+    ``per_frame``: the fraction of samples whose latent frames each draw their own σ (diffusion forcing, with
+    per-token timesteps) instead of sharing one; frames then have to be predicted from cleaner neighbours, past or
+    future, which teaches which way time runs. Sampling is unchanged (one σ for all frames).
     """
 
     mode: Literal["uniform", "logit_normal"] = "uniform"
@@ -127,6 +130,7 @@ class TimestepConfig:
     base_shift: float = 0.5
     max_tokens: int = 4096
     max_shift: float = 1.15
+    per_frame: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -487,6 +491,7 @@ def _validate(cfg: TrainConfig) -> None:
     if t.shift != "resolution":
         _check(math.isfinite(t.shift) and t.shift > 0, "timesteps.shift", "a positive number or resolution", t.shift)
     _check(t.logit_std > 0, "timesteps.logit_std", "a positive number", t.logit_std)
+    _check(0 <= t.per_frame <= 1, "timesteps.per_frame", "a fraction from 0 to 1", t.per_frame)
     _check(t.max_tokens != t.base_tokens and t.base_tokens > 0, "timesteps.max_tokens",
            "a token count different from timesteps.base_tokens (both > 0)", t.max_tokens)
     _check(0.0 <= cfg.ema.decay < 1.0, "ema.decay", "in [0, 1) (0 disables the EMA)", cfg.ema.decay)

@@ -104,14 +104,27 @@ def flow_matching_loss(dit: nn.Module, x0: torch.Tensor, context: torch.Tensor, 
                        noise: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """MSE between the DiT's velocity at x_σ = (1 − σ)·x0 + σ·ε and the target ε − x0 (float32 scalar).
 
-    x0, noise [B, C, F, h, w]; sigmas [B] in [0, 1]; context [B, L, text_dim]. The model sees t = σ·1000.
+    x0, noise [B, C, F, h, w]; context [B, L, text_dim]; sigmas in [0, 1], [B] (one level per sample: the model sees
+    t = σ·1000) or [B, F] (one per latent frame, diffusion forcing: the model sees each token's frame's t).
     """
-    s = sigmas.to(x0).view(-1, *([1] * (x0.ndim - 1)))  # [B, 1, 1, 1, 1]
+    sigmas = sigmas.to(x0)
+    if sigmas.ndim == 1:
+        s, t = sigmas.view(-1, 1, 1, 1, 1), sigmas * 1000
+    else:
+        s, t = sigmas[:, None, :, None, None], _token_timesteps(sigmas * 1000, x0.shape, dit.cfg.patch_size)
     x_t = (1 - s) * x0 + s * noise
     target = noise - x0
     with _autocast(x0.device, autocast_dtype):
-        pred = dit(x_t, sigmas.to(x0) * 1000, context)
+        pred = dit(x_t, t, context)
     return F.mse_loss(pred.float(), target.float())
+
+
+def _token_timesteps(t: torch.Tensor, shape: torch.Size, patch_size: tuple[int, int, int]) -> torch.Tensor:
+    """Per-frame timesteps [B, F] -> per-token [B, L] in the DiT's (f, h, w) token order (the first frame of each
+    temporal patch speaks for it; :meth:`Trainer.draw_noise` draws one level per temporal patch)."""
+    pt, ph, pw = patch_size
+    per_token_frame = t[:, ::pt]  # [B, F / pt]
+    return per_token_frame.repeat_interleave((shape[3] // ph) * (shape[4] // pw), dim=1)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -405,21 +418,29 @@ class Trainer:
         return loss_value, sigma_value
 
     def draw_noise(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """σ [B] and ε like x0, drawn on the CPU (the same on any device), each sample from its own generator:
+        """σ and ε like x0, drawn on the CPU (the same on any device), each sample from its own generator:
         :func:`sample_generator` of its index in the global batch, so data-parallel shards draw what one process
-        drawing the whole batch would."""
+        drawing the whole batch would. σ is [B]; with ``timesteps.per_frame`` > 0 it is [B, F]: that fraction of
+        the samples draws a level per latent frame (per temporal patch), the rest one level repeated."""
         t = self.cfg.timesteps
         if t.shift == "resolution":
             shift = resolution_shift(tokens_of(x0, self.dit.cfg.patch_size), t.base_tokens, t.base_shift,
                                      t.max_tokens, t.max_shift)
         else:
             shift = float(t.shift)
+        pt = self.dit.cfg.patch_size[0]
         sigmas, noise = [], []
         for gen in self._generators("noise", x0.shape[0]):
-            sigmas.append(sample_training_sigmas(1, t.mode, shift, generator=gen, logit_mean=t.logit_mean,
-                                                 logit_std=t.logit_std))
+            draws = 1
+            if t.per_frame > 0 and float(torch.rand((), generator=gen)) < t.per_frame:
+                draws = x0.shape[2] // pt
+            sigma = sample_training_sigmas(draws, t.mode, shift, generator=gen, logit_mean=t.logit_mean,
+                                           logit_std=t.logit_std)
+            if t.per_frame > 0:  # [F]: the level of each latent frame
+                sigma = sigma.expand(x0.shape[2] // pt).repeat_interleave(pt)
+            sigmas.append(sigma)
             noise.append(torch.randn(x0.shape[1:], generator=gen, dtype=torch.float32))
-        return torch.cat(sigmas), torch.stack(noise), shift
+        return (torch.stack(sigmas) if t.per_frame > 0 else torch.cat(sigmas)), torch.stack(noise), shift
 
     def _generators(self, stream: str, batch: int) -> list[torch.Generator]:
         """One generator per sample of this rank's batch for the next draw of ``stream``."""
