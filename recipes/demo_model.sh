@@ -27,6 +27,7 @@ mkdir -p "$WORK"
   --out "$WORK/vae2" --init "$WORK/vae1/image_vae.pth" --size 64 --frames 9 --batch-size 4 --steps "$VAE2_STEPS" \
   --lr 3e-4 --warmup-steps 20 --min-lr-ratio 0.1 --l2-weight 10 --log-every 50 --save-every 200 --workers 1
 
-# The rest (random frozen text encoder, caches, DiT training, release folder) is driven from Python. The DiT trains
-# DIT_STEPS on a cosine schedule; DIT_EXTEND_TO > DIT_STEPS then resumes it with the schedule stretched (a warm restart).
+# The rest is driven from Python: the text encoder (pre-trained on training captions by span corruption, then
+# frozen), the caches, the DiT and the release folder. The DiT trains DIT_STEPS on a cosine schedule;
+# DIT_EXTEND_TO > DIT_STEPS then resumes it with the schedule stretched (a warm restart).
 $PY -m openwan.recipes.demo_model "$WORK" --dit-steps "$DIT_STEPS" --dit-extend-to "$DIT_EXTEND_TO" ${OUT:+--out "$OUT"}

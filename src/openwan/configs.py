@@ -140,8 +140,9 @@ DIT_PRESETS: dict[str, DiTConfig] = {
     # The bundled demo model (weights/openwan-demo): 64x64, 17-frame shapes videos from the synthetic dataset.
     # Patch 1x1x1: a token is 8x8 pixels, so a moving shape shifts about one token per latent frame (with 2x2
     # patches the shift was a fraction of a token and the model never learned which way the prompt said).
+    # 4 heads of 48 so that Ulysses sequence parallelism over 2 ranks can split them.
     "demo": DiTConfig(model_type="t2v", patch_size=(1, 1, 1), dim=192, ffn_dim=768, freq_dim=256, text_dim=64,
-                      num_heads=3, num_layers=4, text_len=64),
+                      num_heads=4, num_layers=4, text_len=64),
     "tiny-ti2v": DiTConfig(model_type="ti2v", in_dim=48, out_dim=48, dim=64, ffn_dim=128, freq_dim=32,
                            text_dim=32, num_heads=2, num_layers=2, text_len=32),
 }

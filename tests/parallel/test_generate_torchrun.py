@@ -18,14 +18,16 @@ COMMON = ["--prompt", "a blue box drifting up", "--frame-num", "9", "--sample-st
 
 @pytest.fixture(scope="module")
 def releases(tmp_path_factory):
-    """{"bundled": the demo model when it ships (else a tiny random release), "tiny": a tiny random release}.
-    Ulysses needs heads divisible by its size: the demo DiT has 3 heads, so Ulysses 2 runs on the tiny one (2)."""
+    """{"bundled": the demo model when it ships (else a tiny random release), "three-heads": a tiny random release
+    whose DiT has 3 heads, which Ulysses cannot split over 2 ranks}."""
     from openwan.checkpoints.release import save_release
     from openwan.pipelines.components import BUNDLED
     from tiny import tiny_components
 
-    tiny = save_release(tmp_path_factory.mktemp("release") / "tiny", **tiny_components("tiny"))
-    return {"bundled": BUNDLED if (BUNDLED / "config.json").is_file() else tiny, "tiny": tiny}
+    folder = tmp_path_factory.mktemp("release")
+    bundled = BUNDLED if (BUNDLED / "config.json").is_file() else save_release(folder / "tiny", **tiny_components())
+    return {"bundled": bundled,
+            "three-heads": save_release(folder / "three-heads", **tiny_components(dim=48, num_heads=3))}
 
 
 def _generate(tmp_path, name, ckpt, *extra, procs=1):
@@ -44,22 +46,15 @@ def _generate(tmp_path, name, ckpt, *extra, procs=1):
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, releases):
-    """One-process latents of each release, made on first use."""
-    made = {}
-
-    def get(source):
-        if source not in made:
-            made[source] = _generate(tmp_path_factory.mktemp("single"), "single", releases[source])
-        return made[source]
-    return get
+    """The bundled model's one-process latents."""
+    return _generate(tmp_path_factory.mktemp("single"), "single", releases["bundled"])
 
 
-@pytest.mark.parametrize("flags,source", [(["--ulysses-size", "2"], "tiny"), (["--ring-size", "2"], "bundled"),
-                                          (["--cfg-parallel"], "bundled")], ids=["ulysses", "ring", "cfg"])
-def test_two_processes_equal_one(single, releases, tmp_path, flags, source):
-    parallel = _generate(tmp_path, "parallel", releases[source], *flags, procs=2)
-    reference = single(source)
-    diff = ((parallel - reference).abs().max() / reference.abs().max()).item()
+@pytest.mark.parametrize("flags", [["--ulysses-size", "2"], ["--ring-size", "2"], ["--cfg-parallel"]],
+                         ids=["ulysses", "ring", "cfg"])
+def test_two_processes_equal_one(single, releases, tmp_path, flags):
+    parallel = _generate(tmp_path, "parallel", releases["bundled"], *flags, procs=2)
+    diff = ((parallel - single).abs().max() / single.abs().max()).item()
     print(f"{flags}: max rel diff {diff:.2e}")
     assert diff <= 1e-5
     # only rank 0 wrote files
@@ -67,7 +62,7 @@ def test_two_processes_equal_one(single, releases, tmp_path, flags, source):
 
 
 def test_parallel_flags_without_torchrun_are_refused(tmp_path, releases):
-    proc = subprocess.run([sys.executable, "-m", "openwan", "generate", "--ckpt-dir", str(releases["tiny"]), *COMMON,
+    proc = subprocess.run([sys.executable, "-m", "openwan", "generate", "--ckpt-dir", str(releases["bundled"]), *COMMON,
                            "--ulysses-size", "2",
                            "--save-file", str(tmp_path / "x.mp4")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "torchrun" in proc.stderr and "Traceback" not in proc.stderr
@@ -75,11 +70,9 @@ def test_parallel_flags_without_torchrun_are_refused(tmp_path, releases):
 
 
 def test_ulysses_larger_than_the_head_count_divides_is_refused(tmp_path, releases):
-    """The demo DiT has 3 heads: Ulysses 2 cannot split them; the user gets a sentence, not a hang or a traceback."""
-    if releases["bundled"] == releases["tiny"]:
-        pytest.skip("the bundled demo model is not in this checkout")
+    """3 heads cannot be split over 2 Ulysses ranks: the user gets a sentence, not a hang or a traceback."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "openwan", "generate", "--ckpt-dir", str(releases["bundled"]), *COMMON,
+                           "-m", "openwan", "generate", "--ckpt-dir", str(releases["three-heads"]), *COMMON,
                            "--ulysses-size", "2", "--save-file", str(tmp_path / "x.mp4")],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode != 0 and "heads" in proc.stderr and not (tmp_path / "x.mp4").exists()

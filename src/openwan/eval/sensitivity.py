@@ -81,7 +81,7 @@ def _demo_inputs(work: Path, step: Path | None, num: int, seed: int):
     picks = random.Random(seed).sample(range(len(cache)), min(num, len(cache)))
     latents = torch.stack([cache[i]["latents"] for i in picks]).float()
     attributes = [parse_caption(cache.latents[cache.keys[i]]["caption"]) for i in picks]
-    encoder, tokenizer = demo_text_encoder()
+    encoder, tokenizer = demo_text_encoder(work)
 
     def encode(prompts: list[str]) -> torch.Tensor:
         return pad_context(encode_prompts(encoder, tokenizer, prompts, cache.text_len), cache.text_len)

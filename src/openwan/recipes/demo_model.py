@@ -1,8 +1,9 @@
 """The bundled demo model, step 3 of ``recipes/demo_model.sh``: text encoder, caches, DiT training, release.
 
-The text encoder is the ``demo`` umT5 preset with a fixed random init (seed 0) and the byte-level ByT5
-tokenizer: it is never trained, the DiT learns to read its features. The VAE comes from ``openwan train-vae``
-(stages 1-2 of the script); the DiT is trained by ``openwan train`` on the latent and text caches built here.
+The text encoder is the ``demo`` umT5 preset with the byte-level ByT5 tokenizer, pre-trained on training-split
+captions by span corruption (``openwan.recipes.demo_text``) and then frozen, as Wan's umT5 is. The VAE comes from
+``openwan train-vae`` (stages 1-2 of the script); the DiT is trained by ``openwan train`` on the latent and text
+caches built here.
 The result is written as an official-layout release folder, so the ordinary loaders serve it.
 """
 
@@ -16,7 +17,6 @@ from pathlib import Path
 import torch
 
 DEMO_WEIGHTS = Path(__file__).resolve().parents[3] / "weights" / "openwan-demo"
-TEXT_SEED = 0
 DIT_CONFIG = """\
 model: {{preset: demo}}
 data: {{cache_dir: {cache}}}
@@ -34,14 +34,15 @@ output_dir: {out}
 """
 
 
-def demo_text_encoder():
-    from transformers import ByT5Tokenizer, UMT5EncoderModel
+def demo_text_encoder(work: Path, steps: int = 2000):
+    """The recipe's text encoder: ``WORK/text_encoder`` (pre-trained there on first use). A work folder from
+    before the pre-training step (no such folder, but caches built) gets the random encoder it was built with."""
+    from openwan.recipes.demo_text import pretrained_text_encoder, random_demo_text_encoder
 
-    from openwan.configs import TEXT_ENCODER_PRESETS
-
-    torch.manual_seed(TEXT_SEED)
-    encoder = UMT5EncoderModel(TEXT_ENCODER_PRESETS["demo"].to_hf()).eval()
-    return encoder, ByT5Tokenizer()
+    folder = work / "text_encoder"
+    if not folder.is_dir() and (work / "cache" / "text_index.json").is_file():
+        return random_demo_text_encoder()
+    return pretrained_text_encoder(folder, steps)
 
 
 def build_caches(work: Path) -> Path:
@@ -54,7 +55,7 @@ def build_caches(work: Path) -> Path:
     cache = work / "cache"
     records = read_manifest(work / "data" / "train" / "manifest.jsonl")
     vae = WanVAE.from_pretrained(work / "vae2" / "Wan2.1_VAE.pth")
-    encoder, tokenizer = demo_text_encoder()
+    encoder, tokenizer = demo_text_encoder(work)
     with torch.no_grad():
         build_latent_cache(records, vae, [Bucket(17, 64, 64)], cache, batch_size=16, num_workers=1)
         build_text_cache(records, encoder, tokenizer, cache, text_len=DIT_PRESETS["demo"].text_len)
@@ -71,7 +72,7 @@ def write_release(work: Path, out: Path) -> Path:
         raise ValueError(f"no DiT checkpoint under {work / 'dit'}; run the training step first.")
     dit = checkpoint_dit(step, "ema")  # ship the EMA weights
     vae = WanVAE.from_pretrained(work / "vae2" / "Wan2.1_VAE.pth")
-    encoder, tokenizer = demo_text_encoder()
+    encoder, tokenizer = demo_text_encoder(work)
     # The DiT in bfloat16 keeps the folder small; loaders upcast it (float32 on CPU).
     return save_release(out, dit=dit, vae=vae, text_encoder=encoder, tokenizer=tokenizer, dit_dtype=torch.bfloat16)
 
@@ -91,6 +92,10 @@ def main(argv=None) -> int:
                         help="then resume that run with the cosine schedule stretched to this many steps (a warm "
                              "restart: motion direction was still being learned at the end of the first phase); "
                              "0 = no second phase")
+    parser.add_argument("--per-frame", type=float, default=0.5,
+                        help="in the second phase, this fraction of samples draws a noise level per latent frame "
+                             "(diffusion forcing: it teaches which way time runs, which the first phase barely "
+                             "learns)")
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     args = parser.parse_args(argv)
     cache = args.work / "cache"
@@ -102,7 +107,8 @@ def main(argv=None) -> int:
     if _trained_steps(args.work) < args.dit_steps:  # both phases resume from the newest checkpoint when re-run
         subprocess.run(train, check=True)
     if _trained_steps(args.work) < args.dit_extend_to:
-        subprocess.run([*train, f"stages.0.steps={args.dit_extend_to}"], check=True)
+        subprocess.run([*train, f"stages.0.steps={args.dit_extend_to}", f"timesteps.per_frame={args.per_frame}"],
+                       check=True)
     print(f"wrote {write_release(args.work, args.out)}")
     return 0
 
