@@ -118,8 +118,8 @@ def pretrain_text_encoder(steps: int = 2000, batch_size: int = 128, lr: float = 
             print(f"text pre-training step {step + 1}/{steps}: loss {np.mean(losses[-log_every:]):.4f} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
     encoder = UMT5EncoderModel(TEXT_ENCODER_PRESETS["demo"].to_hf())
-    missing, unexpected = encoder.load_state_dict(
-        {k: v for k, v in model.state_dict().items() if k.startswith(("encoder.", "shared."))}, strict=False)
+    kept = {k: v for k, v in model.state_dict().items() if k.startswith(("encoder.", "shared."))}
+    missing = encoder.load_state_dict(kept, strict=False).missing_keys
     if missing:
         raise RuntimeError(f"pre-trained text encoder lacks {missing[:3]}")
     return encoder.eval(), tokenizer, losses
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
                              "from the random encoder's")
     args = parser.parse_args(argv)
     encoder, tokenizer = pretrained_text_encoder(args.out, args.steps)
-    print(f"wrote {args.out}")
+    print(f"text encoder: {args.out}")
     if args.probe:
         for name, (enc, tok) in (("random", random_demo_text_encoder()), ("pre-trained", (encoder, tokenizer))):
             accuracy = ", ".join(f"{a:.1%}" for a in motion_readout(enc, tok))
