@@ -318,15 +318,20 @@ def checkpoint_weights(path: str | Path, weights: str = "ema") -> dict[str, torc
     return tensors
 
 
+def _checkpoint_config(folder: Path) -> dict:
+    """The DiT config.json of a resolved checkpoint folder."""
+    if not (folder / CONFIG_FILE).is_file():
+        raise CheckpointCorrupt(f"{folder / CONFIG_FILE} is missing; the checkpoint is incomplete.")
+    return read_file(folder / CONFIG_FILE)
+
+
 def checkpoint_dit(path: str | Path, weights: str = "ema"):
     """The :class:`~openwan.models.WanDiT` of a training checkpoint (a step or run folder, any world size), built
     from the checkpoint's own config.json (so it loads after presets change) with its EMA or trained weights."""
     from openwan.models import WanDiT
 
     folder = resolve_checkpoint(path)
-    if not (folder / CONFIG_FILE).is_file():
-        raise CheckpointCorrupt(f"{folder / CONFIG_FILE} is missing; the checkpoint is incomplete.")
-    dit = WanDiT.from_config(read_file(folder / CONFIG_FILE))
+    dit = WanDiT.from_config(_checkpoint_config(folder))
     dit.load_state_dict(checkpoint_weights(folder, weights), strict=True)
     return dit.eval()
 
@@ -341,9 +346,7 @@ def export_dit(checkpoint: str | Path, out: str | Path, weights: str = "ema",
 
     folder = resolve_checkpoint(checkpoint)
     tensors = checkpoint_weights(folder, weights)
-    if not (folder / CONFIG_FILE).is_file():
-        raise CheckpointCorrupt(f"{folder / CONFIG_FILE} is missing; the checkpoint is incomplete.")
-    config = read_file(folder / CONFIG_FILE)
+    config = _checkpoint_config(folder)
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     out = Path(out)
