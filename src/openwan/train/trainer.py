@@ -429,15 +429,16 @@ class Trainer:
         else:
             shift = float(t.shift)
         pt = self.dit.cfg.patch_size[0]
+        token_frames = x0.shape[2] // pt
         sigmas, noise = [], []
         for gen in self._generators("noise", x0.shape[0]):
             draws = 1
             if t.per_frame > 0 and float(torch.rand((), generator=gen)) < t.per_frame:
-                draws = x0.shape[2] // pt
+                draws = token_frames
             sigma = sample_training_sigmas(draws, t.mode, shift, generator=gen, logit_mean=t.logit_mean,
                                            logit_std=t.logit_std)
             if t.per_frame > 0:  # [F]: the level of each latent frame
-                sigma = sigma.expand(x0.shape[2] // pt).repeat_interleave(pt)
+                sigma = sigma.expand(token_frames).repeat_interleave(pt)
             sigmas.append(sigma)
             noise.append(torch.randn(x0.shape[1:], generator=gen, dtype=torch.float32))
         return (torch.stack(sigmas) if t.per_frame > 0 else torch.cat(sigmas)), torch.stack(noise), shift
