@@ -19,6 +19,7 @@ from openwan.train.vae_trainer import (
     VAETrainConfig,
     VAETrainer,
     decode_raw,
+    export_image_vae,
     export_wan_vae,
     inflate_image_vae,
     latent_stats,
@@ -161,6 +162,32 @@ def test_stage2_inflated_vae_learns_on_clips():
     vae = inflate_image_vae(ImageVAE(TINY))
     history = VAETrainer(vae, VAETrainConfig(stage=2, steps=12, lr=2e-3)).fit(batches(5))
     _falls(history)
+
+
+def test_freeze_encoder_trains_the_decoder_and_keeps_the_latent_space(tmp_path):
+    vae = _randomized(inflate_image_vae(ImageVAE(TINY)))
+    stats = ([0.1 * k for k in range(TINY.z_dim)], [1.0 + 0.1 * k for k in range(TINY.z_dim)])
+    start = export_wan_vae(with_latent_stats(vae, *stats), tmp_path / "start")
+    before = load_trained_vae(start).state_dict()
+    cfg = VAETrainConfig(stage=2, steps=6, lr=2e-3, freeze_encoder=True)
+    path = run_stage(cfg, batches(5), tmp_path / "out", init=start)
+    after = load_trained_vae(path)
+    frozen = [k for k in before if k.startswith(("encoder.", "conv1."))]
+    assert frozen and all(torch.equal(before[k], after.state_dict()[k]) for k in frozen)
+    assert not torch.equal(before["conv2.weight"], after.state_dict()["conv2.weight"])  # the decoder side moved
+    assert any(not torch.equal(before[k], v) for k, v in after.state_dict().items() if k.startswith("decoder."))
+    assert after.cfg.latents_mean == pytest.approx(stats[0]) and after.cfg.latents_std == pytest.approx(stats[1])
+    with torch.no_grad():  # same latents as before, byte for byte
+        torch.testing.assert_close(after.eval().encode(batches(5)[0]["video"]),
+                                   load_trained_vae(start).eval().encode(batches(5)[0]["video"]), rtol=0, atol=0)
+
+
+def test_freeze_encoder_needs_a_trained_3d_vae(tmp_path):
+    with pytest.raises(ValueError, match="stage 2 or 3"):
+        VAETrainConfig(stage=1, freeze_encoder=True)
+    image = export_image_vae(ImageVAE(TINY), tmp_path)
+    with pytest.raises(ValueError, match="Wan2.1_VAE.pth"):
+        run_stage(VAETrainConfig(stage=2, steps=1, freeze_encoder=True), batches(5), tmp_path / "out", init=image)
 
 
 def test_stage3_gan_starts_after_n_steps_and_the_vae_learns():

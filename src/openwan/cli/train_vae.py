@@ -9,10 +9,12 @@ EPILOG = """examples:
   openwan train-vae --stage 1 --manifest clips.jsonl --out runs/vae1 --size 256 --steps 20000
   openwan train-vae --stage 2 --manifest clips.jsonl --out runs/vae2 --init runs/vae1/image_vae.pth
   openwan train-vae --stage 3 --manifest clips.jsonl --out runs/vae3 --init runs/vae2/Wan2.1_VAE.pth --gan-start 2000
+  openwan train-vae --stage 2 --manifest clips.jsonl --out runs/vae-dec --init runs/vae2/Wan2.1_VAE.pth --freeze-encoder
 
 Stage 1 writes image_vae.pth (+ .json); stages 2 and 3 write Wan2.1_VAE.pth in the official layout and
-Wan2.1_VAE.json beside it with the latent mean/std measured on the data. --resume continues the run in --out
-from its newest checkpoint. No perceptual network is downloaded: pass local VGG16/AlexNet weights with
+Wan2.1_VAE.json beside it with the latent mean/std measured on the data (--freeze-encoder keeps the --init
+VAE's: its latents do not change, so a DiT trained on them still fits the new decoder). --resume continues
+the run in --out from its newest checkpoint. No perceptual network is downloaded: pass local VGG16/AlexNet weights with
 --perceptual (torchvision or lpips files, optionally the LPIPS heads), else training says so and runs without."""
 
 
@@ -52,6 +54,9 @@ def add_parser(sub) -> None:
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--keep-last", type=int, default=2)
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="stages 2-3: train only the decoder of the --init VAE; its latents stay the same, so a DiT "
+                        "trained on them keeps working with the new decoder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.set_defaults(run=run)
 
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         perceptual_weights=tuple(args.perceptual), gan_start=args.gan_start,
         gan_weight=args.gan_weight, gan_adaptive=not args.no_adaptive_gan, disc_dim=args.disc_dim, seed=args.seed,
         device=device, precision=precision, log_every=args.log_every, save_every=args.save_every,
-        keep_last=args.keep_last,
+        keep_last=args.keep_last, freeze_encoder=args.freeze_encoder,
     )
     torch.manual_seed(args.seed)
     data = build_data(args, frames, size)

@@ -101,6 +101,8 @@ class VAETrainConfig:
     save_every: int = 500  # 0: only at the end of fit
     keep_last: int = 2
     stats_batches: int = 16  # batches whose posterior means give the latent statistics
+    freeze_encoder: bool = False  # stages 2-3: train the decoder side only; the latent space (and a DiT trained
+    # on it) stays valid, and the exported file keeps the starting VAE's latent statistics
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -114,6 +116,9 @@ class VAETrainConfig:
         for name in ("l1_weight", "l2_weight", "kl_weight", "perceptual_weight", "gan_weight", "grad_clip",
                      "weight_decay"):
             _need(getattr(self, name) >= 0, name, "a number >= 0", getattr(self, name))
+        if self.freeze_encoder and self.stage == 1:
+            raise ValueError("freeze_encoder keeps a trained 3D VAE's latent space; use it in stage 2 or 3 with "
+                             "init= that VAE.")
         _need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "a number in [0, 1]", self.min_lr_ratio)
         for name in ("warmup_steps", "gan_start", "save_every"):
             _need(getattr(self, name) >= 0, name, "an integer >= 0", getattr(self, name))
@@ -216,6 +221,9 @@ class VAETrainer:
             raise ValueError("precision bf16 needs a CUDA device; use precision fp32 on the CPU.")
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.model = model.to(self.device, torch.float32).train()  # float32 master weights
+        if cfg.freeze_encoder:  # the optimizer below takes only what still requires a gradient
+            for part in (self.model.encoder, self.model.conv1):
+                part.requires_grad_(False)
         self.perceptual = self._perceptual()
         self.disc = PatchDiscriminator3d(cfg.disc_dim, cfg.disc_layers).to(self.device) if cfg.stage == 3 else None
         self.optimizer = _adamw(self.model, cfg.lr, cfg.betas, cfg.weight_decay)
@@ -249,8 +257,9 @@ class VAETrainer:
         lr_scale = lr_scale_at(cfg, self.step)
         _set_lr(self.optimizer, cfg.lr * lr_scale)
         start = time.perf_counter()
-        with self._autocast():
+        with self._autocast(), torch.set_grad_enabled(not cfg.freeze_encoder):
             mu, log_var = encode_moments(self.model, video)
+        with self._autocast():
             log_var = log_var.float().clamp(*LOG_VAR_RANGE)
             recon = decode_raw(self.model, sample_posterior(mu.float(), log_var, self.generator)).float()
         terms = {"l1": l1_loss(recon, video), "kl": kl_loss(mu, log_var, video[0].numel())}
@@ -660,10 +669,15 @@ def run_stage(cfg: VAETrainConfig, data: Iterable, out_dir: str | Path, *, model
         _truncate_metrics(out_dir / METRICS_FILE, trainer.step)
         log.info("resumed from %s at step %d", checkpoint, trainer.step)
     else:
+        if cfg.freeze_encoder and model is None and (init is None or is_image_vae_file(init)):
+            raise ValueError("freeze_encoder fine-tunes the decoder of a trained 3D VAE; give init= its "
+                             "Wan2.1_VAE.pth (an image VAE has no latent space or statistics to keep yet).")
         trainer = VAETrainer(model if model is not None else initial_model(cfg.stage, init, vae_config), cfg, out_dir)
     trainer.fit(data)
     if cfg.stage == 1:
         path = export_image_vae(trainer.model, out_dir)
+    elif cfg.freeze_encoder:  # same encoder, same latents: the statistics it came with still hold
+        path = export_wan_vae(trainer.model, out_dir)
     else:
         mean, std = latent_stats(trainer.model, data, cfg.stats_batches)
         path = export_wan_vae(with_latent_stats(trainer.model, mean, std), out_dir)
