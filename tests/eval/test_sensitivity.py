@@ -1,13 +1,15 @@
 """The attribute-sensitivity probe: swapped prompts, and losses that tell a text-blind DiT from one that reads."""
 
 import hashlib
+from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 from openwan.configs import DIT_PRESETS
-from openwan.data.synthetic import parse_caption
-from openwan.eval.sensitivity import attribute_sensitivity, swapped_prompts
+from openwan.data.synthetic import parse_caption, render_clip
+from openwan.eval.sensitivity import attribute_sensitivity, direction_from_first_frame, swapped_prompts
 from openwan.models import WanDiT
 from tiny import randomize
 
@@ -55,3 +57,50 @@ def test_one_attribute_triple_per_latent():
     dit = WanDiT(DIT_PRESETS["tiny"]).eval()
     with pytest.raises(ValueError, match="one per clip"):
         attribute_sensitivity(dit, torch.zeros(2, 16, 1, 2, 2), ATTRS, _encoder(32))
+
+
+CLIPS = [("red", "circle", "left"), ("green", "square", "right"), ("blue", "triangle", "still"),
+         ("yellow", "circle", "up"), ("white", "square", "down")]
+
+
+def _sign(prompt: str) -> float:
+    return {"left": 1.0, "up": 1.0, "right": -1.0, "down": -1.0}.get(parse_caption(prompt)[2], 0.0) if prompt else 0.0
+
+
+class _Predictor(nn.Module):
+    """Velocity whose x0 = x_σ − σ·v is the clip itself, or the clip played backwards where the prompt's direction
+    (the context's one number) disagrees with the clip's: a DiT that takes its direction from ``follows``."""
+
+    cfg = SimpleNamespace(patch_size=(1, 1, 1))  # one token per latent pixel: t reshapes to the latents' grid
+
+    def __init__(self, clips: torch.Tensor, signs: torch.Tensor, follows: str):
+        super().__init__()
+        self.clips, self.signs, self.follows = clips, signs, follows
+
+    def forward(self, x_t, t, context):
+        sigma = (t / 1000).view(x_t.shape[0], 1, *x_t.shape[2:])
+        told = context[:, 0, 0]
+        backwards = {"position": torch.zeros_like(told, dtype=torch.bool), "prompt": told == -self.signs,
+                     "nothing": torch.ones_like(told, dtype=torch.bool)}[self.follows]
+        x0 = torch.where(backwards.view(-1, 1, 1, 1, 1), self.clips.flip(2), self.clips)
+        return (x_t - x0) / sigma
+
+
+@pytest.mark.parametrize("follows, expected", [("position", {"true": 1.0, "opposite": 1.0, "empty": 1.0}),
+                                               ("prompt", {"true": 1.0, "opposite": 0.0, "empty": 1.0}),
+                                               ("nothing", {"true": 0.0, "opposite": 0.0, "empty": 0.0})])
+def test_direction_probe_tells_where_the_direction_comes_from(follows, expected):
+    # Pixel clips stand in for latents (decode = identity): the probe's noising, x0 and detector run as they are.
+    clips = torch.stack([render_clip(*a, seed=i, size=32, frames=9) for i, a in enumerate(CLIPS)])
+    clips = clips.permute(0, 4, 1, 2, 3) * 2 - 1  # [B, 3, T, H, W] in [-1, 1]
+    moving = [a for a in CLIPS if a[2] != "still"]
+    dit = _Predictor(clips[[i for i, a in enumerate(CLIPS) if a[2] != "still"]],
+                     torch.tensor([_sign(f"red circle moving {a[2]}") for a in moving]), follows)
+    encode = lambda prompts: torch.tensor([_sign(p) for p in prompts]).view(-1, 1, 1)  # noqa: E731
+    assert direction_from_first_frame(dit, lambda z: z, clips, CLIPS, encode) == expected
+
+
+def test_direction_probe_needs_moving_clips():
+    with pytest.raises(ValueError, match="none of the clips moves"):
+        direction_from_first_frame(_Predictor(None, None, "position"), lambda z: z, torch.zeros(1, 3, 9, 32, 32),
+                                   [("red", "circle", "still")], lambda p: torch.zeros(len(p), 1, 1))

@@ -3,10 +3,17 @@ one attribute swapped (colour, shape or motion of the synthetic shapes data) and
 
 A DiT that uses an attribute loses more when that attribute is swapped; equal losses mean the attribute is ignored.
 The "opposite" variant reverses each moving prompt's direction (left <-> right, up <-> down; "still" stays): a
-clip played backwards is a clip moving the opposite way, so only a DiT that knows which way time runs in its
-latents can tell these apart — a model that reads motion as "moving along this axis" scores them alike.
+model that reads motion as "moving along this axis" scores it like the true prompt, and so does one that takes the
+direction from somewhere other than the prompt.
 This isolates the text conditioning from the sampler, the VAE and the detector (which ``openwan eval prompts``
 measures together), and shows which attribute is learned when, checkpoint by checkpoint.
+
+A second probe asks where the DiT takes its direction from (:func:`direction_from_first_frame`): with the first
+latent frame almost clean and the rest pure noise, it decodes the DiT's x0 for moving clips and counts how
+often the object moves the clip's true way — with the true prompt, the opposite direction, and the empty prompt.
+A DiT that reads the direction from the prompt follows the opposite prompt the wrong way; one that reads it from
+where the object starts (in data whose paths give the direction away) moves the true way whatever it is told, and
+one that knows neither moves it either way about equally.
 
     python -m openwan.eval.sensitivity runs/demo-model                    # newest DiT checkpoint of the recipe
     python -m openwan.eval.sensitivity runs/demo-model --step runs/demo-model/dit/step-00003000
@@ -24,7 +31,7 @@ from pathlib import Path
 import torch
 
 from openwan.data.synthetic import COLOURS, MOTIONS, SHAPES, canonical_caption
-from openwan.train.trainer import flow_matching_loss
+from openwan.train.trainer import flow_matching_loss, noised
 
 ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "motion": list(MOTIONS)}
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
@@ -65,12 +72,46 @@ def attribute_sensitivity(dit, latents: torch.Tensor, attributes: Sequence[tuple
     return table
 
 
+@torch.no_grad()
+def direction_from_first_frame(dit, decode: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor,
+                               attributes: Sequence[tuple[str, str, str]],
+                               encode: Callable[[list[str]], torch.Tensor], first_sigma: float = 0.1,
+                               rest_sigma: float = 1.0, seed: int = 0) -> dict[str, float]:
+    """{variant: fraction of the moving clips whose predicted video moves the clip's true way}, for the "true",
+    "opposite" and "empty" prompts. The first latent frame is noised to ``first_sigma``, the others to
+    ``rest_sigma``; the DiT's x0 = x_σ − σ·v is decoded by ``decode`` (latents -> video [B, 3, T, H, W] in
+    [-1, 1]) and read by the detector: the sign of its displacement along the clip's axis."""
+    from openwan.eval.detector import detect
+
+    moving = [i for i, a in enumerate(attributes) if a[2] in OPPOSITE]
+    if not moving:
+        raise ValueError("none of the clips moves; give clips moving left, right, up or down.")
+    latents, attributes = latents[moving], [attributes[i] for i in moving]
+    sigmas = torch.full((latents.shape[0], latents.shape[2]), float(rest_sigma))
+    sigmas[:, 0] = first_sigma
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed), dtype=latents.dtype)
+    x_t, t = noised(latents, sigmas, noise, dit.cfg.patch_size)
+    s = sigmas.to(latents)[:, None, :, None, None]
+    prompts = swapped_prompts(attributes, seed)
+    fractions = {}
+    for name in ("true", "opposite", "empty"):
+        videos = decode(x_t - s * dit(x_t, t, encode(prompts[name])))
+        right_way = 0
+        for (_, _, motion), video in zip(attributes, videos):
+            found = detect((video.permute(1, 2, 3, 0).float() + 1) / 2).displacement or (0.0, 0.0)
+            along = found[0] if motion in ("left", "right") else found[1]
+            right_way += along != 0 and (along < 0) == (motion in ("left", "up"))
+        fractions[name] = right_way / len(attributes)
+    return fractions
+
+
 def _demo_inputs(work: Path, step: Path | None, num: int, seed: int):
-    """The recipe's DiT (EMA weights), ``num`` random training latents with their attributes, and its encoder."""
+    """The recipe's DiT (EMA weights), ``num`` random training latents with their attributes, its encoder and the
+    VAE file that decodes them."""
     from openwan.data.cache import CachedDataset
     from openwan.data.synthetic import parse_caption
     from openwan.models.text_encoder import encode_prompts, pad_context
-    from openwan.recipes.demo_model import demo_text_encoder
+    from openwan.recipes.demo_model import demo_text_encoder, demo_vae_file
     from openwan.train.checkpoint import checkpoint_dit, latest_checkpoint
 
     step = step or latest_checkpoint(work / "dit")
@@ -86,7 +127,7 @@ def _demo_inputs(work: Path, step: Path | None, num: int, seed: int):
     def encode(prompts: list[str]) -> torch.Tensor:
         return pad_context(encode_prompts(encoder, tokenizer, prompts, cache.text_len), cache.text_len)
 
-    return Path(step), dit, latents, attributes, encode
+    return Path(step), dit, latents, attributes, encode, demo_vae_file(work)
 
 
 def main(argv=None) -> int:
@@ -97,12 +138,17 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        step, dit, latents, attributes, encode = _demo_inputs(args.work, args.step, args.num, args.seed)
+        step, dit, latents, attributes, encode, vae_path = _demo_inputs(args.work, args.step, args.num, args.seed)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from openwan.models import WanVAE
+
     table = attribute_sensitivity(dit, latents, attributes, encode, seed=args.seed)
-    print(json.dumps({"checkpoint": str(step), "clips": len(attributes), "loss": table}, indent=1))
+    direction = direction_from_first_frame(dit, WanVAE.from_pretrained(vae_path).decode, latents, attributes, encode,
+                                           seed=args.seed)
+    print(json.dumps({"checkpoint": str(step), "clips": len(attributes), "loss": table,
+                      "direction_from_first_frame": direction}, indent=1))
     return 0
 
 

@@ -107,16 +107,22 @@ def flow_matching_loss(dit: nn.Module, x0: torch.Tensor, context: torch.Tensor, 
     x0, noise [B, C, F, h, w]; context [B, L, text_dim]; sigmas in [0, 1], [B] (one level per sample: the model sees
     t = σ·1000) or [B, F] (one per latent frame, diffusion forcing: the model sees each token's frame's t).
     """
-    sigmas = sigmas.to(x0)
-    if sigmas.ndim == 1:
-        s, t = sigmas.view(-1, 1, 1, 1, 1), sigmas * 1000
-    else:
-        s, t = sigmas[:, None, :, None, None], _token_timesteps(sigmas * 1000, x0.shape, dit.cfg.patch_size)
-    x_t = (1 - s) * x0 + s * noise
+    x_t, t = noised(x0, sigmas, noise, dit.cfg.patch_size)
     target = noise - x0
     with _autocast(x0.device, autocast_dtype):
         pred = dit(x_t, t, context)
     return F.mse_loss(pred.float(), target.float())
+
+
+def noised(x0: torch.Tensor, sigmas: torch.Tensor, noise: torch.Tensor,
+           patch_size: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_σ = (1 − σ)·x0 + σ·ε, the DiT's timesteps t = σ·1000): [B] for σ [B], per token [B, L] for σ [B, F]."""
+    sigmas = sigmas.to(x0)
+    if sigmas.ndim == 1:
+        s, t = sigmas.view(-1, 1, 1, 1, 1), sigmas * 1000
+    else:
+        s, t = sigmas[:, None, :, None, None], _token_timesteps(sigmas * 1000, x0.shape, patch_size)
+    return (1 - s) * x0 + s * noise, t
 
 
 def _token_timesteps(t: torch.Tensor, shape: torch.Size, patch_size: tuple[int, int, int]) -> torch.Tensor:
