@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the bundled demo model (weights/openwan-demo) from scratch on a CPU, with openwan's own tools:
-#   synthetic data -> VAE (2D, then inflated 3D) -> latent/text caches -> DiT with flow matching -> release folder.
+#   synthetic data -> VAE (2D, then inflated 3D, then its decoder alone) -> latent/text caches -> DiT with flow
+#   matching -> release folder.
 # Usage: bash recipes/demo_model.sh [WORK_DIR]   (default: runs/demo-model). Override sizes with env variables;
 # OUT=DIR writes the release folder there instead of weights/openwan-demo.
 set -euo pipefail
@@ -10,6 +11,7 @@ WORK=${1:-runs/demo-model}
 NUM_CLIPS=${NUM_CLIPS:-1440}
 VAE1_STEPS=${VAE1_STEPS:-2400}
 VAE2_STEPS=${VAE2_STEPS:-400}
+VAE_DECODER_STEPS=${VAE_DECODER_STEPS:-1000}
 DIT_STEPS=${DIT_STEPS:-3500}
 DIT_EXTEND_TO=${DIT_EXTEND_TO:-6000}
 mkdir -p "$WORK"
@@ -26,6 +28,12 @@ mkdir -p "$WORK"
 [ -f "$WORK/vae2/Wan2.1_VAE.pth" ] || $OPENWAN train-vae --stage 2 --manifest "$WORK/data/train/manifest.jsonl" \
   --out "$WORK/vae2" --init "$WORK/vae1/image_vae.pth" --size 64 --frames 9 --batch-size 4 --steps "$VAE2_STEPS" \
   --lr 3e-4 --warmup-steps 20 --min-lr-ratio 0.1 --l2-weight 10 --log-every 50 --save-every 200 --workers 1
+# Then the decoder alone, at a fresh learning rate: the encoder is frozen, so the latents the DiT learns from are
+# stage 2's, byte for byte, and the release ships this sharper decoder with them.
+[ -f "$WORK/vae-decoder/Wan2.1_VAE.pth" ] || $OPENWAN train-vae --stage 2 --freeze-encoder \
+  --manifest "$WORK/data/train/manifest.jsonl" --out "$WORK/vae-decoder" --init "$WORK/vae2/Wan2.1_VAE.pth" \
+  --size 64 --frames 9 --batch-size 4 --steps "$VAE_DECODER_STEPS" --lr 2e-4 --warmup-steps 20 --min-lr-ratio 0.05 \
+  --l2-weight 10 --log-every 50 --save-every 250 --workers 1
 
 # The rest is driven from Python: the text encoder (pre-trained on training captions by span corruption, then
 # frozen), the caches, the DiT and the release folder. The DiT trains DIT_STEPS on a cosine schedule;

@@ -45,6 +45,13 @@ def demo_text_encoder(work: Path, steps: int = 2000):
     return pretrained_text_encoder(folder, steps)
 
 
+def demo_vae_file(work: Path) -> Path:
+    """The VAE the release ships: the decoder-tuned one (same encoder, same latents as stage 2's), or stage 2's
+    own in a work folder from before the decoder step."""
+    tuned = work / "vae-decoder" / "Wan2.1_VAE.pth"
+    return tuned if tuned.is_file() else work / "vae2" / "Wan2.1_VAE.pth"
+
+
 def build_caches(work: Path) -> Path:
     from openwan.configs import DIT_PRESETS
     from openwan.data.buckets import Bucket
@@ -71,7 +78,7 @@ def write_release(work: Path, out: Path) -> Path:
     if step is None:
         raise ValueError(f"no DiT checkpoint under {work / 'dit'}; run the training step first.")
     dit = checkpoint_dit(step, "ema")  # ship the EMA weights
-    vae = WanVAE.from_pretrained(work / "vae2" / "Wan2.1_VAE.pth")
+    vae = WanVAE.from_pretrained(demo_vae_file(work))
     encoder, tokenizer = demo_text_encoder(work)
     # The DiT in bfloat16 keeps the folder small; loaders upcast it (float32 on CPU).
     return save_release(out, dit=dit, vae=vae, text_encoder=encoder, tokenizer=tokenizer, dit_dtype=torch.bfloat16)
