@@ -177,6 +177,8 @@ def test_freeze_encoder_trains_the_decoder_and_keeps_the_latent_space(tmp_path):
     assert not torch.equal(before["conv2.weight"], after.state_dict()["conv2.weight"])  # the decoder side moved
     assert any(not torch.equal(before[k], v) for k, v in after.state_dict().items() if k.startswith("decoder."))
     assert after.cfg.latents_mean == pytest.approx(stats[0]) and after.cfg.latents_std == pytest.approx(stats[1])
+    with pytest.raises(ValueError, match="froze the encoder"):  # resuming needs the flag it ran with
+        run_stage(VAETrainConfig(stage=2, steps=8, lr=2e-3), batches(5), tmp_path / "out", resume=True)
     with torch.no_grad():  # same latents as before, byte for byte
         torch.testing.assert_close(after.eval().encode(batches(5)[0]["video"]),
                                    load_trained_vae(start).eval().encode(batches(5)[0]["video"]), rtol=0, atol=0)

@@ -395,6 +395,10 @@ class VAETrainer:
                              "resume with the same stage, or start the next stage from that stage's output file.")
         if state["model_kind"] != type(self.model).__name__:
             raise ValueError(f"the checkpoint holds a {state['model_kind']}, not a {type(self.model).__name__}.")
+        frozen = bool(state["train_config"].get("freeze_encoder", False))
+        if frozen != self.cfg.freeze_encoder:
+            raise ValueError(f"the checkpoint's run {'froze' if frozen else 'trained'} the encoder; resume with "
+                             f"freeze_encoder {frozen} (--freeze-encoder {'on' if frozen else 'off'}).")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.disc is not None:
