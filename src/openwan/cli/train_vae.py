@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     path = run_stage(cfg, data, args.out, init=args.init, vae_config=get_preset("vae", args.preset),
                      resume=args.resume)
     sidecar = path.with_suffix(".json").name
-    what = "config" if args.stage == 1 else "config and measured latent mean/std"
+    what = ("config" if args.stage == 1 else "config and the --init VAE's latent mean/std" if args.freeze_encoder
+            else "config and measured latent mean/std")
     print(f"stage {args.stage} done: {path} ({what} in {sidecar}); checkpoints and metrics.jsonl are in {args.out}")
     return 0
