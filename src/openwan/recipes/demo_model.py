@@ -101,8 +101,9 @@ def main(argv=None) -> int:
                              "0 = no second phase")
     parser.add_argument("--per-frame", type=float, default=0.5,
                         help="in the second phase, this fraction of samples draws a noise level per latent frame "
-                             "(diffusion forcing, meant to teach which way time runs; its effect is not yet "
-                             "separated from the extra steps, see docs/benchmarks.md)")
+                             "(diffusion forcing, meant to teach which way time runs; it did not teach the "
+                             "direction words, even from the first step on data without the position shortcut: "
+                             "docs/benchmarks.md)")
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     args = parser.parse_args(argv)
     cache = args.work / "cache"

@@ -119,7 +119,8 @@ class TimestepConfig:
     with the four parameters below, so larger images/videos train at higher noise.
     ``per_frame``: the fraction of samples whose latent frames each draw their own σ (diffusion forcing, with
     per-token timesteps) instead of sharing one; frames then have to be predicted from cleaner neighbours, past or
-    future, which teaches which way time runs. Sampling is unchanged (one σ for all frames).
+    future — meant to reward knowing which way time runs, though on the demo model it did not teach the direction
+    words (docs/benchmarks.md). Sampling is unchanged (one σ for all frames).
     """
 
     mode: Literal["uniform", "logit_normal"] = "uniform"

@@ -257,9 +257,9 @@ class VAETrainer:
         lr_scale = lr_scale_at(cfg, self.step)
         _set_lr(self.optimizer, cfg.lr * lr_scale)
         start = time.perf_counter()
-        with self._autocast(), torch.set_grad_enabled(not cfg.freeze_encoder):
-            mu, log_var = encode_moments(self.model, video)
         with self._autocast():
+            with torch.set_grad_enabled(not cfg.freeze_encoder):
+                mu, log_var = encode_moments(self.model, video)
             log_var = log_var.float().clamp(*LOG_VAR_RANGE)
             recon = decode_raw(self.model, sample_posterior(mu.float(), log_var, self.generator)).float()
         terms = {"l1": l1_loss(recon, video), "kl": kl_loss(mu, log_var, video[0].numel())}
