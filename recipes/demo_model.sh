@@ -13,11 +13,13 @@ VAE1_STEPS=${VAE1_STEPS:-2400}
 VAE2_STEPS=${VAE2_STEPS:-400}
 VAE_DECODER_STEPS=${VAE_DECODER_STEPS:-1000}
 DIT_STEPS=${DIT_STEPS:-3500}
-DIT_EXTEND_TO=${DIT_EXTEND_TO:-6000}
+DIT_EXTEND_TO=${DIT_EXTEND_TO:-0}
 mkdir -p "$WORK"
 
-[ -f "$WORK/data/train/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/train" --num "$NUM_CLIPS" --seed 0
-[ -f "$WORK/data/heldout/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/heldout" --num 72 --seed 1 --split heldout
+[ -f "$WORK/data/train/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/train" --num "$NUM_CLIPS" --seed 0 \
+  --paths reversible
+[ -f "$WORK/data/heldout/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/heldout" --num 72 --seed 1 \
+  --split heldout --paths reversible
 
 # VAE stage 1: a 2D image VAE on single frames, L1 + MSE (the MSE pulls the small object in early), cosine-decayed lr.
 # Stage 2: inflated to the 3D causal VAE and trained on 9-frame clips (1 + 4 + 4: the second 4-frame chunk runs, as
@@ -35,7 +37,9 @@ mkdir -p "$WORK"
   --size 64 --frames 9 --batch-size 4 --steps "$VAE_DECODER_STEPS" --lr 2e-4 --warmup-steps 20 --min-lr-ratio 0.05 \
   --l2-weight 10 --log-every 50 --save-every 250 --workers 1
 
+# Reversible paths: where an object starts never tells which way it goes, so only the prompt can.
 # The rest is driven from Python: the text encoder (pre-trained on training captions by span corruption, then
-# frozen), the caches, the DiT and the release folder. The DiT trains DIT_STEPS on a cosine schedule;
-# DIT_EXTEND_TO > DIT_STEPS then resumes it with the schedule stretched (a warm restart).
+# frozen), the caches, the DiT and the release folder. The DiT trains DIT_STEPS on a cosine schedule, 30% of its
+# samples with the first latent frame given clean (Wan2.2 TI2V-style); DIT_EXTEND_TO > DIT_STEPS then resumes it
+# with the schedule stretched (a warm restart; not used for the shipped model).
 $PY -m openwan.recipes.demo_model "$WORK" --dit-steps "$DIT_STEPS" --dit-extend-to "$DIT_EXTEND_TO" ${OUT:+--out "$OUT"}

@@ -109,13 +109,17 @@ def test_render_is_deterministic_and_seed_dependent():
     assert render_clip("white", "triangle", "up", seed=0, size=(96, 64), frames=5).shape == (5, 64, 96, 3)
 
 
+def _in_frame(layout) -> bool:
+    return all(layout.box(t)[0] >= 0 and layout.box(t)[1] >= 0 and layout.box(t)[2] <= layout.width
+               and layout.box(t)[3] <= layout.height for t in (0, layout.frames - 1))
+
+
+@pytest.mark.parametrize("paths", ["long", "reversible"])
 @pytest.mark.parametrize("motion", MOTIONS)
-def test_object_stays_whole_in_frame_and_moves_as_named(motion):
+def test_object_stays_whole_in_frame_and_moves_as_named(motion, paths):
     for seed, shape in itertools.product(range(8), SHAPES):
-        layout = sample_layout("blue", shape, motion, seed, size=(64, 80), frames=9)
-        for t in (0, layout.frames - 1):
-            left, top, right, bottom = layout.box(t)
-            assert left >= 0 and top >= 0 and right <= layout.width and bottom <= layout.height
+        layout = sample_layout("blue", shape, motion, seed, size=(64, 80), frames=9, paths=paths)
+        assert _in_frame(layout)
         # Nothing is cut off: on a canvas padded by 20 pixels all round, the drawn area is the same.
         padded = replace(layout, width=layout.width + 40, height=layout.height + 40,
                          start=tuple(v + 20 for v in layout.start), end=tuple(v + 20 for v in layout.end))
@@ -125,7 +129,26 @@ def test_object_stays_whole_in_frame_and_moves_as_named(motion):
         expected = {"left": (dx < 0, dy == 0), "right": (dx > 0, dy == 0), "up": (dx == 0, dy < 0),
                     "down": (dx == 0, dy > 0), "still": (dx == 0, dy == 0)}[motion]
         assert all(expected)
-        assert motion == "still" or max(abs(dx) / layout.width, abs(dy) / layout.height) >= 0.25
+        if paths == "long":
+            assert motion == "still" or max(abs(dx) / layout.width, abs(dy) / layout.height) >= 0.25
+        else:  # shorter, and the start does not give the direction away: the reverse path fits as well
+            assert motion == "still" or max(abs(dx) / layout.width, abs(dy) / layout.height) >= 0.15
+            reverse = replace(layout, end=(2 * layout.start[0] - layout.end[0], 2 * layout.start[1] - layout.end[1]))
+            assert _in_frame(reverse)
+
+
+def test_paths_choose_how_much_the_start_tells():
+    """Long paths: a right mover starts in the left part of the frame, a left mover in the right. Reversible
+    paths: the starts of both directions spread over the same middle band."""
+    def starts(motion, paths):
+        return np.array([sample_layout("red", "circle", motion, seed, paths=paths).start[0] for seed in range(300)])
+
+    assert starts("right", "long").max() < starts("left", "long").min()
+    right, left = starts("right", "reversible"), starts("left", "reversible")
+    assert abs(right.mean() - left.mean()) < 1.0 and abs(right.mean() - 32) < 1.0
+    assert right.std() > 2.0  # the start still varies
+    with pytest.raises(ValueError, match="paths must be one of long, reversible"):
+        sample_layout("red", "circle", "left", 0, paths="short")
 
 
 def test_background_is_never_an_object_colour():
@@ -201,6 +224,9 @@ def test_cli_synth(tmp_path, capsys):
     assert "wrote 3 train clips" in capsys.readouterr().out
     records = read_manifest(tmp_path / "manifest.jsonl")
     assert len(records) == 3 and records[0].frames == 9
+    assert _cli("synth", "--out", str(tmp_path / "rev"), "--num", "1", "--seed", "7", "--frames", "9",
+                "--paths", "reversible") == 0
+    assert (tmp_path / "rev" / "videos" / "000000.mp4").read_bytes() != Path(records[0].path).read_bytes()
     with pytest.raises(ValueError, match="jsonl or"):
         _cli("synth", "--out", str(tmp_path / "x"), "--num", "1", "--manifest", "m.csv")
     with pytest.raises(ValueError, match="--size"):

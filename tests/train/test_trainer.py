@@ -12,6 +12,7 @@ from openwan.configs import DIT_PRESETS
 from openwan.models import WanDiT
 from openwan.models.text_encoder import encode_prompts, pad_context
 from openwan.train import ListBatches, Trainer, flow_matching_loss, load_config, read_metrics
+from openwan.train.trainer import noised
 from tiny import tiny_components
 
 
@@ -215,6 +216,40 @@ def test_draw_noise_per_frame(tmp_path, per_frame):
     assert sigmas.shape == (64, 5)
     distinct = (sigmas != sigmas[:, :1]).any(1).float().mean().item()  # samples whose frames differ
     assert abs(distinct - per_frame) < 0.2
+
+
+def test_clean_first_frame_is_context_not_target():
+    """σ 0 on the first frame (Wan2.2 TI2V-style): the DiT sees it clean at t 0, and the loss is the velocity MSE
+    of the other frames alone."""
+    dit = WanDiT(DIT_PRESETS["tiny"])  # zero head: predicts v = 0
+    x0, noise = torch.randn(2, 16, 3, 4, 4), torch.randn(2, 16, 3, 4, 4)
+    sigmas = torch.tensor([[0.0, 0.6, 0.6], [0.0, 0.9, 0.9]])
+    loss = flow_matching_loss(dit, x0, torch.randn(2, 3, 32), sigmas, noise)
+    torch.testing.assert_close(loss, ((noise - x0)[:, :, 1:] ** 2).mean())
+    x_t, t = noised(x0, sigmas, noise, dit.cfg.patch_size)
+    assert torch.equal(x_t[:, :, 0], x0[:, :, 0]) and (t[:, :4] == 0).all() and (t[:, 4:] > 0).all()
+
+
+@pytest.mark.parametrize("first_frame, per_frame", [(1.0, 0.0), (0.3, 0.0), (0.3, 0.4)])
+def test_draw_noise_first_frame(tmp_path, first_frame, per_frame):
+    batch = {"latents": torch.randn(1, 16, 1, 4, 4), "context": torch.randn(1, 4, 32)}
+    trainer = Trainer(_cfg(tmp_path, f"timesteps.first_frame={first_frame}", f"timesteps.per_frame={per_frame}"),
+                      data=ListBatches([batch]))
+    sigmas, _, _ = trainer.draw_noise(torch.zeros(200, 16, 5, 4, 4))
+    assert sigmas.shape == (200, 5)
+    clean = sigmas[:, 0] == 0
+    assert (sigmas[:, 1:] > 0).all() and abs(clean.float().mean().item() - first_frame) < 0.1
+    assert (sigmas[clean, 1:] == sigmas[clean, 1:2]).all()  # the rest share one level
+    if first_frame < 1:  # of the others, per_frame / (1 - first_frame) draw a level per frame
+        distinct = (sigmas[~clean] != sigmas[~clean][:, :1]).any(1).float().mean().item()
+        assert abs(distinct - per_frame / (1 - first_frame)) < 0.15
+    one_frame, _, _ = trainer.draw_noise(torch.zeros(8, 16, 1, 4, 4))  # an image: no frame to give
+    assert (one_frame > 0).all()
+
+
+def test_first_frame_and_per_frame_share_the_samples(tmp_path):
+    with pytest.raises(ValueError, match="at most 1"):
+        _cfg(tmp_path, "timesteps.first_frame=0.6", "timesteps.per_frame=0.6")
 
 
 def test_per_frame_must_be_a_fraction(tmp_path):

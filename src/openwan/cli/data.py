@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
     s.add_argument("--frames", type=int, default=17, help="frames per clip (4n+1 for the VAE)")
     s.add_argument("--fps", type=float, default=16)
     s.add_argument("--manifest", default="manifest.jsonl", help="manifest file name in --out (.jsonl or .parquet)")
+    s.add_argument("--paths", default="long", choices=["long", "reversible"],
+                   help="long: 40-60%% of the frame, the start gives the direction away; reversible: shorter, from "
+                        "a start the reverse path would also fit from")
     s.set_defaults(run=run_synth)
 
 
@@ -39,6 +42,6 @@ def run_synth(args: argparse.Namespace) -> int:
     from openwan.data.synthetic import make_dataset
 
     manifest = make_dataset(args.out, args.num, seed=args.seed, split=args.split, size=parse_size(args.size),
-                            frames=args.frames, fps=args.fps, manifest=args.manifest)
+                            frames=args.frames, fps=args.fps, manifest=args.manifest, paths=args.paths)
     print(f"wrote {args.num} {args.split} clips and {manifest}")
     return 0

@@ -49,6 +49,8 @@ SPLITS = ("train", "heldout")
 # the same bytes from run to run. Lossless 4:4:4: with 4:2:0 chroma the files themselves sit at ~34 dB PSNR from the
 # rendered frames (coloured edges at 64 px), a ceiling no VAE trained or measured on them could pass.
 MP4_OPTIONS = {"preset": "ultrafast", "crf": 0, "pix_fmt": "yuv444p"}
+# Path kinds (:func:`sample_layout`) and the range their travel fraction is drawn from.
+PATHS = {"long": (0.40, 0.60), "reversible": (0.35, 0.50)}
 
 SHAPE_NOUNS = {"circle": ("circle", "ball", "disc"), "square": ("square", "box"), "triangle": ("triangle",)}
 # verb: (third person, -ing form)
@@ -214,11 +216,15 @@ def half_extent(shape: str, radius: float) -> tuple[float, float]:
 
 
 def sample_layout(colour: str, shape: str, motion: str, seed: int, size: int | tuple[int, int] = 64,
-                  frames: int = 17) -> ClipLayout:
+                  frames: int = 17, paths: str = "long") -> ClipLayout:
     """The random choices of one clip, from ``seed``: background tone and ramp, object colour jitter, size,
-    and a path that keeps the whole object in frame. Moving objects travel 40-60% of the frame along their
-    axis (less when a large shape has no room for it), at constant speed: at least about one latent pixel per
-    latent frame, so the motion a DiT token sees between latent frames is not a sub-pixel shade."""
+    and a path that keeps the whole object in frame, at constant speed. ``paths`` (:data:`PATHS`):
+
+    - ``"long"``: moving objects travel 40-60% of the frame along their axis (less when a large shape has no room
+      for it): about one latent pixel per latent frame, but a path that long gives its direction away by where it
+      starts (a left mover starts in the right half).
+    - ``"reversible"``: 35-50% of the room the object has, from a start the reverse path would also fit from
+      (near the middle of the axis): where the object starts says nothing of which way it goes."""
     _check_attributes(colour, shape, motion)
     width, height = _size(size)
     if frames < 2:
@@ -230,13 +236,20 @@ def sample_layout(colour: str, shape: str, motion: str, seed: int, size: int | t
     radius = float(rng.uniform(0.12, 0.19) * min(width, height))
     hx, hy = half_extent(shape, radius)
     dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}[motion]
-    travel = rng.uniform(0.40, 0.60)
+    if paths not in PATHS:
+        raise ValueError(f"paths must be one of {', '.join(PATHS)}; got {paths!r}.")
+    travel = rng.uniform(*PATHS[paths])
     margin = 1.0
     room_x, room_y = width - 2 * (margin + hx), height - 2 * (margin + hy)  # the farthest a path can go, pixels
-    shift_x, shift_y = dx * min(travel * width, room_x), dy * min(travel * height, room_y)  # total displacement
-    # Start positions that keep the whole bounding box in frame at both ends of the (straight) path.
-    x0 = _between(rng, margin + hx + max(0.0, -shift_x), width - margin - hx - max(0.0, shift_x))
-    y0 = _between(rng, margin + hy + max(0.0, -shift_y), height - margin - hy - max(0.0, shift_y))
+    if paths == "long":  # a fraction of the frame, capped by the room
+        shift_x, shift_y = dx * min(travel * width, room_x), dy * min(travel * height, room_y)
+        # Start positions that keep the whole bounding box in frame at both ends of the (straight) path.
+        reach_x, reach_y = (max(0.0, -shift_x), max(0.0, shift_x)), (max(0.0, -shift_y), max(0.0, shift_y))
+    else:  # a fraction of the room; the reverse path from the same start would fit too
+        shift_x, shift_y = dx * travel * room_x, dy * travel * room_y
+        reach_x, reach_y = (abs(shift_x),) * 2, (abs(shift_y),) * 2
+    x0 = _between(rng, margin + hx + reach_x[0], width - margin - hx - reach_x[1])
+    y0 = _between(rng, margin + hy + reach_y[0], height - margin - hy - reach_y[1])
     rgb = np.clip(np.array(COLOURS[colour]) + rng.uniform(-0.03, 0.03, size=3), 0, 1)
     return ClipLayout(shape=shape, width=width, height=height, frames=frames, rgb=tuple(map(float, rgb)),
                       radius=radius, start=(float(x0), float(y0)), end=(float(x0 + shift_x), float(y0 + shift_y)),
@@ -282,9 +295,9 @@ def render_layout(layout: ClipLayout) -> torch.Tensor:
 
 
 def render_clip(colour: str, shape: str, motion: str, seed: int, size: int | tuple[int, int] = 64,
-                frames: int = 17) -> torch.Tensor:
+                frames: int = 17, paths: str = "long") -> torch.Tensor:
     """One clip ``[T, H, W, 3]`` in [0, 1], deterministic from ``seed``; ``size`` is an int or (width, height)."""
-    return render_layout(sample_layout(colour, shape, motion, seed, size, frames))
+    return render_layout(sample_layout(colour, shape, motion, seed, size, frames, paths))
 
 
 # --------------------------------------------------------------------------------------------- dataset
@@ -306,22 +319,25 @@ def dataset_combinations(num: int, seed: int, split: str = "train") -> list[tupl
 
 def make_dataset(out_dir: str | Path, num: int, seed: int = 0, split: str = "train",
                  size: int | tuple[int, int] = 64, frames: int = 17, fps: float = 16,
-                 manifest: str = "manifest.jsonl") -> Path:
+                 manifest: str = "manifest.jsonl", paths: str = "long") -> Path:
     """Write ``num`` clips of ``split`` as ``out_dir/videos/NNNNNN.mp4`` plus a manifest in the training schema
-    (``.jsonl`` or ``.parquet``, by the name's suffix); returns the manifest's path."""
+    (``.jsonl`` or ``.parquet``, by the name's suffix); returns the manifest's path. ``paths``: see
+    :func:`sample_layout`."""
     if num < 1:
         raise ValueError(f"the number of clips must be at least 1; got {num}.")
     width, height = _size(size)
     if fps <= 0:
         raise ValueError(f"fps must be positive; got {fps}.")
-    if Path(manifest).suffix.lower() not in MANIFEST_SUFFIXES:  # fail before rendering anything
+    if paths not in PATHS:  # fail before rendering anything
+        raise ValueError(f"paths must be one of {', '.join(PATHS)}; got {paths!r}.")
+    if Path(manifest).suffix.lower() not in MANIFEST_SUFFIXES:
         raise ValueError(f"manifest {manifest!r} must be named *.jsonl or *.parquet.")
     out_dir = Path(out_dir)
     records = []
     for index, (colour, shape, motion) in enumerate(dataset_combinations(num, seed, split)):
         rng = _clip_rng(seed, index)
         caption = make_caption(colour, shape, motion, rng)
-        clip = render_clip(colour, shape, motion, int(rng.integers(2**63 - 1)), (width, height), frames)
+        clip = render_clip(colour, shape, motion, int(rng.integers(2**63 - 1)), (width, height), frames, paths)
         path = save_video(clip, out_dir / "videos" / f"{index:06d}.mp4", fps=fps, **MP4_OPTIONS).absolute()
         records.append(ClipRecord(path=str(path), caption=caption, frames=frames, fps=float(fps), width=width,
                                   height=height, id=f"synthetic-{split}-{seed}-{index:06d}"))
@@ -330,5 +346,5 @@ def make_dataset(out_dir: str | Path, num: int, seed: int = 0, split: str = "tra
 
 __all__ = ["COLOURS", "SHAPES", "MOTIONS", "SHAPE_NOUNS", "VERBS", "combinations", "is_held_out",
            "split_combinations", "canonical_caption", "heldout_prompts", "make_caption", "parse_caption",
-           "ClipLayout", "sample_layout", "render_layout", "shape_coverage", "half_extent", "render_clip",
+           "PATHS", "ClipLayout", "sample_layout", "render_layout", "shape_coverage", "half_extent", "render_clip",
            "dataset_combinations", "make_dataset"]

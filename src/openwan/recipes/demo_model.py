@@ -24,7 +24,7 @@ stages:
   - {{name: shapes-64px, steps: {steps}, batch_size: 24, buckets: [[17, 64, 64]]}}
 optim: {{lr: 5.0e-4, weight_decay: 0.01, grad_clip: 1.0}}
 schedule: {{kind: cosine, warmup_steps: 100, min_lr_ratio: 0.1}}
-timesteps: {{mode: logit_normal, shift: 3.0}}
+timesteps: {{mode: logit_normal, shift: 3.0, first_frame: {first_frame}}}
 ema: {{decay: 0.998}}
 text_dropout: 0.1
 checkpoint: {{every: 500, keep_last: 2}}
@@ -95,22 +95,25 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("work", type=Path)
     parser.add_argument("--dit-steps", type=int, default=3500)
-    parser.add_argument("--dit-extend-to", type=int, default=6000,
+    parser.add_argument("--dit-extend-to", type=int, default=0,
                         help="then resume that run with the cosine schedule stretched to this many steps (a warm "
-                             "restart: motion direction was still being learned at the end of the first phase); "
-                             "0 = no second phase")
+                             "restart); 0 = no second phase (the shipped model has none)")
+    parser.add_argument("--first-frame", type=float, default=0.3,
+                        help="the fraction of samples whose first latent frame is given clean (Wan2.2 TI2V-style "
+                             "joint training): continuing a given frame is where the direction words are learnt, "
+                             "on data whose start positions do not give the direction away (docs/benchmarks.md)")
     parser.add_argument("--per-frame", type=float, default=0.5,
                         help="in the second phase, this fraction of samples draws a noise level per latent frame "
-                             "(diffusion forcing, meant to teach which way time runs; it did not teach the "
-                             "direction words, even from the first step on data without the position shortcut: "
-                             "docs/benchmarks.md)")
+                             "(diffusion forcing); on its own it did not teach the direction words "
+                             "(docs/benchmarks.md)")
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     args = parser.parse_args(argv)
     cache = args.work / "cache"
     if not (cache / "text_index.json").is_file():
         build_caches(args.work)
     config = args.work / "dit.yaml"
-    config.write_text(DIT_CONFIG.format(cache=cache.resolve(), steps=args.dit_steps, out=(args.work / "dit").resolve()))
+    config.write_text(DIT_CONFIG.format(cache=cache.resolve(), steps=args.dit_steps, first_frame=args.first_frame,
+                                        out=(args.work / "dit").resolve()))
     train = [sys.executable, "-m", "openwan", "train", "--config", str(config)]
     if _trained_steps(args.work) < args.dit_steps:  # both phases resume from the newest checkpoint when re-run
         subprocess.run(train, check=True)

@@ -121,6 +121,9 @@ class TimestepConfig:
     per-token timesteps) instead of sharing one; frames then have to be predicted from cleaner neighbours, past or
     future — meant to reward knowing which way time runs, though on the demo model it did not teach the direction
     words (docs/benchmarks.md). Sampling is unchanged (one σ for all frames).
+    ``first_frame``: the fraction of samples whose first latent frame is given clean (σ 0, no loss on it) while the
+    rest share one drawn σ — Wan2.2 TI2V's joint text-and-image-to-video training: the model learns to continue
+    a given first frame, where the prompt alone says where the scene goes. Drawn before ``per_frame``.
     """
 
     mode: Literal["uniform", "logit_normal"] = "uniform"
@@ -132,6 +135,7 @@ class TimestepConfig:
     max_tokens: int = 4096
     max_shift: float = 1.15
     per_frame: float = 0.0
+    first_frame: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -493,6 +497,9 @@ def _validate(cfg: TrainConfig) -> None:
         _check(math.isfinite(t.shift) and t.shift > 0, "timesteps.shift", "a positive number or resolution", t.shift)
     _check(t.logit_std > 0, "timesteps.logit_std", "a positive number", t.logit_std)
     _check(0 <= t.per_frame <= 1, "timesteps.per_frame", "a fraction from 0 to 1", t.per_frame)
+    _check(0 <= t.first_frame <= 1, "timesteps.first_frame", "a fraction from 0 to 1", t.first_frame)
+    _check(t.first_frame + t.per_frame <= 1, "timesteps.first_frame + timesteps.per_frame",
+           "at most 1 (they are fractions of the same samples)", t.first_frame + t.per_frame)
     _check(t.max_tokens != t.base_tokens and t.base_tokens > 0, "timesteps.max_tokens",
            "a token count different from timesteps.base_tokens (both > 0)", t.max_tokens)
     _check(0.0 <= cfg.ema.decay < 1.0, "ema.decay", "in [0, 1) (0 disables the EMA)", cfg.ema.decay)

@@ -105,13 +105,19 @@ def flow_matching_loss(dit: nn.Module, x0: torch.Tensor, context: torch.Tensor, 
     """MSE between the DiT's velocity at x_σ = (1 − σ)·x0 + σ·ε and the target ε − x0 (float32 scalar).
 
     x0, noise [B, C, F, h, w]; context [B, L, text_dim]; sigmas in [0, 1], [B] (one level per sample: the model sees
-    t = σ·1000) or [B, F] (one per latent frame, diffusion forcing: the model sees each token's frame's t).
+    t = σ·1000) or [B, F] (one per latent frame, diffusion forcing: the model sees each token's frame's t). Frames
+    at σ 0 (given clean) are left out of the mean.
     """
     x_t, t = noised(x0, sigmas, noise, dit.cfg.patch_size)
     target = noise - x0
     with _autocast(x0.device, autocast_dtype):
         pred = dit(x_t, t, context)
-    return F.mse_loss(pred.float(), target.float())
+    if sigmas.ndim == 1 or bool((sigmas > 0).all()):
+        return F.mse_loss(pred.float(), target.float())
+    # Frames given clean (σ 0) are context, not targets: their velocity is the unseen noise.
+    noisy = (sigmas > 0).to(pred.device, torch.float32)[:, None, :, None, None]
+    error = (pred.float() - target.float()).square() * noisy
+    return error.sum() / (noisy.sum() * pred.shape[1] * pred.shape[3] * pred.shape[4]).clamp(min=1)
 
 
 def noised(x0: torch.Tensor, sigmas: torch.Tensor, noise: torch.Tensor,
@@ -436,18 +442,24 @@ class Trainer:
             shift = float(t.shift)
         pt = self.dit.cfg.patch_size[0]
         token_frames = x0.shape[2] // pt
+        per_frame = t.per_frame > 0 or t.first_frame > 0
         sigmas, noise = [], []
         for gen in self._generators("noise", x0.shape[0]):
-            draws = 1
-            if t.per_frame > 0 and float(torch.rand((), generator=gen)) < t.per_frame:
-                draws = token_frames
+            draws, clean_first = 1, False
+            if per_frame:
+                u = float(torch.rand((), generator=gen))
+                clean_first = u < t.first_frame and token_frames > 1
+                draws = token_frames if t.first_frame <= u < t.first_frame + t.per_frame else 1
             sigma = sample_training_sigmas(draws, t.mode, shift, generator=gen, logit_mean=t.logit_mean,
                                            logit_std=t.logit_std)
-            if t.per_frame > 0:  # [F]: the level of each latent frame
-                sigma = sigma.expand(token_frames).repeat_interleave(pt)
+            if per_frame:  # [F]: the level of each latent frame
+                sigma = sigma.expand(token_frames).clone()
+                if clean_first:
+                    sigma[0] = 0.0
+                sigma = sigma.repeat_interleave(pt)
             sigmas.append(sigma)
             noise.append(torch.randn(x0.shape[1:], generator=gen, dtype=torch.float32))
-        return (torch.stack(sigmas) if t.per_frame > 0 else torch.cat(sigmas)), torch.stack(noise), shift
+        return (torch.stack(sigmas) if per_frame else torch.cat(sigmas)), torch.stack(noise), shift
 
     def _generators(self, stream: str, batch: int) -> list[torch.Generator]:
         """One generator per sample of this rank's batch for the next draw of ``stream``."""
