@@ -16,6 +16,7 @@ DIT_STEPS=${DIT_STEPS:-3500}
 DIT_EXTEND_TO=${DIT_EXTEND_TO:-0}
 mkdir -p "$WORK"
 
+# Reversible paths: where an object starts never tells which way it goes, so only the prompt can.
 [ -f "$WORK/data/train/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/train" --num "$NUM_CLIPS" --seed 0 \
   --paths reversible
 [ -f "$WORK/data/heldout/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/heldout" --num 72 --seed 1 \
@@ -37,7 +38,6 @@ mkdir -p "$WORK"
   --size 64 --frames 9 --batch-size 4 --steps "$VAE_DECODER_STEPS" --lr 2e-4 --warmup-steps 20 --min-lr-ratio 0.05 \
   --l2-weight 10 --log-every 50 --save-every 250 --workers 1
 
-# Reversible paths: where an object starts never tells which way it goes, so only the prompt can.
 # The rest is driven from Python: the text encoder (pre-trained on training captions by span corruption, then
 # frozen), the caches, the DiT and the release folder. The DiT trains DIT_STEPS on a cosine schedule, 30% of its
 # samples with the first latent frame given clean (Wan2.2 TI2V-style); DIT_EXTEND_TO > DIT_STEPS then resumes it

@@ -110,8 +110,10 @@ def test_render_is_deterministic_and_seed_dependent():
 
 
 def _in_frame(layout) -> bool:
-    return all(layout.box(t)[0] >= 0 and layout.box(t)[1] >= 0 and layout.box(t)[2] <= layout.width
-               and layout.box(t)[3] <= layout.height for t in (0, layout.frames - 1))
+    """The whole bounding box is in frame at both ends of the path."""
+    boxes = [layout.box(t) for t in (0, layout.frames - 1)]
+    return all(left >= 0 and top >= 0 and right <= layout.width and bottom <= layout.height
+               for left, top, right, bottom in boxes)
 
 
 @pytest.mark.parametrize("paths", ["long", "reversible"])

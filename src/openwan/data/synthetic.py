@@ -170,6 +170,11 @@ def _check_attributes(colour: str, shape: str, motion: str) -> None:
 # ------------------------------------------------------------------------------------------- rendering
 
 
+def _check_paths(paths: str) -> None:
+    if paths not in PATHS:
+        raise ValueError(f"paths must be one of {', '.join(PATHS)}; got {paths!r}.")
+
+
 def _size(size: int | tuple[int, int]) -> tuple[int, int]:
     """(width, height) from an int (square) or a (width, height) pair, checked."""
     width, height = (size, size) if isinstance(size, int) else size
@@ -226,6 +231,7 @@ def sample_layout(colour: str, shape: str, motion: str, seed: int, size: int | t
     - ``"reversible"``: 35-50% of the room the object has, from a start the reverse path would also fit from
       (near the middle of the axis): where the object starts says nothing of which way it goes."""
     _check_attributes(colour, shape, motion)
+    _check_paths(paths)
     width, height = _size(size)
     if frames < 2:
         raise ValueError(f"a clip needs at least 2 frames; got {frames}.")
@@ -236,8 +242,6 @@ def sample_layout(colour: str, shape: str, motion: str, seed: int, size: int | t
     radius = float(rng.uniform(0.12, 0.19) * min(width, height))
     hx, hy = half_extent(shape, radius)
     dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}[motion]
-    if paths not in PATHS:
-        raise ValueError(f"paths must be one of {', '.join(PATHS)}; got {paths!r}.")
     travel = rng.uniform(*PATHS[paths])
     margin = 1.0
     room_x, room_y = width - 2 * (margin + hx), height - 2 * (margin + hy)  # the farthest a path can go, pixels
@@ -328,8 +332,7 @@ def make_dataset(out_dir: str | Path, num: int, seed: int = 0, split: str = "tra
     width, height = _size(size)
     if fps <= 0:
         raise ValueError(f"fps must be positive; got {fps}.")
-    if paths not in PATHS:  # fail before rendering anything
-        raise ValueError(f"paths must be one of {', '.join(PATHS)}; got {paths!r}.")
+    _check_paths(paths)  # fail before rendering anything
     if Path(manifest).suffix.lower() not in MANIFEST_SUFFIXES:
         raise ValueError(f"manifest {manifest!r} must be named *.jsonl or *.parquet.")
     out_dir = Path(out_dir)
