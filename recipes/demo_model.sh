@@ -8,11 +8,11 @@ set -euo pipefail
 OPENWAN=${OPENWAN:-".venv/bin/python -m openwan"}
 PY=${PY:-.venv/bin/python}
 WORK=${1:-runs/demo-model}
-NUM_CLIPS=${NUM_CLIPS:-1440}
+NUM_CLIPS=${NUM_CLIPS:-5760}
 VAE1_STEPS=${VAE1_STEPS:-2400}
 VAE2_STEPS=${VAE2_STEPS:-400}
 VAE_DECODER_STEPS=${VAE_DECODER_STEPS:-1000}
-DIT_STEPS=${DIT_STEPS:-3500}
+DIT_STEPS=${DIT_STEPS:-4500}
 DIT_EXTEND_TO=${DIT_EXTEND_TO:-0}
 mkdir -p "$WORK"
 

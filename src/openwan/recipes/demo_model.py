@@ -94,7 +94,7 @@ def _trained_steps(work: Path) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("work", type=Path)
-    parser.add_argument("--dit-steps", type=int, default=3500)
+    parser.add_argument("--dit-steps", type=int, default=4500)
     parser.add_argument("--dit-extend-to", type=int, default=0,
                         help="then resume that run with the cosine schedule stretched to this many steps (a warm "
                              "restart); 0 = no second phase (the shipped model has none)")
