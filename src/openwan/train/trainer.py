@@ -442,24 +442,24 @@ class Trainer:
             shift = float(t.shift)
         pt = self.dit.cfg.patch_size[0]
         token_frames = x0.shape[2] // pt
-        per_frame = t.per_frame > 0 or t.first_frame > 0
+        frame_sigmas = t.per_frame > 0 or t.first_frame > 0  # [B, F] sigmas: a level per latent frame
         sigmas, noise = [], []
         for gen in self._generators("noise", x0.shape[0]):
             draws, clean_first = 1, False
-            if per_frame:
+            if frame_sigmas:
                 u = float(torch.rand((), generator=gen))
                 clean_first = u < t.first_frame and token_frames > 1
                 draws = token_frames if t.first_frame <= u < t.first_frame + t.per_frame else 1
             sigma = sample_training_sigmas(draws, t.mode, shift, generator=gen, logit_mean=t.logit_mean,
                                            logit_std=t.logit_std)
-            if per_frame:  # [F]: the level of each latent frame
+            if frame_sigmas:  # [F]: the level of each latent frame
                 sigma = sigma.expand(token_frames).clone()
                 if clean_first:
                     sigma[0] = 0.0
                 sigma = sigma.repeat_interleave(pt)
             sigmas.append(sigma)
             noise.append(torch.randn(x0.shape[1:], generator=gen, dtype=torch.float32))
-        return (torch.stack(sigmas) if per_frame else torch.cat(sigmas)), torch.stack(noise), shift
+        return (torch.stack(sigmas) if frame_sigmas else torch.cat(sigmas)), torch.stack(noise), shift
 
     def _generators(self, stream: str, batch: int) -> list[torch.Generator]:
         """One generator per sample of this rank's batch for the next draw of ``stream``."""
