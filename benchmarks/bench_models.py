@@ -22,7 +22,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from torch.utils.flop_counter import FlopCounterMode
 
 from openwan.checkpoints import keymaps
-from openwan.configs import DiTConfig, VAEConfig
+from openwan.configs import VAE_PRESETS, DiTConfig, VAEConfig
 from openwan.models import WanDiT, WanVAE
 
 
@@ -89,15 +89,21 @@ def vae_pair(cfg: VAEConfig, device, dtype):
     return ours, theirs.to(device=device, dtype=dtype).eval()
 
 
-def bench_vae(cfg: VAEConfig, latent: tuple[int, int, int], device, dtype, reps: int) -> dict:
+def bench_vae(cfg: VAEConfig, latent: tuple[int, int, int], device, dtype, reps: int, batch: int = 1,
+              label: str = "") -> list[dict]:
+    """Decode of a ``latent`` (frames, height, width) and encode of the clip it stands for, ``batch`` at once."""
     ours, theirs = vae_pair(cfg, device, dtype)
     f, h, w = latent
-    z = torch.randn(1, cfg.z_dim, f, h, w, device=device, dtype=dtype)
+    z = torch.randn(batch, cfg.z_dim, f, h, w, device=device, dtype=dtype)
+    x = torch.rand(batch, 3, 1 + 4 * (f - 1), 8 * h, 8 * w, device=device, dtype=dtype) * 2 - 1
     mean = torch.tensor(cfg.latents_mean, device=device, dtype=dtype).view(1, -1, 1, 1, 1)
     std = torch.tensor(cfg.latents_std, device=device, dtype=dtype).view(1, -1, 1, 1, 1)
+    name = f"{label}VAE %s {batch}x{f}x{h}x{w} latent"
     with torch.no_grad():
-        return compare(f"VAE decode {f}x{h}x{w} latent", lambda: ours.decode(z),
-                       lambda: theirs.decode(z * std + mean, return_dict=False)[0], device, reps)
+        return [compare(name % "decode", lambda: ours.decode(z),
+                        lambda: theirs.decode(z * std + mean, return_dict=False)[0], device, reps),
+                compare(name % "encode", lambda: ours.encode(x),
+                        lambda: theirs.encode(x, return_dict=False)[0].mode(), device, reps)]
 
 
 # ----------------------------------------------------------------------------------- peak memory
@@ -145,6 +151,7 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="peak memory of streaming decode vs diffusers")
     parser.add_argument("--memory-size", type=int, default=64, help="pixel size of the memory benchmark")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--vae-only", action="store_true", help="skip the DiT rows")
     args = parser.parse_args()
     if args.memory_child:
         which, frames, size = args.memory_child
@@ -161,9 +168,12 @@ def main() -> None:
         bench_dit(DIT_PRESETS["t2v-1.3B"], (21, 60, 104), device, dtype, args.reps)
         bench_vae(VAEConfig(), (21, 60, 104), device, dtype, args.reps)
         return
-    dit_cfg = DiTConfig(dim=512, num_heads=4, num_layers=8, ffn_dim=2048)
-    bench_dit(dit_cfg, (5, 32, 32), device, torch.float32, args.reps)
+    if not args.vae_only:
+        bench_dit(DiTConfig(dim=512, num_heads=4, num_layers=8, ffn_dim=2048), (5, 32, 32), device, torch.float32,
+                  args.reps)
     bench_vae(VAEConfig(), (3, 8, 8), device, torch.float32, args.reps)
+    # the bundled demo model's VAE on a batch of its 17-frame 64x64 clips: what building its latent cache does
+    bench_vae(VAE_PRESETS["demo"], (5, 8, 8), device, torch.float32, args.reps, batch=16, label="demo ")
 
 
 if __name__ == "__main__":
