@@ -279,3 +279,15 @@ def test_rejects_bad_tiling(tiny):
         tiny.decode(z, tile=256)
     with pytest.raises(ValueError, match="overlap < tile_size"):
         VAETiling(32, 32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channel_norm_matches_vector_norm(dtype):
+    # the CPU path sums squares; it must agree with the float32 vector norm it replaces, in any input dtype
+    from openwan.models.vae import channel_norm
+
+    x = (torch.randn(3, 16, 5, 6, 7) * 3).to(dtype)
+    want = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32)
+    got = channel_norm(x)
+    assert got.dtype == torch.float32 and got.shape == (3, 1, 5, 6, 7)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)

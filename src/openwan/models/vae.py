@@ -140,8 +140,9 @@ def channel_norm(x: torch.Tensor) -> torch.Tensor:
     """The float32 L2 norm of ``x`` [B, C, ...] over its channels, keeping the channel dim.
 
     On CPU, ``torch.linalg.vector_norm`` over a dimension that is not the innermost takes a strided path some
-    20-40x slower than a sum of squares, and the VAE spends most of its time there (benchmarks/vae_norm.py);
-    on GPU it is fast and never materialises a float32 copy of a bfloat16 ``x``."""
+    16-47x slower than a sum of squares; with a batch and few channels that was over half the VAE's encode time
+    (benchmarks/bench_models.py, docs/benchmarks.md). On GPU it is fast and never makes a float32 copy of a
+    bfloat16 ``x``."""
     if x.device.type == "cpu":
         xf = x.float()
         return (xf * xf).sum(1, keepdim=True).sqrt()
