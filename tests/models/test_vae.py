@@ -9,7 +9,7 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
 from conftest import official_keys
 from openwan.configs import VAE_PRESETS, VAEConfig
-from openwan.models.vae import VAETiling, WanVAE
+from openwan.models.vae import VAETiling, WanVAE, channel_norm
 
 # A second small architecture: other dim_mult, other temporal levels, z_dim 8 with its own statistics.
 # diffusers' converter hard-codes 4 levels of 2 residual blocks with a decoder shortcut only at upsamples.4,
@@ -284,8 +284,6 @@ def test_rejects_bad_tiling(tiny):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_channel_norm_matches_vector_norm(dtype):
     # the CPU path sums squares; it must agree with the float32 vector norm it replaces, in any input dtype
-    from openwan.models.vae import channel_norm
-
     x = (torch.randn(3, 16, 5, 6, 7) * 3).to(dtype)
     want = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=torch.float32)
     got = channel_norm(x)
