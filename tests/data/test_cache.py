@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from dataclasses import replace
 
 import pytest
@@ -87,6 +88,37 @@ def test_latent_cache_is_the_vae_encoding(cache, models, data):
         got = _stored(out, "index.json", record.id)
         assert got.shape == (16, 1 + (bucket.frames - 1) // 4, 4, 4)
         assert torch.equal(got, expected)
+
+
+def test_cached_clips_serve_shorter_buckets_as_their_first_frames(cache, models, data):
+    out, _, _ = cache
+    vae, _, _ = models
+    records, _ = data
+    dataset = CachedDataset(out)
+    nine, five, image = Bucket(9, 32, 32), Bucket(5, 32, 32), Bucket(1, 32, 32)
+    cached = dict(zip(dataset.keys, dataset.buckets))
+    assert sorted(b.frames for b in cached.values()) == [1, 1, 5, 9, 9]
+    served = dict(zip(dataset.keys, dataset.fit_buckets([image, five])))
+    assert served == {k: five if b.frames > 1 else image for k, b in cached.items()}
+    for record in records:
+        if cached[record.id] != nine:
+            continue
+        clip = load_clip(record, nine)[None]  # [1, 3, 9, H, W]
+        item = dataset[dataset.keys.index(record.id)]
+        assert item["latents"].shape == (16, 2, 4, 4)
+        with torch.no_grad():  # the causal VAE: the first 5 frames alone encode to the first 2 latent frames
+            expected = vae.encode(clip[:, :, :5])[0]
+        torch.testing.assert_close(item["latents"], expected, rtol=1e-4, atol=1e-5)
+        assert torch.equal(item["latents"], _stored(out, "index.json", record.id)[:, :2])
+    images_only = dict(zip(dataset.keys, dataset.fit_buckets([image])))
+    for record in records:
+        if cached[record.id] == nine:
+            with torch.no_grad():
+                expected = vae.encode(load_clip(record, nine)[None][:, :, :1])[0]
+            torch.testing.assert_close(dataset[dataset.keys.index(record.id)]["latents"], expected, rtol=1e-4,
+                                       atol=1e-5)
+    assert all(b == image for b in images_only.values())
+    assert dataset.fit_buckets([Bucket(5, 64, 64)]) == [None] * len(dataset)  # another size: nothing fits
 
 
 def test_text_cache_is_encode_prompts(cache, models, data):
@@ -174,6 +206,19 @@ def test_cached_batches_equal_raw_batches_through_the_models(cache, models, data
         n += len(c["key"])
     assert n == len(records) - 1
     assert worst <= 1e-5  # batched convolution sums in another order than one clip at a time
+
+
+def test_cached_dataset_keeps_few_shards_open_and_pickles_without_them(cache, monkeypatch):
+    out, _, _ = cache
+    monkeypatch.setattr("openwan.data.cache.OPEN_SHARDS", 2)
+    dataset = CachedDataset(out)
+    for _ in range(2):  # every item twice, through a window of two open shards (latent and text shards alternate)
+        for i, key in enumerate(dataset.keys):
+            item = dataset[i]
+            assert torch.equal(item["latents"], _stored(out, "index.json", key))
+            assert len(dataset._shards) <= 2
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert not copy._shards and torch.equal(copy[0]["latents"], dataset[0]["latents"])
 
 
 def test_cached_dataset_without_text_cache_gives_captions(tmp_path, cache, data):

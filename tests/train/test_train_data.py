@@ -88,6 +88,10 @@ def test_cache_training_and_bucket_mismatch(tmp_path):
                              "log.progress=false"])
     metrics = Trainer(cfg).fit()  # no VAE or text encoder needed: the cache holds latents and text states
     assert metrics["latent_shape"] == [2, 4, 4]
+    # A stage on shorter clips than the cache holds trains on their first latent frames.
+    short = cfg.replace(output_dir=str(tmp_path / "short"), stages=[{"steps": 1, "batch_size": 2,
+                                                                      "buckets": [[1, 32, 32]]}])
+    assert Trainer(short).fit()["latent_shape"] == [1, 4, 4]
     wrong = cfg.replace(output_dir=str(tmp_path / "wrong"), stages=[{"steps": 1, "buckets": [[1, 64, 64]]}])
     with pytest.raises(ValueError, match=r"no clip of the cache .* is in the stage's buckets"):
         Trainer(wrong).fit()

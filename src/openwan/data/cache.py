@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,6 +264,9 @@ def build_text_cache(records: Sequence[ClipRecord], encoder, tokenizer, out_dir:
 # ------------------------------------------------------------------------------------------- dataset
 
 
+OPEN_SHARDS = 64  # shards a CachedDataset keeps open (each holds a file handle and a memory map)
+
+
 def _read_tensor(path: Path, key: str) -> torch.Tensor:
     with safe_open(str(path), framework="pt") as f:  # maps the one tensor; other shards stay on disk
         return f.get_tensor(key)
@@ -275,7 +279,8 @@ class CachedDataset(Dataset):
     Without a text cache the items carry ``"caption"`` instead of the contexts, for encoding on the fly.
     ``records``: follow their order and ids (index i is ``records[i]``; clips not in the cache get bucket None,
     so a sampler never draws them) — this keeps indices aligned with a ``VideoClipDataset`` over the same
-    records. ``buckets[i]`` is item i's bucket, for ``BucketBatchSampler``.
+    records. ``buckets[i]`` is item i's bucket, for ``BucketBatchSampler``; :meth:`fit_buckets` serves items at
+    shorter buckets than they were cached at.
     """
 
     def __init__(self, cache_dir: str | Path, records: Sequence[ClipRecord] | None = None) -> None:
@@ -292,10 +297,49 @@ class CachedDataset(Dataset):
         usable = {k for k in self.latents if self.text is None or k in self.text}
         self.keys = [r.id for r in records] if records is not None else [k for k in self.latents if k in usable]
         self.buckets = [Bucket(*self.latents[k]["bucket"]) if k in usable else None for k in self.keys]
+        self.served = list(self.buckets)  # the bucket each item is served at (see fit_buckets)
+        self._shards: OrderedDict[str, object] = OrderedDict()  # open shards, most recently read last
         missing = sum(b is None for b in self.buckets)
         if missing:
             logger.warning("%d of %d clips are not in the cache %s and will not be drawn", missing, len(self.keys),
                            self.cache_dir)
+
+    def fit_buckets(self, buckets: Sequence[Bucket]) -> list[Bucket | None]:
+        """Each item's bucket among ``buckets``, which the item is served at from now on: its cached bucket, else
+        the longest one of the same size with fewer frames, else None (not drawn).
+
+        A shorter bucket is served as the first latent frames of the cached clip. Wan's VAE is causal in time (it
+        encodes frame 0 alone, then 4 frames per latent frame, each seeing only earlier frames), so the first
+        1 + (f - 1) / 4 latent frames of a clip are exactly the encoding of its first f frames: one cache of long
+        clips serves a curriculum that starts on short ones, or on images (f = 1).
+        """
+        wanted = list(dict.fromkeys(buckets))
+        served = []
+        for cached in self.buckets:
+            fit = None
+            if cached is not None:
+                shorter = [b for b in wanted if (b.height, b.width) == (cached.height, cached.width)
+                           and b.frames <= cached.frames]
+                fit = max(shorter, key=lambda b: b.frames, default=None)
+            served.append(fit)
+        self.served = served
+        return list(served)
+
+    def _read(self, shard: str, key: str) -> torch.Tensor:
+        """``key`` from ``shard``, kept open: opening a shard (its header, a memory map) costs ~3 ms, reading one
+        tensor of an open one ~0.1 ms — at 24 clips a step, 9% of the demo DiT's step time."""
+        handle = self._shards.pop(shard, None)
+        if handle is None:
+            handle = safe_open(str(self.cache_dir / shard), framework="pt")
+            if len(self._shards) >= OPEN_SHARDS:
+                self._shards.popitem(last=False)
+        self._shards[shard] = handle
+        return handle.get_tensor(key)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()  # open shards stay in the process that opened them (DataLoader workers reopen)
+        state["_shards"] = OrderedDict()
+        return state
 
     def _empty(self) -> torch.Tensor:
         path = self.cache_dir / TEXT_EMPTY
@@ -316,11 +360,15 @@ class CachedDataset(Dataset):
         if self.buckets[index] is None:
             raise ValueError(f"clip {key!r} is not in the cache {self.cache_dir}; draw indices with "
                              "batch_sampler(), which skips it.")
-        item = {"key": key, "latents": _read_tensor(self.cache_dir / self.latents[key]["shard"], key)}
+        latents = self._read(self.latents[key]["shard"], key)
+        served = self.served[index]
+        if served is not None and served != self.buckets[index]:
+            latents = latents[:, : 1 + (served.frames - 1) // 4].clone()  # a shorter bucket: see fit_buckets
+        item = {"key": key, "latents": latents}
         if self.text is None:
             item["caption"] = self.latents[key]["caption"]
             return item
-        item["context"] = self._padded(_read_tensor(self.cache_dir / self.text[key]["shard"], key))
+        item["context"] = self._padded(self._read(self.text[key]["shard"], key))
         item["context_empty"] = self.context_empty
         return item
 

@@ -78,6 +78,9 @@ class StageConfig:
 
     ``image_video_ratio`` is handed to the bucket sampler (the data mix); ``lr`` / ``warmup_steps`` None take
     ``optim.lr`` / ``schedule.warmup_steps``; ``manifest`` / ``cache_dir`` replace ``data``'s for this stage.
+    From a latent cache, a clip cached at a longer bucket of the same size trains at a shorter one of the stage
+    as its first latent frames (exact for the causal VAE; ``CachedDataset.fit_buckets``): one cache of long clips
+    serves a curriculum that starts on short clips or images.
     """
 
     name: str = "stage"

@@ -910,8 +910,9 @@ def _stage_source(cfg: TrainConfig, index: int, stage: StageConfig, manifest: st
         from openwan.data.cache import CachedDataset
 
         dataset = CachedDataset(cache_dir)
-        # A cache holds each clip at the bucket it was built for: the stage trains on those in its buckets.
-        assignments = [b if b in buckets else None for b in dataset.buckets]
+        # A cache holds each clip at the bucket it was built for: the stage trains on those in its buckets, and on
+        # the first frames of longer ones (exact for a causal VAE; see CachedDataset.fit_buckets).
+        assignments = dataset.fit_buckets(buckets)
         if not any(assignments):
             cached = sorted({tuple(b.as_list()) for b in dataset.buckets if b is not None})
             raise ValueError(f"stage {index} ({stage.name}): no clip of the cache {cache_dir} is in the stage's "
