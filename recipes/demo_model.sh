@@ -24,13 +24,14 @@ mkdir -p "$WORK"
 
 # VAE stage 1: a 2D image VAE on single frames, L1 + MSE (the MSE pulls the small object in early), cosine-decayed lr.
 # Stage 2: inflated to the 3D causal VAE and trained on 9-frame clips (1 + 4 + 4: the second 4-frame chunk runs, as
-# the rest of a clip does, on a cache filled by a full chunk before it).
+# the rest of a clip does, on a cache filled by a full chunk before it). Stage 2 at lr 3e-4 lost one colour (v7:
+# green clips 23.5 dB, the others 29; docs/benchmarks.md); at 1e-4 every colour comes through alike.
 [ -f "$WORK/vae1/image_vae.pth" ] || $OPENWAN train-vae --stage 1 --manifest "$WORK/data/train/manifest.jsonl" \
   --out "$WORK/vae1" --preset demo --size 64 --frames 1 --batch-size 16 --steps "$VAE1_STEPS" --lr 1e-3 \
   --warmup-steps 50 --min-lr-ratio 0.05 --l2-weight 10 --log-every 100 --save-every 600 --workers 1
 [ -f "$WORK/vae2/Wan2.1_VAE.pth" ] || $OPENWAN train-vae --stage 2 --manifest "$WORK/data/train/manifest.jsonl" \
   --out "$WORK/vae2" --init "$WORK/vae1/image_vae.pth" --size 64 --frames 9 --batch-size 4 --steps "$VAE2_STEPS" \
-  --lr 3e-4 --warmup-steps 20 --min-lr-ratio 0.1 --l2-weight 10 --log-every 50 --save-every 200 --workers 1
+  --lr 1e-4 --warmup-steps 20 --min-lr-ratio 0.1 --l2-weight 10 --log-every 50 --save-every 200 --workers 1
 # Then the decoder alone, at a fresh learning rate: the encoder is frozen, so the latents the DiT learns from are
 # stage 2's, byte for byte, and the release ships this sharper decoder with them.
 [ -f "$WORK/vae-decoder/Wan2.1_VAE.pth" ] || $OPENWAN train-vae --stage 2 --freeze-encoder \
