@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from transformers import ByT5Tokenizer, UMT5EncoderModel
 
 from openwan.configs import TEXT_ENCODER_PRESETS, VAE_PRESETS
 from openwan.data.buckets import Bucket
-from openwan.data.cache import CachedDataset, build_latent_cache, build_text_cache
+from openwan.data.cache import CachedDataset, _read_tensor, build_latent_cache, build_text_cache
 from openwan.data.dataset import collate
 from openwan.data.manifest import ClipRecord
 from openwan.data.video import save_video
@@ -34,8 +33,7 @@ class ReopeningDataset(CachedDataset):
     """The peer: every tensor read opens its shard afresh."""
 
     def _read(self, shard: str, key: str) -> torch.Tensor:
-        with safe_open(str(self.cache_dir / shard), framework="pt") as f:
-            return f.get_tensor(key)
+        return _read_tensor(self.cache_dir / shard, key)
 
 
 def build_cache(folder: Path, clips: int) -> Path:
