@@ -12,8 +12,6 @@ NUM_CLIPS=${NUM_CLIPS:-5760}
 VAE1_STEPS=${VAE1_STEPS:-2400}
 VAE2_STEPS=${VAE2_STEPS:-400}
 VAE_DECODER_STEPS=${VAE_DECODER_STEPS:-1000}
-DIT_STEPS=${DIT_STEPS:-4500}
-DIT_EXTEND_TO=${DIT_EXTEND_TO:-0}
 mkdir -p "$WORK"
 
 # Reversible paths: where an object starts never tells which way it goes, so only the prompt can.
@@ -43,4 +41,6 @@ mkdir -p "$WORK"
 # frozen), the caches, the DiT and the release folder. The DiT trains DIT_STEPS on a cosine schedule, 30% of its
 # samples with the first latent frame given clean (Wan2.2 TI2V-style); DIT_EXTEND_TO > DIT_STEPS then resumes it
 # with the schedule stretched (a warm restart; not used for the shipped model).
-$PY -m openwan.recipes.demo_model "$WORK" --dit-steps "$DIT_STEPS" --dit-extend-to "$DIT_EXTEND_TO" ${OUT:+--out "$OUT"}
+# DIT_STEPS and DIT_EXTEND_TO, when set, override the defaults of openwan/recipes/demo_model.py.
+$PY -m openwan.recipes.demo_model "$WORK" ${DIT_STEPS:+--dit-steps "$DIT_STEPS"} \
+  ${DIT_EXTEND_TO:+--dit-extend-to "$DIT_EXTEND_TO"} ${OUT:+--out "$OUT"}

@@ -917,7 +917,8 @@ def _stage_source(cfg: TrainConfig, index: int, stage: StageConfig, manifest: st
             cached = sorted({tuple(b.as_list()) for b in dataset.buckets if b is not None})
             raise ValueError(f"stage {index} ({stage.name}): no clip of the cache {cache_dir} is in the stage's "
                              f"buckets {[list(b) for b in stage.buckets]}; the cache holds {[list(b) for b in cached]}"
-                             " — set the stage's buckets to those (or build a cache for these).")
+                             " — set the stage's buckets to those, or to fewer frames at the same height and width"
+                             " (served as a clip's first latent frames), or build a cache for these.")
         where = f"cache {cache_dir}"
     used = sum(a is not None for a in assignments)
     log.info("stage %d (%s): %d of %d clips of the %s fit its buckets", index, stage.name, used, len(assignments),
