@@ -95,6 +95,12 @@ def test_clip_sets():
     # The dataset's lossless 4:4:4 files: only the 8-bit YCbCr round trip is left (4:2:0 would be ~34 dB, below
     # the VAE's 35 dB target), so the clips measure the VAE and not the codec.
     assert all(45 < psnr(r, s) < 100 for (_, r), (_, s) in zip(raw, synthetic))
+    # The recipe's dataset (--paths reversible) moves objects less far: the clips follow the paths asked for.
+    reversible = synthetic_clips(3, seed=0, size=(64, 64), frames=5, codec=False, paths="reversible")
+    assert [n for n, _ in reversible] == [n for n, _ in raw]
+    assert any(not torch.equal(r, v) for (_, r), (_, v) in zip(raw, reversible))
+    with pytest.raises(ValueError, match="paths must be one of long, reversible"):
+        synthetic_clips(1, paths="fast")
     with pytest.raises(ValueError, match="not a colour photograph"):
         load_photo("camera")  # a grey-level image
 
@@ -144,11 +150,11 @@ def test_cli_with_a_tiny_random_vae(tmp_path, capsys):
     out = tmp_path / "report"
     code = _cli("vae", "--ckpt-dir", str(tmp_path / "Wan2.1_VAE.pth"), "--size", "32*32", "--frames", "5",
                 "--num-synthetic", "2", "--batch-size", "3", "--photos", "astronaut", "--device", "cpu",
-                "--out", str(out))
+                "--paths", "reversible", "--out", str(out))
     printed = capsys.readouterr().out
     assert code == 0 and "synthetic: 2 clips, PSNR" in printed and "photos: 2 clips" in printed
     report = json.loads((out / "vae_report.json").read_text())
-    assert report["size"] == [32, 32] and report["frames"] == 5
+    assert report["size"] == [32, 32] and report["frames"] == 5 and report["paths"] == "reversible"
     assert [c["name"] for c in report["photos"]["per_clip"]] == ["astronaut-pan", "astronaut-zoom"]
     for kind in ("synthetic", "photos"):
         r = report[kind]

@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
     v.add_argument("--size", default="64*64", help="WIDTH*HEIGHT of the clips, multiples of 16")
     v.add_argument("--frames", type=int, default=17, help="frames per clip, 4n+1")
     v.add_argument("--num-synthetic", type=int, default=36, help="held-out synthetic clips (0: none)")
+    v.add_argument("--paths", default="long", choices=["long", "reversible"],
+                   help="the synthetic clips' object paths, as `openwan data synth --paths`: those of the dataset "
+                        "the VAE was trained for (the demo recipe's is reversible)")
     v.add_argument("--photos", nargs="*", default=None,
                    help="skimage.data photographs (default: astronaut coffee chelsea rocket; none: skip)")
     v.add_argument("--seed", type=int, default=0)
@@ -98,7 +101,8 @@ def run_vae(args: argparse.Namespace) -> int:
     vae = WanVAE.from_pretrained(args.ckpt_dir, dtype=parse_dtype(args.dtype), device=device)
     photos = PHOTOS if args.photos is None else args.photos
     report = evaluate_vae(vae, args.out, size=size, frames=args.frames, num_synthetic=args.num_synthetic,
-                          seed=args.seed, photos=photos, batch_size=args.batch_size, checkpoint=str(args.ckpt_dir))
+                          seed=args.seed, photos=photos, batch_size=args.batch_size, checkpoint=str(args.ckpt_dir),
+                          paths=args.paths)
     for kind in ("synthetic", "photos"):
         if kind in report:
             r = report[kind]

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from openwan.data.synthetic import MP4_OPTIONS, dataset_combinations, render_clip
+from openwan.data.synthetic import MP4_OPTIONS, PATHS, dataset_combinations, render_clip
 from openwan.data.video import read_video, save_video
 from openwan.eval.prompts import GridCell, GridRow, strip_frames, write_grid
 from openwan.fileio import atomic_write
@@ -65,13 +65,18 @@ def reconstruct(vae, clips: torch.Tensor) -> torch.Tensor:
 
 
 def synthetic_clips(num: int, seed: int = 0, size: tuple[int, int] = (64, 64), frames: int = 17,
-                    codec: bool = True) -> list[tuple[str, torch.Tensor]]:
-    """``num`` clips of the held-out combinations, each combination equally often (±1). With ``codec`` they
-    go through the dataset's mp4 encoding and back, as the dataset (and so the VAE's training data) holds them."""
+                    codec: bool = True, paths: str = "long") -> list[tuple[str, torch.Tensor]]:
+    """``num`` clips of the held-out combinations, each combination equally often (±1), with the object on
+    ``paths`` (:data:`~openwan.data.synthetic.PATHS`; those of the dataset the VAE serves — how far the object
+    travels between frames is much of what the VAE's temporal compression has to keep). With ``codec`` they go
+    through the dataset's mp4 encoding and back, as the dataset (and so the VAE's training data) holds them."""
+    if paths not in PATHS:
+        raise ValueError(f"paths must be one of {', '.join(PATHS)} (those of the dataset the VAE serves); "
+                         f"got {paths!r}.")
     clips = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, combo in enumerate(dataset_combinations(num, seed, "heldout")):
-            clip = render_clip(*combo, seed=seed * 100003 + i, size=size, frames=frames)
+            clip = render_clip(*combo, seed=seed * 100003 + i, size=size, frames=frames, paths=paths)
             if codec:
                 clip = read_video(save_video(clip, Path(tmp) / "clip.mp4", **MP4_OPTIONS))
             clips.append(("-".join(combo) + f"-{i}", clip))
@@ -167,17 +172,20 @@ def _score(vae, clips: list[tuple[str, torch.Tensor]], batch_size: int, progress
 
 def evaluate_vae(vae, out_dir: str | Path | None = None, *, size: tuple[int, int] = (64, 64), frames: int = 17,
                  num_synthetic: int = 36, seed: int = 0, photos: tuple[str, ...] | list[str] = PHOTOS,
-                 batch_size: int = 4, checkpoint: str | None = None, progress: bool = True) -> dict:
+                 batch_size: int = 4, checkpoint: str | None = None, progress: bool = True,
+                 paths: str = "long") -> dict:
     """PSNR / SSIM of ``vae`` (a :class:`~openwan.models.WanVAE`, on its device) on ``num_synthetic`` held-out
-    synthetic clips and on pan/zoom clips of ``photos``. With ``out_dir``, writes ``vae_report.json`` and a PNG
-    of originals over reconstructions there. Returns the report."""
+    synthetic clips (objects on ``paths``, as :func:`synthetic_clips`) and on pan/zoom clips of ``photos``.
+    With ``out_dir``, writes ``vae_report.json`` and a PNG of originals over reconstructions there. Returns the
+    report."""
     check_clip_settings(size, frames)
     if num_synthetic <= 0 and not photos:
         raise ValueError("nothing to evaluate: ask for synthetic clips (num_synthetic > 0) or photos.")
     report: dict = {"checkpoint": checkpoint, "size": list(size), "frames": frames, "seed": seed}
     pairs = []
     if num_synthetic > 0:
-        clips = synthetic_clips(num_synthetic, seed, size, frames)
+        clips = synthetic_clips(num_synthetic, seed, size, frames, paths=paths)
+        report["paths"] = paths
         report["synthetic"], found = _score(vae, clips, batch_size, progress, "synthetic")
         pairs += found[:4]
     if photos:
