@@ -172,8 +172,14 @@ class VAEConfig:
     dropout: float = 0.0
     latents_mean: tuple[float, ...] = WAN21_LATENTS_MEAN
     latents_std: tuple[float, ...] = WAN21_LATENTS_STD
+    # Base width of the decoder when it differs from the encoder's ``dim`` (diffusers: decoder_base_dim; Wan2.2's
+    # VAE decodes wider than it encodes). None: the same as ``dim``, as in Wan2.1.
+    decoder_dim: int | None = None
 
     def __post_init__(self) -> None:
+        if self.decoder_dim is not None and (isinstance(self.decoder_dim, bool) or not isinstance(self.decoder_dim, int)
+                                             or self.decoder_dim < 1):
+            raise ValueError(f"decoder_dim is a positive channel count (or None for dim); got {self.decoder_dim!r}.")
         for name in ("dim_mult", "attn_scales", "temporal_downsample", "latents_mean", "latents_std"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if len(self.temporal_downsample) != len(self.dim_mult) - 1:
@@ -185,6 +191,11 @@ class VAEConfig:
             raise ValueError(f"latents_mean and latents_std need z_dim = {self.z_dim} entries each.")
 
     @property
+    def decoder_width(self) -> int:
+        """The decoder's base width: ``decoder_dim`` when set, else ``dim``."""
+        return self.dim if self.decoder_dim is None else self.decoder_dim
+
+    @property
     def spatial_compression(self) -> int:
         return 2 ** (len(self.dim_mult) - 1)
 
@@ -194,11 +205,15 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VAEConfig:
-        # "temperal_downsample" is the reference's spelling; "base_dim" that of diffusers.
-        return _from_dict(cls, data, aliases={"temperal_downsample": "temporal_downsample", "base_dim": "dim"})
+        # "temperal_downsample" is the reference's spelling; "base_dim" and "decoder_base_dim" those of diffusers.
+        return _from_dict(cls, data, aliases={"temperal_downsample": "temporal_downsample", "base_dim": "dim",
+                                              "decoder_base_dim": "decoder_dim"})
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_dict(self)
+        out = _to_dict(self)
+        if out["decoder_dim"] is None:  # the Wan2.1 layout: configs written before the field existed read the same
+            del out["decoder_dim"]
+        return out
 
     def replace(self, **changes: Any) -> VAEConfig:
         return dataclasses.replace(self, **changes)

@@ -97,6 +97,19 @@ def test_diffusers_layouts_both_ways(dit, vae, tmp_path):
     assert _same(WanVAE.from_pretrained(tmp_path / "vae_diffusers_keys.safetensors"), vae)
 
 
+def test_a_wider_decoder_loads_from_either_layout(tmp_path):
+    """A VAE whose decoder is wider than its encoder (decoder_dim): diffusers reads our conversion with its
+    decoder_base_dim, and both the official .pth alone and diffusers' folder load back with the same widths."""
+    wide = randomize(WanVAE(VAE_PRESETS["tiny"].replace(decoder_dim=12)), std=0.1)
+    official = _official_vae(wide, tmp_path / "official")
+    assert WanVAE.from_pretrained(official).cfg.decoder_dim == 12  # no config file: the shapes tell
+    convert_vae(official, tmp_path / "d" / "vae", "diffusers")
+    theirs = AutoencoderKLWan.from_pretrained(tmp_path / "d" / "vae")
+    assert theirs.config.decoder_base_dim == 12 and theirs.config.base_dim == 8
+    loaded = WanVAE.from_pretrained(tmp_path / "d")
+    assert _same(loaded, wide) and loaded.cfg == wide.cfg
+
+
 def test_convert_round_trip_via_cli(dit, vae, tmp_path):
     src = _official(dit, tmp_path / "src")
     _official_vae(vae, src)
@@ -215,3 +228,22 @@ def test_vae_statistics_sidecar(vae, tmp_path):
                                                                   latents_std=(1.0,) * 4).to_dict()))
     with pytest.raises(CheckpointError, match="z_dim 4"):
         WanVAE.from_pretrained(path)
+
+
+def test_a_release_with_a_half_precision_vae_loads_in_float32(tmp_path):
+    """save_release(vae_dtype=float16) halves the VAE file; the pipeline and VAE training load it as float32."""
+    from openwan.checkpoints.release import save_release
+    from openwan.pipelines import WanPipeline
+    from openwan.train.vae_trainer import load_trained_vae
+    from tiny import tiny_components
+
+    parts = tiny_components("tiny")
+    folder = save_release(tmp_path / "rel", **parts, vae_dtype=torch.float16)
+    stored = torch.load(folder / "Wan2.1_VAE.pth", weights_only=True)
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    pipe = WanPipeline.from_pretrained(folder, device="cpu")
+    trained = load_trained_vae(folder / "Wan2.1_VAE.pth")
+    for vae in (pipe.vae, trained):
+        assert {p.dtype for p in vae.parameters()} == {torch.float32}
+        for key, value in vae.state_dict().items():  # the stored values, upcast
+            torch.testing.assert_close(value, parts["vae"].state_dict()[key].half().float(), rtol=0, atol=0)

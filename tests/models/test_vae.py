@@ -19,7 +19,9 @@ SECOND = VAEConfig(
     latents_mean=(0.3, -0.2, 0.5, 0.0, -0.7, 0.1, 0.9, -0.4),
     latents_std=(1.5, 0.8, 2.0, 1.1, 0.6, 1.3, 2.4, 0.9),
 )
-CONFIGS = {"tiny": VAE_PRESETS["tiny"], "second": SECOND}
+# A decoder wider than its encoder (diffusers' decoder_base_dim; how the demo model's VAE decodes sharper).
+WIDE_DECODER = VAE_PRESETS["tiny"].replace(decoder_dim=12)
+CONFIGS = {"tiny": VAE_PRESETS["tiny"], "second": SECOND, "wide-decoder": WIDE_DECODER}
 
 
 def _randomize(model: WanVAE, seed: int = 0) -> WanVAE:
@@ -74,6 +76,23 @@ def test_from_config_dict_overrides():
         WanVAE.from_config({"base": 8})
 
 
+def test_decoder_width_round_trips_through_configs_and_weights(tmp_path):
+    from openwan.checkpoints.infer import infer_vae_config
+    from openwan.checkpoints.keymaps import vae_config_from_diffusers, vae_config_to_diffusers
+
+    assert WIDE_DECODER.decoder_width == 12 and VAE_PRESETS["tiny"].decoder_width == 8
+    assert "decoder_dim" not in VAE_PRESETS["tiny"].to_dict()
+    assert VAEConfig.from_dict(WIDE_DECODER.to_dict()) == WIDE_DECODER
+    assert vae_config_to_diffusers(WIDE_DECODER)["decoder_base_dim"] == 12
+    assert vae_config_from_diffusers(vae_config_to_diffusers(WIDE_DECODER)) == WIDE_DECODER
+    with torch.device("meta"):
+        state = WanVAE(WIDE_DECODER).state_dict()
+    assert infer_vae_config(state) == WIDE_DECODER  # the .pth alone tells the widths
+    assert state["decoder.conv1.weight"].shape[0] == 12 * 4 and state["encoder.conv1.weight"].shape[0] == 8
+    with pytest.raises(ValueError, match="positive channel count"):
+        VAEConfig(decoder_dim=0)
+
+
 # ------------------------------------------------------------------------------- diffusers parity
 
 
@@ -85,7 +104,7 @@ def pair(request) -> tuple[WanVAE, AutoencoderKLWan]:
     theirs = AutoencoderKLWan(
         base_dim=cfg.dim, z_dim=cfg.z_dim, dim_mult=list(cfg.dim_mult), num_res_blocks=cfg.num_res_blocks,
         attn_scales=list(cfg.attn_scales), temperal_downsample=list(cfg.temporal_downsample), dropout=0.0,
-        latents_mean=list(cfg.latents_mean), latents_std=list(cfg.latents_std),
+        latents_mean=list(cfg.latents_mean), latents_std=list(cfg.latents_std), decoder_base_dim=cfg.decoder_dim,
     )
     theirs.load_state_dict(convert_wan_vae_to_diffusers(ours.state_dict()), strict=True)
     return ours, theirs.eval()

@@ -27,6 +27,7 @@ from openwan.train.vae_trainer import (
     load_trained_vae,
     lr_scale_at,
     run_stage,
+    widen_decoder,
     with_latent_stats,
 )
 
@@ -182,6 +183,42 @@ def test_freeze_encoder_trains_the_decoder_and_keeps_the_latent_space(tmp_path):
     with torch.no_grad():  # same latents as before, byte for byte
         torch.testing.assert_close(after.eval().encode(batches(5)[0]["video"]),
                                    load_trained_vae(start).eval().encode(batches(5)[0]["video"]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["3d", "image"])
+def test_widened_decoder_decodes_as_before(kind):
+    vae = _randomized(inflate_image_vae(ImageVAE(TINY)) if kind == "3d" else ImageVAE(TINY)).eval()
+    z = torch.randn(2, TINY.z_dim, 2 if kind == "3d" else 3, 2, 2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = decode_raw(vae, z)
+        exact = widen_decoder(vae, 12, init_scale=0.0).eval()
+        near = widen_decoder(vae, 12).eval()
+        assert rel(decode_raw(exact, z), before) < 1e-5
+        assert 0 < rel(decode_raw(near, z), before) < 2e-2  # the added channels are live, and quiet
+    assert type(near) is type(vae) and near.cfg.decoder_width == 12 and near.cfg.dim == TINY.dim
+    assert near.cfg == TINY.replace(decoder_dim=12)
+    old, new = vae.state_dict(), near.state_dict()
+    assert all(torch.equal(old[k], new[k]) for k in old if not k.startswith("decoder."))
+    assert new["decoder.head.2.weight"].shape[1] == 12 and old["decoder.head.2.weight"].shape[1] == 8
+    assert widen_decoder(vae, TINY.dim) is vae
+    with pytest.raises(ValueError, match="can only be widened"):
+        widen_decoder(near, 10)
+
+
+def test_freeze_encoder_trains_a_widened_decoder_on_the_same_latents(tmp_path):
+    start = export_wan_vae(_randomized(inflate_image_vae(ImageVAE(TINY))), tmp_path / "start")
+    cfg = VAETrainConfig(stage=2, steps=4, lr=2e-3, freeze_encoder=True, save_every=2)
+    path = run_stage(cfg, batches(5), tmp_path / "out", init=start, decoder_dim=12)
+    wide, narrow = load_trained_vae(path), load_trained_vae(start)
+    assert wide.cfg.decoder_dim == 12 and json.loads(path.with_suffix(".json").read_text())["decoder_dim"] == 12
+    assert "decoder_dim" not in json.loads(start.with_suffix(".json").read_text())  # Wan2.1 configs stay as they were
+    # The old channels now read the added ones: those weights started at zero and have been trained.
+    assert wide.state_dict()["decoder.head.2.weight"][:, 8:].abs().sum() > 0
+    with torch.no_grad():
+        video = batches(5)[0]["video"]
+        torch.testing.assert_close(wide.eval().encode(video), narrow.eval().encode(video), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="8 channels wide, not 16|12 channels wide, not 16"):
+        run_stage(cfg, batches(5), tmp_path / "out", resume=True, decoder_dim=16)
 
 
 def test_freeze_encoder_needs_a_trained_3d_vae(tmp_path):

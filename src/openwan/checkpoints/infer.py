@@ -86,8 +86,11 @@ def infer_vae_config(state: Mapping[str, torch.Tensor]) -> VAEConfig:
         dim_mult.append(out_ch // dim)
         if level < len(resamples):
             temporal.append("time_conv" in index[resamples[level]])
+    # The decoder starts at decoder width × the last multiplier; a wider decoder than encoder is decoder_dim.
+    decoder_width = int(_need(state, "decoder.conv1.weight", "Wan2.1 VAE").shape[0]) // dim_mult[-1]
     return VAEConfig(
         dim=dim,
+        decoder_dim=None if decoder_width == dim else decoder_width,
         z_dim=z_dim,
         dim_mult=tuple(dim_mult),
         num_res_blocks=r,

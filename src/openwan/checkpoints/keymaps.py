@@ -242,16 +242,17 @@ def vae_config_to_diffusers(cfg: VAEConfig) -> dict:
         "dropout": cfg.dropout,
         "latents_mean": list(cfg.latents_mean),
         "latents_std": list(cfg.latents_std),
+        **({"decoder_base_dim": cfg.decoder_dim} if cfg.decoder_dim is not None else {}),
     }
 
 
 def vae_config_from_diffusers(data: Mapping) -> VAEConfig:
     """Our config from a diffusers ``vae/config.json`` (keys diffusers adds for other VAEs are ignored)."""
-    if data.get("is_residual") or data.get("patch_size") or data.get("decoder_base_dim"):
+    if data.get("is_residual") or data.get("patch_size"):
         raise ValueError(
             "this is a Wan2.2 VAE (48 channels, patchified); openwan loads the Wan2.1 VAE only so far — "
             "use a Wan2.1 release's VAE."
         )
     known = {"base_dim", "z_dim", "dim_mult", "num_res_blocks", "attn_scales", "temperal_downsample", "dropout",
-             "latents_mean", "latents_std"}
+             "latents_mean", "latents_std", "decoder_base_dim"}
     return VAEConfig.from_dict({k: v for k, v in data.items() if k in known and v is not None})

@@ -44,18 +44,21 @@ def _clip_full_tower(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_release(folder: str | Path, *, dit, vae, text_encoder, tokenizer, image_encoder=None,
-                 dtype: torch.dtype | None = None, dit_dtype: torch.dtype | None = None) -> Path:
+                 dtype: torch.dtype | None = None, dit_dtype: torch.dtype | None = None,
+                 vae_dtype: torch.dtype | None = None) -> Path:
     """Write the models as an official-layout release folder (each file atomically).
 
-    ``dtype`` casts every floating-point tensor; ``dit_dtype`` only the DiT's (the bulk of the bytes).
+    ``dtype`` casts every floating-point tensor; ``dit_dtype`` only the DiT's (the bulk of the bytes), ``vae_dtype``
+    only the VAE's (loaders cast to the dtype asked for, float32 on CPU).
     """
     folder = Path(folder)
     dit_dtype = dit_dtype or dtype
+    vae_dtype = vae_dtype or dtype
     dit_state = {k: (v.to(dit_dtype) if dit_dtype is not None else v).detach().cpu()
                  for k, v in dit.state_dict().items()}
     write_json(folder / "config.json", dit.cfg.to_dict())
     save_sharded(dit_state, folder)
-    _save_pth(vae.state_dict(), folder / VAE_FILE, dtype)
+    _save_pth(vae.state_dict(), folder / VAE_FILE, vae_dtype)
     if vae.cfg.latents_mean != VAEConfig().latents_mean or vae.cfg.latents_std != VAEConfig().latents_std:
         write_json((folder / VAE_FILE).with_suffix(".json"), vae.cfg.to_dict())  # a VAE with its own statistics
     _save_pth(umt5_hf_to_official(text_encoder.state_dict()), folder / UMT5_OFFICIAL_FILE, dtype)

@@ -57,6 +57,10 @@ def add_parser(sub) -> None:
     p.add_argument("--freeze-encoder", action="store_true",
                    help="stages 2-3: train only the decoder of the --init VAE; its latents stay the same, so a DiT "
                         "trained on them keeps working with the new decoder")
+    p.add_argument("--decoder-dim", type=int, default=None, metavar="N",
+                   help="decoder base width: a fresh stage 1 builds its decoder N wide; an --init VAE with a narrower "
+                        "decoder is widened to N, coding as before (with --freeze-encoder: a sharper decoder for the "
+                        "same latents)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.set_defaults(run=run)
 
@@ -114,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     data = build_data(args, frames, size)
     path = run_stage(cfg, data, args.out, init=args.init, vae_config=get_preset("vae", args.preset),
-                     resume=args.resume)
+                     resume=args.resume, decoder_dim=args.decoder_dim)
     sidecar = path.with_suffix(".json").name
     what = ("config" if args.stage == 1 else "config and the --init VAE's latent mean/std" if args.freeze_encoder
             else "config and measured latent mean/std")

@@ -145,8 +145,8 @@ def main(argv=None) -> int:
     from openwan.models import WanVAE
 
     table = attribute_sensitivity(dit, latents, attributes, encode, seed=args.seed)
-    direction = direction_from_first_frame(dit, WanVAE.from_pretrained(vae_path).decode, latents, attributes, encode,
-                                           seed=args.seed)
+    vae = WanVAE.from_pretrained(vae_path, dtype=torch.float32)
+    direction = direction_from_first_frame(dit, vae.decode, latents, attributes, encode, seed=args.seed)
     print(json.dumps({"checkpoint": str(step), "clips": len(attributes), "loss": table,
                       "direction_from_first_frame": direction}, indent=1))
     return 0

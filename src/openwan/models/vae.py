@@ -274,7 +274,7 @@ class Decoder3d(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         levels = len(cfg.dim_mult)
-        dims = [cfg.dim * m for m in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
+        dims = [cfg.decoder_width * m for m in (cfg.dim_mult[-1], *cfg.dim_mult[::-1])]
         temporal_upsample = cfg.temporal_downsample[::-1]
         self.conv1 = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1)
         self.middle = nn.ModuleList([ResidualBlock(dims[0], dims[0], cfg.dropout), AttentionBlock(dims[0]),

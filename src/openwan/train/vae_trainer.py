@@ -162,6 +162,66 @@ def inflate_image_vae(image_vae: ImageVAE) -> WanVAE:
     return vae.to(next(image_vae.parameters()).device)
 
 
+def widen_decoder(model: WanVAE | ImageVAE, decoder_dim: int, *, init_scale: float = 0.1,
+                  seed: int = 0) -> WanVAE | ImageVAE:
+    """``model`` with its decoder widened to base width ``decoder_dim``, coding almost exactly as before.
+
+    Every decoder channel keeps its weights; the added channels read the old ones through a fresh init times
+    ``init_scale`` (so they carry small activations and get gradients from the start) and are read by the old
+    channels through zero weights. The RMSNorm gains are scaled by sqrt(old / new width), since the norm
+    multiplies by sqrt(channels), and the mid-block attention's queries by sqrt(new / old), since its logits
+    divide by sqrt(channels); the only change left is the added channels' share in each norm, about
+    ``init_scale``² (``init_scale=0`` is exact, but then the added channels never train). The encoder, and
+    with it the latent space, is untouched: a DiT trained on the latents keeps working.
+    """
+    old_width = model.cfg.decoder_width
+    if decoder_dim < old_width:
+        raise ValueError(f"decoder_dim {decoder_dim} is narrower than the model's decoder ({old_width}); a decoder "
+                         "can only be widened — train a new VAE for a narrower one.")
+    if decoder_dim == old_width:
+        return model
+    cfg = model.cfg.replace(decoder_dim=None if decoder_dim == model.cfg.dim else decoder_dim)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        wide = type(model)(cfg)
+    old_state = model.state_dict()
+    new_state = wide.state_dict()
+    with torch.no_grad():
+        for key, target in new_state.items():
+            src = old_state[key].to(target.dtype)
+            if src.shape == target.shape:
+                target.copy_(src)
+                continue
+            # Output blocks laid side by side: the attention's [q; k; v], the temporal upsample's two frames.
+            blocks = 3 if ".to_qkv." in key else 2 if ".time_conv." in key else 1
+            rows = _widened_index(src.shape[0], target.shape[0], blocks)
+            if key.endswith("gamma"):
+                factor = math.sqrt(src.shape[0] / target.shape[0])
+                target.fill_(factor)
+                target[rows] = src * factor
+            elif src.ndim == 1:  # bias
+                target.zero_()
+                target[rows] = src
+            else:
+                cols = _widened_index(src.shape[1], target.shape[1], 1)
+                target.mul_(init_scale)
+                target[rows] = 0.0
+                target[rows[:, None], cols] = src
+            if ".to_qkv." in key:  # queries: the softmax scale is 1/sqrt(new width) now
+                q_rows = rows[: src.shape[0] // 3]
+                target[q_rows] *= math.sqrt(target.shape[0] / src.shape[0])
+    wide.load_state_dict(new_state)
+    param = next(model.parameters())
+    return wide.to(device=param.device, dtype=param.dtype).train(model.training)
+
+
+def _widened_index(old: int, new: int, blocks: int) -> torch.Tensor:
+    """Where each of ``old`` channels (``blocks`` equal blocks) sits among ``new``: block b's channel j at
+    b · new/blocks + j."""
+    old_block, new_block = old // blocks, new // blocks
+    return torch.tensor([b * new_block + j for b in range(blocks) for j in range(old_block)])
+
+
 def _init_time_conv(conv: nn.Module, repeats: int) -> None:
     """Identity on the newest-frame tap, ``repeats`` times over the output channels (up: both output frames)."""
     out_ch, in_ch = conv.weight.shape[:2]
@@ -585,8 +645,9 @@ def export_wan_vae(vae: WanVAE, out_dir: str | Path, name: str = WAN_VAE_NAME) -
 
 
 def load_trained_vae(path: str | Path) -> WanVAE:
-    """``WanVAE.from_pretrained(path)`` with the latent statistics of ``<stem>.json`` beside it, when present."""
-    return WanVAE.from_pretrained(path)  # the loader reads the statistics of <stem>.json beside the file
+    """``WanVAE.from_pretrained(path)`` in float32 (training keeps float32 weights; a release may store half
+    precision), with the latent statistics of ``<stem>.json`` beside it, when present (the loader reads them)."""
+    return WanVAE.from_pretrained(path, dtype=torch.float32)
 
 
 def export_image_vae(model: ImageVAE, out_dir: str | Path, name: str = IMAGE_VAE_NAME) -> Path:
@@ -636,30 +697,42 @@ def is_image_vae_file(path: str | Path) -> bool:
 # ------------------------------------------------------------------------------------------- a stage
 
 
-def initial_model(stage: int, init: str | Path | None = None, vae_config: VAEConfig | None = None) -> nn.Module:
+def initial_model(stage: int, init: str | Path | None = None, vae_config: VAEConfig | None = None,
+                  decoder_dim: int | None = None) -> nn.Module:
     """The model a stage starts from.
 
     Stage 1: ``init`` (an image VAE file, to continue) or a fresh ImageVAE of ``vae_config`` (default: the
     released Wan2.1 widths). Stages 2 and 3: ``init`` is required — an image VAE file is inflated, a 3D VAE file
-    (``Wan2.1_VAE.pth`` of the previous stage) is loaded.
+    (``Wan2.1_VAE.pth`` of the previous stage) is loaded. ``decoder_dim``: the decoder's base width — a fresh
+    model is built with it, a loaded one narrower than it is widened (:func:`widen_decoder`).
     """
-    if stage == 1:
-        return load_image_vae(init) if init is not None else ImageVAE(vae_config or VAEConfig())
+    if stage == 1 and init is None:
+        cfg = vae_config or VAEConfig()
+        return ImageVAE(cfg if decoder_dim is None else cfg.replace(decoder_dim=decoder_dim))
     if init is None:
         previous = "the stage-1 image_vae.pth" if stage == 2 else "the stage-2 Wan2.1_VAE.pth"
         raise ValueError(f"stage {stage} starts from a trained model; give init= {previous}.")
-    if is_image_vae_file(init):
+    if stage == 1:
+        model = load_image_vae(init)
+    elif is_image_vae_file(init):
         log.info("inflating the image VAE %s to the 3D causal VAE", init)
-        return inflate_image_vae(load_image_vae(init))
-    return load_trained_vae(init).train()
+        model = inflate_image_vae(load_image_vae(init))
+    else:
+        model = load_trained_vae(init).train()
+    if decoder_dim is not None and decoder_dim != model.cfg.decoder_width:
+        log.info("widening the decoder of %s from %d to %d base channels", init, model.cfg.decoder_width, decoder_dim)
+        model = widen_decoder(model, decoder_dim)
+    return model
 
 
 def run_stage(cfg: VAETrainConfig, data: Iterable, out_dir: str | Path, *, model: nn.Module | None = None,
-              init: str | Path | None = None, vae_config: VAEConfig | None = None, resume: bool = False) -> Path:
+              init: str | Path | None = None, vae_config: VAEConfig | None = None, resume: bool = False,
+              decoder_dim: int | None = None) -> Path:
     """One stage end to end: start (or resume from ``out_dir``'s newest checkpoint), train ``cfg.steps`` steps,
     export. Returns the exported file: ``image_vae.pth`` (stage 1) or ``Wan2.1_VAE.pth`` (stages 2, 3).
 
-    ``model`` (optional) replaces :func:`initial_model`'s choice for a fresh start.
+    ``model`` (optional) replaces :func:`initial_model`'s choice for a fresh start; ``decoder_dim`` is passed to
+    it (a resumed run keeps its checkpoint's widths and must agree).
     """
     out_dir = Path(out_dir)
     checkpoint = latest_vae_checkpoint(out_dir)
@@ -669,6 +742,10 @@ def run_stage(cfg: VAETrainConfig, data: Iterable, out_dir: str | Path, *, model
     if checkpoint is not None:
         state = read_vae_checkpoint(checkpoint)
         trainer = VAETrainer(model_from_checkpoint(state), cfg, out_dir)
+        width = trainer.model.cfg.decoder_width
+        if decoder_dim is not None and decoder_dim != width:
+            raise ValueError(f"the run in {out_dir} trains a decoder {width} channels wide, not {decoder_dim}; "
+                             "resume it without a different decoder width, or choose another output folder.")
         trainer.load_state_dict(state)
         _truncate_metrics(out_dir / METRICS_FILE, trainer.step)
         log.info("resumed from %s at step %d", checkpoint, trainer.step)
@@ -676,7 +753,9 @@ def run_stage(cfg: VAETrainConfig, data: Iterable, out_dir: str | Path, *, model
         if cfg.freeze_encoder and model is None and (init is None or is_image_vae_file(init)):
             raise ValueError("freeze_encoder fine-tunes the decoder of a trained 3D VAE; give init= its "
                              "Wan2.1_VAE.pth (an image VAE has no latent space or statistics to keep yet).")
-        trainer = VAETrainer(model if model is not None else initial_model(cfg.stage, init, vae_config), cfg, out_dir)
+        if model is None:
+            model = initial_model(cfg.stage, init, vae_config, decoder_dim=decoder_dim)
+        trainer = VAETrainer(model, cfg, out_dir)
     trainer.fit(data)
     if cfg.stage == 1:
         path = export_image_vae(trainer.model, out_dir)
@@ -705,6 +784,7 @@ __all__ = [
     "load_trained_vae",
     "model_from_checkpoint",
     "read_vae_checkpoint",
+    "widen_decoder",
     "run_stage",
     "with_latent_stats",
 ]
