@@ -14,7 +14,10 @@ from PIL import Image
 from openwan.cli import eval as eval_cmd
 from openwan.configs import VAE_PRESETS
 from openwan.eval.reconstruction import (
+    FLAT_COLOURS,
+    chroma_kept,
     evaluate_vae,
+    flat_fields,
     load_photo,
     pan_clip,
     photo_clips,
@@ -122,6 +125,30 @@ def test_a_perfect_vae_scores_perfectly():
                           progress=False)
     for kind in ("synthetic", "photos"):
         assert report[kind]["psnr"] == 100.0 and report[kind]["ssim"] == pytest.approx(1.0)
+    assert report["flat_fields"] == {"fields": len(FLAT_COLOURS), "chroma_kept": 1.0, "psnr": 100.0}
+
+
+class GreyVAE(IdentityVAE):
+    """Keeps each pixel's brightness and drops its colour, halfway or all the way."""
+
+    def __init__(self, keep: float):
+        super().__init__()
+        self.keep = keep
+
+    def decode(self, z):
+        grey = z.mean(1, keepdim=True)
+        return grey + self.keep * (z - grey)
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.5])
+def test_flat_fields_measure_the_colour_a_vae_keeps(keep):
+    report = flat_fields(GreyVAE(keep), size=(16, 16), frames=1)
+    assert report["chroma_kept"] == pytest.approx(keep, abs=1e-6)
+    assert report["psnr"] < 60
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.rand(5, 4, 4, 3, generator=g)
+    assert chroma_kept(inputs, inputs) == pytest.approx(1.0)
+    assert chroma_kept(inputs, inputs.mean(-1, keepdim=True).expand_as(inputs)) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_bad_settings_are_user_errors():

@@ -108,5 +108,8 @@ def run_vae(args: argparse.Namespace) -> int:
             r = report[kind]
             print(f"{kind}: {r['clips']} clips, PSNR {r['psnr']:.2f} dB (min {r['psnr_min']:.2f}), "
                   f"SSIM {r['ssim']:.4f}")
+    flat = report["flat_fields"]
+    print(f"flat colour fields: {flat['fields']}, PSNR {flat['psnr']:.2f} dB, chroma kept {flat['chroma_kept']:.3f} "
+          "(1: every tint kept, 0: rendered grey)")
     print(f"wrote {Path(args.out) / 'vae_report.json'}")
     return 0

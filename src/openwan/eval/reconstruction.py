@@ -139,6 +139,36 @@ def photo_clips(names: tuple[str, ...] | list[str] = PHOTOS, size: tuple[int, in
     return clips
 
 
+# ------------------------------------------------------------------------------------------- flat fields
+
+# Flat colour fields: muted greys with a faint tint, as the synthetic backgrounds are, and stronger colours.
+FLAT_COLOURS = ((0.30, 0.34, 0.26), (0.30, 0.26, 0.34), (0.34, 0.30, 0.26), (0.20, 0.22, 0.27), (0.40, 0.37, 0.42),
+                (0.50, 0.30, 0.30), (0.20, 0.30, 0.50), (0.30, 0.50, 0.25))
+
+
+def chroma_kept(inputs: torch.Tensor, outputs: torch.Tensor) -> float:
+    """How much of the inputs' chroma the outputs keep: the least-squares slope of each output's mean colour off
+    its own grey (the mean of its channels) on the input's. 1: every tint kept; 0: everything comes back grey.
+    ``inputs``, ``outputs``: [N, ..., 3] in [0, 1]."""
+    def chroma(x: torch.Tensor) -> torch.Tensor:
+        colour = x.double().flatten(1, -2).mean(1)  # [N, 3]
+        return colour - colour.mean(-1, keepdim=True)
+
+    given, got = chroma(inputs), chroma(outputs)
+    return float((given * got).sum() / (given * given).sum().clamp_min(1e-12))
+
+
+def flat_fields(vae, size: tuple[int, int] = (64, 64), frames: int = 17,
+                colours: tuple[tuple[float, float, float], ...] = FLAT_COLOURS) -> dict:
+    """Clips of one flat colour each through the VAE: their PSNR and :func:`chroma_kept`. A VAE that has learnt
+    colour only where edges are (objects) and renders uniform areas grey shows it here before anywhere else."""
+    width, height = size
+    clips = torch.tensor(colours, dtype=torch.float32)[:, None, None, None].expand(-1, frames, height, width, -1)
+    outs = reconstruct(vae, clips.contiguous())
+    return {"fields": len(colours), "chroma_kept": round(chroma_kept(clips, outs), 4),
+            "psnr": round(float(np.mean([psnr(c, o) for c, o in zip(clips, outs)])), 3)}
+
+
 # ------------------------------------------------------------------------------------------------ run
 
 
@@ -172,7 +202,8 @@ def evaluate_vae(vae, out_dir: str | Path | None = None, *, size: tuple[int, int
                  batch_size: int = 4, checkpoint: str | None = None, progress: bool = True,
                  paths: str = "long") -> dict:
     """PSNR / SSIM of ``vae`` (a :class:`~openwan.models.WanVAE`, on its device) on ``num_synthetic`` held-out
-    synthetic clips (objects on ``paths``, as :func:`synthetic_clips`) and on pan/zoom clips of ``photos``.
+    synthetic clips (objects on ``paths``, as :func:`synthetic_clips`) and on pan/zoom clips of ``photos``, and
+    how much colour it keeps in flat fields (:func:`flat_fields`).
     With ``out_dir``, writes ``vae_report.json`` and a PNG of originals over reconstructions there. Returns the
     report."""
     check_clip_settings(size, frames)
@@ -188,6 +219,7 @@ def evaluate_vae(vae, out_dir: str | Path | None = None, *, size: tuple[int, int
     if photos:
         report["photos"], found = _score(vae, photo_clips(photos, size, frames), batch_size, progress, "photos")
         pairs += found
+    report["flat_fields"] = flat_fields(vae, size, frames)
     if out_dir is not None:
         out_dir = Path(out_dir)
         rows = [GridRow(name, [GridCell(strip_frames(clip, 4), "original"),
@@ -207,5 +239,5 @@ def _title(report: dict) -> str:
     return "VAE reconstruction - " + "; ".join(parts)
 
 
-__all__ = ["psnr", "ssim", "reconstruct", "synthetic_clips", "photo_clips", "pan_clip", "zoom_clip", "load_photo",
-           "evaluate_vae", "check_clip_settings", "PHOTOS"]
+__all__ = ["psnr", "ssim", "chroma_kept", "flat_fields", "FLAT_COLOURS", "reconstruct", "synthetic_clips",
+           "photo_clips", "pan_clip", "zoom_clip", "load_photo", "evaluate_vae", "check_clip_settings", "PHOTOS"]
