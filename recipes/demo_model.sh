@@ -12,6 +12,8 @@ NUM_CLIPS=${NUM_CLIPS:-5760}
 VAE1_STEPS=${VAE1_STEPS:-2400}
 VAE2_STEPS=${VAE2_STEPS:-400}
 VAE_DECODER_STEPS=${VAE_DECODER_STEPS:-1000}
+VAE_WIDE_DIM=${VAE_WIDE_DIM:-24}
+VAE_WIDE_STEPS=${VAE_WIDE_STEPS:-0}
 mkdir -p "$WORK"
 
 # Reversible paths: where an object starts never tells which way it goes, so only the prompt can.
@@ -40,6 +42,17 @@ mkdir -p "$WORK"
   --manifest "$WORK/data/train/manifest.jsonl" --out "$WORK/vae-decoder" --init "$WORK/vae2/Wan2.1_VAE.pth" \
   --size 64 --frames 9 --batch-size 4 --steps "$VAE_DECODER_STEPS" --lr 1e-4 --warmup-steps 20 --min-lr-ratio 0.05 \
   --l1-weight 0 --l2-weight 10 --log-every 50 --save-every 250 --workers 1
+
+# Optional (VAE_WIDE_STEPS > 0, e.g. 600): that decoder widened from 16 to VAE_WIDE_DIM base channels (train-vae
+# --decoder-dim: the added channels start quiet, so it begins where the decoder step ended) and trained on, same
+# encoder again. On the shipped VAE, 600 steps gave +0.5 dB on the recipe's clips (32.30 -> 32.80) for ~20 min; what
+# holds the VAE under 35 dB is the background tint, which every VAE so far renders grey (docs/benchmarks.md).
+if [ "$VAE_WIDE_STEPS" -gt 0 ] && [ ! -f "$WORK/vae-wide/Wan2.1_VAE.pth" ]; then
+  $OPENWAN train-vae --stage 2 --freeze-encoder --manifest "$WORK/data/train/manifest.jsonl" --out "$WORK/vae-wide" \
+    --init "$WORK/vae-decoder/Wan2.1_VAE.pth" --decoder-dim "$VAE_WIDE_DIM" --size 64 --frames 9 --batch-size 4 \
+    --steps "$VAE_WIDE_STEPS" --lr 1e-4 --warmup-steps 50 --min-lr-ratio 0.05 --l1-weight 0 --l2-weight 10 \
+    --log-every 50 --save-every 150 --workers 1
+fi
 
 # The rest is driven from Python: the text encoder (pre-trained on training captions by span corruption, then
 # frozen), the caches, the DiT and the release folder. The DiT trains DIT_STEPS on a cosine schedule, 30% of its

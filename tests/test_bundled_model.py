@@ -37,3 +37,13 @@ def test_generate_without_a_checkpoint_uses_it(tmp_path, capsys):
     with av.open(str(video)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 5
     assert read_image(strip).shape[1] >= 128  # frames enlarged side by side
+
+
+def test_the_recipe_ships_its_newest_decoder(tmp_path):
+    from openwan.recipes.demo_model import demo_vae_file
+
+    assert demo_vae_file(tmp_path) == tmp_path / "vae2" / "Wan2.1_VAE.pth"
+    for step in ("vae-decoder", "vae-wide"):
+        (tmp_path / step).mkdir()
+        (tmp_path / step / "Wan2.1_VAE.pth").touch()
+        assert demo_vae_file(tmp_path) == tmp_path / step / "Wan2.1_VAE.pth"
