@@ -14,6 +14,7 @@ VAE2_STEPS=${VAE2_STEPS:-400}
 VAE_DECODER_STEPS=${VAE_DECODER_STEPS:-1000}
 VAE_WIDE_DIM=${VAE_WIDE_DIM:-24}
 VAE_WIDE_STEPS=${VAE_WIDE_STEPS:-0}
+VAE_COLOUR_WEIGHT=${VAE_COLOUR_WEIGHT:-10}
 mkdir -p "$WORK"
 
 # Reversible paths: where an object starts never tells which way it goes, so only the prompt can.
@@ -25,17 +26,21 @@ mkdir -p "$WORK"
 # Every VAE step trains on the squared error alone (--l1-weight 0; PSNR is what it measures): with the L1 term
 # of the Wan paper beside it, a 600-step stage 1 at lr 3e-4 fit its frames to 25.4 dB, without it to 28.2
 # (docs/benchmarks.md).
+# Stages 1 and 2 also train a latent colour probe (--colour-weight): a linear map must read each latent cell's mean
+# colour from the posterior mean. Without it every VAE this architecture trained rendered flat areas grey (their
+# RMS norms; docs/benchmarks.md, twelfth session).
 # VAE stage 1: a 2D image VAE on single frames, cosine-decayed lr.
 # Stage 2: inflated to the 3D causal VAE and trained on 9-frame clips (1 + 4 + 4: the second 4-frame chunk runs, as
 # the rest of a clip does, on a cache filled by a full chunk before it). Stage 2 at lr 3e-4 lost one colour (v7:
 # green clips 23.5 dB, the others 29; docs/benchmarks.md); at 1e-4 every colour comes through alike.
 [ -f "$WORK/vae1/image_vae.pth" ] || $OPENWAN train-vae --stage 1 --manifest "$WORK/data/train/manifest.jsonl" \
   --out "$WORK/vae1" --preset demo --size 64 --frames 1 --batch-size 16 --steps "$VAE1_STEPS" --lr 5e-4 \
-  --warmup-steps 50 --min-lr-ratio 0.05 --l1-weight 0 --l2-weight 10 --log-every 100 --save-every 600 --workers 1
+  --warmup-steps 50 --min-lr-ratio 0.05 --l1-weight 0 --l2-weight 10 --colour-weight "$VAE_COLOUR_WEIGHT" \
+  --log-every 100 --save-every 600 --workers 1
 [ -f "$WORK/vae2/Wan2.1_VAE.pth" ] || $OPENWAN train-vae --stage 2 --manifest "$WORK/data/train/manifest.jsonl" \
   --out "$WORK/vae2" --init "$WORK/vae1/image_vae.pth" --size 64 --frames 9 --batch-size 4 --steps "$VAE2_STEPS" \
-  --lr 1e-4 --warmup-steps 20 --min-lr-ratio 0.1 --l1-weight 0 --l2-weight 10 --log-every 50 --save-every 200 \
-  --workers 1
+  --lr 1e-4 --warmup-steps 20 --min-lr-ratio 0.1 --l1-weight 0 --l2-weight 10 --colour-weight "$VAE_COLOUR_WEIGHT" \
+  --log-every 50 --save-every 200 --workers 1
 # Then the decoder alone, at a fresh learning rate: the encoder is frozen, so the latents the DiT learns from are
 # stage 2's, byte for byte, and the release ships this sharper decoder with them.
 [ -f "$WORK/vae-decoder/Wan2.1_VAE.pth" ] || $OPENWAN train-vae --stage 2 --freeze-encoder \

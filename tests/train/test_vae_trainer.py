@@ -18,6 +18,7 @@ from openwan.train.vae_losses import PatchDiscriminator3d, load_perceptual
 from openwan.train.vae_trainer import (
     VAETrainConfig,
     VAETrainer,
+    cell_colours,
     decode_raw,
     export_image_vae,
     export_wan_vae,
@@ -409,8 +410,10 @@ def test_cli_runs_the_three_stages(tmp_path):
 
     assert cli("--stage", "1", "--out", str(tmp_path / "s1")) == 0
     image_vae = tmp_path / "s1" / "image_vae.pth"
-    assert cli("--stage", "2", "--out", str(tmp_path / "s2"), "--init", str(image_vae)) == 0
+    assert cli("--stage", "2", "--out", str(tmp_path / "s2"), "--init", str(image_vae), "--colour-weight", "2") == 0
     wan_vae = tmp_path / "s2" / "Wan2.1_VAE.pth"
+    logged = [json.loads(line) for line in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["colour"] > 0 for m in logged) and "colour" not in load_trained_vae(wan_vae).state_dict()
     assert cli("--stage", "3", "--out", str(tmp_path / "s3"), "--init", str(wan_vae)) == 0
     assert load_trained_vae(tmp_path / "s3" / "Wan2.1_VAE.pth").cfg.dim == TINY.dim
     with pytest.raises(ValueError, match="already holds checkpoints"):
@@ -421,3 +424,40 @@ def test_cli_runs_the_three_stages(tmp_path):
 def test_run_stage_needs_the_previous_stage(tmp_path):
     with pytest.raises(ValueError, match="image_vae.pth"):
         run_stage(VAETrainConfig(stage=2, steps=1), batches(5), tmp_path)
+
+
+# ------------------------------------------------------------------------------------ the colour probe
+
+
+def test_cell_colours_average_the_pixels_each_latent_cell_encodes():
+    video = torch.randn(2, 3, 9, 16, 16)
+    cells = cell_colours(WanVAE(TINY), video)  # 1 + 4 + 4 frames -> 3 latent frames of 2 x 2 cells
+    assert cells.shape == (2, 3, 3, 2, 2)
+    torch.testing.assert_close(cells[:, :, 0, 1, 0], video[:, :, 0, 8:, :8].mean(dim=(2, 3)))
+    torch.testing.assert_close(cells[:, :, 2, 0, 1], video[:, :, 5:9, :8, 8:].mean(dim=(2, 3, 4)))
+    torch.testing.assert_close(cell_colours(WanVAE(TINY), video[:, :, :1]), cells[:, :, :1])  # an image alone
+    per_frame = cell_colours(ImageVAE(TINY), video)  # an image VAE encodes each frame alone
+    assert per_frame.shape == (2, 3, 9, 2, 2)
+    torch.testing.assert_close(per_frame[:, :, 4, 1, 1], video[:, :, 4, 8:, 8:].mean(dim=(2, 3)))
+
+
+def test_colour_probe_is_trained_weighted_and_resumed(tmp_path):
+    cfg = VAETrainConfig(stage=1, steps=12, lr=2e-3, l1_weight=1.0, colour_weight=3.0, save_every=0)
+    data = batches(1, count=3)
+    start = _randomized(ImageVAE(TINY))
+    trainer = VAETrainer(copy.deepcopy(start), cfg)
+    history = trainer.fit(data)
+    assert history[0]["rec"] == pytest.approx(history[0]["l1"] + 3.0 * history[0]["colour"], rel=1e-6)
+    _falls(history, "colour")
+    # a run cut at step 6 and resumed gives the same losses: the probe and its optimizer state are checkpointed
+    VAETrainer(copy.deepcopy(start), cfg, out_dir=tmp_path).fit(data, steps=6)
+    (checkpoint,) = list_vae_checkpoints(tmp_path / "checkpoints")
+    resumed = VAETrainer(ImageVAE(TINY), cfg, out_dir=tmp_path)
+    resumed.load_checkpoint(checkpoint)
+    assert [h["colour"] for h in resumed.fit(data)] == [h["colour"] for h in history[6:]]
+    with pytest.raises(ValueError, match="same --colour-weight"):
+        VAETrainer(ImageVAE(TINY), cfg.__class__(stage=1, steps=12)).load_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match="colour_weight trains the encoder"):
+        VAETrainConfig(stage=2, freeze_encoder=True, colour_weight=1.0)
+    with pytest.raises(ValueError, match="colour_weight must be a number >= 0"):
+        VAETrainConfig(colour_weight=-1.0)

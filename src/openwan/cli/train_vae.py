@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
     p.add_argument("--l1-weight", type=float, default=3.0)
     p.add_argument("--l2-weight", type=float, default=0.0, help="mean squared error weight (default 0: L1 only)")
     p.add_argument("--kl-weight", type=float, default=3e-6)
+    p.add_argument("--colour-weight", type=float, default=0.0,
+                   help="latent colour probe weight: the posterior mean must carry each latent cell's mean colour "
+                        "linearly (keeps the colour of flat areas; the demo recipe uses 10)")
     p.add_argument("--perceptual", nargs="*", default=[], metavar="FILE",
                    help="local perceptual network weights (VGG16/AlexNet backbone, optionally LPIPS heads)")
     p.add_argument("--gan-start", type=int, default=0, help="stage 3: step from which the GAN loss applies")
@@ -110,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         stage=args.stage, steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps,
         min_lr_ratio=args.min_lr_ratio, grad_clip=args.grad_clip,
         l1_weight=args.l1_weight, l2_weight=args.l2_weight, kl_weight=args.kl_weight,
+        colour_weight=args.colour_weight,
         perceptual_weights=tuple(args.perceptual), gan_start=args.gan_start,
         gan_weight=args.gan_weight, gan_adaptive=not args.no_adaptive_gan, disc_dim=args.disc_dim, seed=args.seed,
         device=device, precision=precision, log_every=args.log_every, save_every=args.save_every,

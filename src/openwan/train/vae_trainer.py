@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from openwan.configs import VAEConfig
@@ -85,6 +86,9 @@ class VAETrainConfig:
     l2_weight: float = 0.0  # mean squared error; its gradient grows with the error, so a missing small object
     # (a few large errors among many small ones) pulls harder than under L1 alone — and it is what PSNR measures
     kl_weight: float = 3e-6
+    colour_weight: float = 0.0  # the latent colour probe: a 1x1 linear map, trained along, must read each latent
+    # cell's mean colour from the posterior mean. Without it this architecture's RMS norms let training drop the
+    # chroma of flat areas (backgrounds decode grey); docs/benchmarks.md, twelfth session
     perceptual_weight: float = 3.0
     perceptual_weights: tuple[str, ...] = ()
     gan_weight: float = 0.5  # stage 3: times the adaptive weight (or alone when gan_adaptive is off)
@@ -113,12 +117,15 @@ class VAETrainConfig:
         _need(self.precision in ("fp32", "bf16"), "precision", "fp32 or bf16", self.precision)
         for name in ("lr", "disc_lr"):
             _need(getattr(self, name) > 0, name, "a number > 0", getattr(self, name))
-        for name in ("l1_weight", "l2_weight", "kl_weight", "perceptual_weight", "gan_weight", "grad_clip",
-                     "weight_decay"):
+        for name in ("l1_weight", "l2_weight", "kl_weight", "colour_weight", "perceptual_weight", "gan_weight",
+                     "grad_clip", "weight_decay"):
             _need(getattr(self, name) >= 0, name, "a number >= 0", getattr(self, name))
         if self.freeze_encoder and self.stage == 1:
             raise ValueError("freeze_encoder keeps a trained 3D VAE's latent space; use it in stage 2 or 3 with "
                              "init= that VAE.")
+        if self.freeze_encoder and self.colour_weight:
+            raise ValueError("colour_weight trains the encoder to carry colour, but freeze_encoder keeps it fixed; "
+                             "set colour_weight 0 (--colour-weight 0) for a decoder-only run.")
         _need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "a number in [0, 1]", self.min_lr_ratio)
         for name in ("warmup_steps", "gan_start", "save_every"):
             _need(getattr(self, name) >= 0, name, "an integer >= 0", getattr(self, name))
@@ -286,7 +293,9 @@ class VAETrainer:
                 part.requires_grad_(False)
         self.perceptual = self._perceptual()
         self.disc = PatchDiscriminator3d(cfg.disc_dim, cfg.disc_layers).to(self.device) if cfg.stage == 3 else None
-        self.optimizer = _adamw(self.model, cfg.lr, cfg.betas, cfg.weight_decay)
+        self.colour_probe = _colour_probe(model.cfg.z_dim, cfg.seed).to(self.device) if cfg.colour_weight else None
+        trained = [self.model] + ([self.colour_probe] if self.colour_probe is not None else [])
+        self.optimizer = _adamw(nn.ModuleList(trained), cfg.lr, cfg.betas, cfg.weight_decay)
         self.disc_optimizer = (_adamw(self.disc, cfg.disc_lr, cfg.disc_betas, cfg.weight_decay)
                                if self.disc is not None else None)
         # An own generator for posterior noise: checkpointed, and nothing else draws from it.
@@ -327,6 +336,9 @@ class VAETrainer:
         if cfg.l2_weight:
             terms["l2"] = (recon - video).square().mean()
             rec = rec + cfg.l2_weight * terms["l2"]
+        if self.colour_probe is not None:
+            terms["colour"] = (self.colour_probe(mu.float()) - cell_colours(self.model, video)).square().mean()
+            rec = rec + cfg.colour_weight * terms["colour"]
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(recon, video)
             rec = rec + cfg.perceptual_weight * terms["perceptual"]
@@ -418,8 +430,8 @@ class VAETrainer:
 
     def _report(self, metrics: dict[str, float], end: int) -> None:
         if self.step % self.cfg.log_every == 0 or self.step == end:
-            shown = " ".join(f"{k} {metrics[k]:.4g}" for k in ("loss", "l1", "l2", "kl", "perceptual", "gan_g", "disc")
-                             if k in metrics)
+            keys = ("loss", "l1", "l2", "kl", "colour", "perceptual", "gan_g", "disc")
+            shown = " ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
             log.info("vae stage %d step %d/%d %s (%.2f s/step)", self.cfg.stage, self.step, end, shown,
                      metrics["step_time"])
         if self.out_dir is not None:
@@ -444,6 +456,8 @@ class VAETrainer:
             "torch_rng": torch.get_rng_state(),
             "train_config": self.cfg.to_dict(),
         }
+        if self.colour_probe is not None:
+            state["colour_probe"] = self.colour_probe.state_dict()
         if self.disc is not None:
             state["disc"] = self.disc.state_dict()
             state["disc_optimizer"] = self.disc_optimizer.state_dict()
@@ -459,7 +473,13 @@ class VAETrainer:
         if frozen != self.cfg.freeze_encoder:
             raise ValueError(f"the checkpoint's run {'froze' if frozen else 'trained'} the encoder; resume with "
                              f"freeze_encoder {frozen} (--freeze-encoder {'on' if frozen else 'off'}).")
+        if (self.colour_probe is not None) != ("colour_probe" in state):
+            had = "colour_weight > 0" if "colour_probe" in state else "colour_weight 0"
+            raise ValueError(f"the checkpoint's run trained with {had}; resume with the same --colour-weight "
+                             "setting (its optimizer state covers the colour probe or not).")
         self.model.load_state_dict(state["model"])
+        if self.colour_probe is not None:
+            self.colour_probe.load_state_dict(state["colour_probe"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.disc is not None:
             if "disc" not in state:
@@ -501,6 +521,27 @@ def _video_of(batch: dict | torch.Tensor) -> torch.Tensor:
         got = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
         raise ValueError(f"VAE training batches are dicts with 'video' [B, 3, T, H, W] in [-1, 1]; got {got}.")
     return video
+
+
+def _colour_probe(z_dim: int, seed: int) -> nn.Module:
+    """The latent colour probe (training only: saved in checkpoints, never exported), initialised from ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Conv3d(z_dim, 3, 1)
+
+
+def cell_colours(model: nn.Module, video: torch.Tensor) -> torch.Tensor:
+    """The mean colour of the pixels each latent cell encodes: [B, 3, T', H/8, W/8] for ``video`` [B, 3, T, H, W].
+
+    An ImageVAE encodes each frame alone; a WanVAE's first latent frame encodes the first frame, each later one
+    the next ``temporal_compression`` frames.
+    """
+    s = model.cfg.spatial_compression
+    t = model.cfg.temporal_compression if isinstance(model, WanVAE) else 1
+    if t == 1 or video.shape[2] == 1:
+        return F.avg_pool3d(video, (1, s, s))
+    first = F.avg_pool3d(video[:, :, :1], (1, s, s))
+    return torch.cat([first, F.avg_pool3d(video[:, :, 1:], (t, s, s))], dim=2)
 
 
 def lr_scale_at(cfg: VAETrainConfig, step: int) -> float:
