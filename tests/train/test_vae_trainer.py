@@ -456,7 +456,7 @@ def test_colour_probe_is_trained_weighted_and_resumed(tmp_path):
     resumed.load_checkpoint(checkpoint)
     assert [h["colour"] for h in resumed.fit(data)] == [h["colour"] for h in history[6:]]
     with pytest.raises(ValueError, match="same --colour-weight"):
-        VAETrainer(ImageVAE(TINY), cfg.__class__(stage=1, steps=12)).load_checkpoint(checkpoint)
+        VAETrainer(ImageVAE(TINY), VAETrainConfig(stage=1, steps=12)).load_checkpoint(checkpoint)
     with pytest.raises(ValueError, match="colour_weight trains the encoder"):
         VAETrainConfig(stage=2, freeze_encoder=True, colour_weight=1.0)
     with pytest.raises(ValueError, match="colour_weight must be a number >= 0"):
