@@ -70,6 +70,25 @@ def test_world_size_one_is_the_plain_model():
         assert torch.equal(p.grad, q.grad), name
 
 
+def test_compiled_blocks_compute_the_plain_model_on_cpu():
+    """``compile=True`` (inductor's C++ backend here) keeps the parameter names and the maths of a training step."""
+    plain, compiled = tiny_dit(), tiny_dit()
+    parallelize_dit(compiled, None, DiTParallelConfig(compile=True))
+    assert all(block._compiled_call_impl is not None for block in compiled.blocks)  # nn.Module.compile's mark
+    assert [n for n, _ in compiled.named_parameters()] == [n for n, _ in plain.named_parameters()]
+    assert compiled.state_dict().keys() == plain.state_dict().keys()
+    for seed in (1, 2):  # a second batch reuses the compiled code
+        batch = train_batch(plain, seed=seed)
+        loss_plain, loss_compiled = train_loss(plain, batch), train_loss(compiled, batch)
+        loss_plain.backward()
+        loss_compiled.backward()
+        assert _rel(loss_compiled.detach(), loss_plain.detach()) < 1e-5
+        grads = {n: p.grad for n, p in compiled.named_parameters()}
+        assert _grad_rel(grads, {n: p.grad for n, p in plain.named_parameters()}) < 1e-4
+        plain.zero_grad()
+        compiled.zero_grad()
+
+
 def test_build_mesh_needs_sizes_that_multiply_to_the_world_size():
     with pytest.raises(ValueError, match="product"):
         build_mesh(ulysses=2)  # this process is a world of one

@@ -28,6 +28,7 @@ timesteps: {{mode: logit_normal, shift: 3.0, first_frame: {first_frame}}}
 ema: {{decay: 0.998}}
 text_dropout: 0.1
 checkpoint: {{every: 500, keep_last: 2}}
+compile: {compile}
 log: {{every: 50, progress: false, tensorboard: false}}
 seed: 0
 output_dir: {out}
@@ -112,6 +113,9 @@ def main(argv=None) -> int:
                         help="in the second phase, this fraction of samples draws a noise level per latent frame "
                              "(diffusion forcing); on its own it did not teach the direction words "
                              "(docs/benchmarks.md)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the DiT's blocks (needs a C++ compiler on a CPU): 13%% faster steps on 2 "
+                             "cores, after ~1 min of compiling (docs/benchmarks.md)")
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     args = parser.parse_args(argv)
     cache = args.work / "cache"
@@ -119,7 +123,7 @@ def main(argv=None) -> int:
         build_caches(args.work)
     config = args.work / "dit.yaml"
     config.write_text(DIT_CONFIG.format(cache=cache.resolve(), steps=args.dit_steps, first_frame=args.first_frame,
-                                        out=(args.work / "dit").resolve()))
+                                        compile=str(args.compile).lower(), out=(args.work / "dit").resolve()))
     train = [sys.executable, "-m", "openwan", "train", "--config", str(config)]
     if _trained_steps(args.work) < args.dit_steps:  # both phases resume from the newest checkpoint when re-run
         subprocess.run(train, check=True)
