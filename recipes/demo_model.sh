@@ -64,6 +64,6 @@ fi
 # samples with the first latent frame given clean (Wan2.2 TI2V-style); DIT_EXTEND_TO > DIT_STEPS then resumes it
 # with the schedule stretched (a warm restart; not used for the shipped model).
 # DIT_STEPS and DIT_EXTEND_TO, when set, override the defaults of openwan/recipes/demo_model.py; DIT_COMPILE=1
-# compiles the DiT's blocks with torch.compile (needs a C++ compiler; ~13% faster steps on a CPU).
+# compiles the DiT's blocks with torch.compile (needs a C++ compiler; ~12% faster steps on a CPU).
 $PY -m openwan.recipes.demo_model "$WORK" ${DIT_STEPS:+--dit-steps "$DIT_STEPS"} \
   ${DIT_EXTEND_TO:+--dit-extend-to "$DIT_EXTEND_TO"} ${DIT_COMPILE:+--compile} ${OUT:+--out "$OUT"}

@@ -114,7 +114,7 @@ def main(argv=None) -> int:
                              "(diffusion forcing); on its own it did not teach the direction words "
                              "(docs/benchmarks.md)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the DiT's blocks (needs a C++ compiler on a CPU): 13%% faster steps on 2 "
+                        help="torch.compile the DiT's blocks (needs a C++ compiler on a CPU): ~12%% faster steps on 2 "
                              "cores, after ~1 min of compiling (docs/benchmarks.md)")
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     args = parser.parse_args(argv)
