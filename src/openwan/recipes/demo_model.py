@@ -115,7 +115,7 @@ def main(argv=None) -> int:
                              "(docs/benchmarks.md)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the DiT's blocks (needs a C++ compiler on a CPU): ~12%% faster steps on 2 "
-                             "cores, after ~1 min of compiling (docs/benchmarks.md)")
+                             "cores, after 30-50 s of compiling (docs/benchmarks.md)")
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     args = parser.parse_args(argv)
     cache = args.work / "cache"
