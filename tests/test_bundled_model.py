@@ -50,14 +50,13 @@ def test_the_recipe_ships_its_newest_decoder(tmp_path):
 
 
 def test_the_recipe_dit_config_reads_as_a_training_config(tmp_path):
-    from openwan.recipes.demo_model import DIT_CONFIG
+    from openwan.recipes.demo_model import write_dit_config
     from openwan.train import load_config
 
-    for compile_blocks in ("true", "false"):
-        path = tmp_path / "dit.yaml"
-        path.write_text(DIT_CONFIG.format(cache=tmp_path / "cache", steps=4500, first_frame=0.3,
-                                          compile=compile_blocks, out=tmp_path / "dit"))
+    for compile_blocks in (True, False):
+        path = write_dit_config(tmp_path / "dit.yaml", cache=tmp_path / "cache", steps=4500, first_frame=0.3,
+                                compile_blocks=compile_blocks, out=tmp_path / "dit")
         cfg = load_config(path)
-        assert cfg.compile is (compile_blocks == "true")
+        assert cfg.compile is compile_blocks
         assert cfg.stages[0].steps == 4500 and cfg.timesteps.first_frame == 0.3
         assert cfg.output_dir == str(tmp_path / "dit")

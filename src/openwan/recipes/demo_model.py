@@ -91,6 +91,14 @@ def write_release(work: Path, out: Path) -> Path:
                         vae_dtype=torch.float16)
 
 
+def write_dit_config(path: Path, *, cache: Path, steps: int, first_frame: float, compile_blocks: bool,
+                     out: Path) -> Path:
+    """Write the DiT's ``openwan train`` config (``DIT_CONFIG`` filled in) to ``path`` and return ``path``."""
+    path.write_text(DIT_CONFIG.format(cache=cache, steps=steps, first_frame=first_frame,
+                                      compile=str(compile_blocks).lower(), out=out))
+    return path
+
+
 def _trained_steps(work: Path) -> int:
     from openwan.train.checkpoint import list_checkpoints
 
@@ -121,9 +129,9 @@ def main(argv=None) -> int:
     cache = args.work / "cache"
     if not (cache / "text_index.json").is_file():
         build_caches(args.work)
-    config = args.work / "dit.yaml"
-    config.write_text(DIT_CONFIG.format(cache=cache.resolve(), steps=args.dit_steps, first_frame=args.first_frame,
-                                        compile=str(args.compile).lower(), out=(args.work / "dit").resolve()))
+    config = write_dit_config(args.work / "dit.yaml", cache=cache.resolve(), steps=args.dit_steps,
+                              first_frame=args.first_frame, compile_blocks=args.compile,
+                              out=(args.work / "dit").resolve())
     train = [sys.executable, "-m", "openwan", "train", "--config", str(config)]
     if _trained_steps(args.work) < args.dit_steps:  # both phases resume from the newest checkpoint when re-run
         subprocess.run(train, check=True)
