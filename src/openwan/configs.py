@@ -94,6 +94,15 @@ class DiTConfig:
     def head_dim(self) -> int:
         return self.dim // self.num_heads
 
+    @staticmethod
+    def kind_of(in_dim: int, out_dim: int, image_tokens: int) -> str:
+        """The model_type that a checkpoint's channel counts and CLIP token count imply."""
+        if in_dim == out_dim == 48:
+            return "ti2v"  # Wan2.2 TI2V: the 48-channel VAE, first frame given clean in the latent
+        if image_tokens == 514:
+            return "flf2v"
+        return "i2v" if in_dim > out_dim else "t2v"
+
     @property
     def rope_split(self) -> tuple[int, int, int]:
         """Channels of head_dim given to the (t, h, w) axes: 44/42/42 for head_dim 128."""

@@ -34,14 +34,7 @@ def infer_dit_config(state: Mapping[str, torch.Tensor], head_dim: int = RELEASED
     if "img_emb.proj.0.weight" in state:
         image_dim = int(state["img_emb.proj.0.weight"].shape[0])
         image_tokens = int(state["img_emb.emb_pos"].shape[1]) if "img_emb.emb_pos" in state else 257
-    if in_dim == out_dim == 48:
-        model_type = "ti2v"
-    elif image_tokens == 514:
-        model_type = "flf2v"
-    elif in_dim > out_dim:
-        model_type = "i2v"
-    else:
-        model_type = "t2v"
+    model_type = DiTConfig.kind_of(in_dim, out_dim, image_tokens)
     if dim % head_dim:
         raise ValueError(f"dim {dim} is not a multiple of head_dim {head_dim}; give the model's config.json.")
     return DiTConfig(

@@ -131,16 +131,8 @@ def dit_config_from_diffusers(data: Mapping) -> DiTConfig:
         image_tokens = 0
         if data.get("image_dim"):
             image_tokens = 514 if data.get("pos_embed_seq_len") == 514 else 257
-        if in_dim == 48 and out_dim == 48:
-            model_type = "ti2v"
-        elif image_tokens == 514:
-            model_type = "flf2v"
-        elif in_dim > out_dim:
-            model_type = "i2v"
-        else:
-            model_type = "t2v"
         return DiTConfig(
-            model_type=model_type,
+            model_type=DiTConfig.kind_of(in_dim, out_dim, image_tokens),
             patch_size=tuple(data.get("patch_size", (1, 2, 2))),
             in_dim=in_dim,
             out_dim=out_dim,
