@@ -64,6 +64,8 @@ fi
 # samples with the first latent frame given clean (Wan2.2 TI2V-style); DIT_EXTEND_TO > DIT_STEPS then resumes it
 # with the schedule stretched (a warm restart; not used for the shipped model).
 # DIT_STEPS and DIT_EXTEND_TO, when set, override the defaults of openwan/recipes/demo_model.py; DIT_COMPILE=1
-# compiles the DiT's blocks with torch.compile (needs a C++ compiler; ~12% faster steps on a CPU).
+# compiles the DiT's blocks with torch.compile (needs a C++ compiler; ~12% faster steps on a CPU); DIT_SEED picks the
+# DiT run's seed (0 by default; at 4,500 steps the seed moves held-out motion by 30 points, docs/benchmarks.md) —
+# a DiT already in WORK/dit resumes as it was, so move that folder away to train another seed on the same caches.
 $PY -m openwan.recipes.demo_model "$WORK" ${DIT_STEPS:+--dit-steps "$DIT_STEPS"} \
-  ${DIT_EXTEND_TO:+--dit-extend-to "$DIT_EXTEND_TO"} ${DIT_COMPILE:+--compile} ${OUT:+--out "$OUT"}
+  ${DIT_EXTEND_TO:+--dit-extend-to "$DIT_EXTEND_TO"} ${DIT_COMPILE:+--compile} ${DIT_SEED:+--dit-seed "$DIT_SEED"} ${OUT:+--out "$OUT"}

@@ -53,10 +53,10 @@ def test_the_recipe_dit_config_reads_as_a_training_config(tmp_path):
     from openwan.recipes.demo_model import write_dit_config
     from openwan.train import load_config
 
-    for compile_blocks in (True, False):
+    for compile_blocks, seed in ((True, 0), (False, 3)):
         path = write_dit_config(tmp_path / "dit.yaml", cache=tmp_path / "cache", steps=4500, first_frame=0.3,
-                                compile_blocks=compile_blocks, out=tmp_path / "dit")
+                                compile_blocks=compile_blocks, out=tmp_path / "dit", seed=seed)
         cfg = load_config(path)
-        assert cfg.compile is compile_blocks
+        assert cfg.compile is compile_blocks and cfg.seed == seed
         assert cfg.stages[0].steps == 4500 and cfg.timesteps.first_frame == 0.3
         assert cfg.output_dir == str(tmp_path / "dit")
