@@ -68,4 +68,5 @@ fi
 # DiT run's seed (0 by default; at 4,500 steps the seed moves held-out motion by 30 points, docs/benchmarks.md) —
 # a DiT already in WORK/dit resumes as it was, so move that folder away to train another seed on the same caches.
 $PY -m openwan.recipes.demo_model "$WORK" ${DIT_STEPS:+--dit-steps "$DIT_STEPS"} \
-  ${DIT_EXTEND_TO:+--dit-extend-to "$DIT_EXTEND_TO"} ${DIT_COMPILE:+--compile} ${DIT_SEED:+--dit-seed "$DIT_SEED"} ${OUT:+--out "$OUT"}
+  ${DIT_EXTEND_TO:+--dit-extend-to "$DIT_EXTEND_TO"} ${DIT_COMPILE:+--compile} ${DIT_SEED:+--dit-seed "$DIT_SEED"} \
+  ${OUT:+--out "$OUT"}
