@@ -69,4 +69,4 @@ fi
 # a DiT already in WORK/dit resumes as it was, so move that folder away to train another seed on the same caches.
 $PY -m openwan.recipes.demo_model "$WORK" ${DIT_STEPS:+--dit-steps "$DIT_STEPS"} \
   ${DIT_EXTEND_TO:+--dit-extend-to "$DIT_EXTEND_TO"} ${DIT_COMPILE:+--compile} ${DIT_SEED:+--dit-seed "$DIT_SEED"} \
-  ${OUT:+--out "$OUT"}
+  ${TEXT_VOCABULARY_WEIGHT:+--text-vocabulary-weight "$TEXT_VOCABULARY_WEIGHT"} ${OUT:+--out "$OUT"}

@@ -35,15 +35,16 @@ output_dir: {out}
 """
 
 
-def demo_text_encoder(work: Path, steps: int = 2000):
-    """The recipe's text encoder: ``WORK/text_encoder`` (pre-trained there on first use). A work folder from
-    before the pre-training step (no such folder, but caches built) gets the random encoder it was built with."""
+def demo_text_encoder(work: Path, steps: int = 2000, vocabulary_weight: float = 0.0):
+    """The recipe's text encoder: ``WORK/text_encoder`` (pre-trained there on first use, with the vocabulary
+    objective at ``vocabulary_weight``). A work folder from before the pre-training step (no such folder, but caches
+    built) gets the random encoder it was built with."""
     from openwan.recipes.demo_text import pretrained_text_encoder, random_demo_text_encoder
 
     folder = work / "text_encoder"
     if not folder.is_dir() and (work / "cache" / "text_index.json").is_file():
         return random_demo_text_encoder()
-    return pretrained_text_encoder(folder, steps)
+    return pretrained_text_encoder(folder, steps, vocabulary_weight)
 
 
 def demo_vae_file(work: Path) -> Path:
@@ -56,7 +57,7 @@ def demo_vae_file(work: Path) -> Path:
     return work / "vae2" / "Wan2.1_VAE.pth"
 
 
-def build_caches(work: Path) -> Path:
+def build_caches(work: Path, text_vocabulary_weight: float = 0.0) -> Path:
     from openwan.configs import DIT_PRESETS
     from openwan.data.buckets import Bucket
     from openwan.data.cache import build_latent_cache, build_text_cache
@@ -66,7 +67,7 @@ def build_caches(work: Path) -> Path:
     cache = work / "cache"
     records = read_manifest(work / "data" / "train" / "manifest.jsonl")
     vae = WanVAE.from_pretrained(work / "vae2" / "Wan2.1_VAE.pth")
-    encoder, tokenizer = demo_text_encoder(work)
+    encoder, tokenizer = demo_text_encoder(work, vocabulary_weight=text_vocabulary_weight)
     with torch.no_grad():
         build_latent_cache(records, vae, [Bucket(17, 64, 64)], cache, batch_size=16, num_workers=1)
         build_text_cache(records, encoder, tokenizer, cache, text_len=DIT_PRESETS["demo"].text_len)
@@ -127,11 +128,14 @@ def main(argv=None) -> int:
     parser.add_argument("--dit-seed", type=int, default=0,
                         help="the DiT run's seed (initial weights, data order, noise): at 4,500 steps two seeds "
                              "of this recipe scored 93%% and 59%% on held-out motion (docs/benchmarks.md)")
+    parser.add_argument("--text-vocabulary-weight", type=float, default=0.0,
+                        help="pre-train the text encoder with the vocabulary objective at this weight beside span "
+                             "corruption (openwan.recipes.demo_text; 0: span corruption alone)")
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     args = parser.parse_args(argv)
     cache = args.work / "cache"
     if not (cache / "text_index.json").is_file():
-        build_caches(args.work)
+        build_caches(args.work, args.text_vocabulary_weight)
     config = write_dit_config(args.work / "dit.yaml", cache=cache.resolve(), steps=args.dit_steps,
                               first_frame=args.first_frame, compile_blocks=args.compile,
                               out=(args.work / "dit").resolve(), seed=args.dit_seed)

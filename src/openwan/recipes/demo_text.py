@@ -22,7 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from openwan.data.synthetic import COLOURS, MOTIONS, SHAPES, parse_caption
+
 TEXT_SEED = 0
+ATTRIBUTES = {"colour": tuple(COLOURS), "shape": SHAPES, "motion": MOTIONS}  # parse_caption's order
 SENTINEL = 259  # ByT5's <extra_id_0>; <extra_id_k> is 259 + k
 PAD, EOS = 0, 1
 
@@ -44,6 +47,12 @@ def caption_corpus(num: int, seed: int = 0, split: str = "train") -> list[str]:
     rng = np.random.default_rng(seed)
     combos = split_combinations(split)
     return [make_caption(*combos[int(rng.integers(len(combos)))], rng) for _ in range(num)]
+
+
+def attribute_labels(captions: list[str]) -> torch.Tensor:
+    """[len(captions), 3] indices of each caption's colour, shape and motion in :data:`ATTRIBUTES`."""
+    return torch.tensor([[list(names).index(value) for names, value in zip(ATTRIBUTES.values(), parse_caption(c))]
+                         for c in captions])
 
 
 def span_corrupt(ids: list[int], rng: np.random.Generator, density: float = 0.2,
@@ -85,9 +94,14 @@ def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pretrain_text_encoder(steps: int = 2000, batch_size: int = 128, lr: float = 2e-3, seed: int = TEXT_SEED,
-                          corpus_size: int = 50_000, log_every: int = 200):
+                          corpus_size: int = 50_000, log_every: int = 200, vocabulary_weight: float = 0.0):
     """Span-corruption pre-training of the ``demo`` umT5 (encoder + a 1-layer decoder, the decoder is dropped).
-    Returns (encoder in eval mode, tokenizer, per-step losses)."""
+
+    ``vocabulary_weight`` > 0 adds the vocabulary objective: three linear heads read the colour, the shape and the
+    motion from the mean of the encoder's states on the whole caption (cross-entropy each, heads dropped after).
+    Span corruption teaches each byte its word, but not that "box" means what "square" means — a pre-trained umT5
+    knows that from its text; this small one learns it from which captions share an attribute.
+    Returns (encoder in eval mode, tokenizer, per-step losses: span corruption plus the weighted vocabulary term)."""
     from transformers import ByT5Tokenizer, UMT5EncoderModel, UMT5ForConditionalGeneration
 
     from openwan.configs import TEXT_ENCODER_PRESETS
@@ -98,16 +112,27 @@ def pretrain_text_encoder(steps: int = 2000, batch_size: int = 128, lr: float = 
     model = UMT5ForConditionalGeneration(hf).train()
     tokenizer = ByT5Tokenizer()
     rng = np.random.default_rng(seed)
-    corpus = [tokenizer(c, add_special_tokens=False).input_ids for c in caption_corpus(corpus_size, seed)]
-    optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    captions = caption_corpus(corpus_size, seed)
+    corpus = [tokenizer(c, add_special_tokens=False).input_ids for c in captions]
+    labels, heads = attribute_labels(captions), torch.nn.ModuleList()
+    if vocabulary_weight > 0:
+        heads.extend(torch.nn.Linear(hf.d_model, len(names)) for names in ATTRIBUTES.values())
+    optim = torch.optim.AdamW([*model.parameters(), *heads.parameters()], lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda s: min(1.0, (s + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / steps))))
     losses, start = [], time.perf_counter()
     for step in range(steps):
-        pairs = [span_corrupt(corpus[int(i)], rng) for i in rng.integers(len(corpus), size=batch_size)]
+        picked = rng.integers(len(corpus), size=batch_size)
+        pairs = [span_corrupt(corpus[int(i)], rng) for i in picked]
         inputs, mask = _pad([p[0] for p in pairs])
-        labels, _ = _pad([p[1] for p in pairs])
-        loss = model(input_ids=inputs, attention_mask=mask, labels=labels.masked_fill(labels == PAD, -100)).loss
+        targets, _ = _pad([p[1] for p in pairs])
+        loss = model(input_ids=inputs, attention_mask=mask, labels=targets.masked_fill(targets == PAD, -100)).loss
+        if heads:
+            ids, mask = _pad([corpus[int(i)] + [EOS] for i in picked])
+            states = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            loss = loss + vocabulary_weight * sum(torch.nn.functional.cross_entropy(head(pooled), labels[picked, k])
+                                                  for k, head in enumerate(heads))
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -125,14 +150,14 @@ def pretrain_text_encoder(steps: int = 2000, batch_size: int = 128, lr: float = 
     return encoder.eval(), tokenizer, losses
 
 
-def pretrained_text_encoder(folder: str | Path, steps: int = 2000):
+def pretrained_text_encoder(folder: str | Path, steps: int = 2000, vocabulary_weight: float = 0.0):
     """(encoder, tokenizer) from ``folder`` (a transformers folder), pre-training and writing it there first when
     it is not there yet. The folder appears whole or not at all (written beside it, then renamed)."""
     from transformers import ByT5Tokenizer, UMT5EncoderModel
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        encoder, _, losses = pretrain_text_encoder(steps)
+        encoder, _, losses = pretrain_text_encoder(steps, vocabulary_weight=vocabulary_weight)
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         encoder.save_pretrained(partial)
@@ -142,30 +167,32 @@ def pretrained_text_encoder(folder: str | Path, steps: int = 2000):
     return UMT5EncoderModel.from_pretrained(folder).eval(), ByT5Tokenizer()
 
 
-def motion_readout(encoder, tokenizer, checkpoints: tuple[int, ...] = (100, 200, 400, 600), seed: int = 0,
-                   text_len: int = 64) -> list[float]:
-    """How readily a DiT-like cross-attention finds the motion in the encoder's states: a per-token MLP into 192
-    dims (the DiT's text embedding), 3 learned queries attending over the padded states (as the DiT's cross-attention
-    does, unmasked) and a linear read of the 5 motions, trained on 4,000 training-split captions; accuracy on 1,000
-    held-out-combination captions after each of ``checkpoints`` Adam steps."""
-    from openwan.data.synthetic import MOTIONS, parse_caption
-
+def attribute_readout(encoder, tokenizer, attribute: str = "motion",
+                      checkpoints: tuple[int, ...] = (100, 200, 400, 600), seed: int = 0,
+                      text_len: int = 64) -> tuple[list[float], dict[str, float]]:
+    """How readily a DiT-like cross-attention finds ``attribute`` (colour, shape or motion) in the encoder's states:
+    a per-token MLP into 192 dims (the DiT's text embedding), 3 learned queries attending over the padded states (as
+    the DiT's cross-attention does, unmasked) and a linear read of the attribute, trained on 4,000 training-split
+    captions. Returns the accuracy on 1,000 held-out-combination captions after each of ``checkpoints`` Adam steps,
+    and after the last one per value of the attribute."""
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"attribute must be one of {', '.join(ATTRIBUTES)}; got {attribute!r}.")
     nn = torch.nn
-    motions = list(MOTIONS)
+    column = list(ATTRIBUTES).index(attribute)
 
     def states_and_labels(captions):
         ids = tokenizer(captions, padding="max_length", max_length=text_len, truncation=True, return_tensors="pt")
         with torch.no_grad():
             states = encoder(**ids).last_hidden_state * ids.attention_mask[..., None]  # zeros past the end, as fed
-        return states, torch.tensor([motions.index(parse_caption(c)[2]) for c in captions])
+        return states, attribute_labels(captions)[:, column]
 
     train_x, train_y = states_and_labels(caption_corpus(4000, seed=5))
     test_x, test_y = states_and_labels(caption_corpus(1000, seed=6, split="heldout"))
     torch.manual_seed(seed)
-    dim, heads = 192, 3
+    dim, heads, values = 192, 3, ATTRIBUTES[attribute]
     embed = nn.Sequential(nn.Linear(train_x.shape[-1], dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
     queries = nn.Parameter(0.02 * torch.randn(heads, dim // heads))
-    kv, head = nn.Linear(dim, 2 * dim), nn.Linear(dim, len(motions))
+    kv, head = nn.Linear(dim, 2 * dim), nn.Linear(dim, len(values))
 
     def logits(x):
         k, v = (t.unflatten(-1, (heads, dim // heads)) for t in kv(embed(x)).chunk(2, -1))  # [B, L, heads, d]
@@ -173,7 +200,7 @@ def motion_readout(encoder, tokenizer, checkpoints: tuple[int, ...] = (100, 200,
         return head(torch.einsum("bhl,blhd->bhd", weights, v).flatten(1))
 
     optim = torch.optim.Adam([*embed.parameters(), queries, *kv.parameters(), *head.parameters()], lr=3e-4)
-    generator, accuracy = torch.Generator().manual_seed(seed), []
+    generator, accuracy, right = torch.Generator().manual_seed(seed), [], None
     for step in range(1, max(checkpoints) + 1):
         pick = torch.randint(len(train_x), (64,), generator=generator)
         loss = nn.functional.cross_entropy(logits(train_x[pick]), train_y[pick])
@@ -182,24 +209,32 @@ def motion_readout(encoder, tokenizer, checkpoints: tuple[int, ...] = (100, 200,
         optim.step()
         if step in checkpoints:
             with torch.no_grad():
-                accuracy.append(float((logits(test_x).argmax(-1) == test_y).float().mean()))
-    return accuracy
+                right = logits(test_x).argmax(-1) == test_y
+            accuracy.append(float(right.float().mean()))
+    by_value = {v: float(right[test_y == i].float().mean()) for i, v in enumerate(values) if (test_y == i).any()}
+    return accuracy, by_value
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--vocabulary-weight", type=float, default=0.0,
+                        help="weight of the vocabulary objective (heads read colour, shape and motion from the mean "
+                             "state) beside span corruption; 0: span corruption alone")
     parser.add_argument("--probe", action="store_true",
-                        help="then compare how fast a DiT-like cross-attention reads the motion from its states and "
-                             "from the random encoder's")
+                        help="then compare how fast a DiT-like cross-attention reads the motion and the shape from "
+                             "its states and from the random encoder's")
     args = parser.parse_args(argv)
-    encoder, tokenizer = pretrained_text_encoder(args.out, args.steps)
+    encoder, tokenizer = pretrained_text_encoder(args.out, args.steps, args.vocabulary_weight)
     print(f"text encoder: {args.out}")
     if args.probe:
         for name, (enc, tok) in (("random", random_demo_text_encoder()), ("pre-trained", (encoder, tokenizer))):
-            accuracy = ", ".join(f"{a:.1%}" for a in motion_readout(enc, tok))
-            print(f"{name} encoder: held-out motion read after 100/200/400/600 steps: {accuracy}")
+            for attribute in ("motion", "shape"):
+                accuracy, by_value = attribute_readout(enc, tok, attribute)
+                print(f"{name} encoder: held-out {attribute} read after 100/200/400/600 steps: "
+                      f"{', '.join(f'{a:.1%}' for a in accuracy)} (at 600: "
+                      f"{', '.join(f'{v} {a:.1%}' for v, a in by_value.items())})")
     return 0
 
 
