@@ -59,10 +59,11 @@ if [ "$VAE_WIDE_STEPS" -gt 0 ] && [ ! -f "$WORK/vae-wide/Wan2.1_VAE.pth" ]; then
     --log-every 50 --save-every 150 --workers 1
 fi
 
-# The rest is driven from Python: the text encoder (pre-trained on training captions by span corruption, then
-# frozen), the caches, the DiT and the release folder. The DiT trains DIT_STEPS on a cosine schedule, 30% of its
-# samples with the first latent frame given clean (Wan2.2 TI2V-style); DIT_EXTEND_TO > DIT_STEPS then resumes it
-# with the schedule stretched (a warm restart; not used for the shipped model).
+# The rest is driven from Python: the text encoder (pre-trained on training captions by span corruption and a
+# vocabulary objective that makes synonyms alike — TEXT_VOCABULARY_WEIGHT, 1 by default, 0 for span corruption
+# alone — then frozen), the caches, the DiT and the release folder. The DiT trains DIT_STEPS on a cosine schedule,
+# 30% of its samples with the first latent frame given clean (Wan2.2 TI2V-style); DIT_EXTEND_TO > DIT_STEPS then
+# resumes it with the schedule stretched (a warm restart; not used for the shipped model).
 # DIT_STEPS and DIT_EXTEND_TO, when set, override the defaults of openwan/recipes/demo_model.py; DIT_COMPILE=1
 # compiles the DiT's blocks with torch.compile (needs a C++ compiler; ~12% faster steps on a CPU); DIT_SEED picks the
 # DiT run's seed (0 by default; at 4,500 steps the seed moves held-out motion by 30 points, docs/benchmarks.md) —

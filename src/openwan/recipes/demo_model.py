@@ -1,7 +1,8 @@
 """The bundled demo model, step 3 of ``recipes/demo_model.sh``: text encoder, caches, DiT training, release.
 
 The text encoder is the ``demo`` umT5 preset with the byte-level ByT5 tokenizer, pre-trained on training-split
-captions by span corruption (``openwan.recipes.demo_text``) and then frozen, as Wan's umT5 is. The VAE comes from
+captions by span corruption plus a vocabulary objective that teaches it which words are synonyms
+(``openwan.recipes.demo_text``) and then frozen, as Wan's umT5 is. The VAE comes from
 ``openwan train-vae`` (stages 1-2 of the script); the DiT is trained by ``openwan train`` on the latent and text
 caches built here.
 The result is written as an official-layout release folder, so the ordinary loaders serve it.
@@ -17,6 +18,9 @@ from pathlib import Path
 import torch
 
 DEMO_WEIGHTS = Path(__file__).resolve().parents[3] / "weights" / "openwan-demo"
+# The text encoder's vocabulary objective beside span corruption: with it the DiT had every direction word right by
+# step 2,000; without, 41% (docs/benchmarks.md, sixteenth session).
+TEXT_VOCABULARY_WEIGHT = 1.0
 DIT_CONFIG = """\
 model: {{preset: demo}}
 data: {{cache_dir: {cache}}}
@@ -35,7 +39,7 @@ output_dir: {out}
 """
 
 
-def demo_text_encoder(work: Path, steps: int = 2000, vocabulary_weight: float = 0.0):
+def demo_text_encoder(work: Path, steps: int = 2000, vocabulary_weight: float = TEXT_VOCABULARY_WEIGHT):
     """The recipe's text encoder: ``WORK/text_encoder`` (pre-trained there on first use, with the vocabulary
     objective at ``vocabulary_weight``). A work folder from before the pre-training step (no such folder, but caches
     built) gets the random encoder it was built with."""
@@ -57,7 +61,7 @@ def demo_vae_file(work: Path) -> Path:
     return work / "vae2" / "Wan2.1_VAE.pth"
 
 
-def build_caches(work: Path, text_vocabulary_weight: float = 0.0) -> Path:
+def build_caches(work: Path, text_vocabulary_weight: float = TEXT_VOCABULARY_WEIGHT) -> Path:
     from openwan.configs import DIT_PRESETS
     from openwan.data.buckets import Bucket
     from openwan.data.cache import build_latent_cache, build_text_cache
@@ -128,9 +132,10 @@ def main(argv=None) -> int:
     parser.add_argument("--dit-seed", type=int, default=0,
                         help="the DiT run's seed (initial weights, data order, noise): at 4,500 steps two seeds "
                              "of this recipe scored 93%% and 59%% on held-out motion (docs/benchmarks.md)")
-    parser.add_argument("--text-vocabulary-weight", type=float, default=0.0,
+    parser.add_argument("--text-vocabulary-weight", type=float, default=TEXT_VOCABULARY_WEIGHT,
                         help="pre-train the text encoder with the vocabulary objective at this weight beside span "
-                             "corruption (openwan.recipes.demo_text; 0: span corruption alone)")
+                             "corruption (openwan.recipes.demo_text; 0: span corruption alone, which left the DiT "
+                             "to learn each synonym apart: docs/benchmarks.md, sixteenth session)")
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     args = parser.parse_args(argv)
     cache = args.work / "cache"
