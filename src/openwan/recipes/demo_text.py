@@ -1,4 +1,5 @@
-"""The demo model's text encoder: the ``demo`` umT5 preset, pre-trained on captions with T5's span corruption.
+"""The demo model's text encoder: the ``demo`` umT5 preset, pre-trained on captions with T5's span corruption
+and, optionally, a vocabulary objective.
 
 Wan's umT5 comes pre-trained on text; a randomly initialised one gives each byte a vector that barely depends on
 the word it sits in, so the DiT has to find "left" against "right" in a bag of byte vectors (they differ in four
@@ -7,7 +8,13 @@ self-supervised pre-training (mask byte spans, have a 1-layer decoder write them
 each byte's state carry its word. The corpus is captions drawn from the *training* combinations only, so the
 held-out combinations stay unseen by every part of the model. The encoder is then frozen, as Wan's is.
 
-    python -m openwan.recipes.demo_text OUT_DIR [--steps N] [--probe]   # writes OUT_DIR/model.safetensors + config
+Span corruption teaches each byte its word, not which words mean the same: "box" and "square" stay as far apart as
+their spellings, so the DiT must learn every synonym and every phrasing of a direction from its own share of the
+data. The vocabulary objective (``vocabulary_weight``) gives the encoder the knowledge a pre-trained umT5 brings:
+linear heads read each caption's colour, shape and motion from its mean state (:func:`synonym_gap` measures it).
+
+    python -m openwan.recipes.demo_text OUT_DIR [--steps N] [--vocabulary-weight W] [--probe]
+    # writes OUT_DIR/model.safetensors + config
 """
 
 from __future__ import annotations
@@ -22,7 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from openwan.data.synthetic import COLOURS, MOTIONS, SHAPE_NOUNS, SHAPES, parse_caption
+from openwan.data.synthetic import (
+    COLOURS,
+    MOTIONS,
+    SHAPE_NOUNS,
+    SHAPES,
+    make_caption,
+    parse_caption,
+    split_combinations,
+)
 
 TEXT_SEED = 0
 ATTRIBUTES = {"colour": tuple(COLOURS), "shape": SHAPES, "motion": MOTIONS}  # parse_caption's order
@@ -42,8 +57,6 @@ def random_demo_text_encoder(seed: int = TEXT_SEED):
 
 def caption_corpus(num: int, seed: int = 0, split: str = "train") -> list[str]:
     """``num`` captions of ``split``'s combinations, phrasing drawn as the dataset draws it."""
-    from openwan.data.synthetic import make_caption, split_combinations
-
     rng = np.random.default_rng(seed)
     combos = split_combinations(split)
     return [make_caption(*combos[int(rng.integers(len(combos)))], rng) for _ in range(num)]
