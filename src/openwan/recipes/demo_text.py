@@ -68,6 +68,13 @@ def attribute_labels(captions: list[str]) -> torch.Tensor:
                          for c in captions])
 
 
+def mean_state(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, D] mean of ``states`` [B, L, D] over the tokens ``mask`` [B, L] keeps: the caption's state that the
+    vocabulary heads read and :func:`synonym_gap` compares."""
+    mask = mask[..., None].to(states.dtype)
+    return (states * mask).sum(1) / mask.sum(1)
+
+
 def span_corrupt(ids: list[int], rng: np.random.Generator, density: float = 0.2,
                  mean_span: float = 3.0) -> tuple[list[int], list[int]]:
     """T5 span corruption of one byte sequence (without its EOS): about ``density`` of the bytes, in spans of
@@ -143,7 +150,7 @@ def pretrain_text_encoder(steps: int = 2000, batch_size: int = 128, lr: float = 
         if heads:
             ids, mask = _pad([corpus[int(i)] + [EOS] for i in picked])
             states = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-            pooled = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            pooled = mean_state(states, mask)
             loss = loss + vocabulary_weight * sum(torch.nn.functional.cross_entropy(head(pooled), labels[picked, k])
                                                   for k, head in enumerate(heads))
         optim.zero_grad(set_to_none=True)
@@ -238,8 +245,7 @@ def synonym_gap(encoder, tokenizer, text_len: int = 64) -> float:
                     max_length=text_len, truncation=True, return_tensors="pt")
     with torch.no_grad():
         states = encoder(**ids).last_hidden_state
-    mask = ids.attention_mask[..., None]
-    pooled = (states * mask).sum(1) / mask.sum(1)
+    pooled = mean_state(states, ids.attention_mask)
     pooled = torch.nn.functional.normalize(pooled - pooled.mean(0), dim=-1)
     similarity = pooled @ pooled.T
     pairs = [(i, j) for i in range(len(nouns)) for j in range(i)]
