@@ -134,8 +134,9 @@ def pretrain_text_encoder(steps: int = 2000, batch_size: int = 128, lr: float = 
     rng = np.random.default_rng(seed)
     captions = caption_corpus(corpus_size, seed)
     corpus = [tokenizer(c, add_special_tokens=False).input_ids for c in captions]
-    labels, heads = attribute_labels(captions), torch.nn.ModuleList()
-    if vocabulary_weight > 0:
+    heads = torch.nn.ModuleList()
+    if vocabulary_weight > 0:  # the labels (50,000 captions parsed) only when the heads read them
+        labels = attribute_labels(captions)
         heads.extend(torch.nn.Linear(hf.d_model, len(names)) for names in ATTRIBUTES.values())
     optim = torch.optim.AdamW([*model.parameters(), *heads.parameters()], lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
