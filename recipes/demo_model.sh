@@ -15,6 +15,7 @@ VAE_DECODER_STEPS=${VAE_DECODER_STEPS:-1000}
 VAE_WIDE_DIM=${VAE_WIDE_DIM:-24}
 VAE_WIDE_STEPS=${VAE_WIDE_STEPS:-0}
 VAE_COLOUR_WEIGHT=${VAE_COLOUR_WEIGHT:-10}
+DIT_COMPILE=${DIT_COMPILE-$(command -v c++ >/dev/null && echo 1 || true)}
 mkdir -p "$WORK"
 
 # Reversible paths: where an object starts never tells which way it goes, so only the prompt can.
@@ -42,17 +43,21 @@ mkdir -p "$WORK"
   --lr 1e-4 --warmup-steps 20 --min-lr-ratio 0.1 --l1-weight 0 --l2-weight 10 --colour-weight "$VAE_COLOUR_WEIGHT" \
   --log-every 50 --save-every 200 --workers 1
 # Then the decoder alone, at a fresh learning rate: the encoder is frozen, so the latents the DiT learns from are
-# stage 2's, byte for byte, and the release ships this sharper decoder with them.
-[ -f "$WORK/vae-decoder/Wan2.1_VAE.pth" ] || $OPENWAN train-vae --stage 2 --freeze-encoder \
-  --manifest "$WORK/data/train/manifest.jsonl" --out "$WORK/vae-decoder" --init "$WORK/vae2/Wan2.1_VAE.pth" \
-  --size 64 --frames 9 --batch-size 4 --steps "$VAE_DECODER_STEPS" --lr 1e-4 --warmup-steps 20 --min-lr-ratio 0.05 \
-  --l1-weight 0 --l2-weight 10 --log-every 50 --save-every 250 --workers 1
+# stage 2's, byte for byte, and the release ships this sharper decoder with them. VAE_DECODER_STEPS=0 skips it (and
+# the optional widening below, which starts from it): without it, a stage 1 of 2,000 steps and stage 2 gave 35.2 dB on
+# the held-out clips (docs/benchmarks.md, eighteenth session).
+if [ "$VAE_DECODER_STEPS" -gt 0 ] && [ ! -f "$WORK/vae-decoder/Wan2.1_VAE.pth" ]; then
+  $OPENWAN train-vae --stage 2 --freeze-encoder \
+    --manifest "$WORK/data/train/manifest.jsonl" --out "$WORK/vae-decoder" --init "$WORK/vae2/Wan2.1_VAE.pth" \
+    --size 64 --frames 9 --batch-size 4 --steps "$VAE_DECODER_STEPS" --lr 1e-4 --warmup-steps 20 \
+    --min-lr-ratio 0.05 --l1-weight 0 --l2-weight 10 --log-every 50 --save-every 250 --workers 1
+fi
 
 # Optional (VAE_WIDE_STEPS > 0, e.g. 600): that decoder widened from 16 to VAE_WIDE_DIM base channels (train-vae
 # --decoder-dim: the added channels start quiet, so it begins where the decoder step ended) and trained on, same
 # encoder again. On the shipped VAE, 600 steps gave +0.5 dB on the recipe's clips (32.30 -> 32.80) for ~20 min; what
 # holds the VAE under 35 dB is the background tint, which every VAE so far renders grey (docs/benchmarks.md).
-if [ "$VAE_WIDE_STEPS" -gt 0 ] && [ ! -f "$WORK/vae-wide/Wan2.1_VAE.pth" ]; then
+if [ "$VAE_WIDE_STEPS" -gt 0 ] && [ "$VAE_DECODER_STEPS" -gt 0 ] && [ ! -f "$WORK/vae-wide/Wan2.1_VAE.pth" ]; then
   $OPENWAN train-vae --stage 2 --freeze-encoder --manifest "$WORK/data/train/manifest.jsonl" --out "$WORK/vae-wide" \
     --init "$WORK/vae-decoder/Wan2.1_VAE.pth" --decoder-dim "$VAE_WIDE_DIM" --size 64 --frames 9 --batch-size 4 \
     --steps "$VAE_WIDE_STEPS" --lr 1e-4 --warmup-steps 50 --min-lr-ratio 0.05 --l1-weight 0 --l2-weight 10 \
@@ -64,8 +69,9 @@ fi
 # alone — then frozen), the caches, the DiT and the release folder. The DiT trains DIT_STEPS on a cosine schedule,
 # 30% of its samples with the first latent frame given clean (Wan2.2 TI2V-style); DIT_EXTEND_TO > DIT_STEPS then
 # resumes it with the schedule stretched (a warm restart; not used for the shipped model).
-# DIT_STEPS and DIT_EXTEND_TO, when set, override the defaults of openwan/recipes/demo_model.py; DIT_COMPILE=1
-# compiles the DiT's blocks with torch.compile (needs a C++ compiler; ~12% faster steps on a CPU); DIT_SEED picks the
+# DIT_STEPS and DIT_EXTEND_TO, when set, override the defaults of openwan/recipes/demo_model.py; DIT_COMPILE (on by
+# default where a C++ compiler is found, DIT_COMPILE= turns it off) compiles the DiT's blocks with torch.compile
+# (~12% faster steps on a CPU; the shipped model was trained so); DIT_SEED picks the
 # DiT run's seed (0 by default; with the span-only text encoder two seeds differed by 34 points on held-out motion,
 # with today's defaults seeds 0 and 1 both meet every prompt target, docs/benchmarks.md) —
 # a DiT already in WORK/dit resumes as it was, so move that folder away to train another seed on the same caches.
