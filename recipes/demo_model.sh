@@ -15,7 +15,9 @@ VAE_DECODER_STEPS=${VAE_DECODER_STEPS:-1000}
 VAE_WIDE_DIM=${VAE_WIDE_DIM:-24}
 VAE_WIDE_STEPS=${VAE_WIDE_STEPS:-0}
 VAE_COLOUR_WEIGHT=${VAE_COLOUR_WEIGHT:-10}
-DIT_COMPILE=${DIT_COMPILE-$(command -v c++ >/dev/null && echo 1 || true)}
+# torch.compile on a CPU builds C++ against Python's headers: on by default only where both are found.
+DIT_COMPILE=${DIT_COMPILE-$(command -v c++ >/dev/null && $PY -c "import os, sysconfig
+print(1 if os.path.isfile(os.path.join(sysconfig.get_paths()['include'], 'Python.h')) else '')" || true)}
 mkdir -p "$WORK"
 
 # Reversible paths: where an object starts never tells which way it goes, so only the prompt can.
@@ -69,11 +71,11 @@ fi
 # alone — then frozen), the caches, the DiT and the release folder. The DiT trains DIT_STEPS on a cosine schedule,
 # 30% of its samples with the first latent frame given clean (Wan2.2 TI2V-style); DIT_EXTEND_TO > DIT_STEPS then
 # resumes it with the schedule stretched (a warm restart; not used for the shipped model).
-# DIT_STEPS and DIT_EXTEND_TO, when set, override the defaults of openwan/recipes/demo_model.py; DIT_COMPILE (on by
-# default where a C++ compiler is found, DIT_COMPILE= turns it off) compiles the DiT's blocks with torch.compile
-# (~12% faster steps on a CPU; the shipped model was trained so); DIT_SEED picks the
-# DiT run's seed (0 by default; with the span-only text encoder two seeds differed by 34 points on held-out motion,
-# with today's defaults seeds 0 and 1 both meet every prompt target, docs/benchmarks.md) —
+# DIT_STEPS and DIT_EXTEND_TO, when set, override the defaults of openwan/recipes/demo_model.py. DIT_COMPILE compiles
+# the DiT's blocks with torch.compile (~12% faster steps on a CPU; the shipped model was trained so): on by default
+# where a C++ compiler and Python's headers are found, DIT_COMPILE= turns it off. DIT_SEED picks the DiT run's seed
+# (0 by default; with the span-only text encoder two seeds differed by 34 points on held-out motion, with today's
+# defaults seeds 0 and 1 both meet every prompt target, docs/benchmarks.md) —
 # a DiT already in WORK/dit resumes as it was, so move that folder away to train another seed on the same caches.
 $PY -m openwan.recipes.demo_model "$WORK" ${DIT_STEPS:+--dit-steps "$DIT_STEPS"} \
   ${DIT_EXTEND_TO:+--dit-extend-to "$DIT_EXTEND_TO"} ${DIT_COMPILE:+--compile} ${DIT_SEED:+--dit-seed "$DIT_SEED"} \

@@ -54,6 +54,33 @@ def test_the_recipe_ships_its_newest_decoder(tmp_path):
         assert demo_vae_file(tmp_path) == tmp_path / step / "Wan2.1_VAE.pth"
 
 
+def test_the_recipe_script_parses_and_compiles_only_where_it_can(tmp_path):
+    """``bash -n`` on the recipe, and its DIT_COMPILE default: on only where a C++ compiler and Python's headers are
+    found (torch.compile on a CPU needs both), off when told, off when the Python it is given cannot say."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "recipes" / "demo_model.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    header = script.read_text().split("mkdir -p")[0]  # the settings, before the script creates or runs anything
+    probe = tmp_path / "settings.sh"
+    probe.write_text(header + 'echo "compile=[$DIT_COMPILE]"\n')
+
+    def compile_setting(**env):
+        run = subprocess.run(["bash", str(probe)], env={"PATH": os.environ["PATH"], "PY": sys.executable, **env},
+                             capture_output=True, text=True, check=True)
+        return run.stdout.strip()
+
+    can = shutil.which("c++") is not None and Path(sysconfig.get_paths()["include"], "Python.h").is_file()
+    assert compile_setting() == ("compile=[1]" if can else "compile=[]")
+    assert compile_setting(DIT_COMPILE="") == "compile=[]"
+    assert compile_setting(PY="false") == "compile=[]"
+
+
 def test_the_recipe_dit_config_reads_as_a_training_config(tmp_path):
     from openwan.recipes.demo_model import write_dit_config
     from openwan.train import load_config
