@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from openwan.data.synthetic import PATHS
+
 HELP = "dataset tools (synth: write the synthetic captioned shapes dataset)"
 SYNTH_HELP = "write synthetic clips of a coloured shape moving over a background, with captions and a manifest"
 
@@ -32,7 +34,7 @@ def add_parser(sub) -> None:
     s.add_argument("--frames", type=int, default=17, help="frames per clip (4n+1 for the VAE)")
     s.add_argument("--fps", type=float, default=16)
     s.add_argument("--manifest", default="manifest.jsonl", help="manifest file name in --out (.jsonl or .parquet)")
-    s.add_argument("--paths", default="long", choices=["long", "reversible"],
+    s.add_argument("--paths", default="long", choices=list(PATHS),
                    help="long: 40-60%% of the frame, the start gives the direction away; reversible: shorter, from "
                         "a start the reverse path would also fit from")
     s.set_defaults(run=run_synth)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from openwan.cli.common import parse_dtype, parse_size
+from openwan.data.synthetic import PATHS
 
 HELP = "measure a model: prompt following (prompts) or VAE reconstruction PSNR/SSIM (vae)"
 PROMPTS_HELP = "generate held-out prompts of the synthetic shapes data and measure how often the video matches"
@@ -45,7 +46,7 @@ def add_parser(sub) -> None:
     v.add_argument("--size", default="64*64", help="WIDTH*HEIGHT of the clips, multiples of 16")
     v.add_argument("--frames", type=int, default=17, help="frames per clip, 4n+1")
     v.add_argument("--num-synthetic", type=int, default=36, help="held-out synthetic clips (0: none)")
-    v.add_argument("--paths", default="long", choices=["long", "reversible"],
+    v.add_argument("--paths", default="long", choices=list(PATHS),
                    help="the synthetic clips' object paths, as `openwan data synth --paths`: those of the dataset "
                         "the VAE was trained for (the demo recipe's is reversible)")
     v.add_argument("--photos", nargs="*", default=None,

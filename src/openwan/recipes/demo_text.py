@@ -256,12 +256,15 @@ def synonym_gap(encoder, tokenizer, text_len: int = 64) -> float:
 
 
 def main(argv=None) -> int:
+    from openwan.recipes.demo_model import TEXT_VOCABULARY_WEIGHT
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--vocabulary-weight", type=float, default=0.0,
+    parser.add_argument("--vocabulary-weight", type=float, default=TEXT_VOCABULARY_WEIGHT,
                         help="weight of the vocabulary objective (heads read colour, shape and motion from the mean "
-                             "state) beside span corruption; 0: span corruption alone")
+                             "state) beside span corruption; 0: span corruption alone (default: the recipe's, "
+                             "%(default)s)")
     parser.add_argument("--probe", action="store_true",
                         help="then compare how fast a DiT-like cross-attention reads the motion and the shape from "
                              "its states and from the random encoder's")
