@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 
+from openwan.recipes.demo_text import TEXT_VOCABULARY_WEIGHT
+
 DEMO_WEIGHTS = Path(__file__).resolve().parents[3] / "weights" / "openwan-demo"
-# The text encoder's vocabulary objective beside span corruption: with it the DiT had every direction word right by
-# step 2,000; without, 41% (docs/benchmarks.md, sixteenth session).
-TEXT_VOCABULARY_WEIGHT = 1.0
 DIT_CONFIG = """\
 model: {{preset: demo}}
 data: {{cache_dir: {cache}}}
