@@ -85,13 +85,17 @@ def test_the_recipe_dit_config_reads_as_a_training_config(tmp_path):
     from openwan.recipes.demo_model import write_dit_config
     from openwan.train import load_config
 
-    for compile_blocks, seed in ((True, 0), (False, 3)):
+    for compile_blocks, seed, size in ((True, 0, {}), (False, 3, dict(preset="demo-small", batch_size=16,
+                                                                          logit_std=2.0))):
         path = write_dit_config(tmp_path / "dit.yaml", cache=tmp_path / "cache", steps=4500, first_frame=0.3,
-                                compile_blocks=compile_blocks, out=tmp_path / "dit", seed=seed)
+                                compile_blocks=compile_blocks, out=tmp_path / "dit", seed=seed, **size)
         cfg = load_config(path)
         assert cfg.compile is compile_blocks and cfg.seed == seed
         assert cfg.stages[0].steps == 4500 and cfg.timesteps.first_frame == 0.3
         assert cfg.output_dir == str(tmp_path / "dit")
+        assert cfg.model.preset == size.get("preset", "demo")
+        assert cfg.stages[0].batch_size == size.get("batch_size", 24)
+        assert (cfg.timesteps.shift, cfg.timesteps.logit_std) == (3.0, size.get("logit_std", 1.0))
 
 
 def test_it_follows_held_out_prompts(pipe, tmp_path):

@@ -21,13 +21,13 @@ from openwan.recipes.demo_text import TEXT_VOCABULARY_WEIGHT
 
 DEMO_WEIGHTS = Path(__file__).resolve().parents[3] / "weights" / "openwan-demo"
 DIT_CONFIG = """\
-model: {{preset: demo}}
+model: {{preset: {preset}}}
 data: {{cache_dir: {cache}}}
 stages:
-  - {{name: shapes-64px, steps: {steps}, batch_size: 24, buckets: [[17, 64, 64]]}}
+  - {{name: shapes-64px, steps: {steps}, batch_size: {batch_size}, buckets: [[17, 64, 64]]}}
 optim: {{lr: 5.0e-4, weight_decay: 0.01, grad_clip: 1.0}}
 schedule: {{kind: cosine, warmup_steps: 100, min_lr_ratio: 0.1}}
-timesteps: {{mode: logit_normal, shift: 3.0, first_frame: {first_frame}}}
+timesteps: {{mode: logit_normal, shift: 3.0, logit_std: {logit_std}, first_frame: {first_frame}}}
 ema: {{decay: 0.998}}
 text_dropout: 0.1
 checkpoint: {{every: 500, keep_last: 2}}
@@ -96,10 +96,12 @@ def write_release(work: Path, out: Path) -> Path:
 
 
 def write_dit_config(path: Path, *, cache: Path, steps: int, first_frame: float, compile_blocks: bool,
-                     out: Path, seed: int = 0) -> Path:
+                     out: Path, seed: int = 0, preset: str = "demo", batch_size: int = 24,
+                     logit_std: float = 1.0) -> Path:
     """Write the DiT's ``openwan train`` config (``DIT_CONFIG`` filled in) to ``path`` and return ``path``."""
-    path.write_text(DIT_CONFIG.format(cache=cache, steps=steps, first_frame=first_frame,
-                                      compile=str(compile_blocks).lower(), out=out, seed=seed))
+    path.write_text(DIT_CONFIG.format(cache=cache, steps=steps, batch_size=batch_size, first_frame=first_frame,
+                                      preset=preset, logit_std=logit_std, compile=str(compile_blocks).lower(),
+                                      out=out, seed=seed))
     return path
 
 
@@ -117,6 +119,15 @@ def main(argv=None) -> int:
     parser.add_argument("--dit-extend-to", type=int, default=0,
                         help="then resume that run with the cosine schedule stretched to this many steps (a warm "
                              "restart); 0 = no second phase (the shipped model has none)")
+    parser.add_argument("--dit-preset", default="demo", choices=("demo", "demo-small"),
+                        help="the DiT's size: demo (dim 192, the shipped model until the nineteenth session) or "
+                             "demo-small (dim 128, about half the cost per token)")
+    parser.add_argument("--dit-batch-size", type=int, default=24)
+    parser.add_argument("--dit-logit-std", type=float, default=1.0,
+                        help="spread of the logit-normal noise levels the DiT trains on (before the shift of 3). "
+                             "Shape is learnt at the middle levels, motion at the high ones: on demo-small, 2 gave "
+                             "every direction right and no squares, 1 (the default) 87%% of them and no squares "
+                             "(docs/benchmarks.md, nineteenth session)")
     parser.add_argument("--first-frame", type=float, default=0.3,
                         help="the fraction of samples whose first latent frame is given clean (Wan2.2 TI2V-style "
                              "joint training): continuing a given frame is where the direction words are learnt, "
@@ -143,7 +154,8 @@ def main(argv=None) -> int:
         build_caches(args.work, args.text_vocabulary_weight)
     config = write_dit_config(args.work / "dit.yaml", cache=cache.resolve(), steps=args.dit_steps,
                               first_frame=args.first_frame, compile_blocks=args.compile,
-                              out=(args.work / "dit").resolve(), seed=args.dit_seed)
+                              out=(args.work / "dit").resolve(), seed=args.dit_seed, preset=args.dit_preset,
+                              batch_size=args.dit_batch_size, logit_std=args.dit_logit_std)
     train = [sys.executable, "-m", "openwan", "train", "--config", str(config)]
     if _trained_steps(args.work) < args.dit_steps:  # both phases resume from the newest checkpoint when re-run
         subprocess.run(train, check=True)
