@@ -152,7 +152,8 @@ DIT_PRESETS: dict[str, DiTConfig] = {
     # 4 heads of 48 so that Ulysses sequence parallelism over 2 ranks can split them.
     "demo": DiTConfig(model_type="t2v", patch_size=(1, 1, 1), dim=192, ffn_dim=768, freq_dim=256, text_dim=64,
                       num_heads=4, num_layers=4, text_len=64),
-    # Two thirds the width (4 heads of 32): about half the FLOPs per token, for the recipe's 90-minute variant.
+    # Two thirds the width (4 heads of 32), about half the FLOPs per token: tried for a 90-minute recipe, it has not
+    # met every prompt target yet (docs/benchmarks.md, eighteenth and nineteenth sessions).
     "demo-small": DiTConfig(model_type="t2v", patch_size=(1, 1, 1), dim=128, ffn_dim=512, freq_dim=256, text_dim=64,
                             num_heads=4, num_layers=4, text_len=64),
     "tiny-ti2v": DiTConfig(model_type="ti2v", in_dim=48, out_dim=48, dim=64, ffn_dim=128, freq_dim=32,

@@ -120,7 +120,7 @@ def main(argv=None) -> int:
                         help="then resume that run with the cosine schedule stretched to this many steps (a warm "
                              "restart); 0 = no second phase (the shipped model has none)")
     parser.add_argument("--dit-preset", default="demo", choices=("demo", "demo-small"),
-                        help="the DiT's size: demo (dim 192, the shipped model until the nineteenth session) or "
+                        help="the DiT's size: demo (dim 192, the shipped model's) or "
                              "demo-small (dim 128, about half the cost per token)")
     parser.add_argument("--dit-batch-size", type=int, default=24)
     parser.add_argument("--dit-logit-std", type=float, default=1.0,
