@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from openwan.configs import DIT_PRESETS
 from openwan.recipes.demo_text import TEXT_VOCABULARY_WEIGHT
 
 DEMO_WEIGHTS = Path(__file__).resolve().parents[3] / "weights" / "openwan-demo"
@@ -60,8 +61,7 @@ def demo_vae_file(work: Path) -> Path:
     return work / "vae2" / "Wan2.1_VAE.pth"
 
 
-def build_caches(work: Path, text_vocabulary_weight: float = TEXT_VOCABULARY_WEIGHT) -> Path:
-    from openwan.configs import DIT_PRESETS
+def build_caches(work: Path, text_vocabulary_weight: float = TEXT_VOCABULARY_WEIGHT, dit_preset: str = "demo") -> Path:
     from openwan.data.buckets import Bucket
     from openwan.data.cache import build_latent_cache, build_text_cache
     from openwan.data.manifest import read_manifest
@@ -73,7 +73,7 @@ def build_caches(work: Path, text_vocabulary_weight: float = TEXT_VOCABULARY_WEI
     encoder, tokenizer = demo_text_encoder(work, vocabulary_weight=text_vocabulary_weight)
     with torch.no_grad():
         build_latent_cache(records, vae, [Bucket(17, 64, 64)], cache, batch_size=16, num_workers=1)
-        build_text_cache(records, encoder, tokenizer, cache, text_len=DIT_PRESETS["demo"].text_len)
+        build_text_cache(records, encoder, tokenizer, cache, text_len=DIT_PRESETS[dit_preset].text_len)
     return cache
 
 
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dit-extend-to", type=int, default=0,
                         help="then resume that run with the cosine schedule stretched to this many steps (a warm "
                              "restart); 0 = no second phase (the shipped model has none)")
-    parser.add_argument("--dit-preset", default="demo", choices=("demo", "demo-small"),
+    parser.add_argument("--dit-preset", default="demo", choices=[n for n in DIT_PRESETS if n.startswith("demo")],
                         help="the DiT's size: demo (dim 192, the shipped model's) or "
                              "demo-small (dim 128, about half the cost per token)")
     parser.add_argument("--dit-batch-size", type=int, default=24)
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cache = args.work / "cache"
     if not (cache / "text_index.json").is_file():
-        build_caches(args.work, args.text_vocabulary_weight)
+        build_caches(args.work, args.text_vocabulary_weight, args.dit_preset)
     config = write_dit_config(args.work / "dit.yaml", cache=cache.resolve(), steps=args.dit_steps,
                               first_frame=args.first_frame, compile_blocks=args.compile,
                               out=(args.work / "dit").resolve(), seed=args.dit_seed, preset=args.dit_preset,
