@@ -255,3 +255,29 @@ def test_first_frame_and_per_frame_share_the_samples(tmp_path):
 def test_per_frame_must_be_a_fraction(tmp_path):
     with pytest.raises(ValueError, match="timesteps.per_frame must be a fraction"):
         _cfg(tmp_path, "timesteps.per_frame=1.5")
+
+
+def test_noise_mix_draws_each_distribution_at_its_fraction(tmp_path):
+    """timesteps.mix: 30% of the samples draw from a distribution far below the main one (shift 0.02 against 50),
+    so the share of low σ counts them; the draws are per sample, the same in any batch split."""
+    batch = {"latents": torch.randn(1, 16, 1, 4, 4), "context": torch.randn(1, 4, 32)}
+    overrides = ["timesteps.mode=logit_normal", "timesteps.shift=50", "timesteps.mix=[{fraction: 0.3, shift: 0.02}]"]
+    trainer = Trainer(_cfg(tmp_path, *overrides), data=ListBatches([batch]))
+    assert trainer.cfg.timesteps.mix[0].shift == 0.02 and trainer.cfg.timesteps.mix[0].logit_std == 1.0
+    sigmas, _, _ = trainer.draw_noise(torch.zeros(400, 16, 1, 4, 4))
+    low = sigmas < 0.5
+    assert abs(low.float().mean().item() - 0.3) < 0.07
+    assert (sigmas[low] < 0.2).float().mean() > 0.95 and (sigmas[~low] > 0.8).float().mean() > 0.95
+    again = Trainer(_cfg(tmp_path / "b", *overrides), data=ListBatches([batch]))
+    assert torch.equal(again.draw_noise(torch.zeros(400, 16, 1, 4, 4))[0], sigmas)
+
+
+@pytest.mark.parametrize("mix, message", [
+    ("[{fraction: 0.6}, {fraction: 0.5}]", "fractions that add up to at most 1"),
+    ("[{fraction: 0.5, shift: 0}]", r"timesteps.mix.0.shift must be a positive number"),
+    ("[{fraction: 0.5, logit_std: -1}]", r"timesteps.mix.0.logit_std must be a positive number"),
+    ("[{fraction: 0.5, sigma: 1}]", "unknown config field 'timesteps.mix.0.sigma'"),
+])
+def test_noise_mix_is_checked(tmp_path, mix, message):
+    with pytest.raises(ValueError, match=message):
+        _cfg(tmp_path, f"timesteps.mix={mix}")

@@ -115,6 +115,17 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class NoiseMix:
+    """A second noise-level distribution, drawn by ``fraction`` of the samples instead of the main one: the same
+    ``timesteps.mode``, with its own shift and logit-normal parameters."""
+
+    fraction: float = 0.0
+    shift: float = 1.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+
+@dataclass(frozen=True)
 class TimestepConfig:
     """Training noise levels σ: uniform or logit-normal, then shifted.
 
@@ -127,6 +138,9 @@ class TimestepConfig:
     ``first_frame``: the fraction of samples whose first latent frame is given clean (σ 0, no loss on it) while the
     rest share one drawn σ — Wan2.2 TI2V's joint text-and-image-to-video training: the model learns to continue
     a given first frame, where the prompt alone says where the scene goes. Drawn before ``per_frame``.
+    ``mix``: other distributions (:class:`NoiseMix`), each drawn by its fraction of the samples (the rest draw from
+    the main one), e.g. ``[{fraction: 0.5, shift: 1}]`` beside ``shift: 3`` — a model can need both the middle
+    levels (on the demo data, where shapes are learnt) and the high ones (where the motion is decided).
     """
 
     mode: Literal["uniform", "logit_normal"] = "uniform"
@@ -139,6 +153,7 @@ class TimestepConfig:
     max_shift: float = 1.15
     per_frame: float = 0.0
     first_frame: float = 0.0
+    mix: tuple[NoiseMix, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -503,6 +518,12 @@ def _validate(cfg: TrainConfig) -> None:
     _check(0 <= t.first_frame <= 1, "timesteps.first_frame", "a fraction from 0 to 1", t.first_frame)
     _check(t.first_frame + t.per_frame <= 1, "timesteps.first_frame + timesteps.per_frame",
            "at most 1 (they are fractions of the same samples)", t.first_frame + t.per_frame)
+    for i, m in enumerate(t.mix):
+        _check(0 <= m.fraction <= 1, f"timesteps.mix.{i}.fraction", "a fraction from 0 to 1", m.fraction)
+        _check(math.isfinite(m.shift) and m.shift > 0, f"timesteps.mix.{i}.shift", "a positive number", m.shift)
+        _check(m.logit_std > 0, f"timesteps.mix.{i}.logit_std", "a positive number", m.logit_std)
+    mixed = sum(m.fraction for m in t.mix)
+    _check(mixed <= 1, "timesteps.mix", "fractions that add up to at most 1 (they share the samples)", mixed)
     _check(t.max_tokens != t.base_tokens and t.base_tokens > 0, "timesteps.max_tokens",
            "a token count different from timesteps.base_tokens (both > 0)", t.max_tokens)
     _check(0.0 <= cfg.ema.decay < 1.0, "ema.decay", "in [0, 1) (0 disables the EMA)", cfg.ema.decay)
@@ -577,6 +598,7 @@ __all__ = [
     "StageConfig",
     "OptimConfig",
     "ScheduleConfig",
+    "NoiseMix",
     "TimestepConfig",
     "EMAConfig",
     "CheckpointConfig",

@@ -36,7 +36,7 @@ from torch import nn
 
 from openwan.diffusion import resolution_shift, sample_training_sigmas
 from openwan.train import checkpoint as ckpt
-from openwan.train.config import StageConfig, TrainConfig, save_config
+from openwan.train.config import StageConfig, TimestepConfig, TrainConfig, save_config
 from openwan.train.ema import EMA
 from openwan.train.metrics import MetricsLogger
 
@@ -433,7 +433,8 @@ class Trainer:
         """σ and ε like x0, drawn on the CPU (the same on any device), each sample from its own generator:
         :func:`sample_generator` of its index in the global batch, so data-parallel shards draw what one process
         drawing the whole batch would. σ is [B]; with ``timesteps.per_frame`` > 0 it is [B, F]: that fraction of
-        the samples draws a level per latent frame (per temporal patch), the rest one level repeated."""
+        the samples draws a level per latent frame (per temporal patch), the rest one level repeated. With
+        ``timesteps.mix``, each sample first picks the distribution it draws from."""
         t = self.cfg.timesteps
         if t.shift == "resolution":
             shift = resolution_shift(tokens_of(x0, self.dit.cfg.patch_size), t.base_tokens, t.base_shift,
@@ -450,8 +451,8 @@ class Trainer:
                 u = float(torch.rand((), generator=gen))
                 clean_first = u < t.first_frame and token_frames > 1
                 draws = token_frames if t.first_frame <= u < t.first_frame + t.per_frame else 1
-            sigma = sample_training_sigmas(draws, t.mode, shift, generator=gen, logit_mean=t.logit_mean,
-                                           logit_std=t.logit_std)
+            shift_of, mean, std = _noise_distribution(t, shift, gen)
+            sigma = sample_training_sigmas(draws, t.mode, shift_of, generator=gen, logit_mean=mean, logit_std=std)
             if frame_sigmas:  # [F]: the level of each latent frame
                 sigma = sigma.expand(token_frames).clone()
                 if clean_first:
@@ -860,6 +861,18 @@ def _checked_mesh(cfg: TrainConfig, mesh: Any):
         raise ValueError(f"the device mesh has {have} but the config's parallel section asks for {want}; build the "
                          "mesh with openwan.train.training_mesh(cfg), or change parallel.dp / cp_ring / cp_ulysses.")
     return mesh
+
+
+def _noise_distribution(t: TimestepConfig, shift: float, gen: torch.Generator) -> tuple[float, float, float]:
+    """(shift, logit_mean, logit_std) of the distribution one sample draws its σ from: an entry of ``t.mix`` with
+    the probability of its fraction, else the main one (with ``shift`` resolved). Without a mix nothing is drawn
+    from ``gen``, so such runs draw exactly what they drew before mixes existed."""
+    u = float(torch.rand((), generator=gen)) if t.mix else 1.0
+    for entry in t.mix:
+        if u < entry.fraction:
+            return entry.shift, entry.logit_mean, entry.logit_std
+        u -= entry.fraction
+    return shift, t.logit_mean, t.logit_std
 
 
 def sample_generator(seed: int, stream: str, draw: int, index: int) -> torch.Generator:
