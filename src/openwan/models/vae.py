@@ -81,6 +81,23 @@ def _frames_back(y: torch.Tensor, batch: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------- layers
 
 
+def cpu_conv_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` as a conv on ``x`` should take it: on CPU in channels-last layout, which oneDNN's kernels use
+    without reordering it on every call (the demo VAE's encode ~1.3x and its training step ~1.5x faster;
+    benchmarks/bench_models.py, docs/benchmarks.md). A copy per call, so parameters, state dicts and gradients
+    keep their ordinary layout; the sums are the same (to float32 rounding)."""
+    if x.device.type != "cpu":
+        return weight
+    return weight.contiguous(memory_format=torch.channels_last_3d if weight.ndim == 5 else torch.channels_last)
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d with the CPU weight layout of :func:`cpu_conv_weight` (same parameters and state-dict keys)."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return super()._conv_forward(x, cpu_conv_weight(x, weight), bias)
+
+
 class CausalConv3d(nn.Conv3d):
     """Conv3d padded on both sides in space and only in front in time (2·p_t frames).
 
@@ -100,6 +117,9 @@ class CausalConv3d(nn.Conv3d):
             return self._one_frame(x, weight)
         return self._conv_forward(x, weight, self.bias)  # spatial zero padding happens inside the conv
 
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return super()._conv_forward(x, cpu_conv_weight(x, weight), bias)
+
     def _with_history(self, x: torch.Tensor, cache: FeatureCache | None) -> tuple[torch.Tensor, torch.Tensor]:
         """x preceded by its time_pad history frames (cached, else zeros), and the weight to apply."""
         prev = cache.read() if cache is not None else None
@@ -117,7 +137,7 @@ class CausalConv3d(nn.Conv3d):
     def _one_frame(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """A conv with one output frame is a 2D conv over (channels x taps): the same sums, faster kernels."""
         b, c, t, h, w = x.shape
-        y = F.conv2d(x.reshape(b, c * t, h, w), weight.flatten(1, 2), self.bias,
+        y = F.conv2d(x.reshape(b, c * t, h, w), cpu_conv_weight(x, weight.flatten(1, 2)), self.bias,
                      self.stride[1:], self.padding[1:])
         return y.unsqueeze(2)  # [B, C_out, 1, H', W']
 
@@ -172,8 +192,8 @@ class AttentionBlock(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.norm = RMSNorm(dim, images=True)
-        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
-        self.proj = nn.Conv2d(dim, dim, 1)
+        self.to_qkv = Conv2d(dim, dim * 3, 1)
+        self.proj = Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor, cache: FeatureCache | None = None) -> torch.Tensor:
         b, c, t, h, w = x.shape
@@ -203,9 +223,9 @@ class Resample(nn.Module):
         if mode.startswith("upsample"):
             # nearest-exact at exactly ×2 copies values, so it is exact in any dtype
             self.resample = nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest-exact"),
-                                          nn.Conv2d(dim, dim // 2, 3, padding=1))
+                                          Conv2d(dim, dim // 2, 3, padding=1))
         else:
-            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
+            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), Conv2d(dim, dim, 3, stride=2))
         if mode == "upsample3d":
             self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
         elif mode == "downsample3d":
