@@ -264,9 +264,7 @@ class WanDiT(nn.Module):
         x = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # [B, D, f, h, w]
         x = rearrange(x, "b d f h w -> b (f h w) d").float()  # residual stream in float32
 
-        e = _run_fp32(self.time_embedding, sinusoidal_embedding(t, self.cfg.freq_dim))  # [B, D] or [B, L, D]
-        e = e if e.ndim == 3 else e[:, None]  # [B, 1|L, D]
-        e0 = _run_fp32(self.time_projection, e).unflatten(-1, (6, self.cfg.dim))  # [B, 1|L, 6, D]
+        e, e0 = self._time_embeddings(t)  # [B, 1|L, D], [B, 1|L, 6, D]
 
         context = self._embed_context(context, clip_fea)  # [B, image_tokens + text_len, D]
         rope = self._rope(grid, x.device)
@@ -286,6 +284,19 @@ class WanDiT(nn.Module):
         return rearrange(
             x, "b (f h w) (pt ph pw c) -> b c (f pt) (h ph) (w pw)", f=f, h=h, w=w, pt=pt, ph=ph, pw=pw
         )
+
+    def _time_embeddings(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The time embedding e [B, 1|L, D] and its projection e0 [B, 1|L, 6, D], float32.
+
+        Per-token timesteps [B, L] take a few distinct values (one per latent frame, or fewer): the MLPs run once
+        per distinct value and the rows are gathered, not once per token — a sixth of the demo DiT's training step
+        when its first frames are given clean (docs/benchmarks.md). Each row is the same function of its t."""
+        values, inverse = (t, None) if t.ndim == 1 else torch.unique(t, return_inverse=True)
+        e = _run_fp32(self.time_embedding, sinusoidal_embedding(values, self.cfg.freq_dim))  # [B or U, D]
+        e0 = _run_fp32(self.time_projection, e).unflatten(-1, (6, self.cfg.dim))  # [B or U, 6, D]
+        if inverse is None:
+            return e[:, None], e0[:, None]
+        return e[inverse], e0[inverse]  # [B, L, D], [B, L, 6, D]
 
     def _embed_context(self, context: torch.Tensor, clip_fea: torch.Tensor | None) -> torch.Tensor:
         # The reference zero-pads every prompt to text_len rows and attends to all of them, padding included.
