@@ -81,12 +81,15 @@ def _frames_back(y: torch.Tensor, batch: int) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------- layers
 
 
+CPU_CHANNELS_LAST = True  # benchmarks/bench_models.py turns it off to time the ordinary layout beside it
+
+
 def cpu_conv_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``weight`` as a conv on ``x`` should take it: on CPU in channels-last layout, which oneDNN's kernels use
     without reordering it on every call (the demo VAE's encode ~1.3x and its training step ~1.5x faster;
     benchmarks/bench_models.py, docs/benchmarks.md). A copy per call, so parameters, state dicts and gradients
     keep their ordinary layout; the sums are the same (to float32 rounding)."""
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or not CPU_CHANNELS_LAST:
         return weight
     return weight.contiguous(memory_format=torch.channels_last_3d if weight.ndim == 5 else torch.channels_last)
 
