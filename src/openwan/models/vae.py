@@ -86,8 +86,8 @@ CPU_CHANNELS_LAST = True  # benchmarks/bench_models.py turns it off to time the 
 
 def cpu_conv_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``weight`` as a conv on ``x`` should take it: on CPU in channels-last layout, which oneDNN's kernels use
-    without reordering it on every call (the demo VAE's encode ~1.3x and its training step ~1.5x faster;
-    benchmarks/bench_models.py, docs/benchmarks.md). A copy per call, so parameters, state dicts and gradients
+    without reordering it on every call (the demo VAE's batched encode and its training step ~1.15x faster on 2
+    cores; benchmarks/bench_models.py, docs/benchmarks.md). A copy per call, so parameters, state dicts and gradients
     keep their ordinary layout; the sums are the same (to float32 rounding)."""
     if x.device.type != "cpu" or not CPU_CHANNELS_LAST:
         return weight
