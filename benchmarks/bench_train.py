@@ -1,6 +1,8 @@
 """Training step time and tokens/s: with and without activation checkpointing, from a latent cache vs raw video.
 
     python benchmarks/bench_train.py                 # CPU: a small DiT (4 blocks, dim 256), 17 frames at 128x128
+    python benchmarks/bench_train.py --preset demo-small --size 64x64 --frames 17 --batch 16 --sources cache \
+        --checkpointing off --first-frame 0.3         # the demo recipe's DiT step (per-token timesteps)
     python benchmarks/bench_train.py --device cuda --preset t2v-1.3B --size 832x480 --frames 81
                                                      # GPU: t2v-1.3B at 480p, 81 frames, bf16 autocast, batch 1
 
@@ -89,7 +91,8 @@ def measure(args, device, checkpointing: bool, source: str, clip: Path, flops_ho
     dit_cfg = SMALL_CPU_DIT if args.preset == "small" else DIT_PRESETS[args.preset]
     cfg = load_config(None, [f"output_dir={args.out}", "log.progress=false", "checkpoint.every=0",
                              f"activation_checkpointing={str(checkpointing).lower()}", f"device={device}",
-                             "ema.decay=0.999", "text_dropout=0.1", "timesteps.mode=logit_normal"])
+                             "ema.decay=0.999", "text_dropout=0.1", "timesteps.mode=logit_normal",
+                             f"timesteps.first_frame={args.first_frame}"])
     torch.manual_seed(0)
     with torch.device(device):
         dit = WanDiT(dit_cfg)
@@ -148,6 +151,9 @@ def main() -> None:
     parser.add_argument("--sources", default=None,
                         help="comma list of cache, raw (default both on CPU, cache elsewhere: raw builds umT5-XXL)")
     parser.add_argument("--checkpointing", default="off,on", help="comma list of off, on")
+    parser.add_argument("--first-frame", type=float, default=0.0,
+                        help="timesteps.first_frame: this fraction of samples has its first latent frame clean, so "
+                             "the DiT takes per-token timesteps (the demo recipe's 0.3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
