@@ -108,10 +108,12 @@ def bench_vae(cfg: VAEConfig, latent: tuple[int, int, int], device, dtype, reps:
                         lambda: theirs.encode(x, return_dict=False)[0].mode(), device, reps)]
 
 
-def bench_vae_layout(cfg: VAEConfig, frames: int, size: int, batch: int, reps: int) -> list[dict]:
-    """Our VAE on CPU with its conv weights handed to oneDNN in channels-last layout (the default) against the
-    ordinary layout, same weights: a training step (encode, decode, squared error, backward), as ``openwan
-    train-vae --stage 2`` takes on the demo VAE, and an encode without gradients, as building a latent cache."""
+def bench_vae_layout(cfg: VAEConfig, frames: int, size: int, batch: int, reps: int, label: str = "demo",
+                     train: bool = True) -> list[dict]:
+    """Our VAE on CPU with its small convs' weights handed to oneDNN in channels-last layout (the default:
+    ``openwan.models.vae.cpu_conv_weight``) against the ordinary layout, same weights: a training step (encode,
+    decode, squared error, backward), as ``openwan train-vae --stage 2`` takes on the demo VAE, and an encode
+    without gradients, as building a latent cache."""
     from openwan.models import vae as vae_module
 
     model = WanVAE(cfg)
@@ -131,9 +133,10 @@ def bench_vae_layout(cfg: VAEConfig, frames: int, size: int, batch: int, reps: i
                 vae_module.CPU_CHANNELS_LAST = True
         return run
 
-    name = f"demo VAE %s {batch}x{frames}x{size}x{size}, channels-last weights vs ordinary"
+    name = f"{label} VAE %s {batch}x{frames}x{size}x{size}, channels-last weights vs ordinary"
     cpu, peer = torch.device("cpu"), "ordinary layout"
-    rows = [compare(name % "train step", layout(True, train_step), layout(False, train_step), cpu, reps, peer)]
+    rows = [compare(name % "train step", layout(True, train_step), layout(False, train_step), cpu, reps, peer)
+            ] if train else []
     with torch.no_grad():
         rows.append(compare(name % "encode", layout(True, lambda: model.encode(x)),
                             layout(False, lambda: model.encode(x)), cpu, reps, peer))
@@ -210,6 +213,7 @@ def main() -> None:
     bench_vae(VAE_PRESETS["demo"], (5, 8, 8), device, torch.float32, args.reps, batch=16, label="demo ")
     if device.type == "cpu":  # the weight layout only matters to oneDNN's CPU kernels
         bench_vae_layout(VAE_PRESETS["demo"], 9, 64, 4, args.reps)
+        bench_vae_layout(VAEConfig(), 9, 64, 1, args.reps, label="released", train=False)  # its convs keep the layout
 
 
 if __name__ == "__main__":

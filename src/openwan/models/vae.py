@@ -82,14 +82,17 @@ def _frames_back(y: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 CPU_CHANNELS_LAST = True  # benchmarks/bench_models.py turns it off to time the ordinary layout beside it
+CHANNELS_LAST_MAX_IN = 64  # convs with more input channels than this keep the ordinary layout
 
 
 def cpu_conv_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` as a conv on ``x`` should take it: on CPU in channels-last layout, which oneDNN's kernels use
-    without reordering it on every call (the demo VAE's batched encode and its training step ~1.15x faster on 2
-    cores; benchmarks/bench_models.py, docs/benchmarks.md). A copy per call, so parameters, state dicts and gradients
-    keep their ordinary layout; the sums are the same (to float32 rounding)."""
-    if x.device.type != "cpu" or not CPU_CHANNELS_LAST:
+    """``weight`` as a conv on ``x`` should take it: on CPU, for convs of at most ``CHANNELS_LAST_MAX_IN`` input
+    channels, in channels-last layout, which oneDNN's kernels take without reordering it on every call. On 2 cores
+    that made the demo VAE (16-64 channels) ~1.1x faster at a batch of 4, training and encoding, while the released
+    VAE's 96-384-channel convs ran 1.1-1.2x slower with it (benchmarks/bench_models.py, docs/benchmarks.md). A copy
+    per call, so parameters, state dicts and gradients keep their ordinary layout; the sums are the same (to float32
+    rounding)."""
+    if x.device.type != "cpu" or not CPU_CHANNELS_LAST or weight.shape[1] > CHANNELS_LAST_MAX_IN:
         return weight
     return weight.contiguous(memory_format=torch.channels_last_3d if weight.ndim == 5 else torch.channels_last)
 
