@@ -28,7 +28,7 @@ stages:
   - {{name: shapes-64px, steps: {steps}, batch_size: {batch_size}, buckets: [[17, 64, 64]]}}
 optim: {{lr: 5.0e-4, weight_decay: 0.01, grad_clip: 1.0}}
 schedule: {{kind: cosine, warmup_steps: 100, min_lr_ratio: 0.1}}
-timesteps: {{mode: logit_normal, shift: 3.0, logit_std: {logit_std}, first_frame: {first_frame}}}
+timesteps: {{mode: logit_normal, shift: 3.0, logit_std: {logit_std}, first_frame: {first_frame}{mix}}}
 ema: {{decay: 0.998}}
 text_dropout: 0.1
 checkpoint: {{every: 500, keep_last: 2}}
@@ -97,11 +97,13 @@ def write_release(work: Path, out: Path) -> Path:
 
 def write_dit_config(path: Path, *, cache: Path, steps: int, first_frame: float, compile_blocks: bool,
                      out: Path, seed: int = 0, preset: str = "demo", batch_size: int = 24,
-                     logit_std: float = 1.0) -> Path:
-    """Write the DiT's ``openwan train`` config (``DIT_CONFIG`` filled in) to ``path`` and return ``path``."""
+                     logit_std: float = 1.0, middle_share: float = 0.0) -> Path:
+    """Write the DiT's ``openwan train`` config (``DIT_CONFIG`` filled in) to ``path`` and return ``path``.
+    ``middle_share`` of the samples draw their noise level at shift 1, logit std 1 (``timesteps.mix``; none at 0)."""
+    mix = f", mix: [{{fraction: {middle_share}, shift: 1.0, logit_std: 1.0}}]" if middle_share > 0 else ""
     path.write_text(DIT_CONFIG.format(cache=cache, steps=steps, batch_size=batch_size, first_frame=first_frame,
-                                      preset=preset, logit_std=logit_std, compile=str(compile_blocks).lower(),
-                                      out=out, seed=seed))
+                                      preset=preset, logit_std=logit_std, mix=mix,
+                                      compile=str(compile_blocks).lower(), out=out, seed=seed))
     return path
 
 
@@ -125,9 +127,13 @@ def main(argv=None) -> int:
     parser.add_argument("--dit-batch-size", type=int, default=24)
     parser.add_argument("--dit-logit-std", type=float, default=1.0,
                         help="spread of the logit-normal noise levels the DiT trains on (before the shift of 3). "
-                             "Shape is learnt at the middle levels, motion at the high ones: on demo-small, 2 gave "
-                             "every direction right and no squares, 1 (the default) 87%% of them and no squares "
-                             "(docs/benchmarks.md, nineteenth session)")
+                             "On demo-small, one run each: 2 gave every direction right and no squares, 1 (the "
+                             "default) 87%% of them and no squares (docs/benchmarks.md, nineteenth session)")
+    parser.add_argument("--dit-middle-share", type=float, default=0.0,
+                        help="this fraction of the DiT's samples draws its noise level at shift 1, logit std 1 "
+                             "instead (timesteps.mix). On demo-small, half at shift 1 and half at logit std 2 did "
+                             "worse than either alone: shape 41%%, motion 83%% (docs/benchmarks.md, twentieth "
+                             "session); 0 (the default): none")
     parser.add_argument("--first-frame", type=float, default=0.3,
                         help="the fraction of samples whose first latent frame is given clean (Wan2.2 TI2V-style "
                              "joint training): continuing a given frame is where the direction words are learnt, "
@@ -155,7 +161,8 @@ def main(argv=None) -> int:
     config = write_dit_config(args.work / "dit.yaml", cache=cache.resolve(), steps=args.dit_steps,
                               first_frame=args.first_frame, compile_blocks=args.compile,
                               out=(args.work / "dit").resolve(), seed=args.dit_seed, preset=args.dit_preset,
-                              batch_size=args.dit_batch_size, logit_std=args.dit_logit_std)
+                              batch_size=args.dit_batch_size, logit_std=args.dit_logit_std,
+                              middle_share=args.dit_middle_share)
     train = [sys.executable, "-m", "openwan", "train", "--config", str(config)]
     if _trained_steps(args.work) < args.dit_steps:  # both phases resume from the newest checkpoint when re-run
         subprocess.run(train, check=True)
