@@ -139,8 +139,8 @@ class TimestepConfig:
     rest share one drawn σ — Wan2.2 TI2V's joint text-and-image-to-video training: the model learns to continue
     a given first frame, where the prompt alone says where the scene goes. Drawn before ``per_frame``.
     ``mix``: other distributions (:class:`NoiseMix`), each drawn by its fraction of the samples (the rest draw from
-    the main one), e.g. ``[{fraction: 0.5, shift: 1}]`` beside ``shift: 3`` — a model can need both the middle
-    levels (on the demo data, where shapes are learnt) and the high ones (where the motion is decided).
+    the main one), e.g. ``[{fraction: 0.5, shift: 1}]`` beside ``shift: 3``. On the demo DiT such a half-and-half
+    mixture did worse than either of its parts alone (docs/benchmarks.md, twentieth session).
     """
 
     mode: Literal["uniform", "logit_normal"] = "uniform"
