@@ -281,3 +281,23 @@ def test_noise_mix_draws_each_distribution_at_its_fraction(tmp_path):
 def test_noise_mix_is_checked(tmp_path, mix, message):
     with pytest.raises(ValueError, match=message):
         _cfg(tmp_path, f"timesteps.mix={mix}")
+
+
+def test_a_stage_can_train_at_its_own_noise_levels(tmp_path):
+    """stages.N.timesteps replaces the run's section for that stage: a run at high noise (shift 50) whose second
+    stage draws far lower (shift 0.02), so the logged σ of each step says which stage drew it."""
+    batch = {"latents": torch.randn(4, 16, 1, 4, 4), "context": torch.randn(4, 4, 32)}
+    stages = ("stages=[{name: high, steps: 3, batch_size: 4}, {name: low, steps: 3, batch_size: 4, "
+              "timesteps: {mode: logit_normal, shift: 0.02}}]")
+    cfg = _cfg(tmp_path, stages, "timesteps.mode=logit_normal", "timesteps.shift=50", "log.every=1", "text_dropout=0")
+    assert cfg.stage_timesteps(cfg.stages[0]) is cfg.timesteps and cfg.stage_timesteps(cfg.stages[1]).shift == 0.02
+    Trainer(cfg, data=ListBatches([batch])).fit()
+    rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "sigma_mean" in r]
+    assert [r["stage"] for r in rows] == ["high"] * 3 + ["low"] * 3
+    assert all(r["sigma_mean"] > 0.8 and r["shift"] == 50 for r in rows[:3])
+    assert all(r["sigma_mean"] < 0.2 and r["shift"] == 0.02 for r in rows[3:])
+
+
+def test_a_stage_s_noise_levels_are_checked(tmp_path):
+    with pytest.raises(ValueError, match=r"stages.0.timesteps.logit_std must be a positive number"):
+        _cfg(tmp_path, "stages.0.timesteps={mode: logit_normal, logit_std: 0}")

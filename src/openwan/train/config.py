@@ -77,7 +77,9 @@ class StageConfig:
     """One curriculum stage. ``buckets`` are (frames, height, width) in pixels, frames 4n+1 (1 = image).
 
     ``image_video_ratio`` is handed to the bucket sampler (the data mix); ``lr`` / ``warmup_steps`` None take
-    ``optim.lr`` / ``schedule.warmup_steps``; ``manifest`` / ``cache_dir`` replace ``data``'s for this stage.
+    ``optim.lr`` / ``schedule.warmup_steps``; ``manifest`` / ``cache_dir`` replace ``data``'s for this stage;
+    ``timesteps``, when set, replaces the run's whole ``timesteps`` section for this stage (noise levels in
+    sequence, e.g. a stage weighted to high noise and then one to middle noise, on the same data).
     From a latent cache, a clip cached at a longer bucket of the same size trains at a shorter one of the stage
     as its first latent frames (exact for the causal VAE; ``CachedDataset.fit_buckets``): one cache of long clips
     serves a curriculum that starts on short clips or images.
@@ -92,6 +94,7 @@ class StageConfig:
     image_video_ratio: float | None = None
     manifest: str | None = None
     cache_dir: str | None = None
+    timesteps: TimestepConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,9 @@ class TrainConfig:
 
     def stage_warmup(self, stage: StageConfig) -> int:
         return self.schedule.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
+
+    def stage_timesteps(self, stage: StageConfig) -> TimestepConfig:
+        return self.timesteps if stage.timesteps is None else stage.timesteps
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
@@ -510,22 +516,7 @@ def _validate(cfg: TrainConfig) -> None:
     for i, stage in enumerate(cfg.stages):
         _validate_stage(stage, f"stages.{i}")
     _validate_optim(cfg)
-    t = cfg.timesteps
-    if t.shift != "resolution":
-        _check(math.isfinite(t.shift) and t.shift > 0, "timesteps.shift", "a positive number or resolution", t.shift)
-    _check(t.logit_std > 0, "timesteps.logit_std", "a positive number", t.logit_std)
-    _check(0 <= t.per_frame <= 1, "timesteps.per_frame", "a fraction from 0 to 1", t.per_frame)
-    _check(0 <= t.first_frame <= 1, "timesteps.first_frame", "a fraction from 0 to 1", t.first_frame)
-    _check(t.first_frame + t.per_frame <= 1, "timesteps.first_frame + timesteps.per_frame",
-           "at most 1 (they are fractions of the same samples)", t.first_frame + t.per_frame)
-    for i, m in enumerate(t.mix):
-        _check(0 <= m.fraction <= 1, f"timesteps.mix.{i}.fraction", "a fraction from 0 to 1", m.fraction)
-        _check(math.isfinite(m.shift) and m.shift > 0, f"timesteps.mix.{i}.shift", "a positive number", m.shift)
-        _check(m.logit_std > 0, f"timesteps.mix.{i}.logit_std", "a positive number", m.logit_std)
-    mixed = sum(m.fraction for m in t.mix)
-    _check(mixed <= 1, "timesteps.mix", "fractions that add up to at most 1 (they share the samples)", mixed)
-    _check(t.max_tokens != t.base_tokens and t.base_tokens > 0, "timesteps.max_tokens",
-           "a token count different from timesteps.base_tokens (both > 0)", t.max_tokens)
+    _validate_timesteps(cfg.timesteps, "timesteps")
     _check(0.0 <= cfg.ema.decay < 1.0, "ema.decay", "in [0, 1) (0 disables the EMA)", cfg.ema.decay)
     _check(0.0 <= cfg.text_dropout <= 1.0, "text_dropout", "a probability in [0, 1]", cfg.text_dropout)
     _check(cfg.checkpoint.every >= 0, "checkpoint.every", "an integer >= 0 (0: only at the end)", cfg.checkpoint.every)
@@ -566,6 +557,26 @@ def _validate_stage(stage: StageConfig, name: str) -> None:
     if stage.image_video_ratio is not None:
         _check(stage.image_video_ratio >= 0, f"{name}.image_video_ratio", "a number >= 0 (or null)",
                stage.image_video_ratio)
+    if stage.timesteps is not None:
+        _validate_timesteps(stage.timesteps, f"{name}.timesteps")
+
+
+def _validate_timesteps(t: TimestepConfig, name: str) -> None:
+    if t.shift != "resolution":
+        _check(math.isfinite(t.shift) and t.shift > 0, f"{name}.shift", "a positive number or resolution", t.shift)
+    _check(t.logit_std > 0, f"{name}.logit_std", "a positive number", t.logit_std)
+    _check(0 <= t.per_frame <= 1, f"{name}.per_frame", "a fraction from 0 to 1", t.per_frame)
+    _check(0 <= t.first_frame <= 1, f"{name}.first_frame", "a fraction from 0 to 1", t.first_frame)
+    _check(t.first_frame + t.per_frame <= 1, f"{name}.first_frame + {name}.per_frame",
+           "at most 1 (they are fractions of the same samples)", t.first_frame + t.per_frame)
+    for i, m in enumerate(t.mix):
+        _check(0 <= m.fraction <= 1, f"{name}.mix.{i}.fraction", "a fraction from 0 to 1", m.fraction)
+        _check(math.isfinite(m.shift) and m.shift > 0, f"{name}.mix.{i}.shift", "a positive number", m.shift)
+        _check(m.logit_std > 0, f"{name}.mix.{i}.logit_std", "a positive number", m.logit_std)
+    mixed = sum(m.fraction for m in t.mix)
+    _check(mixed <= 1, f"{name}.mix", "fractions that add up to at most 1 (they share the samples)", mixed)
+    _check(t.max_tokens != t.base_tokens and t.base_tokens > 0, f"{name}.max_tokens",
+           f"a token count different from {name}.base_tokens (both > 0)", t.max_tokens)
 
 
 def _validate_optim(cfg: TrainConfig) -> None:

@@ -434,8 +434,9 @@ class Trainer:
         :func:`sample_generator` of its index in the global batch, so data-parallel shards draw what one process
         drawing the whole batch would. σ is [B]; with ``timesteps.per_frame`` > 0 it is [B, F]: that fraction of
         the samples draws a level per latent frame (per temporal patch), the rest one level repeated. With
-        ``timesteps.mix``, each sample first picks the distribution it draws from."""
-        t = self.cfg.timesteps
+        ``timesteps.mix``, each sample first picks the distribution it draws from. The current stage's own
+        ``timesteps``, where it has one, replaces the run's."""
+        t = self.cfg.stage_timesteps(stage_at(self.cfg, self.step)[0])
         if t.shift == "resolution":
             shift = resolution_shift(tokens_of(x0, self.dit.cfg.patch_size), t.base_tokens, t.base_shift,
                                      t.max_tokens, t.max_shift)
