@@ -82,6 +82,7 @@ fi
 # (docs/benchmarks.md).
 $PY -m openwan.recipes.demo_model "$WORK" ${DIT_STEPS:+--dit-steps "$DIT_STEPS"} ${DIT_PRESET:+--dit-preset "$DIT_PRESET"} \
   ${DIT_BATCH:+--dit-batch-size "$DIT_BATCH"} ${DIT_LOGIT_STD:+--dit-logit-std "$DIT_LOGIT_STD"} \
+  ${DIT_SHIFT:+--dit-shift "$DIT_SHIFT"} ${DIT_HIGH_STEPS:+--dit-high-steps "$DIT_HIGH_STEPS"} \
   ${DIT_MIDDLE_SHARE:+--dit-middle-share "$DIT_MIDDLE_SHARE"} \
   ${DIT_EXTEND_TO:+--dit-extend-to "$DIT_EXTEND_TO"} ${DIT_COMPILE:+--compile} ${DIT_SEED:+--dit-seed "$DIT_SEED"} \
   ${TEXT_VOCABULARY_WEIGHT:+--text-vocabulary-weight "$TEXT_VOCABULARY_WEIGHT"} ${OUT:+--out "$OUT"}

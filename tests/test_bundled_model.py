@@ -91,14 +91,34 @@ def test_the_recipe_dit_config_reads_as_a_training_config(tmp_path):
                                 compile_blocks=compile_blocks, out=tmp_path / "dit", seed=seed, **size)
         cfg = load_config(path)
         assert cfg.compile is compile_blocks and cfg.seed == seed
-        assert cfg.stages[0].steps == 4500 and cfg.timesteps.first_frame == 0.3
-        assert cfg.output_dir == str(tmp_path / "dit")
+        assert [s.steps for s in cfg.stages] == [4500] and cfg.timesteps.first_frame == 0.3
+        assert cfg.stages[0].timesteps is None and cfg.output_dir == str(tmp_path / "dit")
         assert cfg.model.preset == size.get("preset", "demo")
         assert cfg.stages[0].batch_size == size.get("batch_size", 24)
         assert (cfg.timesteps.shift, cfg.timesteps.logit_std) == (3.0, size.get("logit_std", 1.0))
         # a share of the samples at shift 1, logit std 1; none at all (no mix, no extra draw) when it is 0
         mix = [(m.fraction, m.shift, m.logit_std) for m in cfg.timesteps.mix]
         assert mix == ([(0.5, 1.0, 1.0)] if "middle_share" in size else [])
+
+
+def test_the_recipe_can_train_high_noise_levels_first(tmp_path):
+    """--dit-high-steps: the first steps a stage at shift 3, logit std 2, the rest one at the run's own levels with
+    its cosine restarted lower; the two add up to the DiT's steps."""
+    from openwan.recipes.demo_model import AFTER_HIGH_LR, write_dit_config
+    from openwan.train import load_config
+
+    path = write_dit_config(tmp_path / "dit.yaml", cache=tmp_path / "cache", steps=4200, first_frame=0.3,
+                            compile_blocks=False, out=tmp_path / "dit", preset="demo-small", batch_size=16,
+                            shift=1.0, high_steps=2400)
+    cfg = load_config(path)
+    high, rest = cfg.stages
+    assert (high.steps, rest.steps, high.batch_size, rest.batch_size) == (2400, 1800, 16, 16)
+    assert (high.timesteps.shift, high.timesteps.logit_std, high.timesteps.first_frame) == (3.0, 2.0, 0.3)
+    assert rest.timesteps is None and (cfg.timesteps.shift, cfg.timesteps.logit_std) == (1.0, 1.0)
+    assert (high.lr, rest.lr, rest.warmup_steps) == (None, AFTER_HIGH_LR, 50) and cfg.optim.lr > AFTER_HIGH_LR
+    with pytest.raises(ValueError, match="fewer than all of them"):
+        write_dit_config(tmp_path / "bad.yaml", cache=tmp_path / "cache", steps=100, first_frame=0.3,
+                         compile_blocks=False, out=tmp_path / "dit", high_steps=100)
 
 
 def test_it_follows_held_out_prompts(pipe, tmp_path):

@@ -25,10 +25,10 @@ DIT_CONFIG = """\
 model: {{preset: {preset}}}
 data: {{cache_dir: {cache}}}
 stages:
-  - {{name: shapes-64px, steps: {steps}, batch_size: {batch_size}, buckets: [[17, 64, 64]]}}
+{stages}
 optim: {{lr: 5.0e-4, weight_decay: 0.01, grad_clip: 1.0}}
 schedule: {{kind: cosine, warmup_steps: 100, min_lr_ratio: 0.1}}
-timesteps: {{mode: logit_normal, shift: 3.0, logit_std: {logit_std}, first_frame: {first_frame}{mix}}}
+timesteps: {{mode: logit_normal, shift: {shift}, logit_std: {logit_std}, first_frame: {first_frame}{mix}}}
 ema: {{decay: 0.998}}
 text_dropout: 0.1
 checkpoint: {{every: 500, keep_last: 2}}
@@ -37,6 +37,11 @@ log: {{every: 50, progress: false, tensorboard: false}}
 seed: {seed}
 output_dir: {out}
 """
+STAGE = "  - {{name: {name}, steps: {steps}, batch_size: {batch_size}, {extra}buckets: [[17, 64, 64]]}}"
+# The high-noise stage's levels (shift 3, logit std 2: 44% of the samples at sigma > 0.8), and the learning rate the
+# stage after it restarts its cosine at.
+HIGH_NOISE = "{{mode: logit_normal, shift: 3.0, logit_std: 2.0, first_frame: {first_frame}}}"
+AFTER_HIGH_LR = 3.0e-4
 
 
 def demo_text_encoder(work: Path, steps: int = 2000, vocabulary_weight: float = TEXT_VOCABULARY_WEIGHT):
@@ -96,13 +101,25 @@ def write_release(work: Path, out: Path) -> Path:
 
 
 def write_dit_config(path: Path, *, cache: Path, steps: int, first_frame: float, compile_blocks: bool,
-                     out: Path, seed: int = 0, preset: str = "demo", batch_size: int = 24,
-                     logit_std: float = 1.0, middle_share: float = 0.0) -> Path:
+                     out: Path, seed: int = 0, preset: str = "demo", batch_size: int = 24, shift: float = 3.0,
+                     logit_std: float = 1.0, middle_share: float = 0.0, high_steps: int = 0) -> Path:
     """Write the DiT's ``openwan train`` config (``DIT_CONFIG`` filled in) to ``path`` and return ``path``.
-    ``middle_share`` of the samples draw their noise level at shift 1, logit std 1 (``timesteps.mix``; none at 0)."""
+    ``middle_share`` of the samples draw their noise level at shift 1, logit std 1 (``timesteps.mix``; none at 0).
+    ``high_steps`` > 0: the first that many of the ``steps`` are a stage of their own at ``HIGH_NOISE`` levels, and
+    the rest a second stage at the run's levels (``shift``, ``logit_std``), its cosine restarted at
+    ``AFTER_HIGH_LR``."""
+    if not 0 <= high_steps < steps:
+        raise ValueError(f"the high-noise stage takes {high_steps} of the DiT's {steps} steps; give it fewer than "
+                         "all of them (0: no such stage).")
+    stages = [STAGE.format(name="shapes-64px", steps=steps, batch_size=batch_size, extra="")]
+    if high_steps:
+        high = f"timesteps: {HIGH_NOISE.format(first_frame=first_frame)}, "
+        stages = [STAGE.format(name="high-noise", steps=high_steps, batch_size=batch_size, extra=high),
+                  STAGE.format(name="shapes-64px", steps=steps - high_steps, batch_size=batch_size,
+                               extra=f"lr: {AFTER_HIGH_LR}, warmup_steps: 50, ")]
     mix = f", mix: [{{fraction: {middle_share}, shift: 1.0, logit_std: 1.0}}]" if middle_share > 0 else ""
-    path.write_text(DIT_CONFIG.format(cache=cache, steps=steps, batch_size=batch_size, first_frame=first_frame,
-                                      preset=preset, logit_std=logit_std, mix=mix,
+    path.write_text(DIT_CONFIG.format(cache=cache, stages="\n".join(stages), first_frame=first_frame,
+                                      preset=preset, shift=shift, logit_std=logit_std, mix=mix,
                                       compile=str(compile_blocks).lower(), out=out, seed=seed))
     return path
 
@@ -125,6 +142,14 @@ def main(argv=None) -> int:
                         help="the DiT's size: demo (dim 192, the shipped model's) or "
                              "demo-small (dim 128, about half the cost per token)")
     parser.add_argument("--dit-batch-size", type=int, default=24)
+    parser.add_argument("--dit-shift", type=float, default=3.0,
+                        help="shift of the noise levels the DiT trains on (after a high-noise stage: of the stage "
+                             "after it); 1 drew squares on demo-small but left nearly everything still "
+                             "(docs/benchmarks.md, nineteenth and twentieth sessions)")
+    parser.add_argument("--dit-high-steps", type=int, default=0,
+                        help="the DiT's first this many steps form a stage of their own at high noise levels (shift "
+                             "3, logit std 2: where motion is learnt), the rest a stage at --dit-shift / "
+                             "--dit-logit-std with the cosine restarted at 3e-4; 0 (the default): one stage")
     parser.add_argument("--dit-logit-std", type=float, default=1.0,
                         help="spread of the logit-normal noise levels the DiT trains on (before the shift of 3). "
                              "On demo-small, one run each: 2 gave every direction right and no squares, 1 (the "
@@ -155,14 +180,16 @@ def main(argv=None) -> int:
                              "to learn each synonym apart: docs/benchmarks.md, sixteenth session)")
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
     args = parser.parse_args(argv)
+    if args.dit_high_steps and args.dit_extend_to:
+        parser.error("--dit-extend-to stretches a one-stage run; it cannot follow --dit-high-steps.")
     cache = args.work / "cache"
     if not (cache / "text_index.json").is_file():
         build_caches(args.work, args.text_vocabulary_weight, args.dit_preset)
     config = write_dit_config(args.work / "dit.yaml", cache=cache.resolve(), steps=args.dit_steps,
                               first_frame=args.first_frame, compile_blocks=args.compile,
                               out=(args.work / "dit").resolve(), seed=args.dit_seed, preset=args.dit_preset,
-                              batch_size=args.dit_batch_size, logit_std=args.dit_logit_std,
-                              middle_share=args.dit_middle_share)
+                              batch_size=args.dit_batch_size, shift=args.dit_shift, logit_std=args.dit_logit_std,
+                              middle_share=args.dit_middle_share, high_steps=args.dit_high_steps)
     train = [sys.executable, "-m", "openwan", "train", "--config", str(config)]
     if _trained_steps(args.work) < args.dit_steps:  # both phases resume from the newest checkpoint when re-run
         subprocess.run(train, check=True)
