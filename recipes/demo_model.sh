@@ -77,9 +77,9 @@ fi
 # (0 by default; with the span-only text encoder two seeds differed by 34 points on held-out motion, with today's
 # defaults seeds 0 and 1 both meet every prompt target, docs/benchmarks.md) —
 # a DiT already in WORK/dit resumes as it was, so move that folder away to train another seed on the same caches.
-# DIT_PRESET (demo-small: dim 128), DIT_BATCH, DIT_LOGIT_STD and DIT_MIDDLE_SHARE (a share of the DiT's samples at
-# shift 1) reproduce the cheaper DiTs of the eighteenth to twentieth sessions, none of which met every prompt target
-# (docs/benchmarks.md).
+# DIT_PRESET (demo-small: dim 128), DIT_BATCH, DIT_SHIFT, DIT_LOGIT_STD, DIT_MIDDLE_SHARE (a share of the DiT's samples
+# at shift 1) and DIT_HIGH_STEPS (a first stage at high noise levels) reproduce the cheaper DiTs of the eighteenth to
+# twenty-first sessions, none of which met every prompt target (docs/benchmarks.md).
 $PY -m openwan.recipes.demo_model "$WORK" ${DIT_STEPS:+--dit-steps "$DIT_STEPS"} ${DIT_PRESET:+--dit-preset "$DIT_PRESET"} \
   ${DIT_BATCH:+--dit-batch-size "$DIT_BATCH"} ${DIT_LOGIT_STD:+--dit-logit-std "$DIT_LOGIT_STD"} \
   ${DIT_SHIFT:+--dit-shift "$DIT_SHIFT"} ${DIT_HIGH_STEPS:+--dit-high-steps "$DIT_HIGH_STEPS"} \
