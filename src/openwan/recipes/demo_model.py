@@ -111,12 +111,13 @@ def write_dit_config(path: Path, *, cache: Path, steps: int, first_frame: float,
     if not 0 <= high_steps < steps:
         raise ValueError(f"the high-noise stage takes {high_steps} of the DiT's {steps} steps; give it fewer than "
                          "all of them (0: no such stage).")
-    stages = [STAGE.format(name="shapes-64px", steps=steps, batch_size=batch_size, extra="")]
     if high_steps:
         high = f"timesteps: {HIGH_NOISE.format(first_frame=first_frame)}, "
         stages = [STAGE.format(name="high-noise", steps=high_steps, batch_size=batch_size, extra=high),
                   STAGE.format(name="shapes-64px", steps=steps - high_steps, batch_size=batch_size,
                                extra=f"lr: {AFTER_HIGH_LR}, warmup_steps: 50, ")]
+    else:
+        stages = [STAGE.format(name="shapes-64px", steps=steps, batch_size=batch_size, extra="")]
     mix = f", mix: [{{fraction: {middle_share}, shift: 1.0, logit_std: 1.0}}]" if middle_share > 0 else ""
     path.write_text(DIT_CONFIG.format(cache=cache, stages="\n".join(stages), first_frame=first_frame,
                                       preset=preset, shift=shift, logit_std=logit_std, mix=mix,
