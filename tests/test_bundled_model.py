@@ -86,7 +86,8 @@ def test_the_recipe_dit_config_reads_as_a_training_config(tmp_path):
     from openwan.train import load_config
 
     for compile_blocks, seed, size in ((True, 0, {}), (False, 3, dict(preset="demo-small", batch_size=16,
-                                                                          logit_std=2.0, middle_share=0.5))):
+                                                                          logit_std=2.0, middle_share=0.5,
+                                                                          lr=1e-3))):
         path = write_dit_config(tmp_path / "dit.yaml", cache=tmp_path / "cache", steps=4500, first_frame=0.3,
                                 compile_blocks=compile_blocks, out=tmp_path / "dit", seed=seed, **size)
         cfg = load_config(path)
@@ -95,6 +96,7 @@ def test_the_recipe_dit_config_reads_as_a_training_config(tmp_path):
         assert cfg.stages[0].timesteps is None and cfg.output_dir == str(tmp_path / "dit")
         assert cfg.model.preset == size.get("preset", "demo")
         assert cfg.stages[0].batch_size == size.get("batch_size", 24)
+        assert cfg.optim.lr == size.get("lr", 5e-4)
         assert (cfg.timesteps.shift, cfg.timesteps.logit_std) == (3.0, size.get("logit_std", 1.0))
         # a share of the samples at shift 1, logit std 1; none at all (no mix, no extra draw) when it is 0
         mix = [(m.fraction, m.shift, m.logit_std) for m in cfg.timesteps.mix]

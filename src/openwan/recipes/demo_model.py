@@ -26,7 +26,7 @@ model: {{preset: {preset}}}
 data: {{cache_dir: {cache}}}
 stages:
 {stages}
-optim: {{lr: 5.0e-4, weight_decay: 0.01, grad_clip: 1.0}}
+optim: {{lr: {lr}, weight_decay: 0.01, grad_clip: 1.0}}
 schedule: {{kind: cosine, warmup_steps: 100, min_lr_ratio: 0.1}}
 timesteps: {{mode: logit_normal, shift: {shift}, logit_std: {logit_std}, first_frame: {first_frame}{mix}}}
 ema: {{decay: 0.998}}
@@ -102,8 +102,9 @@ def write_release(work: Path, out: Path) -> Path:
 
 def write_dit_config(path: Path, *, cache: Path, steps: int, first_frame: float, compile_blocks: bool,
                      out: Path, seed: int = 0, preset: str = "demo", batch_size: int = 24, shift: float = 3.0,
-                     logit_std: float = 1.0, middle_share: float = 0.0, high_steps: int = 0) -> Path:
+                     logit_std: float = 1.0, middle_share: float = 0.0, high_steps: int = 0, lr: float = 5e-4) -> Path:
     """Write the DiT's ``openwan train`` config (``DIT_CONFIG`` filled in) to ``path`` and return ``path``.
+    ``lr``: the peak learning rate of the cosine schedule.
     ``middle_share`` of the samples draw their noise level at shift 1, logit std 1 (``timesteps.mix``; none at 0).
     ``high_steps`` > 0: the first that many of the ``steps`` are a stage of their own at ``HIGH_NOISE`` levels, and
     the rest a second stage at the run's levels (``shift``, ``logit_std``), its cosine restarted at
@@ -120,7 +121,7 @@ def write_dit_config(path: Path, *, cache: Path, steps: int, first_frame: float,
         stages = [STAGE.format(name="shapes-64px", steps=steps, batch_size=batch_size, extra="")]
     mix = f", mix: [{{fraction: {middle_share}, shift: 1.0, logit_std: 1.0}}]" if middle_share > 0 else ""
     path.write_text(DIT_CONFIG.format(cache=cache, stages="\n".join(stages), first_frame=first_frame,
-                                      preset=preset, shift=shift, logit_std=logit_std, mix=mix,
+                                      preset=preset, shift=shift, logit_std=logit_std, mix=mix, lr=lr,
                                       compile=str(compile_blocks).lower(), out=out, seed=seed))
     return path
 
@@ -153,6 +154,9 @@ def main(argv=None) -> int:
                              "--dit-logit-std with the cosine restarted at 3e-4. On demo-small, 2,400 such steps and "
                              "1,800 at shift 1 gave shape 39%%, motion 69%% (docs/benchmarks.md, twenty-first "
                              "session); 0 (the default): one stage")
+    parser.add_argument("--dit-lr", type=float, default=5e-4,
+                        help="the DiT's peak learning rate (cosine to a tenth of it). On demo-small, 1e-3 instead of "
+                             "5e-4 took motion from 87%% to 98%% in 4,200 steps (docs/benchmarks.md).")
     parser.add_argument("--dit-logit-std", type=float, default=1.0,
                         help="spread of the logit-normal noise levels the DiT trains on (before the shift of 3). "
                              "On demo-small, one run each: 2 gave every direction right and no squares, 1 (the "
@@ -192,7 +196,8 @@ def main(argv=None) -> int:
                               first_frame=args.first_frame, compile_blocks=args.compile,
                               out=(args.work / "dit").resolve(), seed=args.dit_seed, preset=args.dit_preset,
                               batch_size=args.dit_batch_size, shift=args.dit_shift, logit_std=args.dit_logit_std,
-                              middle_share=args.dit_middle_share, high_steps=args.dit_high_steps)
+                              middle_share=args.dit_middle_share, high_steps=args.dit_high_steps,
+                              lr=args.dit_lr)
     train = [sys.executable, "-m", "openwan", "train", "--config", str(config)]
     if _trained_steps(args.work) < args.dit_steps:  # both phases resume from the newest checkpoint when re-run
         subprocess.run(train, check=True)
