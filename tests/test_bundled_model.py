@@ -123,6 +123,27 @@ def test_the_recipe_can_train_high_noise_levels_first(tmp_path):
                          compile_blocks=False, out=tmp_path / "dit", high_steps=100)
 
 
+def test_the_recipe_can_train_two_experts(tmp_path):
+    """--dit-boundary: each expert's config trains only its side of the boundary; bad combinations are refused
+    before anything is trained."""
+    from openwan.recipes.demo_model import main, write_dit_config
+    from openwan.train import load_config
+
+    path = write_dit_config(tmp_path / "dit-high.yaml", cache=tmp_path / "cache", steps=1800, first_frame=0.3,
+                            compile_blocks=False, out=tmp_path / "dit-high", sigma_range=(0.75, 1.0))
+    t = load_config(path).timesteps
+    assert (t.min_sigma, t.max_sigma, t.shift) == (0.75, 1.0, 3.0)
+    assert load_config(write_dit_config(tmp_path / "dit.yaml", cache=tmp_path / "cache", steps=10, first_frame=0,
+                                        compile_blocks=False, out=tmp_path / "dit")).timesteps.max_sigma == 1.0
+    for bad, message in ((["--dit-boundary", "0.75", "--dit-high-steps", "100"], "two one-stage experts"),
+                         (["--dit-boundary", "1.5"], "between 0 and 1"),
+                         (["--dit-boundary", "0.75", "--dit-steps", "100", "--dit-high-expert-steps", "100"],
+                          "leave steps to both experts")):
+        with pytest.raises(SystemExit):
+            main([str(tmp_path / "work"), *bad])
+        assert not (tmp_path / "work" / "cache").exists()
+
+
 def test_it_follows_held_out_prompts(pipe, tmp_path):
     """The whole stack end to end: the shipped weights, the sampler at the small models' defaults and the detector
     must still meet the issue's targets on the 18 held-out combinations (one seed; seeds 0-2 score 100 / 94 / 100%)."""

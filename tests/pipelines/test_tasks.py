@@ -179,3 +179,26 @@ def test_real_process_exit_code_and_no_traceback(releases, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("openwan generate: error: frame_num must be 4n+1")
     assert "Traceback" not in proc.stderr
+
+
+def test_a_two_expert_release_switches_experts_at_its_boundary(tmp_path):
+    """save_release(dit_low=, boundary=) writes the Wan2.2 A14B layout; the pipeline loads both experts and the
+    boundary, and runs the high-noise expert for exactly the timesteps t >= boundary·1000 of the schedule."""
+    from openwan.diffusion.schedule import sampling_sigmas, timesteps_from_sigmas
+
+    parts = tiny_components("tiny")
+    low = tiny_components("tiny", seed=1)["dit"]
+    root = save_release(tmp_path / "moe", **parts, dit_low=low, boundary=0.7)
+    assert (root / "high_noise_model" / "config.json").is_file() and not (root / "config.json").exists()
+    pipe = WanPipeline.from_pretrained(root, device="cpu")
+    assert pipe.boundary == 0.7 and pipe.dit_low is not None
+    torch.testing.assert_close(pipe.dit_low.state_dict(), low.state_dict())
+    seen = {"high": [], "low": []}
+    for name, model in (("high", pipe.dit), ("low", pipe.dit_low)):
+        model.register_forward_hook(lambda m, args, out, name=name: seen[name].append(float(args[1][0])))
+    pipe("a red ball moving left", size=(32, 32), frame_num=5, sample_steps=6, sample_shift=3.0, progress=False)
+    ts = [float(t) for t in timesteps_from_sigmas(sampling_sigmas(6, 3.0))[:-1]]
+    assert sorted(set(seen["high"])) == sorted(t for t in ts if t >= 700)
+    assert sorted(set(seen["low"])) == sorted(t for t in ts if t < 700) and seen["low"]
+    with pytest.raises(ValueError, match="both dit_low and boundary"):
+        save_release(tmp_path / "bad", **parts, dit_low=low)

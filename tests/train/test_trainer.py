@@ -272,6 +272,24 @@ def test_noise_mix_draws_each_distribution_at_its_fraction(tmp_path):
     assert torch.equal(again.draw_noise(torch.zeros(400, 16, 1, 4, 4))[0], sigmas)
 
 
+def test_an_expert_run_draws_only_its_noise_levels(tmp_path):
+    """timesteps.min_sigma / max_sigma (a Wan2.2-style expert): per-frame and mixed draws stay in the range too,
+    while a clean first frame keeps σ 0."""
+    batch = {"latents": torch.randn(1, 16, 1, 4, 4), "context": torch.randn(1, 4, 32)}
+    common = ["timesteps.mode=logit_normal", "timesteps.per_frame=0.5", "timesteps.first_frame=0.3",
+              "timesteps.mix=[{fraction: 0.3, shift: 0.02}]"]
+    for lo, hi in ((0.875, 1.0), (0.0, 0.4)):
+        trainer = Trainer(_cfg(tmp_path / f"{lo}", *common, f"timesteps.min_sigma={lo}", f"timesteps.max_sigma={hi}"),
+                          data=ListBatches([batch]))
+        sigmas, _, _ = trainer.draw_noise(torch.zeros(300, 16, 5, 4, 4))
+        clean = sigmas[:, 0] == 0
+        assert 0.2 < clean.float().mean() < 0.4
+        rest = torch.cat([sigmas[~clean].flatten(), sigmas[clean, 1:].flatten()])
+        assert float(rest.min()) >= lo and float(rest.max()) <= hi
+    with pytest.raises(ValueError, match="timesteps.min_sigma and timesteps.max_sigma must be two noise levels"):
+        _cfg(tmp_path / "bad", "timesteps.min_sigma=0.9", "timesteps.max_sigma=0.5")
+
+
 @pytest.mark.parametrize("mix, message", [
     ("[{fraction: 0.6}, {fraction: 0.5}]", "fractions that add up to at most 1"),
     ("[{fraction: 0.5, shift: 0}]", r"timesteps.mix.0.shift must be a positive number"),

@@ -45,19 +45,31 @@ def _clip_full_tower(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_release(folder: str | Path, *, dit, vae, text_encoder, tokenizer, image_encoder=None,
                  dtype: torch.dtype | None = None, dit_dtype: torch.dtype | None = None,
-                 vae_dtype: torch.dtype | None = None) -> Path:
+                 vae_dtype: torch.dtype | None = None, dit_low=None, boundary: float | None = None) -> Path:
     """Write the models as an official-layout release folder (each file atomically).
 
     ``dtype`` casts every floating-point tensor; ``dit_dtype`` only the DiT's (the bulk of the bytes), ``vae_dtype``
     only the VAE's (loaders cast to the dtype asked for, float32 on CPU).
+    ``dit_low`` and ``boundary``: a Wan2.2 A14B-layout release of two experts, ``dit`` the high-noise one in
+    ``high_noise_model/``, ``dit_low`` in ``low_noise_model/``, and ``configuration.json`` saying where the sampler
+    switches (t >= boundary·1000 takes the high-noise expert).
     """
     folder = Path(folder)
+    if (dit_low is None) != (boundary is None):
+        raise ValueError("a two-expert release needs both dit_low and boundary; give both or neither.")
+    if boundary is not None and not 0 < boundary < 1:
+        raise ValueError(f"boundary is the noise level where the experts meet, between 0 and 1; got {boundary!r}.")
     dit_dtype = dit_dtype or dtype
     vae_dtype = vae_dtype or dtype
-    dit_state = {k: (v.to(dit_dtype) if dit_dtype is not None else v).detach().cpu()
-                 for k, v in dit.state_dict().items()}
-    write_json(folder / "config.json", dit.cfg.to_dict())
-    save_sharded(dit_state, folder)
+    experts = [(dit, folder)] if dit_low is None else [(dit, folder / "high_noise_model"),
+                                                        (dit_low, folder / "low_noise_model")]
+    for model, where in experts:
+        state = {k: (v.to(dit_dtype) if dit_dtype is not None else v).detach().cpu()
+                 for k, v in model.state_dict().items()}
+        write_json(where / "config.json", model.cfg.to_dict())
+        save_sharded(state, where)
+    if boundary is not None:
+        write_json(folder / "configuration.json", {"boundary": float(boundary)})
     _save_pth(vae.state_dict(), folder / VAE_FILE, vae_dtype)
     if vae.cfg.latents_mean != VAEConfig().latents_mean or vae.cfg.latents_std != VAEConfig().latents_std:
         write_json((folder / VAE_FILE).with_suffix(".json"), vae.cfg.to_dict())  # a VAE with its own statistics

@@ -112,26 +112,59 @@ def sample_training_sigmas(
     logit_mean: float = 0.0,
     logit_std: float = 1.0,
     device: torch.device | str | None = None,
+    sigma_range: tuple[float, float] = (0.0, 1.0),
 ) -> torch.Tensor:
     """Draw `batch` training noise levels σ in [0, 1] as a float32 tensor [batch], then shift them.
 
     mode="uniform": σ ~ U[0, 1).  mode="logit_normal": σ = sigmoid(u), u ~ N(logit_mean, logit_std²), the
     SD3 recipe that puts more weight on middle noise levels. `shift` is applied afterwards, as when a trainer
     samples from a shifted timestep table. The trainer then builds x_σ = (1 - σ)·x0 + σ·ε, target ε - x0.
+
+    `sigma_range` (lo, hi): the same distribution restricted to lo ≤ σ ≤ hi after the shift (drawn by inverting
+    its CDF between the two bounds, so no sample is rejected): a Wan2.2 A14B expert trains on its side of the
+    boundary only. The full range draws exactly what it drew before ranges existed.
     """
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be an integer >= 1, got {batch!r}.")
     _check_shift(shift)
+    if mode not in TRAINING_MODES:
+        raise ValueError(f"Unknown training sigma mode {mode!r}; use one of {', '.join(TRAINING_MODES)}.")
+    if mode == "logit_normal" and not logit_std > 0:
+        raise ValueError(f"logit_std must be positive (1.0 is the usual choice), got {logit_std!r}.")
+    lo, hi = (float(v) for v in sigma_range)
+    if not 0 <= lo < hi <= 1:
+        raise ValueError(f"sigma_range must be two noise levels 0 <= lo < hi <= 1, got {sigma_range!r}.")
+    if (lo, hi) != (0.0, 1.0):
+        return shift_sigmas(_truncated_draw(batch, mode, shift, generator, logit_mean, logit_std, device, lo, hi),
+                            shift).clamp(lo, hi)
     if mode == "uniform":
         sigmas = torch.rand(batch, generator=generator, device=device)
-    elif mode == "logit_normal":
-        if not logit_std > 0:
-            raise ValueError(f"logit_std must be positive (1.0 is the usual choice), got {logit_std!r}.")
+    else:
         u = torch.randn(batch, generator=generator, device=device)
         sigmas = torch.sigmoid(u * logit_std + logit_mean)
-    else:
-        raise ValueError(f"Unknown training sigma mode {mode!r}; use one of {', '.join(TRAINING_MODES)}.")
     return shift_sigmas(sigmas, shift)
+
+
+def _truncated_draw(batch: int, mode: str, shift: float, generator, logit_mean: float, logit_std: float, device,
+                    lo: float, hi: float) -> torch.Tensor:
+    """Unshifted σ whose shifted values lie in [lo, hi]: a uniform draw between the two bounds' CDF values, mapped
+    back through the inverse CDF (float64 inside, float32 out)."""
+    def unshift(s: float) -> float:  # the inverse of shift_sigmas
+        return s / (shift - (shift - 1) * s)
+
+    u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
+    a, b = unshift(lo), unshift(hi)
+    if mode == "uniform":
+        return (a + (b - a) * u).float()
+
+    def cdf(s: float) -> float:  # of sigmoid(N(mean, std²)) at s
+        if s <= 0 or s >= 1:
+            return float(s >= 1)
+        return float(torch.special.ndtr(torch.tensor((math.log(s / (1 - s)) - logit_mean) / logit_std,
+                                                     dtype=torch.float64)))
+
+    p = cdf(a) + (cdf(b) - cdf(a)) * u
+    return torch.sigmoid(torch.special.ndtri(p) * logit_std + logit_mean).float()
 
 
 def resolution_shift(

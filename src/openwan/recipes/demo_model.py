@@ -82,29 +82,41 @@ def build_caches(work: Path, text_vocabulary_weight: float = TEXT_VOCABULARY_WEI
     return cache
 
 
-def write_release(work: Path, out: Path) -> Path:
+def write_release(work: Path, out: Path, boundary: float | None = None) -> Path:
+    """The release folder from the newest DiT checkpoint's EMA weights, the VAE and the text encoder; with a
+    ``boundary``, the two experts of ``WORK/dit-high`` and ``WORK/dit-low`` in the Wan2.2 A14B layout."""
     from openwan.checkpoints.release import save_release
     from openwan.models import WanVAE
-    from openwan.train.checkpoint import checkpoint_dit, latest_checkpoint
 
-    step = latest_checkpoint(work / "dit" / "checkpoints") or latest_checkpoint(work / "dit")
-    if step is None:
-        raise ValueError(f"no DiT checkpoint under {work / 'dit'}; run the training step first.")
-    dit = checkpoint_dit(step, "ema")  # ship the EMA weights
     vae = WanVAE.from_pretrained(demo_vae_file(work))
     encoder, tokenizer = demo_text_encoder(work)
+    if boundary:
+        experts = {"dit": _ema_dit(work / "dit-high"), "dit_low": _ema_dit(work / "dit-low"), "boundary": boundary}
+    else:
+        experts = {"dit": _ema_dit(work / "dit")}
     # The DiT in bfloat16 and the VAE in float16 keep the folder small (a widened 24-channel decoder fits the 30 MB
     # only so; float16 storage moved its reconstructions by 86 dB PSNR, i.e. not at all); loaders upcast both
     # (float32 on CPU).
-    return save_release(out, dit=dit, vae=vae, text_encoder=encoder, tokenizer=tokenizer, dit_dtype=torch.bfloat16,
-                        vae_dtype=torch.float16)
+    return save_release(out, **experts, vae=vae, text_encoder=encoder, tokenizer=tokenizer,
+                        dit_dtype=torch.bfloat16, vae_dtype=torch.float16)
+
+
+def _ema_dit(run: Path):
+    from openwan.train.checkpoint import checkpoint_dit, latest_checkpoint
+
+    step = latest_checkpoint(run / "checkpoints") or latest_checkpoint(run)
+    if step is None:
+        raise ValueError(f"no DiT checkpoint under {run}; run the training step first.")
+    return checkpoint_dit(step, "ema")  # ship the EMA weights
 
 
 def write_dit_config(path: Path, *, cache: Path, steps: int, first_frame: float, compile_blocks: bool,
                      out: Path, seed: int = 0, preset: str = "demo", batch_size: int = 24, shift: float = 3.0,
-                     logit_std: float = 1.0, middle_share: float = 0.0, high_steps: int = 0, lr: float = 5e-4) -> Path:
+                     logit_std: float = 1.0, middle_share: float = 0.0, high_steps: int = 0, lr: float = 5e-4,
+                     sigma_range: tuple[float, float] = (0.0, 1.0)) -> Path:
     """Write the DiT's ``openwan train`` config (``DIT_CONFIG`` filled in) to ``path`` and return ``path``.
-    ``lr``: the peak learning rate of the cosine schedule.
+    ``lr``: the peak learning rate of the cosine schedule. ``sigma_range``: the noise levels it trains on (an
+    expert's side of the boundary; ``timesteps.min_sigma`` / ``max_sigma``).
     ``middle_share`` of the samples draw their noise level at shift 1, logit std 1 (``timesteps.mix``; none at 0).
     ``high_steps`` > 0: the first that many of the ``steps`` are a stage of their own at ``HIGH_NOISE`` levels, and
     the rest a second stage at the run's levels (``shift``, ``logit_std``), its cosine restarted at
@@ -120,16 +132,18 @@ def write_dit_config(path: Path, *, cache: Path, steps: int, first_frame: float,
     else:
         stages = [STAGE.format(name="shapes-64px", steps=steps, batch_size=batch_size, extra="")]
     mix = f", mix: [{{fraction: {middle_share}, shift: 1.0, logit_std: 1.0}}]" if middle_share > 0 else ""
+    if tuple(sigma_range) != (0.0, 1.0):
+        mix += f", min_sigma: {sigma_range[0]}, max_sigma: {sigma_range[1]}"
     path.write_text(DIT_CONFIG.format(cache=cache, stages="\n".join(stages), first_frame=first_frame,
                                       preset=preset, shift=shift, logit_std=logit_std, mix=mix, lr=lr,
                                       compile=str(compile_blocks).lower(), out=out, seed=seed))
     return path
 
 
-def _trained_steps(work: Path) -> int:
+def _trained_steps(run: Path) -> int:
     from openwan.train.checkpoint import list_checkpoints
 
-    found = list_checkpoints(work / "dit")
+    found = list_checkpoints(run)
     return found[-1][0] if found else 0
 
 
@@ -157,6 +171,16 @@ def main(argv=None) -> int:
     parser.add_argument("--dit-lr", type=float, default=5e-4,
                         help="the DiT's peak learning rate (cosine to a tenth of it). On demo-small, 1e-3 instead of "
                              "5e-4 took motion from 87%% to 98%% in 4,200 steps (docs/benchmarks.md).")
+    parser.add_argument("--dit-boundary", type=float, default=0.0,
+                        help="train two DiTs instead of one, as Wan2.2 A14B's experts: a high-noise expert on noise "
+                             "levels >= this (at --dit-shift) and a low-noise one below it (at --dit-low-shift), "
+                             "each a run of its own on the same caches, the --dit-steps split between them; the "
+                             "sampler switches at t = boundary*1000. 0 (the default): one DiT")
+    parser.add_argument("--dit-high-expert-steps", type=int, default=0,
+                        help="with --dit-boundary: the high-noise expert's share of --dit-steps (default half)")
+    parser.add_argument("--dit-low-shift", type=float, default=1.0,
+                        help="with --dit-boundary: the shift of the low-noise expert's levels (1 is what drew "
+                             "squares on demo-small)")
     parser.add_argument("--dit-logit-std", type=float, default=1.0,
                         help="spread of the logit-normal noise levels the DiT trains on (before the shift of 3). "
                              "On demo-small, one run each: 2 gave every direction right and no squares, 1 (the "
@@ -189,24 +213,40 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.dit_high_steps and args.dit_extend_to:
         parser.error("--dit-extend-to stretches a one-stage run; it cannot follow --dit-high-steps.")
+    if args.dit_boundary and (args.dit_high_steps or args.dit_extend_to):
+        parser.error("--dit-boundary trains two one-stage experts; drop --dit-high-steps and --dit-extend-to.")
+    if args.dit_boundary and not 0 < args.dit_boundary < 1:
+        parser.error(f"--dit-boundary is a noise level between 0 and 1 (e.g. 0.75); got {args.dit_boundary}.")
+    high_steps = args.dit_high_expert_steps or args.dit_steps // 2
+    if args.dit_boundary and not 0 < high_steps < args.dit_steps:
+        parser.error(f"--dit-high-expert-steps must leave steps to both experts: give fewer than {args.dit_steps}.")
     cache = args.work / "cache"
     if not (cache / "text_index.json").is_file():
         build_caches(args.work, args.text_vocabulary_weight, args.dit_preset)
-    config = write_dit_config(args.work / "dit.yaml", cache=cache.resolve(), steps=args.dit_steps,
-                              first_frame=args.first_frame, compile_blocks=args.compile,
-                              out=(args.work / "dit").resolve(), seed=args.dit_seed, preset=args.dit_preset,
-                              batch_size=args.dit_batch_size, shift=args.dit_shift, logit_std=args.dit_logit_std,
-                              middle_share=args.dit_middle_share, high_steps=args.dit_high_steps,
-                              lr=args.dit_lr)
-    train = [sys.executable, "-m", "openwan", "train", "--config", str(config)]
-    if _trained_steps(args.work) < args.dit_steps:  # both phases resume from the newest checkpoint when re-run
-        subprocess.run(train, check=True)
-    if _trained_steps(args.work) < args.dit_extend_to:
-        subprocess.run([*train, f"stages.0.steps={args.dit_extend_to}", f"timesteps.per_frame={args.per_frame}"],
-                       check=True)
-    print(f"wrote {write_release(args.work, args.out)}")
+    common = dict(cache=cache.resolve(), first_frame=args.first_frame, compile_blocks=args.compile,
+                  seed=args.dit_seed, preset=args.dit_preset, batch_size=args.dit_batch_size,
+                  logit_std=args.dit_logit_std, middle_share=args.dit_middle_share, lr=args.dit_lr)
+    if args.dit_boundary:
+        b = args.dit_boundary
+        runs = [(write_dit_config(args.work / f"dit-{name}.yaml", out=(args.work / f"dit-{name}").resolve(),
+                                  **common, **kw), steps)
+                for name, steps, kw in (
+                    ("high", high_steps, dict(steps=high_steps, shift=args.dit_shift, sigma_range=(b, 1.0))),
+                    ("low", args.dit_steps - high_steps,
+                     dict(steps=args.dit_steps - high_steps, shift=args.dit_low_shift, sigma_range=(0.0, b))))]
+    else:
+        runs = [(write_dit_config(args.work / "dit.yaml", steps=args.dit_steps, out=(args.work / "dit").resolve(),
+                                  shift=args.dit_shift, high_steps=args.dit_high_steps, **common), args.dit_steps)]
+    for config, steps in runs:  # each run resumes from its newest checkpoint when the recipe is re-run
+        train = [sys.executable, "-m", "openwan", "train", "--config", str(config)]
+        run = config.with_suffix("")
+        if _trained_steps(run) < steps:
+            subprocess.run(train, check=True)
+        if _trained_steps(run) < args.dit_extend_to:
+            subprocess.run([*train, f"stages.0.steps={args.dit_extend_to}", f"timesteps.per_frame={args.per_frame}"],
+                           check=True)
+    print(f"wrote {write_release(args.work, args.out, args.dit_boundary or None)}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -144,6 +144,9 @@ class TimestepConfig:
     ``mix``: other distributions (:class:`NoiseMix`), each drawn by its fraction of the samples (the rest draw from
     the main one), e.g. ``[{fraction: 0.5, shift: 1}]`` beside ``shift: 3``. On the demo DiT such a half-and-half
     mixture did worse than either of its parts alone (docs/benchmarks.md, twentieth session).
+    ``min_sigma`` / ``max_sigma``: every draw (mixes and per-frame levels too) restricted to that range of noise
+    levels, after the shift: a Wan2.2 A14B-style expert, e.g. the high-noise one on σ ≥ 0.875 and the low-noise one
+    on σ ≤ 0.875, each trained as a run of its own. Clean first frames (``first_frame``) stay at σ 0.
     """
 
     mode: Literal["uniform", "logit_normal"] = "uniform"
@@ -157,6 +160,8 @@ class TimestepConfig:
     per_frame: float = 0.0
     first_frame: float = 0.0
     mix: tuple[NoiseMix, ...] = ()
+    min_sigma: float = 0.0
+    max_sigma: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -573,6 +578,8 @@ def _validate_timesteps(t: TimestepConfig, name: str) -> None:
         _check(0 <= m.fraction <= 1, f"{name}.mix.{i}.fraction", "a fraction from 0 to 1", m.fraction)
         _check(math.isfinite(m.shift) and m.shift > 0, f"{name}.mix.{i}.shift", "a positive number", m.shift)
         _check(m.logit_std > 0, f"{name}.mix.{i}.logit_std", "a positive number", m.logit_std)
+    _check(0 <= t.min_sigma < t.max_sigma <= 1, f"{name}.min_sigma and {name}.max_sigma",
+           "two noise levels with 0 <= min_sigma < max_sigma <= 1", (t.min_sigma, t.max_sigma))
     mixed = sum(m.fraction for m in t.mix)
     _check(mixed <= 1, f"{name}.mix", "fractions that add up to at most 1 (they share the samples)", mixed)
     _check(t.max_tokens != t.base_tokens and t.base_tokens > 0, f"{name}.max_tokens",

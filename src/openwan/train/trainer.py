@@ -434,8 +434,8 @@ class Trainer:
         :func:`sample_generator` of its index in the global batch, so data-parallel shards draw what one process
         drawing the whole batch would. σ is [B]; with ``timesteps.per_frame`` > 0 it is [B, F]: that fraction of
         the samples draws a level per latent frame (per temporal patch), the rest one level repeated. With
-        ``timesteps.mix``, each sample first picks the distribution it draws from. The current stage's own
-        ``timesteps``, where it has one, replaces the run's."""
+        ``timesteps.mix``, each sample first picks the distribution it draws from; every level lies in
+        ``[min_sigma, max_sigma]``. The current stage's own ``timesteps``, where it has one, replaces the run's."""
         t = self.cfg.stage_timesteps(stage_at(self.cfg, self.step)[0])
         if t.shift == "resolution":
             shift = resolution_shift(tokens_of(x0, self.dit.cfg.patch_size), t.base_tokens, t.base_shift,
@@ -453,7 +453,8 @@ class Trainer:
                 clean_first = u < t.first_frame and token_frames > 1
                 draws = token_frames if t.first_frame <= u < t.first_frame + t.per_frame else 1
             shift_of, mean, std = _noise_distribution(t, shift, gen)
-            sigma = sample_training_sigmas(draws, t.mode, shift_of, generator=gen, logit_mean=mean, logit_std=std)
+            sigma = sample_training_sigmas(draws, t.mode, shift_of, generator=gen, logit_mean=mean, logit_std=std,
+                                           sigma_range=(t.min_sigma, t.max_sigma))
             if frame_sigmas:  # [F]: the level of each latent frame
                 sigma = sigma.expand(token_frames).clone()
                 if clean_first:
