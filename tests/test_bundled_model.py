@@ -123,7 +123,7 @@ def test_the_recipe_can_train_high_noise_levels_first(tmp_path):
                          compile_blocks=False, out=tmp_path / "dit", high_steps=100)
 
 
-def test_the_recipe_can_train_two_experts(tmp_path):
+def test_the_recipe_can_train_two_experts(tmp_path, capsys):
     """--dit-boundary: each expert's config trains only its side of the boundary; bad combinations are refused
     before anything is trained."""
     from openwan.recipes.demo_model import main, write_dit_config
@@ -139,8 +139,9 @@ def test_the_recipe_can_train_two_experts(tmp_path):
                          (["--dit-boundary", "1.5"], "between 0 and 1"),
                          (["--dit-boundary", "0.75", "--dit-steps", "100", "--dit-high-expert-steps", "100"],
                           "leave steps to both experts")):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as exit_:
             main([str(tmp_path / "work"), *bad])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
         assert not (tmp_path / "work" / "cache").exists()
 
 
