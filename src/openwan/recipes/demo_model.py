@@ -168,14 +168,14 @@ def main(argv=None) -> int:
                              "--dit-logit-std with the cosine restarted at 3e-4. On demo-small, 2,400 such steps and "
                              "1,800 at shift 1 gave shape 39%%, motion 69%% (docs/benchmarks.md, twenty-first "
                              "session); 0 (the default): one stage")
-    parser.add_argument("--dit-lr", type=float, default=5e-4,
+    parser.add_argument("--dit-lr", type=float, default=1e-3,
                         help="the DiT's peak learning rate (cosine to a tenth of it). On demo-small, 1e-3 instead of "
                              "5e-4 took motion from 87%% to 98%% in 4,200 steps (docs/benchmarks.md).")
-    parser.add_argument("--dit-boundary", type=float, default=0.0,
+    parser.add_argument("--dit-boundary", type=float, default=0.75,
                         help="train two DiTs instead of one, as Wan2.2 A14B's experts: a high-noise expert on noise "
                              "levels >= this (at --dit-shift) and a low-noise one below it (at --dit-low-shift), "
                              "each a run of its own on the same caches, the --dit-steps split between them; the "
-                             "sampler switches at t = boundary*1000. 0 (the default): one DiT")
+                             "sampler switches at t = boundary*1000. 0: one DiT")
     parser.add_argument("--dit-high-expert-steps", type=int, default=0,
                         help="with --dit-boundary: the high-noise expert's share of --dit-steps (default half)")
     parser.add_argument("--dit-low-shift", type=float, default=1.0,
@@ -214,7 +214,8 @@ def main(argv=None) -> int:
     if args.dit_high_steps and args.dit_extend_to:
         parser.error("--dit-extend-to stretches a one-stage run; it cannot follow --dit-high-steps.")
     if args.dit_boundary and (args.dit_high_steps or args.dit_extend_to):
-        parser.error("--dit-boundary trains two one-stage experts; drop --dit-high-steps and --dit-extend-to.")
+        parser.error("--dit-boundary trains two one-stage experts; give --dit-boundary 0 (one DiT) to use "
+                     "--dit-high-steps or --dit-extend-to.")
     if args.dit_boundary and not 0 < args.dit_boundary < 1:
         parser.error(f"--dit-boundary is a noise level between 0 and 1 (e.g. 0.75); got {args.dit_boundary}.")
     high_steps = args.dit_high_expert_steps or args.dit_steps // 2
