@@ -12,6 +12,7 @@ import torch
 
 from openwan.train import EMA, MetricsLogger, list_checkpoints, load_config, lr_at, read_metrics, save_checkpoint
 from openwan.train import checkpoint as ckpt
+from openwan.train.metrics import plot_loss_curves
 
 
 def test_lr_warmup_then_cosine_per_stage():
@@ -117,3 +118,8 @@ def test_metrics_jsonl_truncate_and_plot(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
     png = logger.plot()
     assert png.name == "loss_curve.png" and png.read_bytes()[:4] == b"\x89PNG"
+    # two runs on one plot (a model's two experts); a run with no loss yet is left out, none at all draws nothing
+    (tmp_path / "empty.jsonl").write_text("")
+    both = plot_loss_curves({"high": tmp_path / "metrics.jsonl", "low": tmp_path / "empty.jsonl"}, tmp_path / "b.png")
+    assert both.read_bytes()[:4] == b"\x89PNG"
+    assert plot_loss_curves({"low": tmp_path / "empty.jsonl"}, tmp_path / "none.png") is None

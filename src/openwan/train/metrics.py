@@ -96,22 +96,34 @@ def _tensorboard_writer(folder: Path):
 
 
 def plot_loss_curve(metrics_path: str | Path, out: str | Path) -> Path | None:
-    records = [r for r in read_metrics(metrics_path) if isinstance(r.get("loss"), (int, float))]
-    if not records:
+    """The loss of one run's ``metrics.jsonl`` against the step, raw and smoothed, as a PNG at ``out``."""
+    return plot_loss_curves({"loss": metrics_path}, out)
+
+
+def plot_loss_curves(runs: Mapping[str, str | Path], out: str | Path) -> Path | None:
+    """Several runs' losses on one plot (e.g. the two experts of a Wan2.2-style model), labelled by the keys of
+    ``runs`` (name -> ``metrics.jsonl``). None when no run has logged a loss yet."""
+    curves = {}
+    for name, path in runs.items():
+        records = [r for r in read_metrics(path) if isinstance(r.get("loss"), (int, float))]
+        if records:
+            curves[name] = ([r["step"] for r in records], [r["loss"] for r in records])
+    if not curves:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in records]
-    losses = [r["loss"] for r in records]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(steps, losses, lw=0.8, alpha=0.4, label="loss")
-    ax.plot(steps, _smoothed(losses), lw=1.6, label="loss (EMA 0.9)")
+    for i, (name, (steps, losses)) in enumerate(curves.items()):
+        colour = f"C{i}"
+        ax.plot(steps, losses, lw=0.8, alpha=0.35, color=colour, label=name)
+        ax.plot(steps, _smoothed(losses), lw=1.6, color=colour, label=f"{name} (EMA 0.9)")
     ax.set_xlabel("step")
     ax.set_ylabel("flow-matching MSE")
-    if min(losses) > 0 and max(losses) / min(losses) > 20:
+    every = [v for _, losses in curves.values() for v in losses]
+    if min(every) > 0 and max(every) / min(every) > 20:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
