@@ -21,11 +21,11 @@ def releases(tmp_path_factory):
     """{"bundled": the demo model when it ships (else a tiny random release), "three-heads": a tiny random release
     whose DiT has 3 heads, which Ulysses cannot split over 2 ranks}."""
     from openwan.checkpoints.release import save_release
-    from openwan.pipelines.components import BUNDLED
+    from openwan.pipelines.components import BUNDLED, holds_dit
     from tiny import tiny_components
 
     folder = tmp_path_factory.mktemp("release")
-    bundled = BUNDLED if (BUNDLED / "config.json").is_file() else save_release(folder / "tiny", **tiny_components())
+    bundled = BUNDLED if holds_dit(BUNDLED) else save_release(folder / "tiny", **tiny_components())
     return {"bundled": bundled,
             "three-heads": save_release(folder / "three-heads", **tiny_components(dim=48, num_heads=3))}
 

@@ -185,11 +185,13 @@ def test_a_two_expert_release_switches_experts_at_its_boundary(tmp_path):
     """save_release(dit_low=, boundary=) writes the Wan2.2 A14B layout; the pipeline loads both experts and the
     boundary, and runs the high-noise expert for exactly the timesteps t >= boundary·1000 of the schedule."""
     from openwan.diffusion.schedule import sampling_sigmas, timesteps_from_sigmas
+    from openwan.pipelines.components import holds_dit
 
     parts = tiny_components("tiny")
     low = tiny_components("tiny", seed=1)["dit"]
     root = save_release(tmp_path / "moe", **parts, dit_low=low, boundary=0.7)
     assert (root / "high_noise_model" / "config.json").is_file() and not (root / "config.json").exists()
+    assert holds_dit(root) and holds_dit(root / "high_noise_model") and not holds_dit(tmp_path)
     pipe = WanPipeline.from_pretrained(root, device="cpu")
     assert pipe.boundary == 0.7 and pipe.dit_low is not None
     torch.testing.assert_close(pipe.dit_low.state_dict(), low.state_dict())

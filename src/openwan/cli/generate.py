@@ -99,9 +99,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.video:
         video = read_video(args.video, fps=args.fps or 16)
     if args.ckpt_dir is None:
-        from openwan.pipelines.components import BUNDLED, BUNDLED_NOTE
+        from openwan.pipelines.components import BUNDLED, BUNDLED_NOTE, holds_dit
 
-        if not (BUNDLED / "config.json").is_file():
+        if not holds_dit(BUNDLED):
             raise ValueError(f"no --ckpt-dir given and no bundled model at {BUNDLED}; give --ckpt-dir, a Wan release "
                              "folder (e.g. Wan2.1-T2V-1.3B).")
         args.ckpt_dir = str(BUNDLED)

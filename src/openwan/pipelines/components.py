@@ -42,6 +42,13 @@ def _require(root: Path, what: str, *names: str) -> Path:
     return found
 
 
+def holds_dit(root: str | Path) -> bool:
+    """Whether ``root`` holds a DiT in one of the layouts :func:`load_components` reads (official, Wan2.2 two
+    experts, diffusers)."""
+    root = Path(root)
+    return any((root / d / "config.json").is_file() for d in ("", "high_noise_model", "transformer"))
+
+
 def _boundary(root: Path) -> float | None:
     index = root / "model_index.json"
     if index.is_file():
