@@ -77,14 +77,18 @@ fi
 # (0 by default; with the span-only text encoder two seeds differed by 34 points on held-out motion, with today's
 # defaults seeds 0 and 1 both meet every prompt target, docs/benchmarks.md) —
 # a DiT already in WORK/dit resumes as it was, so move that folder away to train another seed on the same caches.
-# DIT_BOUNDARY (two DiTs, Wan2.2 A14B-style experts: high noise levels, then low; DIT_HIGH_EXPERT_STEPS of the
-# DIT_STEPS go to the first), DIT_PRESET (demo-small: dim 128), DIT_BATCH, DIT_LR, DIT_SHIFT, DIT_LOGIT_STD, DIT_MIDDLE_SHARE (a share of the DiT's samples
-# at shift 1) and DIT_HIGH_STEPS (a first stage at high noise levels) reproduce the cheaper DiTs of the eighteenth to
-# twenty-first sessions, none of which met every prompt target (docs/benchmarks.md).
+# DIT_BOUNDARY=B ships two DiTs, Wan2.2 A14B-style experts: the DiT serves the noise levels below B, a copy of it
+# fine-tuned DIT_HIGH_EXPERT_STEPS more (default 1,500) on the levels above B serves those. DIT_PRESET (demo-small: dim
+# 128), DIT_BATCH, DIT_LR, DIT_SHIFT, DIT_LOGIT_STD, DIT_MIDDLE_SHARE (a share of the DiT's samples at shift 1) and
+# DIT_HIGH_STEPS (a first stage at high noise levels) reproduce the cheaper DiTs of the eighteenth to twenty-second
+# sessions. The cut that met every prompt target (twenty-second session; about 95 minutes, docs/benchmarks.md):
+#   VAE1_STEPS=2000 VAE_DECODER_STEPS=200 DIT_PRESET=demo-small DIT_BATCH=16 DIT_STEPS=4000 DIT_LR=1e-3 DIT_SHIFT=2 \
+#   DIT_BOUNDARY=0.75 bash recipes/demo_model.sh WORK
 $PY -m openwan.recipes.demo_model "$WORK" ${DIT_STEPS:+--dit-steps "$DIT_STEPS"} ${DIT_PRESET:+--dit-preset "$DIT_PRESET"} \
   ${DIT_BATCH:+--dit-batch-size "$DIT_BATCH"} ${DIT_LOGIT_STD:+--dit-logit-std "$DIT_LOGIT_STD"} \
   ${DIT_SHIFT:+--dit-shift "$DIT_SHIFT"} ${DIT_LR:+--dit-lr "$DIT_LR"} \
-  ${DIT_BOUNDARY:+--dit-boundary "$DIT_BOUNDARY"} ${DIT_HIGH_EXPERT_STEPS:+--dit-high-expert-steps "$DIT_HIGH_EXPERT_STEPS"} ${DIT_HIGH_STEPS:+--dit-high-steps "$DIT_HIGH_STEPS"} \
+  ${DIT_BOUNDARY:+--dit-boundary "$DIT_BOUNDARY"} ${DIT_HIGH_EXPERT_STEPS:+--dit-high-expert-steps "$DIT_HIGH_EXPERT_STEPS"} \
+  ${DIT_HIGH_STEPS:+--dit-high-steps "$DIT_HIGH_STEPS"} \
   ${DIT_MIDDLE_SHARE:+--dit-middle-share "$DIT_MIDDLE_SHARE"} \
   ${DIT_EXTEND_TO:+--dit-extend-to "$DIT_EXTEND_TO"} ${DIT_COMPILE:+--compile} ${DIT_SEED:+--dit-seed "$DIT_SEED"} \
   ${TEXT_VOCABULARY_WEIGHT:+--text-vocabulary-weight "$TEXT_VOCABULARY_WEIGHT"} ${OUT:+--out "$OUT"}

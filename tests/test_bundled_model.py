@@ -124,21 +124,25 @@ def test_the_recipe_can_train_high_noise_levels_first(tmp_path):
 
 
 def test_the_recipe_can_train_two_experts(tmp_path, capsys):
-    """--dit-boundary: each expert's config trains only its side of the boundary; bad combinations are refused
-    before anything is trained."""
+    """--dit-boundary: the high-noise expert's config starts from the DiT's checkpoint and trains only the levels
+    above the boundary; the release pairs it with the DiT; bad combinations are refused before anything is
+    trained."""
     from openwan.recipes.demo_model import main, write_dit_config
     from openwan.train import load_config
 
-    path = write_dit_config(tmp_path / "dit-high.yaml", cache=tmp_path / "cache", steps=1800, first_frame=0.3,
-                            compile_blocks=False, out=tmp_path / "dit-high", sigma_range=(0.75, 1.0))
-    t = load_config(path).timesteps
-    assert (t.min_sigma, t.max_sigma, t.shift) == (0.75, 1.0, 3.0)
-    assert load_config(write_dit_config(tmp_path / "dit.yaml", cache=tmp_path / "cache", steps=10, first_frame=0,
-                                        compile_blocks=False, out=tmp_path / "dit")).timesteps.max_sigma == 1.0
-    for bad, message in ((["--dit-boundary", "0.75", "--dit-high-steps", "100"], "two one-stage experts"),
+    start = tmp_path / "dit" / "step-00004000"
+    path = write_dit_config(tmp_path / "dit-high.yaml", cache=tmp_path / "cache", steps=1500, first_frame=0.3,
+                            compile_blocks=False, out=tmp_path / "dit-high", sigma_range=(0.75, 1.0), init=start,
+                            warmup_steps=50)
+    cfg = load_config(path)
+    assert (cfg.timesteps.min_sigma, cfg.timesteps.max_sigma, cfg.timesteps.shift) == (0.75, 1.0, 3.0)
+    assert (cfg.model.path, cfg.schedule.warmup_steps) == (str(start), 50)
+    plain = load_config(write_dit_config(tmp_path / "dit.yaml", cache=tmp_path / "cache", steps=10, first_frame=0,
+                                         compile_blocks=False, out=tmp_path / "dit"))
+    assert (plain.timesteps.max_sigma, plain.model.path, plain.schedule.warmup_steps) == (1.0, None, 100)
+    for bad, message in ((["--dit-boundary", "0.75", "--dit-high-steps", "100"], "two experts"),
                          (["--dit-boundary", "1.5"], "between 0 and 1"),
-                         (["--dit-boundary", "0.75", "--dit-steps", "100", "--dit-high-expert-steps", "100"],
-                          "leave steps to both experts")):
+                         (["--dit-boundary", "0.75", "--dit-high-expert-steps", "0"], "positive number of steps")):
         with pytest.raises(SystemExit) as exit_:
             main([str(tmp_path / "work"), *bad])
         assert exit_.value.code == 2 and message in capsys.readouterr().err

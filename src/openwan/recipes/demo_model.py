@@ -19,15 +19,16 @@ import torch
 
 from openwan.configs import DIT_PRESETS
 from openwan.recipes.demo_text import TEXT_VOCABULARY_WEIGHT
+from openwan.train.checkpoint import list_checkpoints
 
 DEMO_WEIGHTS = Path(__file__).resolve().parents[3] / "weights" / "openwan-demo"
 DIT_CONFIG = """\
-model: {{preset: {preset}}}
+model: {{preset: {preset}{init}}}
 data: {{cache_dir: {cache}}}
 stages:
 {stages}
 optim: {{lr: {lr}, weight_decay: 0.01, grad_clip: 1.0}}
-schedule: {{kind: cosine, warmup_steps: 100, min_lr_ratio: 0.1}}
+schedule: {{kind: cosine, warmup_steps: {warmup}, min_lr_ratio: 0.1}}
 timesteps: {{mode: logit_normal, shift: {shift}, logit_std: {logit_std}, first_frame: {first_frame}{mix}}}
 ema: {{decay: 0.998}}
 text_dropout: 0.1
@@ -84,14 +85,15 @@ def build_caches(work: Path, text_vocabulary_weight: float = TEXT_VOCABULARY_WEI
 
 def write_release(work: Path, out: Path, boundary: float | None = None) -> Path:
     """The release folder from the newest DiT checkpoint's EMA weights, the VAE and the text encoder; with a
-    ``boundary``, the two experts of ``WORK/dit-high`` and ``WORK/dit-low`` in the Wan2.2 A14B layout."""
+    ``boundary``, two experts in the Wan2.2 A14B layout: ``WORK/dit-high`` for the high noise levels, ``WORK/dit``
+    (the run it was forked from) for the low ones."""
     from openwan.checkpoints.release import save_release
     from openwan.models import WanVAE
 
     vae = WanVAE.from_pretrained(demo_vae_file(work))
     encoder, tokenizer = demo_text_encoder(work)
     if boundary:
-        experts = {"dit": _ema_dit(work / "dit-high"), "dit_low": _ema_dit(work / "dit-low"), "boundary": boundary}
+        experts = {"dit": _ema_dit(work / "dit-high"), "dit_low": _ema_dit(work / "dit"), "boundary": boundary}
     else:
         experts = {"dit": _ema_dit(work / "dit")}
     # The DiT in bfloat16 and the VAE in float16 keep the folder small (a widened 24-channel decoder fits the 30 MB
@@ -113,10 +115,12 @@ def _ema_dit(run: Path):
 def write_dit_config(path: Path, *, cache: Path, steps: int, first_frame: float, compile_blocks: bool,
                      out: Path, seed: int = 0, preset: str = "demo", batch_size: int = 24, shift: float = 3.0,
                      logit_std: float = 1.0, middle_share: float = 0.0, high_steps: int = 0, lr: float = 5e-4,
-                     sigma_range: tuple[float, float] = (0.0, 1.0)) -> Path:
+                     sigma_range: tuple[float, float] = (0.0, 1.0), init: Path | None = None,
+                     warmup_steps: int = 100) -> Path:
     """Write the DiT's ``openwan train`` config (``DIT_CONFIG`` filled in) to ``path`` and return ``path``.
-    ``lr``: the peak learning rate of the cosine schedule. ``sigma_range``: the noise levels it trains on (an
-    expert's side of the boundary; ``timesteps.min_sigma`` / ``max_sigma``).
+    ``lr``: the peak learning rate of the cosine schedule, reached after ``warmup_steps``. ``sigma_range``: the
+    noise levels it trains on (an expert's side of the boundary; ``timesteps.min_sigma`` / ``max_sigma``).
+    ``init``: a DiT folder (e.g. a checkpoint of another run) to start from instead of a random init.
     ``middle_share`` of the samples draw their noise level at shift 1, logit std 1 (``timesteps.mix``; none at 0).
     ``high_steps`` > 0: the first that many of the ``steps`` are a stage of their own at ``HIGH_NOISE`` levels, and
     the rest a second stage at the run's levels (``shift``, ``logit_std``), its cosine restarted at
@@ -136,15 +140,21 @@ def write_dit_config(path: Path, *, cache: Path, steps: int, first_frame: float,
         mix += f", min_sigma: {sigma_range[0]}, max_sigma: {sigma_range[1]}"
     path.write_text(DIT_CONFIG.format(cache=cache, stages="\n".join(stages), first_frame=first_frame,
                                       preset=preset, shift=shift, logit_std=logit_std, mix=mix, lr=lr,
+                                      init=f", path: {init}" if init else "", warmup=warmup_steps,
                                       compile=str(compile_blocks).lower(), out=out, seed=seed))
     return path
 
 
 def _trained_steps(run: Path) -> int:
-    from openwan.train.checkpoint import list_checkpoints
-
     found = list_checkpoints(run)
     return found[-1][0] if found else 0
+
+
+def _train(config: Path, steps: int, *overrides: str) -> None:
+    """``openwan train --config config`` until its run (the folder named like the config) holds ``steps`` steps; a
+    re-run of the recipe resumes each run from its newest checkpoint."""
+    if _trained_steps(config.with_suffix("")) < steps:
+        subprocess.run([sys.executable, "-m", "openwan", "train", "--config", str(config), *overrides], check=True)
 
 
 def main(argv=None) -> int:
@@ -168,19 +178,23 @@ def main(argv=None) -> int:
                              "--dit-logit-std with the cosine restarted at 3e-4. On demo-small, 2,400 such steps and "
                              "1,800 at shift 1 gave shape 39%%, motion 69%% (docs/benchmarks.md, twenty-first "
                              "session); 0 (the default): one stage")
-    parser.add_argument("--dit-lr", type=float, default=1e-3,
+    parser.add_argument("--dit-lr", type=float, default=5e-4,
                         help="the DiT's peak learning rate (cosine to a tenth of it). On demo-small, 1e-3 instead of "
                              "5e-4 took motion from 87%% to 98%% in 4,200 steps (docs/benchmarks.md).")
-    parser.add_argument("--dit-boundary", type=float, default=0.75,
-                        help="train two DiTs instead of one, as Wan2.2 A14B's experts: a high-noise expert on noise "
-                             "levels >= this (at --dit-shift) and a low-noise one below it (at --dit-low-shift), "
-                             "each a run of its own on the same caches, the --dit-steps split between them; the "
-                             "sampler switches at t = boundary*1000. 0: one DiT")
-    parser.add_argument("--dit-high-expert-steps", type=int, default=0,
-                        help="with --dit-boundary: the high-noise expert's share of --dit-steps (default half)")
-    parser.add_argument("--dit-low-shift", type=float, default=1.0,
-                        help="with --dit-boundary: the shift of the low-noise expert's levels (1 is what drew "
-                             "squares on demo-small)")
+    parser.add_argument("--dit-boundary", type=float, default=0.0,
+                        help="ship two DiTs, as Wan2.2 A14B's experts: the DiT trained as usual serves the noise "
+                             "levels below this, and a copy of it fine-tuned --dit-high-expert-steps more on the "
+                             "levels >= this (at --dit-high-shift, from lr --dit-high-lr) serves those; the sampler "
+                             "switches at t = boundary*1000. On demo-small at --dit-shift 2, 0.75 with 1,500 expert "
+                             "steps met every prompt target (docs/benchmarks.md, twenty-second session). Two experts "
+                             "trained apart from scratch, 2,000 steps each, did not. 0 (the default): one DiT")
+    parser.add_argument("--dit-high-expert-steps", type=int, default=1500,
+                        help="with --dit-boundary: the high-noise expert's steps after the DiT's --dit-steps")
+    parser.add_argument("--dit-high-shift", type=float, default=3.0,
+                        help="with --dit-boundary: the shift of the high-noise expert's levels")
+    parser.add_argument("--dit-high-lr", type=float, default=5e-4,
+                        help="with --dit-boundary: the high-noise expert's peak learning rate (50 warm-up steps, "
+                             "cosine to a tenth)")
     parser.add_argument("--dit-logit-std", type=float, default=1.0,
                         help="spread of the logit-normal noise levels the DiT trains on (before the shift of 3). "
                              "On demo-small, one run each: 2 gave every direction right and no squares, 1 (the "
@@ -214,38 +228,32 @@ def main(argv=None) -> int:
     if args.dit_high_steps and args.dit_extend_to:
         parser.error("--dit-extend-to stretches a one-stage run; it cannot follow --dit-high-steps.")
     if args.dit_boundary and (args.dit_high_steps or args.dit_extend_to):
-        parser.error("--dit-boundary trains two one-stage experts; give --dit-boundary 0 (one DiT) to use "
+        parser.error("--dit-boundary forks a one-stage DiT into two experts; give --dit-boundary 0 (one DiT) to use "
                      "--dit-high-steps or --dit-extend-to.")
     if args.dit_boundary and not 0 < args.dit_boundary < 1:
         parser.error(f"--dit-boundary is a noise level between 0 and 1 (e.g. 0.75); got {args.dit_boundary}.")
-    high_steps = args.dit_high_expert_steps or args.dit_steps // 2
-    if args.dit_boundary and not 0 < high_steps < args.dit_steps:
-        parser.error(f"--dit-high-expert-steps must leave steps to both experts: give fewer than {args.dit_steps}.")
+    if args.dit_boundary and args.dit_high_expert_steps <= 0:
+        parser.error("--dit-high-expert-steps must be a positive number of steps for the high-noise expert.")
     cache = args.work / "cache"
     if not (cache / "text_index.json").is_file():
         build_caches(args.work, args.text_vocabulary_weight, args.dit_preset)
     common = dict(cache=cache.resolve(), first_frame=args.first_frame, compile_blocks=args.compile,
                   seed=args.dit_seed, preset=args.dit_preset, batch_size=args.dit_batch_size,
                   logit_std=args.dit_logit_std, middle_share=args.dit_middle_share, lr=args.dit_lr)
+    base = write_dit_config(args.work / "dit.yaml", steps=args.dit_steps, out=(args.work / "dit").resolve(),
+                            shift=args.dit_shift, high_steps=args.dit_high_steps, **common)
+    _train(base, args.dit_steps)
+    if args.dit_extend_to:
+        _train(base, args.dit_extend_to, f"stages.0.steps={args.dit_extend_to}",
+               f"timesteps.per_frame={args.per_frame}")
     if args.dit_boundary:
-        b = args.dit_boundary
-        runs = [(write_dit_config(args.work / f"dit-{name}.yaml", out=(args.work / f"dit-{name}").resolve(),
-                                  **common, **kw), steps)
-                for name, steps, kw in (
-                    ("high", high_steps, dict(steps=high_steps, shift=args.dit_shift, sigma_range=(b, 1.0))),
-                    ("low", args.dit_steps - high_steps,
-                     dict(steps=args.dit_steps - high_steps, shift=args.dit_low_shift, sigma_range=(0.0, b))))]
-    else:
-        runs = [(write_dit_config(args.work / "dit.yaml", steps=args.dit_steps, out=(args.work / "dit").resolve(),
-                                  shift=args.dit_shift, high_steps=args.dit_high_steps, **common), args.dit_steps)]
-    for config, steps in runs:  # each run resumes from its newest checkpoint when the recipe is re-run
-        train = [sys.executable, "-m", "openwan", "train", "--config", str(config)]
-        run = config.with_suffix("")
-        if _trained_steps(run) < steps:
-            subprocess.run(train, check=True)
-        if _trained_steps(run) < args.dit_extend_to:
-            subprocess.run([*train, f"stages.0.steps={args.dit_extend_to}", f"timesteps.per_frame={args.per_frame}"],
-                           check=True)
+        # The high-noise expert starts from the DiT's newest checkpoint, as Wan2.2's two experts start from one model.
+        start = list_checkpoints(args.work / "dit")[-1][1].resolve()
+        high = write_dit_config(args.work / "dit-high.yaml", out=(args.work / "dit-high").resolve(),
+                                steps=args.dit_high_expert_steps, shift=args.dit_high_shift,
+                                sigma_range=(args.dit_boundary, 1.0), init=start, warmup_steps=50,
+                                **{**common, "lr": args.dit_high_lr, "middle_share": 0.0})
+        _train(high, args.dit_high_expert_steps)
     print(f"wrote {write_release(args.work, args.out, args.dit_boundary or None)}")
     return 0
 
