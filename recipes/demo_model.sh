@@ -81,7 +81,7 @@ fi
 # fine-tuned DIT_HIGH_EXPERT_STEPS more (default 1,500) on the levels above B serves those. DIT_PRESET (demo-small: dim
 # 128), DIT_BATCH, DIT_LR, DIT_SHIFT, DIT_LOGIT_STD, DIT_MIDDLE_SHARE (a share of the DiT's samples at shift 1) and
 # DIT_HIGH_STEPS (a first stage at high noise levels) reproduce the cheaper DiTs of the eighteenth to twenty-second
-# sessions. The cut that met every prompt target (twenty-second session; about 95 minutes, docs/benchmarks.md):
+# sessions. The cut that met every prompt target (twenty-second session; about 100 minutes, docs/benchmarks.md):
 #   VAE1_STEPS=2000 VAE_DECODER_STEPS=200 DIT_PRESET=demo-small DIT_BATCH=16 DIT_STEPS=4000 DIT_LR=1e-3 DIT_SHIFT=2 \
 #   DIT_BOUNDARY=0.75 bash recipes/demo_model.sh WORK
 $PY -m openwan.recipes.demo_model "$WORK" ${DIT_STEPS:+--dit-steps "$DIT_STEPS"} ${DIT_PRESET:+--dit-preset "$DIT_PRESET"} \

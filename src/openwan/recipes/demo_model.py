@@ -19,7 +19,7 @@ import torch
 
 from openwan.configs import DIT_PRESETS
 from openwan.recipes.demo_text import TEXT_VOCABULARY_WEIGHT
-from openwan.train.checkpoint import list_checkpoints
+from openwan.train.checkpoint import latest_checkpoint, list_checkpoints
 
 DEMO_WEIGHTS = Path(__file__).resolve().parents[3] / "weights" / "openwan-demo"
 DIT_CONFIG = """\
@@ -103,13 +103,17 @@ def write_release(work: Path, out: Path, boundary: float | None = None) -> Path:
                         dit_dtype=torch.bfloat16, vae_dtype=torch.float16)
 
 
-def _ema_dit(run: Path):
-    from openwan.train.checkpoint import checkpoint_dit, latest_checkpoint
-
+def _newest_checkpoint(run: Path) -> Path:
     step = latest_checkpoint(run / "checkpoints") or latest_checkpoint(run)
     if step is None:
         raise ValueError(f"no DiT checkpoint under {run}; run the training step first.")
-    return checkpoint_dit(step, "ema")  # ship the EMA weights
+    return step
+
+
+def _ema_dit(run: Path):
+    from openwan.train.checkpoint import checkpoint_dit
+
+    return checkpoint_dit(_newest_checkpoint(run), "ema")  # ship the EMA weights
 
 
 def write_dit_config(path: Path, *, cache: Path, steps: int, first_frame: float, compile_blocks: bool,
@@ -247,8 +251,9 @@ def main(argv=None) -> int:
         _train(base, args.dit_extend_to, f"stages.0.steps={args.dit_extend_to}",
                f"timesteps.per_frame={args.per_frame}")
     if args.dit_boundary:
-        # The high-noise expert starts from the DiT's newest checkpoint, as Wan2.2's two experts start from one model.
-        start = list_checkpoints(args.work / "dit")[-1][1].resolve()
+        # The high-noise expert starts from the checkpoint whose EMA weights ship as the low-noise one, as Wan2.2's
+        # two experts start from one model; it draws every sample above the boundary (no shift-1 share).
+        start = _newest_checkpoint(args.work / "dit").resolve()
         high = write_dit_config(args.work / "dit-high.yaml", out=(args.work / "dit-high").resolve(),
                                 steps=args.dit_high_expert_steps, shift=args.dit_high_shift,
                                 sigma_range=(args.dit_boundary, 1.0), init=start, warmup_steps=50,
