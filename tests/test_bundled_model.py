@@ -13,9 +13,13 @@ from openwan.pipelines.components import BUNDLED
 
 
 def test_release_layout_and_size():
+    """Wan2.2 A14B's two-expert layout: a high-noise and a low-noise DiT and the boundary between them."""
     names = {p.name for p in BUNDLED.iterdir()}
-    assert {"config.json", "diffusion_pytorch_model.safetensors", "Wan2.1_VAE.pth", "Wan2.1_VAE.json",
+    assert {"high_noise_model", "low_noise_model", "configuration.json", "Wan2.1_VAE.pth", "Wan2.1_VAE.json",
             "models_t5_umt5-xxl-enc-bf16.pth", "google"} <= names
+    assert "diffusion_pytorch_model.safetensors" not in names  # no stray single DiT beside the experts
+    for expert in ("high_noise_model", "low_noise_model"):
+        assert {"config.json", "diffusion_pytorch_model.safetensors"} <= {p.name for p in (BUNDLED / expert).iterdir()}
     total = sum(p.stat().st_size for p in BUNDLED.rglob("*") if p.is_file())
     assert total <= 30 * 1024**2
 
@@ -26,7 +30,7 @@ def pipe():
 
 
 def test_loads_through_the_ordinary_loaders_and_generates(pipe):
-    assert pipe.dit.cfg == DIT_PRESETS["demo"]
+    assert pipe.dit.cfg == pipe.dit_low.cfg == DIT_PRESETS["demo-small"] and pipe.boundary == 0.75
     assert pipe.vae.cfg.dim == VAE_PRESETS["demo"].dim and pipe.vae.cfg.latents_mean != VAE_PRESETS["demo"].latents_mean
     out = pipe("a green square sliding to the right", frame_num=9, sample_steps=4, progress=False)
     assert out.video.shape == (9, 64, 64, 3) and out.latents.shape == (16, 3, 8, 8)
@@ -150,11 +154,12 @@ def test_the_recipe_can_train_two_experts(tmp_path, capsys):
 
 
 def test_it_follows_held_out_prompts(pipe, tmp_path):
-    """The whole stack end to end: the shipped weights, the sampler at the small models' defaults and the detector
-    must still meet the issue's targets on the 18 held-out combinations (one seed; seeds 0-2 score 100 / 94 / 100%)."""
+    """The whole stack end to end: the shipped weights (both experts), the sampler at the small models' defaults and
+    the detector must still meet the issue's targets on the 18 held-out combinations, 3 seeds each as the issue
+    measures them (they score 100 / 92.6 / 94.4%; one seed alone is 18 videos, where one miss is 5.6 points)."""
     from openwan.eval.prompts import TARGETS, evaluate_prompts
 
-    report = evaluate_prompts(pipe, tmp_path, seeds=(0,), save_videos=False, progress=False)
-    assert report["num_videos"] == 18
+    report = evaluate_prompts(pipe, tmp_path, seeds=(0, 1, 2), save_videos=False, progress=False)
+    assert report["num_videos"] == 54
     for attribute, target in TARGETS.items():
         assert report["accuracy"][attribute] >= target, (attribute, report["accuracy"])

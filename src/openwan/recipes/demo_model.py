@@ -164,34 +164,39 @@ def _train(config: Path, steps: int, *overrides: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("work", type=Path)
-    parser.add_argument("--dit-steps", type=int, default=4500)
+    parser.add_argument("--dit-steps", type=int, default=3000,
+                        help="the DiT's steps (with --dit-boundary: the low-noise expert's, which the high-noise one "
+                             "is forked from); the shipped model's: 3,000")
     parser.add_argument("--dit-extend-to", type=int, default=0,
                         help="then resume that run with the cosine schedule stretched to this many steps (a warm "
                              "restart); 0 = no second phase (the shipped model has none)")
-    parser.add_argument("--dit-preset", default="demo", choices=[n for n in DIT_PRESETS if n.startswith("demo")],
-                        help="the DiT's size: demo (dim 192, the shipped model's) or "
-                             "demo-small (dim 128, about half the cost per token)")
-    parser.add_argument("--dit-batch-size", type=int, default=24)
-    parser.add_argument("--dit-shift", type=float, default=3.0,
+    parser.add_argument("--dit-preset", default="demo-small",
+                        choices=[n for n in DIT_PRESETS if n.startswith("demo")],
+                        help="the DiT's size: demo-small (dim 128, the shipped model's) or demo (dim 192, about "
+                             "twice the cost per token; the model shipped until the twenty-fourth session)")
+    parser.add_argument("--dit-batch-size", type=int, default=16)
+    parser.add_argument("--dit-shift", type=float, default=2.0,
                         help="shift of the noise levels the DiT trains on (after a high-noise stage: of the stage "
                              "after it); 1 drew squares on demo-small but left nearly everything still "
-                             "(docs/benchmarks.md, nineteenth and twentieth sessions)")
+                             "(docs/benchmarks.md, nineteenth and twentieth sessions); 2 draws squares and, with the "
+                             "high-noise expert of --dit-boundary, every direction (twenty-second session)")
     parser.add_argument("--dit-high-steps", type=int, default=0,
                         help="the DiT's first this many steps form a stage of their own at high noise levels (shift "
                              "3, logit std 2: where motion is learnt), the rest a stage at --dit-shift / "
                              "--dit-logit-std with the cosine restarted at 3e-4. On demo-small, 2,400 such steps and "
                              "1,800 at shift 1 gave shape 39%%, motion 69%% (docs/benchmarks.md, twenty-first "
                              "session); 0 (the default): one stage")
-    parser.add_argument("--dit-lr", type=float, default=5e-4,
+    parser.add_argument("--dit-lr", type=float, default=1e-3,
                         help="the DiT's peak learning rate (cosine to a tenth of it). On demo-small, 1e-3 instead of "
                              "5e-4 took motion from 87%% to 98%% in 4,200 steps (docs/benchmarks.md).")
-    parser.add_argument("--dit-boundary", type=float, default=0.0,
+    parser.add_argument("--dit-boundary", type=float, default=0.75,
                         help="ship two DiTs, as Wan2.2 A14B's experts: the DiT trained as usual serves the noise "
                              "levels below this, and a copy of it fine-tuned --dit-high-expert-steps more on the "
                              "levels >= this (at --dit-high-shift, from lr --dit-high-lr) serves those; the sampler "
                              "switches at t = boundary*1000. On demo-small at --dit-shift 2, 0.75 with 1,500 expert "
-                             "steps met every prompt target (docs/benchmarks.md, twenty-second session). Two experts "
-                             "trained apart from scratch, 2,000 steps each, did not. 0 (the default): one DiT")
+                             "steps met every prompt target (docs/benchmarks.md, twenty-second and twenty-fourth "
+                             "sessions: the shipped model). Two experts trained apart from scratch, 2,000 steps each, "
+                             "did not. 0: one DiT (the model shipped until the twenty-fourth session)")
     parser.add_argument("--dit-high-expert-steps", type=int, default=1500,
                         help="with --dit-boundary: the high-noise expert's steps after the DiT's --dit-steps")
     parser.add_argument("--dit-high-shift", type=float, default=3.0,
@@ -200,7 +205,7 @@ def main(argv=None) -> int:
                         help="with --dit-boundary: the high-noise expert's peak learning rate (50 warm-up steps, "
                              "cosine to a tenth)")
     parser.add_argument("--dit-logit-std", type=float, default=1.0,
-                        help="spread of the logit-normal noise levels the DiT trains on (before the shift of 3). "
+                        help="spread of the logit-normal noise levels the DiT trains on (before --dit-shift). "
                              "On demo-small, one run each: 2 gave every direction right and no squares, 1 (the "
                              "default) 87%% of them and no squares (docs/benchmarks.md, nineteenth session)")
     parser.add_argument("--dit-middle-share", type=float, default=0.0,
