@@ -129,8 +129,7 @@ def test_the_recipe_can_train_high_noise_levels_first(tmp_path):
 
 def test_the_recipe_can_train_two_experts(tmp_path, capsys):
     """--dit-boundary: the high-noise expert's config starts from the DiT's checkpoint and trains only the levels
-    above the boundary; the release pairs it with the DiT; bad combinations are refused before anything is
-    trained."""
+    above the boundary; bad combinations are refused before anything is trained."""
     from openwan.recipes.demo_model import main, write_dit_config
     from openwan.train import load_config
 

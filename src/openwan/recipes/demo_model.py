@@ -104,7 +104,7 @@ def write_release(work: Path, out: Path, boundary: float | None = None) -> Path:
 
 
 def _newest_checkpoint(run: Path) -> Path:
-    step = latest_checkpoint(run / "checkpoints") or latest_checkpoint(run)
+    step = latest_checkpoint(run)  # openwan train writes step-NNNNNNNN folders into its output_dir
     if step is None:
         raise ValueError(f"no DiT checkpoint under {run}; run the training step first.")
     return step
