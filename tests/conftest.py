@@ -1,4 +1,4 @@
-"""Shared test helpers: the reference key listing, and float32 / determinism defaults."""
+"""Shared test helpers: the official key listing, float32 / determinism defaults, and the ``gpu`` tier's skip."""
 
 from __future__ import annotations
 
@@ -8,20 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-OFFICIAL_KEYS = REPO.parent / "shared" / "reference" / "official-keys.txt"
+OFFICIAL_KEYS = Path(__file__).resolve().parent / "fixtures" / "official-keys.txt"
 
 
 def official_keys(section: str, num_layers: int | None = None) -> dict[str, tuple[int, ...]]:
-    """Key -> shape for one section of official-keys.txt, ``blocks.{i}`` expanded to ``num_layers``.
+    """Key -> shape for one section of tests/fixtures/official-keys.txt, ``blocks.{i}`` expanded to ``num_layers``.
 
     ``section`` is matched against the section title (e.g. "WanModel t2v-1.3B", "Wan2.1 VAE").
     """
-    if not OFFICIAL_KEYS.is_file():
-        pytest.skip(f"{OFFICIAL_KEYS} is not present (it ships in the project's shared/ folder)")
     text = OFFICIAL_KEYS.read_text()
-    chunks = re.split(r"^===== ", text, flags=re.M)
-    matches = [c for c in chunks if c.splitlines() and section in c.splitlines()[0]]
+    chunks = re.split(r"^===== ", text, flags=re.M)[1:]  # [0] is the file's header comment
+    matches = [c for c in chunks if section in c.splitlines()[0]]
     assert len(matches) == 1, f"section {section!r} matched {len(matches)} sections"
     out: dict[str, tuple[int, ...]] = {}
     for line in matches[0].splitlines()[1:]:
@@ -36,6 +33,17 @@ def official_keys(section: str, num_layers: int | None = None) -> dict[str, tupl
         else:
             out[key] = shape
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests need CUDA; elsewhere they are reported as skipped (``-ra``), never silently dropped."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False); run `make test-gpu` "
+                                   "on a machine with a GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)
