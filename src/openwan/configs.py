@@ -146,15 +146,14 @@ DIT_PRESETS: dict[str, DiTConfig] = {
                           num_heads=2, num_layers=2, text_len=32, image_dim=32),
     "tiny-flf2v": DiTConfig(model_type="flf2v", in_dim=36, dim=64, ffn_dim=128, freq_dim=32, text_dim=32,
                             num_heads=2, num_layers=2, text_len=32, image_dim=32),
-    # The demo models: 64x64, 17-frame shapes videos from the synthetic dataset. This one was the bundled model until
-    # the twenty-fourth session (one DiT, a 2 3/4 h recipe). Patch 1x1x1: a token is 8x8 pixels, so a moving shape
-    # shifts about one token per latent frame (with 2x2 patches the shift was a fraction of a token and the model never
-    # learned which way the prompt said). 4 heads of 48 so that Ulysses sequence parallelism on 2 ranks can split them.
+    # The demo models: 64x64, 17-frame shapes videos from the synthetic dataset. Patch 1x1x1: a token is 8x8 pixels,
+    # so a moving shape shifts about one token per latent frame (with 2x2 patches the shift is a fraction of a token
+    # and the direction words are not learnt). 4 heads so that Ulysses sequence parallelism on 2 ranks can split them.
     "demo": DiTConfig(model_type="t2v", patch_size=(1, 1, 1), dim=192, ffn_dim=768, freq_dim=256, text_dim=64,
                       num_heads=4, num_layers=4, text_len=64),
-    # The bundled demo model's (weights/openwan-demo: two experts of this preset, as Wan2.2 A14B): two thirds the
-    # width (4 heads of 32), about half the FLOPs per token, so that the whole recipe runs in 90 minutes on 2 cores
-    # (docs/benchmarks.md, eighteenth to twenty-fourth sessions).
+    # The bundled demo model's (two experts of this preset, as Wan2.2 A14B): two thirds the width of `demo` (4 heads
+    # of 32), about half the FLOPs per token, so that the whole recipe runs in 90 minutes on 2 cores
+    # (docs/demo_model.md).
     "demo-small": DiTConfig(model_type="t2v", patch_size=(1, 1, 1), dim=128, ffn_dim=512, freq_dim=256, text_dim=64,
                             num_heads=4, num_layers=4, text_len=64),
     "tiny-ti2v": DiTConfig(model_type="ti2v", in_dim=48, out_dim=48, dim=64, ffn_dim=128, freq_dim=32,

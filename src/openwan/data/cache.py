@@ -326,8 +326,8 @@ class CachedDataset(Dataset):
         return list(served)
 
     def _read(self, shard: str, key: str) -> torch.Tensor:
-        """``key`` from ``shard``, kept open: opening a shard (parsing its header) for every read cost the demo
-        recipe 58 ms per batch of 24 clips, ~6% of its DiT step; kept open, 0.9 ms (benchmarks/bench_cache_read.py)."""
+        """``key`` from ``shard``, kept open: opening a shard parses its header, which on every read costs a small
+        DiT's training step a noticeable share (benchmarks/bench_cache_read.py)."""
         handle = self._shards.pop(shard, None)
         if handle is None:
             handle = safe_open(str(self.cache_dir / shard), framework="pt")

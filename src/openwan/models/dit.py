@@ -289,8 +289,8 @@ class WanDiT(nn.Module):
         """The time embedding e [B, 1|L, D] and its projection e0 [B, 1|L, 6, D], float32.
 
         Per-token timesteps [B, L] take a few distinct values (one per latent frame, or fewer): the MLPs run once
-        per distinct value and the rows are gathered, not once per token: 12% of the demo DiT's training FLOPs when
-        its first frames are given clean (docs/benchmarks.md). Each row is the same function of its t. (The unique
+        per distinct value and the rows are gathered, not once per token (for a small DiT whose first frames
+        are given clean, a visible share of its training FLOPs). Each row is the same function of its t. (The unique
         values have a data-dependent count: a host sync on GPU, a graph break under a whole-model torch.compile.)"""
         values, inverse = (t, None) if t.ndim == 1 else torch.unique(t, return_inverse=True)
         e = _run_fp32(self.time_embedding, sinusoidal_embedding(values, self.cfg.freq_dim))  # [B or U, D]

@@ -87,11 +87,10 @@ CHANNELS_LAST_MAX_IN = 64  # convs with more input channels than this keep the o
 
 def cpu_conv_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``weight`` as a conv on ``x`` should take it: on CPU, for convs of at most ``CHANNELS_LAST_MAX_IN`` input
-    channels, in channels-last layout, which oneDNN's kernels take without reordering it on every call. On 2 cores
-    that made the demo VAE (16-64 channels) ~1.1x faster at a batch of 4, training and encoding, while the released
-    VAE's 96-384-channel convs ran 1.1-1.2x slower with it (benchmarks/bench_models.py, docs/benchmarks.md). A copy
-    per call, so parameters, state dicts and gradients keep their ordinary layout; the sums are the same (to float32
-    rounding)."""
+    channels, in channels-last layout, which oneDNN's kernels take without reordering it on every call: faster for
+    narrow convs such as the demo VAE's, slower for the released VAE's wide ones (figures in docs/benchmarks.md). A
+    copy per call, so parameters, state dicts and gradients keep their ordinary layout; the sums are the same (to
+    float32 rounding)."""
     if x.device.type != "cpu" or not CPU_CHANNELS_LAST or weight.shape[1] > CHANNELS_LAST_MAX_IN:
         return weight
     return weight.contiguous(memory_format=torch.channels_last_3d if weight.ndim == 5 else torch.channels_last)
@@ -165,10 +164,9 @@ class RMSNorm(nn.Module):
 def channel_norm(x: torch.Tensor) -> torch.Tensor:
     """The float32 L2 norm of ``x`` [B, C, ...] over its channels, keeping the channel dim.
 
-    On CPU, ``torch.linalg.vector_norm`` over a dimension that is not the innermost takes a strided path some
-    16-47x slower than a sum of squares; with a batch and few channels that was over half the VAE's encode time
-    (benchmarks/bench_models.py, docs/benchmarks.md). On GPU it is fast and never makes a float32 copy of a
-    bfloat16 ``x``."""
+    On CPU, ``torch.linalg.vector_norm`` over a dimension that is not the innermost takes a strided path many
+    times slower than a sum of squares, so the sum of squares is used there. On GPU ``vector_norm`` is fast and
+    never makes a float32 copy of a bfloat16 ``x``."""
     if x.device.type == "cpu":
         xf = x.float()
         return (xf * xf).sum(1, keepdim=True).sqrt()

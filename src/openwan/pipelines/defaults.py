@@ -46,7 +46,7 @@ FAMILY_DEFAULTS: dict[str, SamplingDefaults] = {
     "i2v-A14B": SamplingDefaults(sample_steps=40, sample_shift=5.0, guide_scale=(3.5, 3.5), boundary=0.900,
                                  size=(1280, 720)),
     # Small models (tests, the bundled demo): trained with "" as the unconditional prompt. Guidance 1.5, chosen on
-    # the bundled model's training combinations (docs/benchmarks.md): at 5 its squares overshoot into cups, wider at
+    # the bundled model's training combinations (docs/demo_model.md): at 5 its squares overshoot into cups, wider at
     # the top, as the guided step pushes away from the unconditional mix of shapes and its upward triangles.
     "tiny": SamplingDefaults(sample_steps=20, sample_shift=3.0, guide_scale=1.5, frame_num=17, size=(64, 64),
                              sizes=((64, 64),), negative_prompt=""),
