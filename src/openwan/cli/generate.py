@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("generate", help=HELP, description=HELP + ".")
     p.add_argument("--task", default="t2v", choices=["t2v", "t2i", "i2v", "flf2v", "v2v", "extend"])
     p.add_argument("--size", type=str, default=None, help="WIDTH*HEIGHT, e.g. 832*480 (default: the model's)")
-    p.add_argument("--frame-num", type=int, default=None, help="frames, 4n+1 (default: the model's, 81 for a Wan release; t2i: 1)")
+    p.add_argument("--frame-num", type=int, default=None,
+                   help="frames, 4n+1 (default: the model's, 81 for a Wan release, 17 for the bundled model; t2i: 1)")
     p.add_argument("--ckpt-dir", default=None, help="a Wan release folder (official or diffusers layout)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None, help="default: the reference's negative prompt")
