@@ -4,7 +4,7 @@ Each config mirrors the keys of the release's own ``config.json`` (DiT) or the c
 the reference (VAE, umT5, CLIP), so ``from_dict`` reads a release file as is. Every model kind has a
 ``tiny`` preset that runs in milliseconds on a CPU; tests and the bundled demo model use it.
 
-This module imports nothing of openwan.
+This module imports only :mod:`openwan.configio` (the dict -> dataclass parser).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
+from openwan.configio import parse
+
 C = TypeVar("C")
 
 # Keys a release config.json carries that describe the file, not the network.
@@ -20,21 +22,9 @@ _METADATA_KEYS = {"_class_name", "_diffusers_version", "_name_or_path", "archite
 
 
 def _from_dict(cls: type[C], data: dict[str, Any], aliases: dict[str, str] | None = None) -> C:
-    """Build ``cls`` from a plain dict; unknown keys are an error that lists the allowed ones."""
-    allowed = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key in _METADATA_KEYS:
-            continue
-        key = (aliases or {}).get(key, key)
-        if key not in allowed:
-            raise ValueError(
-                f"{cls.__name__} has no field {key!r}; use one of: {', '.join(sorted(allowed))}."
-            )
-        if isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)
+    """Build ``cls`` from a plain dict with :func:`openwan.configio.parse`: each value checked against its field's
+    type; an unknown key is an error that lists the allowed ones; file metadata keys are skipped."""
+    return parse(cls, data, aliases=aliases, ignore=tuple(_METADATA_KEYS))
 
 
 def _to_dict(cfg: Any) -> dict[str, Any]:

@@ -461,3 +461,54 @@ def test_colour_probe_is_trained_weighted_and_resumed(tmp_path):
         VAETrainConfig(stage=2, freeze_encoder=True, colour_weight=1.0)
     with pytest.raises(ValueError, match="colour_weight must be a number >= 0"):
         VAETrainConfig(colour_weight=-1.0)
+
+
+# ------------------------------------------------------------------------------------------- the config
+
+
+def _parse_cli(*argv):
+    from openwan.cli import train_vae
+
+    parser = argparse.ArgumentParser()
+    train_vae.add_parser(parser.add_subparsers())
+    return parser.parse_args(["train-vae", *argv])
+
+
+def test_cli_config_file_flags_and_overrides_make_one_config(tmp_path, capsys):
+    from openwan.cli.train_vae import resolve_config
+
+    (tmp_path / "vae.yaml").write_text("stage: 2\nlr: 2.0e-4\nmodel: {init: a.pth}\n"
+                                       "data: {manifest: clips.jsonl, frames: 9, batch_size: 8}\noutput_dir: out\n")
+    cfg = resolve_config(_parse_cli("--config", str(tmp_path / "vae.yaml"), "--lr", "3e-4", "data.size=64"))
+    assert (cfg.stage, cfg.lr, cfg.model.init, cfg.data.crop(2), cfg.data.batch_size) == (2, 3e-4, "a.pth", (9, 64), 8)
+    assert cfg.device == "auto" and cfg.l1_weight == 3.0  # CLI default under the file; the dataclass default
+    args = _parse_cli("--config", str(tmp_path / "vae.yaml"), "--print-config", "steps=7")
+    assert args.run(args) == 0 and "steps: 7" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown config field 'data.colour'; data has: manifest"):
+        resolve_config(_parse_cli("--config", str(tmp_path / "vae.yaml"), "data.colour=red"))
+    with pytest.raises(ValueError, match="config field data.frames must be a frame count 4n\\+1"):
+        resolve_config(_parse_cli("--config", str(tmp_path / "vae.yaml"), "--frames", "4"))
+    with pytest.raises(ValueError, match="train-vae needs output_dir"):
+        resolve_config(_parse_cli("--stage", "1", "--manifest", "clips.jsonl"))
+
+
+def test_every_flag_of_the_demo_recipe_sets_its_field():
+    """The flags recipes/demo_model.sh passes to train-vae, read into the config."""
+    from openwan.cli.train_vae import resolve_config as resolve
+
+    cfg = resolve(_parse_cli(
+        "--stage", "2", "--freeze-encoder", "--manifest", "m.jsonl", "--out", "o", "--init", "v.pth",
+        "--decoder-dim", "24", "--preset", "demo", "--size", "64", "--frames", "9", "--batch-size", "4",
+        "--steps", "600", "--lr", "1e-4", "--warmup-steps", "50", "--min-lr-ratio", "0.05", "--l1-weight", "0",
+        "--l2-weight", "10", "--colour-weight", "0", "--log-every", "50", "--save-every", "150", "--workers", "1"))
+    assert (cfg.stage, cfg.freeze_encoder, cfg.data.manifest, cfg.output_dir, cfg.model.init) == (
+        2, True, "m.jsonl", "o", "v.pth")
+    assert (cfg.model.decoder_dim, cfg.model.preset, cfg.data.size, cfg.data.frames, cfg.data.batch_size) == (
+        24, "demo", 64, 9, 4)
+    assert (cfg.steps, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio, cfg.l1_weight, cfg.l2_weight) == (
+        600, 1e-4, 50, 0.05, 0.0, 10.0)
+    assert (cfg.colour_weight, cfg.log_every, cfg.save_every, cfg.data.num_workers) == (0.0, 50, 150, 1)
+    cfg = resolve(_parse_cli("--stage", "3", "--manifest", "m", "--out", "o", "--no-adaptive-gan", "--resume",
+                             "--perceptual", "a.pth", "b.pth", "--gan-start", "5", "--disc-dim", "8"))
+    assert (cfg.gan_adaptive, cfg.resume, cfg.perceptual_weights, cfg.gan_start, cfg.disc_dim) == (
+        False, True, ("a.pth", "b.pth"), 5, 8)

@@ -30,12 +30,14 @@ The paper's curriculum for t2v-1.3B, as a config (``openwan train --config this.
 from __future__ import annotations
 
 import math
-import types
-import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from openwan.configio import apply_overrides, check, parse, read_config_file, to_plain, write_yaml
+from openwan.configs import DIT_PRESETS
+from openwan.fileio import atomic_write
 
 DEFAULT_LORA_TARGETS = (
     "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
@@ -281,286 +283,217 @@ class TrainConfig:
         return self.timesteps if stage.timesteps is None else stage.timesteps
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(self)
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        cfg = _build(cls, data, "")
+        cfg = parse(cls, data)
         _validate(cfg)
         return cfg
 
     def replace(self, **changes: Any) -> TrainConfig:
-        return TrainConfig.from_dict({**self.to_dict(), **{k: _plain(v) for k, v in changes.items()}})
+        return TrainConfig.from_dict({**self.to_dict(), **{k: to_plain(v) for k, v in changes.items()}})
+
+
+# ------------------------------------------------------------------------------------------ the VAE trainer
+
+
+@dataclass(frozen=True)
+class VAEModelConfig:
+    """The VAE a stage starts from: ``init`` (stage 1: an image_vae.pth to continue; stage 2: the stage-1
+    image_vae.pth, inflated; stage 3: the stage-2 Wan2.1_VAE.pth), else a fresh one of ``preset`` (stage 1 only).
+    ``decoder_dim``: the decoder's base width (a narrower ``init`` decoder is widened to it)."""
+
+    preset: str = "wan2.1"
+    init: str | None = None
+    decoder_dim: int | None = None
+
+
+@dataclass(frozen=True)
+class VAEDataConfig:
+    """Square crops of ``size`` pixels and ``frames`` frames (4n+1) from a clip manifest; None takes the stage's
+    default (stage 1: 256 px images; stages 2-3: 5 frames at 128 px)."""
+
+    manifest: str | None = None
+    size: int | None = None
+    frames: int | None = None
+    fps: float = 16.0
+    batch_size: int = 4
+    num_workers: int = 2
+
+    def crop(self, stage: int) -> tuple[int, int]:
+        """(frames, size) of the clips stage ``stage`` trains on."""
+        video = stage > 1
+        return self.frames or (5 if video else 1), self.size or (128 if video else 256)
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    """One VAE training stage (``openwan train-vae``). Loss weights follow the Wan paper; ``perceptual_weights``
+    are local file paths. The schedule: linear warm-up, then cosine from ``lr`` to ``lr × min_lr_ratio`` at the last
+    step (1: constant)."""
+
+    stage: int = 1
+    steps: int = 1000
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    min_lr_ratio: float = 1.0
+    grad_clip: float = 1.0  # 0: no clipping
+    l1_weight: float = 3.0
+    # Mean squared error: its gradient grows with the error, so a missing small object (a few large errors among
+    # many small ones) pulls harder than under L1 alone; it is also what PSNR measures.
+    l2_weight: float = 0.0
+    kl_weight: float = 3e-6
+    # The latent colour probe: a 1x1 linear map, trained along, must read each latent cell's mean colour from the
+    # posterior mean. The VAE's RMS norms otherwise let training drop the chroma of flat areas.
+    colour_weight: float = 0.0
+    perceptual_weight: float = 3.0
+    perceptual_weights: tuple[str, ...] = ()
+    gan_weight: float = 0.5  # stage 3: times the adaptive weight (or alone when gan_adaptive is off)
+    gan_start: int = 0  # stage 3: the step from which the discriminator trains and the GAN term applies
+    gan_adaptive: bool = True
+    disc_lr: float = 1e-4
+    disc_betas: tuple[float, float] = (0.5, 0.9)
+    disc_dim: int = 64
+    disc_layers: int = 3
+    seed: int = 0
+    device: str = "cpu"  # cpu, cuda, cuda:N or auto
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # bf16 autocast needs CUDA; auto: bf16 on GPU
+    log_every: int = 10
+    save_every: int = 500  # 0: only at the end of fit
+    keep_last: int = 2
+    stats_batches: int = 16  # batches whose posterior means give the latent statistics
+    # Stages 2-3: train the decoder side only; the latent space (and a DiT trained on it) stays valid, and the
+    # exported file keeps the starting VAE's latent statistics.
+    freeze_encoder: bool = False
+    model: VAEModelConfig = VAEModelConfig()
+    data: VAEDataConfig = VAEDataConfig()
+    output_dir: str | None = None
+    resume: bool = False  # continue the run in output_dir from its newest checkpoint
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))
+        object.__setattr__(self, "disc_betas", tuple(self.disc_betas))
+        object.__setattr__(self, "perceptual_weights", tuple(str(p) for p in self.perceptual_weights))
+        _validate_vae(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VAETrainConfig:
+        return parse(cls, data)
+
+
+def _validate_vae(cfg: VAETrainConfig) -> None:
+    check(cfg.stage in (1, 2, 3), "stage", "1, 2 or 3", cfg.stage)
+    check(cfg.steps >= 0, "steps", "an integer >= 0", cfg.steps)
+    for name in ("lr", "disc_lr"):
+        check(getattr(cfg, name) > 0, name, "a number > 0", getattr(cfg, name))
+    for name in ("l1_weight", "l2_weight", "kl_weight", "colour_weight", "perceptual_weight", "gan_weight",
+                 "grad_clip", "weight_decay"):
+        check(getattr(cfg, name) >= 0, name, "a number >= 0", getattr(cfg, name))
+    if cfg.freeze_encoder and cfg.stage == 1:
+        raise ValueError("freeze_encoder keeps a trained 3D VAE's latent space; use it in stage 2 or 3 with "
+                         "init= that VAE.")
+    if cfg.freeze_encoder and cfg.colour_weight:
+        raise ValueError("colour_weight trains the encoder to carry colour, but freeze_encoder keeps it fixed; "
+                         "set colour_weight 0 (--colour-weight 0) for a decoder-only run.")
+    check(0 <= cfg.min_lr_ratio <= 1, "min_lr_ratio", "a number in [0, 1]", cfg.min_lr_ratio)
+    for name in ("warmup_steps", "gan_start", "save_every"):
+        check(getattr(cfg, name) >= 0, name, "an integer >= 0", getattr(cfg, name))
+    for name in ("log_every", "keep_last", "stats_batches", "disc_dim", "disc_layers"):
+        check(getattr(cfg, name) >= 1, name, "an integer >= 1", getattr(cfg, name))
+    check(cfg.device in ("auto", "cpu") or cfg.device.startswith("cuda"), "device", "auto, cpu, cuda or cuda:N",
+          cfg.device)
+    frames, size = cfg.data.crop(cfg.stage)
+    check(frames >= 1 and (frames - 1) % 4 == 0, "data.frames", "a frame count 4n+1 (1 = image)", frames)
+    check(size >= 8 and size % 8 == 0, "data.size", "a pixel size that is a multiple of 8", size)
+    check(cfg.data.fps > 0, "data.fps", "a positive number", cfg.data.fps)
+    check(cfg.data.batch_size >= 1, "data.batch_size", "an integer >= 1", cfg.data.batch_size)
+    check(cfg.data.num_workers >= 0, "data.num_workers", "an integer >= 0", cfg.data.num_workers)
+    if cfg.model.decoder_dim is not None:
+        check(cfg.model.decoder_dim >= 1, "model.decoder_dim", "an integer >= 1 (or null)", cfg.model.decoder_dim)
 
 
 # ------------------------------------------------------------------------------------------ reading
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML (.yaml/.yml) or TOML (.toml) file (None: the defaults) and apply ``a.b.0.c=value`` overrides."""
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), kind: type = TrainConfig) -> Any:
+    """Read a YAML (.yaml/.yml) or TOML (.toml) file (None: the defaults) as a ``kind`` config (:class:`TrainConfig`
+    or :class:`VAETrainConfig`) and apply ``a.b.0.c=value`` overrides."""
     data = read_config_file(path) if path is not None else {}
-    cfg = TrainConfig.from_dict(data)
+    cfg = kind.from_dict(data)
     if overrides:
-        cfg = TrainConfig.from_dict(apply_overrides(cfg.to_dict(), overrides))
+        cfg = kind.from_dict(apply_overrides(cfg.to_dict(), overrides))
     return cfg
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {path} does not exist; give a .yaml or .toml training config.")
-    text = path.read_text()
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path} is not valid YAML ({str(err).splitlines()[0]}); fix the syntax.") from None
-    elif path.suffix.lower() == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            import tomli as tomllib
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{path} is not valid TOML ({err}); fix the syntax.") from None
-    else:
-        raise ValueError(f"config file {path} has an unknown suffix; use .yaml, .yml or .toml.")
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of config sections (model, data, stages, ...) at the top.")
-    return data
+def load_vae_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> VAETrainConfig:
+    """:func:`load_config` of a VAE training stage."""
+    return load_config(path, overrides, VAETrainConfig)
 
 
-def save_config(cfg: TrainConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically)."""
-    import yaml
-
-    from openwan.fileio import atomic_write
-
-    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write a resolved config (any config dataclass with ``to_dict``) as YAML, atomically."""
+    text = write_yaml(cfg.to_dict())
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
-
-
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """``stages.0.steps=10`` style assignments on a nested dict; values are parsed as YAML (``[1, 2]``, ``null``)."""
-    import yaml
-
-    data = _copy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"override {item!r} is not of the form field.path=value (e.g. optim.lr=1e-4).")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        _assign(data, key.strip().split("."), value, key.strip())
-    return data
-
-
-def _assign(node: Any, parts: list[str], value: Any, key: str) -> None:
-    head, rest = parts[0], parts[1:]
-    if isinstance(node, list):
-        if not head.isdigit() or int(head) > len(node):
-            raise ValueError(f"override {key}: {head!r} is not an index of a list of {len(node)} (use 0..{len(node)}).")
-        index = int(head)
-        if index == len(node):  # one past the end appends a new entry (a new stage)
-            node.append({})
-        if not rest:
-            node[index] = value
-            return
-        if not isinstance(node[index], (dict, list)):
-            node[index] = {}
-        _assign(node[index], rest, value, key)
-        return
-    if not isinstance(node, dict):
-        raise ValueError(f"override {key}: cannot set a field inside a value that is not a section.")
-    if not rest:
-        node[head] = value
-        return
-    if not isinstance(node.get(head), (dict, list)):
-        node[head] = {}  # e.g. lora.rank=8 when lora was null: turn the section on with its defaults
-    _assign(node[head], rest, value, key)
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_copy(v) for v in value]
-    return value
-
-
-def _plain(value: Any) -> Any:
-    """Dataclasses -> dicts, tuples -> lists (what YAML / JSON write)."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-# ------------------------------------------------------------------------------------------ typing
-
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    where = path or "the config"
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{where} must be a mapping of fields ({', '.join(f.name for f in fields(cls))}); "
-                         f"got {data!r}.")
-    hints = typing.get_type_hints(cls)
-    allowed = [f.name for f in fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        name = f"{path}.{key}" if path else str(key)
-        if key not in allowed:
-            raise ValueError(f"unknown config field {name!r}; {where} has: {', '.join(allowed)}.")
-        kwargs[key] = _coerce(hints[key], value, name)
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, name: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        for option in options:
-            try:
-                return _coerce(option, value, name)
-            except ValueError:
-                continue
-        raise ValueError(f"config field {name} must be {' or '.join(_describe(o) for o in options)}"
-                         f"{' or null' if type(None) in args else ''}; got {value!r}.")
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"config field {name} must be one of: {', '.join(map(str, args))}; got {value!r}.")
-        return value
-    if origin is tuple:
-        return _coerce_tuple(args, value, name)
-    if is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        return _build(tp, value, name)
-    return _coerce_scalar(tp, value, name)
-
-
-def _coerce_tuple(args: tuple, value: Any, name: str) -> tuple:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"config field {name} must be {_describe(tuple[args])}; got {value!r}.")
-    if len(args) == 2 and args[1] is Ellipsis:
-        return tuple(_coerce(args[0], v, f"{name}.{i}") for i, v in enumerate(value))
-    if len(value) != len(args):
-        raise ValueError(f"config field {name} must be {_describe(tuple[args])}; got {value!r}.")
-    return tuple(_coerce(a, v, f"{name}.{i}") for i, (a, v) in enumerate(zip(args, value)))
-
-
-def _coerce_scalar(tp: Any, value: Any, name: str) -> Any:
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    else:
-        raise TypeError(f"unsupported config type {tp!r}")  # internal: a field type _coerce does not know
-    raise ValueError(f"config field {name} must be {_describe(tp)}; got {value!r}.")
-
-
-def _describe(tp: Any) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Literal:
-        return "one of: " + ", ".join(map(str, args))
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_describe(args[0])} values"
-        return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
-    if is_dataclass(tp):
-        return f"a section with fields {', '.join(f.name for f in fields(tp))}"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
 # ------------------------------------------------------------------------------------------ checks
 
 
-def _check(ok: bool, name: str, allowed: str, value: Any) -> None:
-    if not ok:
-        raise ValueError(f"config field {name} must be {allowed}; got {value!r}.")
-
-
 def _validate(cfg: TrainConfig) -> None:
-    from openwan.configs import DIT_PRESETS
-
-    _check(cfg.model.preset in DIT_PRESETS or cfg.model.path is not None, "model.preset",
+    check(cfg.model.preset in DIT_PRESETS or cfg.model.path is not None, "model.preset",
            "one of: " + ", ".join(DIT_PRESETS) + " (or set model.path)", cfg.model.preset)
-    _check(cfg.data.fps > 0, "data.fps", "a positive number", cfg.data.fps)
-    _check(cfg.data.num_workers >= 0, "data.num_workers", "an integer >= 0", cfg.data.num_workers)
-    _check(len(cfg.stages) >= 1, "stages", "a list of at least one stage", list(cfg.stages))
+    check(cfg.data.fps > 0, "data.fps", "a positive number", cfg.data.fps)
+    check(cfg.data.num_workers >= 0, "data.num_workers", "an integer >= 0", cfg.data.num_workers)
+    check(len(cfg.stages) >= 1, "stages", "a list of at least one stage", list(cfg.stages))
     for i, stage in enumerate(cfg.stages):
         _validate_stage(stage, f"stages.{i}")
     _validate_optim(cfg)
     _validate_timesteps(cfg.timesteps, "timesteps")
-    _check(0.0 <= cfg.ema.decay < 1.0, "ema.decay", "in [0, 1) (0 disables the EMA)", cfg.ema.decay)
-    _check(0.0 <= cfg.text_dropout <= 1.0, "text_dropout", "a probability in [0, 1]", cfg.text_dropout)
-    _check(cfg.checkpoint.every >= 0, "checkpoint.every", "an integer >= 0 (0: only at the end)", cfg.checkpoint.every)
-    _check(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "an integer >= 1", cfg.checkpoint.keep_last)
-    _check(cfg.log.every >= 1, "log.every", "an integer >= 1", cfg.log.every)
+    check(0.0 <= cfg.ema.decay < 1.0, "ema.decay", "in [0, 1) (0 disables the EMA)", cfg.ema.decay)
+    check(0.0 <= cfg.text_dropout <= 1.0, "text_dropout", "a probability in [0, 1]", cfg.text_dropout)
+    check(cfg.checkpoint.every >= 0, "checkpoint.every", "an integer >= 0 (0: only at the end)", cfg.checkpoint.every)
+    check(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", "an integer >= 1", cfg.checkpoint.keep_last)
+    check(cfg.log.every >= 1, "log.every", "an integer >= 1", cfg.log.every)
     _validate_sample(cfg.sample)
     if cfg.lora is not None:
-        _check(cfg.lora.rank >= 1, "lora.rank", "an integer >= 1", cfg.lora.rank)
-        _check(cfg.lora.alpha > 0, "lora.alpha", "a positive number", cfg.lora.alpha)
+        check(cfg.lora.rank >= 1, "lora.rank", "an integer >= 1", cfg.lora.rank)
+        check(cfg.lora.alpha > 0, "lora.alpha", "a positive number", cfg.lora.alpha)
         bad = [t for t in cfg.lora.targets if t not in LORA_TARGETS]
-        _check(bool(cfg.lora.targets) and not bad, "lora.targets", "a non-empty list of: " + ", ".join(LORA_TARGETS),
+        check(bool(cfg.lora.targets) and not bad, "lora.targets", "a non-empty list of: " + ", ".join(LORA_TARGETS),
                list(cfg.lora.targets))
-    _check(cfg.parallel.dp == "auto" or cfg.parallel.dp >= 1, "parallel.dp", "auto or an integer >= 1",
+    check(cfg.parallel.dp == "auto" or cfg.parallel.dp >= 1, "parallel.dp", "auto or an integer >= 1",
            cfg.parallel.dp)
     for axis in ("cp_ulysses", "cp_ring"):
-        _check(getattr(cfg.parallel, axis) >= 1, f"parallel.{axis}", "an integer >= 1", getattr(cfg.parallel, axis))
-    _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device",
+        check(getattr(cfg.parallel, axis) >= 1, f"parallel.{axis}", "an integer >= 1", getattr(cfg.parallel, axis))
+    check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"), "device",
            "auto, cpu, cuda or cuda:N", cfg.device)
-    _check(cfg.resume in ("auto", "never") or bool(cfg.resume), "resume", "auto, never or a checkpoint folder",
+    check(cfg.resume in ("auto", "never") or bool(cfg.resume), "resume", "auto, never or a checkpoint folder",
            cfg.resume)
 
 
 def _validate_stage(stage: StageConfig, name: str) -> None:
-    _check(stage.steps >= 1, f"{name}.steps", "an integer >= 1", stage.steps)
-    _check(stage.batch_size >= 1, f"{name}.batch_size", "an integer >= 1", stage.batch_size)
+    check(stage.steps >= 1, f"{name}.steps", "an integer >= 1", stage.steps)
+    check(stage.batch_size >= 1, f"{name}.batch_size", "an integer >= 1", stage.batch_size)
     if stage.lr is not None:
-        _check(stage.lr > 0, f"{name}.lr", "a positive number (or null for optim.lr)", stage.lr)
+        check(stage.lr > 0, f"{name}.lr", "a positive number (or null for optim.lr)", stage.lr)
     if stage.warmup_steps is not None:
-        _check(stage.warmup_steps >= 0, f"{name}.warmup_steps", "an integer >= 0", stage.warmup_steps)
-    _check(len(stage.buckets) >= 1, f"{name}.buckets", "a list of at least one [frames, height, width]",
+        check(stage.warmup_steps >= 0, f"{name}.warmup_steps", "an integer >= 0", stage.warmup_steps)
+    check(len(stage.buckets) >= 1, f"{name}.buckets", "a list of at least one [frames, height, width]",
            list(stage.buckets))
     for j, (frames, height, width) in enumerate(stage.buckets):
-        _check(frames >= 1 and (frames - 1) % 4 == 0, f"{name}.buckets.{j}.0", "a frame count 4n+1 (1 = image)",
+        check(frames >= 1 and (frames - 1) % 4 == 0, f"{name}.buckets.{j}.0", "a frame count 4n+1 (1 = image)",
                frames)
         for k, size in ((1, height), (2, width)):
-            _check(size >= 16 and size % 16 == 0, f"{name}.buckets.{j}.{k}", "a pixel size that is a multiple of 16",
+            check(size >= 16 and size % 16 == 0, f"{name}.buckets.{j}.{k}", "a pixel size that is a multiple of 16",
                    size)
     if stage.image_video_ratio is not None:
-        _check(stage.image_video_ratio >= 0, f"{name}.image_video_ratio", "a number >= 0 (or null)",
+        check(stage.image_video_ratio >= 0, f"{name}.image_video_ratio", "a number >= 0 (or null)",
                stage.image_video_ratio)
     if stage.timesteps is not None:
         _validate_timesteps(stage.timesteps, f"{name}.timesteps")
@@ -568,45 +501,45 @@ def _validate_stage(stage: StageConfig, name: str) -> None:
 
 def _validate_timesteps(t: TimestepConfig, name: str) -> None:
     if t.shift != "resolution":
-        _check(math.isfinite(t.shift) and t.shift > 0, f"{name}.shift", "a positive number or resolution", t.shift)
-    _check(t.logit_std > 0, f"{name}.logit_std", "a positive number", t.logit_std)
-    _check(0 <= t.per_frame <= 1, f"{name}.per_frame", "a fraction from 0 to 1", t.per_frame)
-    _check(0 <= t.first_frame <= 1, f"{name}.first_frame", "a fraction from 0 to 1", t.first_frame)
-    _check(t.first_frame + t.per_frame <= 1, f"{name}.first_frame + {name}.per_frame",
+        check(math.isfinite(t.shift) and t.shift > 0, f"{name}.shift", "a positive number or resolution", t.shift)
+    check(t.logit_std > 0, f"{name}.logit_std", "a positive number", t.logit_std)
+    check(0 <= t.per_frame <= 1, f"{name}.per_frame", "a fraction from 0 to 1", t.per_frame)
+    check(0 <= t.first_frame <= 1, f"{name}.first_frame", "a fraction from 0 to 1", t.first_frame)
+    check(t.first_frame + t.per_frame <= 1, f"{name}.first_frame + {name}.per_frame",
            "at most 1 (they are fractions of the same samples)", t.first_frame + t.per_frame)
     for i, m in enumerate(t.mix):
-        _check(0 <= m.fraction <= 1, f"{name}.mix.{i}.fraction", "a fraction from 0 to 1", m.fraction)
-        _check(math.isfinite(m.shift) and m.shift > 0, f"{name}.mix.{i}.shift", "a positive number", m.shift)
-        _check(m.logit_std > 0, f"{name}.mix.{i}.logit_std", "a positive number", m.logit_std)
-    _check(0 <= t.min_sigma < t.max_sigma <= 1, f"{name}.min_sigma and {name}.max_sigma",
+        check(0 <= m.fraction <= 1, f"{name}.mix.{i}.fraction", "a fraction from 0 to 1", m.fraction)
+        check(math.isfinite(m.shift) and m.shift > 0, f"{name}.mix.{i}.shift", "a positive number", m.shift)
+        check(m.logit_std > 0, f"{name}.mix.{i}.logit_std", "a positive number", m.logit_std)
+    check(0 <= t.min_sigma < t.max_sigma <= 1, f"{name}.min_sigma and {name}.max_sigma",
            "two noise levels with 0 <= min_sigma < max_sigma <= 1", (t.min_sigma, t.max_sigma))
     mixed = sum(m.fraction for m in t.mix)
-    _check(mixed <= 1, f"{name}.mix", "fractions that add up to at most 1 (they share the samples)", mixed)
-    _check(t.max_tokens != t.base_tokens and t.base_tokens > 0, f"{name}.max_tokens",
+    check(mixed <= 1, f"{name}.mix", "fractions that add up to at most 1 (they share the samples)", mixed)
+    check(t.max_tokens != t.base_tokens and t.base_tokens > 0, f"{name}.max_tokens",
            f"a token count different from {name}.base_tokens (both > 0)", t.max_tokens)
 
 
 def _validate_optim(cfg: TrainConfig) -> None:
     o, s = cfg.optim, cfg.schedule
-    _check(o.lr > 0, "optim.lr", "a positive number", o.lr)
+    check(o.lr > 0, "optim.lr", "a positive number", o.lr)
     for i, beta in enumerate(o.betas):
-        _check(0.0 <= beta < 1.0, f"optim.betas.{i}", "in [0, 1)", beta)
-    _check(o.eps > 0, "optim.eps", "a positive number", o.eps)
-    _check(o.weight_decay >= 0, "optim.weight_decay", "a number >= 0", o.weight_decay)
-    _check(o.grad_clip >= 0, "optim.grad_clip", "a number >= 0 (0 disables clipping)", o.grad_clip)
-    _check(s.warmup_steps >= 0, "schedule.warmup_steps", "an integer >= 0", s.warmup_steps)
-    _check(0.0 <= s.min_lr_ratio <= 1.0, "schedule.min_lr_ratio", "in [0, 1]", s.min_lr_ratio)
+        check(0.0 <= beta < 1.0, f"optim.betas.{i}", "in [0, 1)", beta)
+    check(o.eps > 0, "optim.eps", "a positive number", o.eps)
+    check(o.weight_decay >= 0, "optim.weight_decay", "a number >= 0", o.weight_decay)
+    check(o.grad_clip >= 0, "optim.grad_clip", "a number >= 0 (0 disables clipping)", o.grad_clip)
+    check(s.warmup_steps >= 0, "schedule.warmup_steps", "an integer >= 0", s.warmup_steps)
+    check(0.0 <= s.min_lr_ratio <= 1.0, "schedule.min_lr_ratio", "in [0, 1]", s.min_lr_ratio)
 
 
 def _validate_sample(s: SampleConfig) -> None:
-    _check(s.every >= 0, "sample.every", "an integer >= 0 (0: never)", s.every)
-    _check(not (s.every and not s.prompts), "sample.prompts", "a non-empty list of prompts when sample.every > 0",
+    check(s.every >= 0, "sample.every", "an integer >= 0 (0: never)", s.every)
+    check(not (s.every and not s.prompts), "sample.prompts", "a non-empty list of prompts when sample.every > 0",
            list(s.prompts))
-    _check(s.frame_num >= 1 and (s.frame_num - 1) % 4 == 0, "sample.frame_num", "a frame count 4n+1", s.frame_num)
+    check(s.frame_num >= 1 and (s.frame_num - 1) % 4 == 0, "sample.frame_num", "a frame count 4n+1", s.frame_num)
     for k, size in enumerate(s.size):
-        _check(size >= 16 and size % 16 == 0, f"sample.size.{k}", "a pixel size that is a multiple of 16", size)
-    _check(s.steps >= 1, "sample.steps", "an integer >= 1", s.steps)
-    _check(s.shift > 0, "sample.shift", "a positive number", s.shift)
+        check(size >= 16 and size % 16 == 0, f"sample.size.{k}", "a pixel size that is a multiple of 16", size)
+    check(s.steps >= 1, "sample.steps", "an integer >= 1", s.steps)
+    check(s.shift > 0, "sample.shift", "a positive number", s.shift)
 
 
 __all__ = [
@@ -624,9 +557,13 @@ __all__ = [
     "LoRAConfig",
     "ParallelConfig",
     "LogConfig",
+    "VAEDataConfig",
+    "VAEModelConfig",
+    "VAETrainConfig",
     "DEFAULT_LORA_TARGETS",
     "LORA_TARGETS",
     "load_config",
+    "load_vae_config",
     "read_config_file",
     "save_config",
     "apply_overrides",

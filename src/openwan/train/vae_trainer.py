@@ -34,7 +34,6 @@ import math
 import re
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openwan.configs import VAEConfig
+from openwan.configs import VAEConfig, get_preset
+from openwan.data.sources import clip_loader
 from openwan.fileio import atomic_torch_save, atomic_write
 from openwan.models.image_vae import ImageVAE
 from openwan.models.vae import FeatureCache, WanVAE
+from openwan.train.config import VAETrainConfig
+from openwan.train.trainer import _autocast_dtype as autocast_dtype
+from openwan.train.trainer import _resolve_device as resolve_device
 from openwan.train.vae_losses import (
     PatchDiscriminator3d,
     adaptive_gan_weight,
@@ -65,80 +68,6 @@ IMAGE_VAE_NAME = "image_vae"  # stage 1 output: image_vae.pth + image_vae.json (
 WAN_VAE_NAME = "Wan2.1_VAE"  # stage 2/3 output: Wan2.1_VAE.pth + Wan2.1_VAE.json (config with latent stats)
 _CKPT = re.compile(r"^vae-step-(\d+)\.pt$")
 LOG_VAR_RANGE = (-30.0, 20.0)  # keeps exp(log_var) finite early in training
-
-
-# ------------------------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class VAETrainConfig:
-    """One VAE training stage. Weights follow the Wan paper; ``perceptual_weights`` are local file paths."""
-
-    stage: int = 1
-    steps: int = 1000
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.01
-    warmup_steps: int = 0
-    min_lr_ratio: float = 1.0  # after warm-up, cosine decay to lr × this at the last step (1: constant lr)
-    grad_clip: float = 1.0  # 0: no clipping
-    l1_weight: float = 3.0
-    l2_weight: float = 0.0  # mean squared error; its gradient grows with the error, so a missing small object
-    # (a few large errors among many small ones) pulls harder than under L1 alone — and it is what PSNR measures
-    kl_weight: float = 3e-6
-    colour_weight: float = 0.0  # the latent colour probe: a 1x1 linear map, trained along, must read each latent
-    # cell's mean colour from the posterior mean. Without it this architecture's RMS norms let training drop the
-    # chroma of flat areas (backgrounds decode grey); docs/benchmarks.md, twelfth session
-    perceptual_weight: float = 3.0
-    perceptual_weights: tuple[str, ...] = ()
-    gan_weight: float = 0.5  # stage 3: times the adaptive weight (or alone when gan_adaptive is off)
-    gan_start: int = 0  # stage 3: the step from which the discriminator trains and the GAN term applies
-    gan_adaptive: bool = True
-    disc_lr: float = 1e-4
-    disc_betas: tuple[float, float] = (0.5, 0.9)
-    disc_dim: int = 64
-    disc_layers: int = 3
-    seed: int = 0
-    device: str = "cpu"
-    precision: str = "fp32"  # fp32 | bf16 (autocast; CUDA only)
-    log_every: int = 10
-    save_every: int = 500  # 0: only at the end of fit
-    keep_last: int = 2
-    stats_batches: int = 16  # batches whose posterior means give the latent statistics
-    freeze_encoder: bool = False  # stages 2-3: train the decoder side only; the latent space (and a DiT trained
-    # on it) stays valid, and the exported file keeps the starting VAE's latent statistics
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "betas", tuple(self.betas))
-        object.__setattr__(self, "disc_betas", tuple(self.disc_betas))
-        object.__setattr__(self, "perceptual_weights", tuple(str(p) for p in self.perceptual_weights))
-        _need(self.stage in (1, 2, 3), "stage", "1, 2 or 3", self.stage)
-        _need(self.steps >= 0, "steps", "an integer >= 0", self.steps)
-        _need(self.precision in ("fp32", "bf16"), "precision", "fp32 or bf16", self.precision)
-        for name in ("lr", "disc_lr"):
-            _need(getattr(self, name) > 0, name, "a number > 0", getattr(self, name))
-        for name in ("l1_weight", "l2_weight", "kl_weight", "colour_weight", "perceptual_weight", "gan_weight",
-                     "grad_clip", "weight_decay"):
-            _need(getattr(self, name) >= 0, name, "a number >= 0", getattr(self, name))
-        if self.freeze_encoder and self.stage == 1:
-            raise ValueError("freeze_encoder keeps a trained 3D VAE's latent space; use it in stage 2 or 3 with "
-                             "init= that VAE.")
-        if self.freeze_encoder and self.colour_weight:
-            raise ValueError("colour_weight trains the encoder to carry colour, but freeze_encoder keeps it fixed; "
-                             "set colour_weight 0 (--colour-weight 0) for a decoder-only run.")
-        _need(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "a number in [0, 1]", self.min_lr_ratio)
-        for name in ("warmup_steps", "gan_start", "save_every"):
-            _need(getattr(self, name) >= 0, name, "an integer >= 0", getattr(self, name))
-        for name in ("log_every", "keep_last", "stats_batches", "disc_dim", "disc_layers"):
-            _need(getattr(self, name) >= 1, name, "an integer >= 1", getattr(self, name))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-
-def _need(ok: bool, name: str, allowed: str, value: Any) -> None:
-    if not ok:
-        raise ValueError(f"VAETrainConfig.{name} must be {allowed}; got {value!r}.")
 
 
 # --------------------------------------------------------------------------------------- the models
@@ -283,7 +212,8 @@ class VAETrainer:
     def __init__(self, model: nn.Module, cfg: VAETrainConfig, out_dir: str | Path | None = None) -> None:
         _check_model(model, cfg.stage)
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
+        self.device = resolve_device(cfg.device)
+        self.autocast_dtype = autocast_dtype(cfg.precision, self.device)
         if cfg.precision == "bf16" and self.device.type != "cuda":
             raise ValueError("precision bf16 needs a CUDA device; use precision fp32 on the CPU.")
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -380,8 +310,8 @@ class VAETrainer:
         return d_loss.detach()
 
     def _autocast(self):
-        if self.cfg.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.autocast_dtype is not None:
+            return torch.autocast(self.device.type, dtype=self.autocast_dtype)
         return contextlib.nullcontext()
 
     # -------------------------------------------------------------------------------------- loop
@@ -707,7 +637,8 @@ def _export(model: nn.Module, out_dir: str | Path, name: str) -> Path:
 
 def load_image_vae(path: str | Path) -> ImageVAE:
     """The stage-1 model written by :func:`export_image_vae` (needs the .json beside the .pth)."""
-    from openwan.checkpoints.io import load_strict, read_state_dict
+    from openwan.checkpoints.io import read_state_dict
+    from openwan.models.loading import load_strict
 
     path = Path(path)
     sidecar = path.with_suffix(".json")
@@ -766,15 +697,24 @@ def initial_model(stage: int, init: str | Path | None = None, vae_config: VAECon
     return model
 
 
-def run_stage(cfg: VAETrainConfig, data: Iterable, out_dir: str | Path, *, model: nn.Module | None = None,
-              init: str | Path | None = None, vae_config: VAEConfig | None = None, resume: bool = False,
-              decoder_dim: int | None = None) -> Path:
+def run_stage(cfg: VAETrainConfig, data: Iterable, out_dir: str | Path | None = None, *,
+              model: nn.Module | None = None, init: str | Path | None = None, vae_config: VAEConfig | None = None,
+              resume: bool | None = None, decoder_dim: int | None = None) -> Path:
     """One stage end to end: start (or resume from ``out_dir``'s newest checkpoint), train ``cfg.steps`` steps,
     export. Returns the exported file: ``image_vae.pth`` (stage 1) or ``Wan2.1_VAE.pth`` (stages 2, 3).
 
-    ``model`` (optional) replaces :func:`initial_model`'s choice for a fresh start; ``decoder_dim`` is passed to
-    it (a resumed run keeps its checkpoint's widths and must agree).
+    ``out_dir``, ``init``, ``resume``, ``decoder_dim`` and ``vae_config`` default to the config's ``output_dir``,
+    ``model.init``, ``resume``, ``model.decoder_dim`` and ``model.preset``. ``model`` (optional) replaces
+    :func:`initial_model`'s choice for a fresh start (a resumed run keeps its checkpoint's widths and must agree).
     """
+    out_dir = out_dir if out_dir is not None else cfg.output_dir
+    if out_dir is None:
+        raise ValueError("a VAE stage needs an output folder: set output_dir (--out).")
+    init = init if init is not None else cfg.model.init
+    resume = cfg.resume if resume is None else resume
+    decoder_dim = decoder_dim if decoder_dim is not None else cfg.model.decoder_dim
+    if vae_config is None and model is None and init is None:
+        vae_config = get_preset("vae", cfg.model.preset)
     out_dir = Path(out_dir)
     checkpoint = latest_vae_checkpoint(out_dir)
     if checkpoint is not None and not resume:
@@ -809,6 +749,18 @@ def run_stage(cfg: VAETrainConfig, data: Iterable, out_dir: str | Path, *, model
     return path
 
 
+def train_vae(cfg: VAETrainConfig) -> Path:
+    """``openwan train-vae``: the stage of ``cfg`` on clips of ``cfg.data.manifest`` (cropped to
+    ``cfg.data.crop(stage)``), written to ``cfg.output_dir``. Returns the exported file."""
+    if cfg.data.manifest is None:
+        raise ValueError("VAE training needs a clip manifest: set data.manifest (--manifest).")
+    frames, size = cfg.data.crop(cfg.stage)
+    torch.manual_seed(cfg.seed)
+    data = clip_loader(cfg.data.manifest, frames, size, fps=cfg.data.fps, batch_size=cfg.data.batch_size,
+                       num_workers=cfg.data.num_workers, seed=cfg.seed)
+    return run_stage(cfg, data)
+
+
 __all__ = [
     "VAETrainConfig",
     "VAETrainer",
@@ -827,5 +779,6 @@ __all__ = [
     "read_vae_checkpoint",
     "widen_decoder",
     "run_stage",
+    "train_vae",
     "with_latent_stats",
 ]
