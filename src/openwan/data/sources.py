@@ -1,0 +1,149 @@
+"""Batch sources for the trainers: iterables of batch dicts whose position can be saved and restored.
+
+A trainer reads any :class:`BatchSource`; :class:`ListBatches` serves a fixed list (tests, small runs) and
+:class:`SamplerLoader` wraps a ``DataLoader`` over a resumable :class:`~openwan.data.buckets.BucketBatchSampler`.
+:func:`bucket_source` builds the latter from a clip manifest (raw videos) or a latent + text cache, and
+:func:`clip_loader` from a manifest cropped to one bucket (what the VAE trains on).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch.utils.data import DataLoader
+
+from openwan.data.buckets import Bucket, BucketBatchSampler, assign_buckets
+from openwan.data.cache import CachedDataset
+from openwan.data.dataset import VideoClipDataset, collate, scan_manifest
+from openwan.data.manifest import read_manifest
+
+log = logging.getLogger("openwan.data")
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """What a trainer reads batches from: an iterable of batch dicts whose position can be saved and restored.
+
+    ``state_dict()`` is taken after a batch has been consumed and must be JSON-serialisable; after
+    ``load_state_dict(state)`` a new iteration continues with exactly the batches that followed it. Iteration
+    may end (an epoch); the trainer then iterates again. ``None`` or empty batches are skipped.
+    """
+
+    def __iter__(self) -> Iterator[dict | None]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class ListBatches:
+    """A fixed list of batch dicts served in order, round and round: the smallest resumable :class:`BatchSource`."""
+
+    def __init__(self, batches: Iterable[dict]):
+        self.batches = list(batches)
+        if not self.batches:
+            raise ValueError("ListBatches needs at least one batch.")
+        self.position = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            batch = self.batches[self.position % len(self.batches)]
+            self.position += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = int(state["position"])
+
+
+class SamplerLoader:
+    """A DataLoader over a resumable batch sampler (``openwan.data.BucketBatchSampler``), as a :class:`BatchSource`.
+
+    Workers prefetch, so the sampler runs ahead of training; the state handed out is the sampler's position after
+    the batches the trainer actually took (``state_dict(consumed=n)``). One pass is one epoch: the sampler moves
+    to the next epoch itself, and the trainer iterates again.
+    """
+
+    def __init__(self, dataset, batch_sampler, collate_fn, num_workers: int = 0, seed: int = 0):
+        self.dataset, self.batch_sampler, self.collate_fn = dataset, batch_sampler, collate_fn
+        self.num_workers, self.seed = num_workers, seed
+        self._state = _json_copy(batch_sampler.state_dict())
+
+    def __iter__(self) -> Iterator[dict | None]:
+        # An own generator, seeded by the epoch: worker seeds must not draw from torch's global generator, and a
+        # resumed run must give its workers the seeds the uninterrupted run gave them.
+        generator = torch.Generator().manual_seed(self.seed + int(self._state.get("epoch", 0)))
+        loader = DataLoader(self.dataset, batch_sampler=self.batch_sampler, collate_fn=self.collate_fn,
+                            num_workers=self.num_workers, generator=generator)
+        for consumed, batch in enumerate(loader, 1):
+            self._state = _json_copy(self.batch_sampler.state_dict(consumed=consumed))
+            yield batch
+
+    def state_dict(self) -> dict:
+        return self._state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_sampler.load_state_dict(state)
+        self._state = _json_copy(state)
+
+
+def bucket_source(*, manifest: str | None, cache_dir: str | None, buckets: Sequence[Sequence[int]], batch_size: int,
+                  seed: int, fps: float = 16.0, num_workers: int = 0, image_video_ratio: float | None = None,
+                  dp_rank: int = 0, dp_size: int = 1, label: str = "the data") -> SamplerLoader:
+    """Batches of ``batch_size`` clips (the global batch) from a manifest of raw clips or a latent + text cache,
+    each at one of ``buckets`` ((frames, height, width) in pixels); data-parallel rank ``dp_rank`` of ``dp_size``
+    gets its ``batch_size / dp_size`` samples of each. ``label`` names the source in messages (e.g. a stage)."""
+    wanted = [Bucket(*b) for b in buckets]
+    if manifest:
+        records = read_manifest(manifest)
+        assignments = assign_buckets(records, wanted, fps=fps)
+        dataset = VideoClipDataset(records, assignments, fps=fps)
+        where = f"manifest {manifest}"
+    else:
+        dataset = CachedDataset(cache_dir)
+        # A cache holds each clip at the bucket it was built for: the source serves those in its buckets, and the
+        # first frames of longer ones (exact for a causal VAE; see CachedDataset.fit_buckets).
+        assignments = dataset.fit_buckets(wanted)
+        if not any(assignments):
+            cached = sorted({tuple(b.as_list()) for b in dataset.buckets if b is not None})
+            raise ValueError(f"{label}: no clip of the cache {cache_dir} is in the buckets "
+                             f"{[list(b) for b in buckets]}; the cache holds {[list(b) for b in cached]}"
+                             " — set the buckets to those, or to fewer frames at the same height and width"
+                             " (served as a clip's first latent frames), or build a cache for these.")
+        where = f"cache {cache_dir}"
+    used = sum(a is not None for a in assignments)
+    log.info("%s: %d of %d clips of the %s fit its buckets", label, used, len(assignments), where)
+    # Cut into global batches of batch_size (the same plan for any dp_size), each split over the dp ranks.
+    sampler = BucketBatchSampler(assignments, batch_size // dp_size, seed=seed, image_video_ratio=image_video_ratio,
+                                 rank=dp_rank, world_size=dp_size)
+    return SamplerLoader(dataset, sampler, collate, num_workers=num_workers, seed=seed)
+
+
+def clip_loader(manifest: str, frames: int, size: int, *, fps: float, batch_size: int, num_workers: int,
+                seed: int) -> SamplerLoader:
+    """Resumable batches ``{"video": [B, 3, frames, size, size]}`` in [-1, 1] over a manifest's usable clips
+    (unreadable files and clips too short for ``frames`` at ``fps`` are left out, and counted in the log)."""
+    records, bad = scan_manifest(read_manifest(manifest))
+    assignments = assign_buckets(records, [Bucket(frames, size, size)], fps=fps)
+    usable = sum(b is not None for b in assignments)
+    log.info("%d clips usable at %dx%dx%d; %d unreadable, %d too short", usable, frames, size, size, len(bad),
+             len(records) - usable)
+    if usable < batch_size:
+        raise ValueError(f"only {usable} clips of {manifest} give {frames} frames at {fps} fps; add clips, lower "
+                         "the frames (--frames) or the batch size (--batch-size).")
+    dataset = VideoClipDataset(records, assignments, fps=fps)
+    sampler = BucketBatchSampler(assignments, batch_size, seed=seed)
+    return SamplerLoader(dataset, sampler, collate, num_workers=num_workers, seed=seed)
+
+
+def _json_copy(state: Any) -> Any:
+    return json.loads(json.dumps(state))
+
+
+__all__ = ["BatchSource", "ListBatches", "SamplerLoader", "bucket_source", "clip_loader"]
