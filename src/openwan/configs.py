@@ -349,6 +349,15 @@ _REGISTRIES: dict[str, dict[str, Any]] = {
 }
 
 
+class CheckpointError(ValueError):
+    """A weights file or folder cannot be used; the message names the file and the fix.
+
+    It lives here, beside the configs both sides share, because two layers raise it: ``openwan.checkpoints``
+    (a file absent, unreadable, in no known layout) and ``openwan.models`` (tensors that do not fit the network
+    built from the file's config), and neither imports the other.
+    """
+
+
 def get_preset(kind: str, name: str) -> Any:
     """Look up a preset, e.g. ``get_preset("dit", "t2v-1.3B")``; an unknown name lists the known ones."""
     if kind not in _REGISTRIES:
@@ -360,6 +369,7 @@ def get_preset(kind: str, name: str) -> Any:
 
 
 __all__ = [
+    "CheckpointError",
     "DiTConfig",
     "VAEConfig",
     "TextEncoderConfig",

@@ -8,7 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from openwan.checkpoints.io import CheckpointError, load_strict, read_state_dict
+from openwan.checkpoints.io import CheckpointError, read_state_dict
+from openwan.models.loading import load_strict
 from tiny import PickleBomb
 
 

@@ -1,8 +1,9 @@
-"""Reading weight files safely, and loading them into a module strictly.
+"""Reading weight files safely.
 
 Every reader here refuses to execute pickled code (``torch.load(weights_only=True)``) and turns each way a
-file can be wrong — absent, truncated, not weights at all, missing or surplus or wrongly shaped tensors —
-into one :class:`CheckpointError` whose message names the file and says what to do.
+file can be wrong — absent, truncated, not weights at all — into one :class:`CheckpointError` whose message
+names the file and says what to do. (Tensors that do not fit a network are caught where the network takes them:
+``openwan.models.loading.load_strict``.)
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from openwan.configs import CheckpointError
+
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
-
-
-class CheckpointError(ValueError):
-    """A weights file or folder cannot be used; the message names the file and the fix."""
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -113,42 +112,4 @@ def read_state_dicts(paths: Iterable[str | Path]) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_strict(
-    module: torch.nn.Module,
-    state_dict: Mapping[str, torch.Tensor],
-    source: str | Path,
-    *,
-    dtype: torch.dtype | None = None,
-    assign: bool = True,
-) -> torch.nn.Module:
-    """Load ``state_dict`` into ``module`` requiring exactly its keys and shapes.
-
-    With ``assign=True`` (the default) a module built on the meta device takes the file's tensors as its
-    parameters, so a model never sits in memory twice. ``dtype`` converts floating-point tensors on the way.
-    Buffers that are not persistent (RoPE tables and the like) are left as the module built them.
-    """
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong = sorted(
-        f"{k} (file {tuple(state_dict[k].shape)}, model {tuple(expected[k].shape)})"
-        for k in set(expected) & set(state_dict)
-        if tuple(state_dict[k].shape) != tuple(expected[k].shape)
-    )
-    if missing or unexpected or wrong:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrongly shaped", wrong)):
-            if items:
-                shown = ", ".join(items[:8]) + (f", ... ({len(items) - 8} more)" if len(items) > 8 else "")
-                parts.append(f"{len(items)} {label}: {shown}")
-        raise CheckpointError(
-            f"{source} does not match {type(module).__name__} — " + "; ".join(parts)
-            + ". Check that the file belongs to this model and is complete."
-        )
-    converted = {}
-    for k, v in state_dict.items():
-        if dtype is not None and v.is_floating_point():
-            v = v.to(dtype)
-        converted[k] = v
-    module.load_state_dict(converted, strict=True, assign=assign)
-    return module
+__all__ = ["CheckpointError", "WEIGHT_SUFFIXES", "read_state_dict", "read_state_dicts"]

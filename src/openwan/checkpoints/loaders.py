@@ -1,12 +1,12 @@
-"""Find, read and load Wan weights in any layout a user may have on disk.
+"""Find and read Wan weights in any layout a user may have on disk.
 
 Accepted for the DiT: an official release folder (config.json + one or sharded safetensors with an index), a
 diffusers-format folder (the whole "-Diffusers" release or its transformer/ subfolder), or a single
 .safetensors / .pth file in either key layout. For the VAE: the release's Wan2.1_VAE.pth (no config: the
 architecture is read off the tensor shapes), a folder holding it, or a diffusers vae/ folder.
 
-Models are built on the meta device and take the file's tensors with ``assign=True``, so a 14B model is never
-in memory twice; ``dtype`` converts floating-point weights while loading.
+Each reader returns (config, state dict in the official key layout); the networks build themselves from that
+(``WanDiT.from_pretrained`` / ``WanVAE.from_pretrained``, through :func:`read`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ import json
 import logging
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from openwan.checkpoints import keymaps
+from openwan.checkpoints.encoders import read_clip, read_umt5
 from openwan.checkpoints.infer import infer_dit_config, infer_vae_config
-from openwan.checkpoints.io import CheckpointError, load_strict, read_state_dict
+from openwan.checkpoints.io import CheckpointError, read_state_dict
 from openwan.configs import DiTConfig, VAEConfig
 
 log = logging.getLogger(__name__)
@@ -112,18 +114,6 @@ def load_dit_state(path: str | Path, config: DiTConfig | dict | None = None) -> 
     return config, state
 
 
-def load_dit(path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-             config: DiTConfig | dict | None = None):
-    """A ``WanDiT`` with the weights at ``path`` (any supported layout), in ``dtype`` on ``device``."""
-    from openwan.models.dit import WanDiT
-
-    config, state = load_dit_state(path, config)
-    with torch.device("meta"):
-        model = WanDiT(config)
-    load_strict(model, state, source=path, dtype=dtype)
-    return _finish(model, device)
-
-
 def _vae_weight_file(folder: Path) -> tuple[Path, dict | None]:
     if (folder / "vae").is_dir():
         folder = folder / "vae"
@@ -178,19 +168,19 @@ def load_vae_state(path: str | Path) -> tuple[VAEConfig, dict]:
     return config, state
 
 
-def load_vae(path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
-    """A ``WanVAE`` with the weights at ``path``, in ``dtype`` on ``device``."""
-    from openwan.models.vae import WanVAE
+def read(kind: str, path: str | Path) -> tuple[Any, dict[str, torch.Tensor], Path]:
+    """(config, state dict, source) of the ``kind`` network stored at ``path``: ``dit`` and ``vae`` give an openwan
+    config and the official key layout, ``umt5`` and ``clip`` a transformers config and transformers' keys.
 
-    config, state = load_vae_state(path)
-    with torch.device("meta"):
-        model = WanVAE(config)
-    load_strict(model, state, source=path, dtype=dtype)
-    return _finish(model, device)
-
-
-def _finish(model: torch.nn.Module, device: str | torch.device) -> torch.nn.Module:
-    leftover = [n for n, b in model.named_buffers() if b.is_meta]
-    if leftover:  # internal invariant: models keep no state outside their checkpoint keys
-        raise RuntimeError(f"{type(model).__name__} has buffers not restored by loading: {leftover[:4]}")
-    return model.to(device).eval()
+    This is the reader every ``from_pretrained`` of :mod:`openwan.models` uses (``openwan/__init__.py`` hands it
+    over); the network is built there, from what this returns.
+    """
+    if kind == "dit":
+        return (*load_dit_state(path), Path(path))
+    if kind == "vae":
+        return (*load_vae_state(path), Path(path))
+    if kind == "umt5":
+        return read_umt5(path)
+    if kind == "clip":
+        return read_clip(path)
+    raise ValueError(f"unknown kind of network {kind!r}; use one of: dit, vae, umt5, clip.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from openwan.configs import DiTConfig
 from openwan.models.layers import FP32LayerNorm, RMSNorm, apply_rope, attention, interleave_rope, rope_table
+from openwan.models.loading import finish_loading, load_strict, read_weights
 
 _ROPE_CACHE_SIZE = 16
 
@@ -211,10 +213,21 @@ class WanDiT(nn.Module):
         return cls(cfg)
 
     @classmethod
-    def from_pretrained(cls, path, *, dtype=None, device="cpu"):
-        from openwan.checkpoints import load_dit  # checkpoints imports models, so the import is deferred
+    def from_pretrained(cls, path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> WanDiT:
+        """The DiT stored at ``path`` (official or diffusers layout; a release folder, a diffusers
+        ``transformer/`` folder or one weights file), its floating weights in ``dtype`` (None: the file's), on
+        ``device``, in eval mode. :mod:`openwan.checkpoints` reads the file; the model is built here."""
+        config, state, source = read_weights("dit", path)
+        return cls.from_state(config, state, source=source, dtype=dtype, device=device)
 
-        return load_dit(path, dtype=dtype, device=device)
+    @classmethod
+    def from_state(cls, cfg: DiTConfig, state: Mapping[str, torch.Tensor], *, source: str | Path = "state dict",
+                   dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> WanDiT:
+        """Built on the meta device and given ``state`` (official key names) strictly, without a copy."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        load_strict(model, state, source, dtype=dtype)
+        return finish_loading(model, device)
 
     @torch.no_grad()
     def init_weights(self) -> None:

@@ -13,9 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from openwan.checkpoints.encoders import read_clip
-from openwan.checkpoints.io import load_strict
 from openwan.configs import ImageEncoderConfig
+from openwan.models.loading import load_strict, read_weights
 
 OPENAI_CLIP_MEAN = ImageEncoderConfig.mean
 OPENAI_CLIP_STD = ImageEncoderConfig.std
@@ -32,7 +31,7 @@ def load_clip_encoder(
     """
     from transformers import CLIPVisionModel
 
-    config, state, source = read_clip(path)
+    config, state, source = read_weights("clip", path)
     state = {k: _placed(v, dtype, device) for k, v in state.items()}
     with torch.device("meta"):
         model = CLIPVisionModel(config)

@@ -2,7 +2,7 @@
 
 The reference's own T5 encoder computes exactly the maths of ``UMT5EncoderModel`` (per-layer relative
 position bias, RMSNorm, no attention scaling, gated GELU-tanh FFN), so the network is transformers'; what is
-Wan's is the loading of the release file (``openwan.checkpoints.encoders``) and how prompts become the DiT's
+Wan's is the reading of the release file (``openwan.checkpoints.encoders``) and how prompts become the DiT's
 context: clean the text, tokenize to ``text_len`` with EOS, encode with the padding masked, keep each
 prompt's own rows, and zero-pad them back to ``text_len`` for the DiT (which attends to the padding rows too).
 """
@@ -17,8 +17,7 @@ from pathlib import Path
 import ftfy
 import torch
 
-from openwan.checkpoints.encoders import read_umt5
-from openwan.checkpoints.io import load_strict
+from openwan.models.loading import load_strict, read_weights
 
 
 def load_umt5_encoder(
@@ -33,7 +32,7 @@ def load_umt5_encoder(
     """
     from transformers import UMT5EncoderModel
 
-    config, state, source = read_umt5(path)
+    config, state, source = read_weights("umt5", path)
     state = _placed(state, dtype, device)
     with torch.device("meta"):
         model = UMT5EncoderModel(config)

@@ -11,8 +11,9 @@ Module names reproduce the keys of the released ``Wan2.1_VAE.pth``, so it loads 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openwan.configs import WAN21_LATENTS_MEAN, VAEConfig
+from openwan.models.loading import finish_loading, load_strict, read_weights
 
 # ------------------------------------------------------------------------------------ feature cache
 
@@ -429,10 +431,21 @@ class WanVAE(nn.Module):
         return cls(config)
 
     @classmethod
-    def from_pretrained(cls, path, *, dtype=None, device="cpu"):
-        from openwan.checkpoints import load_vae  # checkpoints imports models, so the import is deferred
+    def from_pretrained(cls, path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> WanVAE:
+        """The VAE stored at ``path`` (the release's ``Wan2.1_VAE.pth``, a folder holding it, or a diffusers
+        ``vae/`` folder; the architecture is read off the tensor shapes), in ``dtype`` on ``device``, eval mode.
+        :mod:`openwan.checkpoints` reads the file; the model is built here."""
+        config, state, source = read_weights("vae", path)
+        return cls.from_state(config, state, source=source, dtype=dtype, device=device)
 
-        return load_vae(path, dtype=dtype, device=device)
+    @classmethod
+    def from_state(cls, cfg: VAEConfig, state: Mapping[str, torch.Tensor], *, source: str | Path = "state dict",
+                   dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> WanVAE:
+        """Built on the meta device and given ``state`` (official key names) strictly, without a copy."""
+        with torch.device("meta"):
+            model = cls(cfg)
+        load_strict(model, state, source, dtype=dtype)
+        return finish_loading(model, device)
 
     @property
     def dtype(self) -> torch.dtype:
