@@ -35,7 +35,7 @@ MARK = re.compile(r"^<!--\s*(not run|slow):\s*(.+?)\s*-->$")
 
 # Most not-run blocks a page may hold (a new one is a decision, made here, not a silent skip).
 NOT_RUN_ALLOWED = {"README.md": 1, "benchmarks.md": 8, "distributed.md": 4, "generate.md": 1, "train.md": 2,
-                   "train-vae.md": 0, "convert.md": 0, "demo_model.md": 1}
+                   "train-vae.md": 0, "convert.md": 0, "demo_model.md": 2}
 
 # Release paths the pages name, and what stands in for them: (DiT preset, layout).
 RELEASES = {
@@ -255,8 +255,9 @@ def test_examples_run(page, scratch, monkeypatch):
 
 
 def _check_command(block: Block, words: list[str]) -> None:
+    env = []
     while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):  # VAR=value prefixes
-        words = words[1:]
+        env.append(words.pop(0).split("=")[0])
     argv = openwan_argv(words)
     if argv is not None:
         try:
@@ -271,6 +272,8 @@ def _check_command(block: Block, words: list[str]) -> None:
         text = script.read_text()
         for flag in (w.split("=")[0] for w in words[2:] if w.startswith("--")):
             assert f'"{flag}"' in text, f"{block}: {words[1]} has no option {flag}"
+        for name in env:
+            assert re.search(rf"\b{name}\b", text), f"{block}: {words[1]} does not read {name}"
         return
     if tool == "make":
         makefile = (REPO / "Makefile").read_text()
@@ -367,6 +370,6 @@ def test_read_blocks_sees_marks_and_languages(tmp_path):
                     "```\nplain\n```\n<!-- slow: long -->\n\n```sh\nopenwan generate \\\n  --prompt 'a b'  # c\n```\n")
     blocks = read_blocks(page)
     assert [(b.lang, b.mark, b.reason, b.line) for b in blocks] == [
-        ("bash", "not run", "needs 8 GPUs", 4), ("python", None, "", 8), ("bash", "slow", "long", 15)]
+        ("bash", "not run", "needs 8 GPUs", 4), ("python", None, "", 8), ("bash", "slow", "long", 16)]
     assert commands(blocks[2].code) == [["openwan", "generate", "--prompt", "a b"]]
 
