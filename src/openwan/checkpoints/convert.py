@@ -1,5 +1,13 @@
 """``openwan convert``: rewrite Wan weights between the official release layout and diffusers' layout.
 
+A whole release converts to a complete folder of the other layout: to diffusers, a pipeline folder that
+``diffusers.WanPipeline.from_pretrained`` loads (model_index.json, transformer/ — the high-noise expert of a
+two-expert release — and transformer_2/, vae/, text_encoder/, tokenizer/, scheduler/); to official, the release
+layout (config.json + safetensors or high_noise_model/ + low_noise_model/ + configuration.json, Wan2.1_VAE.pth,
+models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/). What diffusers has no field for is kept as an extra key in the
+config it belongs to and read back by openwan: ``text_len`` in transformer/config.json. The VAE's latent statistics
+travel in vae/config.json one way and in Wan2.1_VAE.json (beside Wan2.1_VAE.pth) the other way.
+
 Every file is written to a temporary name and renamed into place, so an interrupted conversion never leaves a
 file that looks complete.
 """
@@ -7,19 +15,33 @@ file that looks complete.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from openwan.checkpoints import keymaps
+from openwan.checkpoints.encoders import CLIP_OFFICIAL_FILE, UMT5_OFFICIAL_FILE, read_umt5, umt5_hf_to_official
 from openwan.checkpoints.io import CheckpointError
 from openwan.checkpoints.loaders import load_dit_state, load_vae_state
+from openwan.configs import DiTConfig, VAEConfig
 from openwan.fileio import atomic_torch_save, atomic_write
+
+log = logging.getLogger(__name__)
 
 LAYOUTS = ("official", "diffusers")
 DEFAULT_SHARD_BYTES = 5 * 1024**3
+EXPERT_DIRS = ("high_noise_model", "low_noise_model")  # official Wan2.2 A14B: high noise first
+TRANSFORMER_DIRS = ("transformer", "transformer_2")  # diffusers: `transformer` takes t >= boundary_ratio·1000
+TOKENIZER_DIRS = {"official": "google/umt5-xxl", "diffusers": "tokenizer"}
+VAE_FILE = "Wan2.1_VAE.pth"
+UMT5_HF_WEIGHTS = "model.safetensors"
+_UMT5_TIED = "encoder.embed_tokens.weight"  # the same tensor as shared.weight; safetensors stores it once
 
 
 def write_json(path: Path, data: Mapping) -> None:
@@ -64,56 +86,230 @@ def _cast(state: dict, dtype: torch.dtype | None) -> dict:
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
 
 
+# ------------------------------------------------------------------------------------------- one model
+
+
+def _write_dit(config: DiTConfig, state: dict, dst: Path, to: str, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+    if to == "diffusers":
+        if config.window_size != (-1, -1):
+            raise ValueError(f"this DiT attends in a local window {list(config.window_size)}, which diffusers' "
+                             "WanTransformer3DModel cannot express; keep it in the official layout.")
+        state = keymaps.dit_official_to_diffusers(state)
+        # text_len has no diffusers field (WanPipeline pads prompts to its max_sequence_length argument): kept
+        # as an extra key, which diffusers ignores and openwan reads back.
+        write_json(dst / "config.json", {**keymaps.dit_config_to_diffusers(config), "text_len": config.text_len})
+    else:
+        write_json(dst / "config.json", config.to_dict())
+    save_sharded(state, dst, max_shard_bytes=max_shard_bytes)
+
+
 def convert_dit(src: str | Path, dst: str | Path, to: str, *, dtype: torch.dtype | None = None,
                 max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
     """Write the DiT at ``src`` (any layout) to the folder ``dst`` in layout ``to``."""
     _check_layout(to)
     config, state = load_dit_state(src)
-    state = _cast(state, dtype)
     dst = Path(dst)
-    if to == "diffusers":
-        state = keymaps.dit_official_to_diffusers(state)
-        write_json(dst / "config.json", keymaps.dit_config_to_diffusers(config))
-    else:
-        write_json(dst / "config.json", config.to_dict())
-    save_sharded(state, dst, max_shard_bytes=max_shard_bytes)
+    _write_dit(config, _cast(state, dtype), dst, to, max_shard_bytes)
     return dst
 
 
-def convert_vae(src: str | Path, dst: str | Path, to: str, *, dtype: torch.dtype | None = None) -> Path:
-    """Write the Wan2.1 VAE at ``src`` to ``dst``: a diffusers vae/ folder, or the release's Wan2.1_VAE.pth."""
-    _check_layout(to)
-    config, state = load_vae_state(src)
-    state = _cast(state, dtype)
-    dst = Path(dst)
+def _write_vae(config: VAEConfig, state: dict, dst: Path, to: str) -> Path:
     if to == "diffusers":
         write_json(dst / "config.json", keymaps.vae_config_to_diffusers(config))
         save_safetensors(keymaps.vae_official_to_diffusers(state, config), dst / "diffusion_pytorch_model.safetensors")
         return dst
-    target = dst / "Wan2.1_VAE.pth" if dst.suffix != ".pth" else dst
-    tensors = {k: v.contiguous() for k, v in state.items()}
-    atomic_torch_save(tensors, target)
+    target = dst / VAE_FILE if dst.suffix != ".pth" else dst
+    atomic_torch_save({k: v.contiguous() for k, v in state.items()}, target)
+    default = VAEConfig()
+    if (config.z_dim == default.z_dim and (config.latents_mean, config.latents_std)
+            != (default.latents_mean, default.latents_std)):
+        # The release file has no config; a VAE with its own latent statistics keeps them beside it.
+        write_json(target.with_suffix(".json"), config.to_dict())
     return target
 
 
-def convert_release(src: str | Path, dst: str | Path, to: str, *, dtype: torch.dtype | None = None) -> Path:
-    """Convert a whole release folder: the DiT (or both Wan2.2 experts) and the VAE; other files are listed."""
+def convert_vae(src: str | Path, dst: str | Path, to: str, *, dtype: torch.dtype | None = None) -> Path:
+    """Write the Wan2.1 VAE at ``src`` to ``dst``: a diffusers vae/ folder, or the release's Wan2.1_VAE.pth (with
+    Wan2.1_VAE.json beside it when its latent statistics are not the released ones)."""
     _check_layout(to)
-    src, dst = Path(src), Path(dst)
+    config, state = load_vae_state(src)
+    return _write_vae(config, _cast(state, dtype), Path(dst), to)
+
+
+# ------------------------------------------------------------------------------------------- a release
+
+
+@dataclass
+class Release:
+    """Every component of a release folder, in the official key layout (the umT5 in transformers')."""
+
+    dits: list[tuple[DiTConfig, dict]]  # one DiT, or the high-noise expert then the low-noise one
+    boundary: float | None  # where two experts meet (t >= boundary·1000: the high-noise expert); None: not stored
+    flow_shift: float | None  # the sampling shift a diffusers scheduler/ names; None: not stored
+    vae: tuple[VAEConfig, dict] | None
+    text_encoder: tuple | None  # (transformers UMT5Config, UMT5EncoderModel state dict)
+    tokenizer: Path | None  # the tokenizer's folder
+    source: Path
+
+    @property
+    def config(self) -> DiTConfig:
+        return self.dits[0][0]
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _present(src: Path, what: str, *names: str) -> bool:
+    """Whether ``src`` holds one of ``names`` (files or folders, globs allowed); logs the absence."""
+    if any(any(src.glob(name)) for name in names):
+        return True
+    log.warning("%s has no %s (%s); the converted folder has none either", src, what, " or ".join(names))
+    return False
+
+
+def read_release(src: str | Path) -> Release:
+    """Read a release folder of either layout (single DiT or two experts) into a :class:`Release`."""
+    src = Path(src)
     if not src.is_dir():
         raise CheckpointError(f"{src} is not a folder; give a release folder, or use --model dit|vae for one file.")
-    experts = [d for d in ("high_noise_model", "low_noise_model") if (src / d).is_dir()]
-    if experts:
-        for name in experts:
-            convert_dit(src / name, dst / name, to, dtype=dtype)
+    index = _read_json(src / "model_index.json")
+    if (src / TRANSFORMER_DIRS[0]).is_dir():
+        dit_dirs = [src / d for d in TRANSFORMER_DIRS if (src / d).is_dir()]
+        boundary = index.get("boundary_ratio")
+    elif (src / EXPERT_DIRS[0]).is_dir():
+        dit_dirs = [src / d for d in EXPERT_DIRS]
+        boundary = _read_json(src / "configuration.json").get("boundary")
     else:
-        convert_dit(src, dst / "transformer" if to == "diffusers" else dst, to, dtype=dtype)
+        dit_dirs, boundary = [src], None
+    if len(dit_dirs) == 1:
+        boundary = None
+    tokenizer = next((src / d for d in TOKENIZER_DIRS.values() if (src / d).is_dir()), None)
+    if tokenizer is None:
+        _present(src, "tokenizer", *TOKENIZER_DIRS.values())
+    if (src / CLIP_OFFICIAL_FILE).is_file() or (src / "image_encoder").is_dir():
+        log.warning("%s holds a CLIP image encoder, which the conversion does not carry; copy it by hand", src)
+    has_vae = _present(src, "VAE", "vae/config.json", VAE_FILE, "Wan2.1_VAE.safetensors")
+    has_umt5 = _present(src, "umT5 text encoder", "text_encoder/config.json", "models_t5_*.pth")
+    return Release(
+        dits=[load_dit_state(d) for d in dit_dirs],
+        boundary=boundary,
+        flow_shift=_read_json(src / "scheduler" / "scheduler_config.json").get("flow_shift"),
+        vae=load_vae_state(src) if has_vae else None,
+        text_encoder=read_umt5(src)[:2] if has_umt5 else None,
+        tokenizer=tokenizer,
+        source=src,
+    )
+
+
+def _copy_folder(src: Path, dst: Path) -> None:
+    for file in sorted(p for p in src.iterdir() if p.is_file()):
+        atomic_write(dst / file.name, lambda tmp, file=file: shutil.copyfile(file, tmp))
+
+
+def _tokenizer_class(folder: Path) -> str:
+    return _read_json(folder / "tokenizer_config.json").get("tokenizer_class") or "AutoTokenizer"
+
+
+def _write_umt5(config, state: dict, dst: Path, to: str) -> None:
+    if to == "official":
+        atomic_torch_save({k: v.contiguous() for k, v in umt5_hf_to_official(state).items()}, dst / UMT5_OFFICIAL_FILE)
+        return
+    data = {**config.to_dict(), "architectures": ["UMT5EncoderModel"]}
+    write_json(dst / "text_encoder" / "config.json", data)
+    save_safetensors({k: v for k, v in state.items() if k != _UMT5_TIED}, dst / "text_encoder" / UMT5_HF_WEIGHTS)
+
+
+def scheduler_config(flow_shift: float) -> dict:
+    """diffusers' UniPC configured as Wan samples: flow prediction, 2nd-order bh2 predictor-corrector with x0
+    prediction, a lower order at the last step, the σ grid shifted by ``flow_shift``. diffusers spaces that grid
+    from σ = 1 where Wan starts at 0.999 (see :mod:`openwan.diffusion.schedule`); passing Wan's σ to
+    ``set_timesteps(sigmas=...)`` reproduces openwan's sampling exactly."""
+    return {
+        "_class_name": "UniPCMultistepScheduler",
+        "num_train_timesteps": 1000,
+        "prediction_type": "flow_prediction",
+        "use_flow_sigmas": True,
+        "flow_shift": float(flow_shift),
+        "solver_order": 2,
+        "solver_type": "bh2",
+        "predict_x0": True,
+        "lower_order_final": True,
+        "final_sigmas_type": "zero",
+    }
+
+
+def _diffusers_version() -> str:
     try:
-        convert_vae(src, dst / "vae" if to == "diffusers" else dst, to)
-    except CheckpointError as err:
-        if "no VAE weights" not in str(err):
-            raise
+        return version("diffusers")
+    except PackageNotFoundError:
+        return "0.35.0"
+
+
+def _model_index(release: Release, boundary: float | None, with_scheduler: bool) -> dict:
+    def entry(present: bool, library: str, cls: str) -> list:
+        return [library, cls] if present else [None, None]
+
+    two = len(release.dits) == 2
+    tokenizer = release.tokenizer
+    image_input = release.config.in_dim > release.config.out_dim
+    return {
+        "_class_name": "WanImageToVideoPipeline" if image_input else "WanPipeline",
+        "_diffusers_version": _diffusers_version(),
+        "boundary_ratio": boundary,
+        "expand_timesteps": False,
+        "scheduler": entry(with_scheduler, "diffusers", "UniPCMultistepScheduler"),
+        "text_encoder": entry(release.text_encoder is not None, "transformers", "UMT5EncoderModel"),
+        "tokenizer": entry(tokenizer is not None, "transformers", _tokenizer_class(tokenizer) if tokenizer else ""),
+        "transformer": ["diffusers", "WanTransformer3DModel"],
+        "transformer_2": entry(two, "diffusers", "WanTransformer3DModel"),
+        "vae": entry(release.vae is not None, "diffusers", "AutoencoderKLWan"),
+        **({"image_encoder": [None, None], "image_processor": [None, None]} if image_input else {}),
+    }
+
+
+def write_release(release: Release, dst: str | Path, to: str, *, dtype: torch.dtype | None = None,
+                  flow_shift: float | None = None, boundary: float | None = None) -> Path:
+    """Write ``release`` as a folder of layout ``to``. ``dtype`` casts the DiT's and the text encoder's
+    floating-point weights (the VAE keeps its own). ``flow_shift`` (diffusers only) and ``boundary`` (two experts)
+    stand in where the release stores none; the CLI gives the model family's defaults."""
+    _check_layout(to)
+    dst = Path(dst)
+    two = len(release.dits) == 2
+    boundary = release.boundary if release.boundary is not None else boundary
+    if two and boundary is None:
+        raise ValueError(f"{release.source} holds two experts but says nowhere where they meet; give boundary "
+                         "(the noise level between 0 and 1 at which the sampler switches experts).")
+    names = (TRANSFORMER_DIRS if to == "diffusers" else EXPERT_DIRS) if two else (
+        ("transformer",) if to == "diffusers" else ("",))
+    for (config, state), name in zip(release.dits, names):
+        _write_dit(config, _cast(state, dtype), dst / name, to)
+    if release.vae is not None:
+        _write_vae(*release.vae, dst / "vae" if to == "diffusers" else dst, to)
+    if release.text_encoder is not None:
+        config, state = release.text_encoder
+        _write_umt5(config, _cast(state, dtype), dst, to)
+    if release.tokenizer is not None:
+        _copy_folder(release.tokenizer, dst / TOKENIZER_DIRS[to])
+    if to == "official":
+        if two:
+            write_json(dst / "configuration.json", {"boundary": float(boundary)})
+        return dst
+    shift = release.flow_shift if flow_shift is None else flow_shift
+    if shift is None:
+        log.warning("no sampling shift given, so %s has no scheduler/; pass flow_shift (openwan convert gives the "
+                    "model family's) or a scheduler to WanPipeline.from_pretrained", dst)
+    else:
+        write_json(dst / "scheduler" / "scheduler_config.json", scheduler_config(shift))
+    write_json(dst / "model_index.json", _model_index(release, boundary if two else None, shift is not None))
     return dst
+
+
+def convert_release(src: str | Path, dst: str | Path, to: str, *, dtype: torch.dtype | None = None,
+                    flow_shift: float | None = None, boundary: float | None = None) -> Path:
+    """Convert a whole release folder (one DiT or two experts, VAE, umT5, tokenizer); see :func:`write_release`."""
+    _check_layout(to)
+    return write_release(read_release(src), dst, to, dtype=dtype, flow_shift=flow_shift, boundary=boundary)
 
 
 def _check_layout(to: str) -> None:

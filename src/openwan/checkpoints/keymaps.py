@@ -147,6 +147,7 @@ def dit_config_from_diffusers(data: Mapping) -> DiTConfig:
             eps=float(data.get("eps", 1e-6)),
             image_tokens=image_tokens,
             image_dim=int(data.get("image_dim") or 1280),
+            text_len=int(data.get("text_len", 512)),  # not a diffusers field: openwan convert writes it
         )
     except KeyError as err:
         raise ValueError(
