@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from openwan.data.synthetic import COLOURS, MOTIONS, SHAPES, canonical_caption
-from openwan.train.trainer import flow_matching_loss, noised
+from openwan.diffusion.objective import flow_matching_loss, noised
 
 ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "motion": list(MOTIONS)}
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}

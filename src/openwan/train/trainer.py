@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openwan.diffusion import resolution_shift, sample_training_sigmas
+from openwan.diffusion import resolution_shift
+from openwan.diffusion.objective import draw_sample_sigmas, flow_matching_loss, noised, target_count
 from openwan.train import checkpoint as ckpt
-from openwan.train.config import StageConfig, TimestepConfig, TrainConfig, save_config
+from openwan.train.config import StageConfig, TrainConfig, save_config
 from openwan.train.ema import EMA
 from openwan.train.metrics import MetricsLogger
 
@@ -98,45 +99,6 @@ class ListBatches:
 
 
 # ------------------------------------------------------------------------------------------ maths
-
-
-def flow_matching_loss(dit: nn.Module, x0: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor,
-                       noise: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """MSE between the DiT's velocity at x_σ = (1 − σ)·x0 + σ·ε and the target ε − x0 (float32 scalar).
-
-    x0, noise [B, C, F, h, w]; context [B, L, text_dim]; sigmas in [0, 1], [B] (one level per sample: the model sees
-    t = σ·1000) or [B, F] (one per latent frame, diffusion forcing: the model sees each token's frame's t). Frames
-    at σ 0 (given clean) are left out of the mean.
-    """
-    x_t, t = noised(x0, sigmas, noise, dit.cfg.patch_size)
-    target = noise - x0
-    with _autocast(x0.device, autocast_dtype):
-        pred = dit(x_t, t, context)
-    if sigmas.ndim == 1 or bool((sigmas > 0).all()):
-        return F.mse_loss(pred.float(), target.float())
-    # Frames given clean (σ 0) are context, not targets: their velocity is the unseen noise.
-    noisy = (sigmas > 0).to(pred.device, torch.float32)[:, None, :, None, None]
-    error = (pred.float() - target.float()).square() * noisy
-    return error.sum() / (noisy.sum() * pred.shape[1] * pred.shape[3] * pred.shape[4]).clamp(min=1)
-
-
-def noised(x0: torch.Tensor, sigmas: torch.Tensor, noise: torch.Tensor,
-           patch_size: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_σ = (1 − σ)·x0 + σ·ε, the DiT's timesteps t = σ·1000): [B] for σ [B], per token [B, L] for σ [B, F]."""
-    sigmas = sigmas.to(x0)
-    if sigmas.ndim == 1:
-        s, t = sigmas.view(-1, 1, 1, 1, 1), sigmas * 1000
-    else:
-        s, t = sigmas[:, None, :, None, None], _token_timesteps(sigmas * 1000, x0.shape, patch_size)
-    return (1 - s) * x0 + s * noise, t
-
-
-def _token_timesteps(t: torch.Tensor, shape: torch.Size, patch_size: tuple[int, int, int]) -> torch.Tensor:
-    """Per-frame timesteps [B, F] -> per-token [B, L] in the DiT's (f, h, w) token order (the first frame of each
-    temporal patch speaks for it; :meth:`Trainer.draw_noise` draws one level per temporal patch)."""
-    pt, ph, pw = patch_size
-    per_token_frame = t[:, ::pt]  # [B, F / pt]
-    return per_token_frame.repeat_interleave((shape[3] // ph) * (shape[4] // pw), dim=1)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -381,7 +343,7 @@ class Trainer:
             group["lr"] = lr
         sigmas, noise, shift = self.draw_noise(x0)
         loss = flow_matching_loss(self.dit, x0, context, sigmas.to(self.device), noise.to(self.device),
-                                  self.autocast_dtype)
+                                  self.autocast_dtype, count=self._target_count(sigmas, x0.shape))
         loss.backward()
         params = list(self.params.values())
         if self._all_reduce_grads:
@@ -409,6 +371,16 @@ class Trainer:
             "shift": shift,
             "sigma_mean": sigma_mean,
         }
+
+    def _target_count(self, sigmas: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+        """With a level per frame under data parallel, the ranks' samples hold different numbers of noisy frames:
+        each rank divides its squared error by the mean count over the ranks, so that the ranks' mean loss (and
+        gradient) is the global batch's, as one process computes it. None: the batch's own count is that."""
+        if self.dp_group is None or sigmas.ndim == 1:
+            return None
+        count = target_count(sigmas, shape).to(self.device)
+        torch.distributed.all_reduce(count, group=self.dp_group)
+        return count / self.dp_size
 
     def _clip_gradients(self, params: list[nn.Parameter]) -> float:
         """Scale the gradients to a global norm of at most ``optim.grad_clip``; returns the norm before.
@@ -442,25 +414,14 @@ class Trainer:
                                      t.max_tokens, t.max_shift)
         else:
             shift = float(t.shift)
-        pt = self.dit.cfg.patch_size[0]
-        token_frames = x0.shape[2] // pt
         frame_sigmas = t.per_frame > 0 or t.first_frame > 0  # [B, F] sigmas: a level per latent frame
+        mix = [(m.fraction, m.shift, m.logit_mean, m.logit_std) for m in t.mix]
         sigmas, noise = [], []
         for gen in self._generators("noise", x0.shape[0]):
-            draws, clean_first = 1, False
-            if frame_sigmas:
-                u = float(torch.rand((), generator=gen))
-                clean_first = u < t.first_frame and token_frames > 1
-                draws = token_frames if t.first_frame <= u < t.first_frame + t.per_frame else 1
-            shift_of, mean, std = _noise_distribution(t, shift, gen)
-            sigma = sample_training_sigmas(draws, t.mode, shift_of, generator=gen, logit_mean=mean, logit_std=std,
-                                           sigma_range=(t.min_sigma, t.max_sigma))
-            if frame_sigmas:  # [F]: the level of each latent frame
-                sigma = sigma.expand(token_frames).clone()
-                if clean_first:
-                    sigma[0] = 0.0
-                sigma = sigma.repeat_interleave(pt)
-            sigmas.append(sigma)
+            sigmas.append(draw_sample_sigmas(
+                gen, frames=x0.shape[2], patch_frames=self.dit.cfg.patch_size[0], mode=t.mode, shift=shift,
+                logit_mean=t.logit_mean, logit_std=t.logit_std, mix=mix, per_frame=t.per_frame,
+                first_frame=t.first_frame, sigma_range=(t.min_sigma, t.max_sigma)))
             noise.append(torch.randn(x0.shape[1:], generator=gen, dtype=torch.float32))
         return (torch.stack(sigmas) if frame_sigmas else torch.cat(sigmas)), torch.stack(noise), shift
 
@@ -865,18 +826,6 @@ def _checked_mesh(cfg: TrainConfig, mesh: Any):
     return mesh
 
 
-def _noise_distribution(t: TimestepConfig, shift: float, gen: torch.Generator) -> tuple[float, float, float]:
-    """(shift, logit_mean, logit_std) of the distribution one sample draws its σ from: an entry of ``t.mix`` with
-    the probability of its fraction, else the main one (with ``shift`` resolved). Without a mix nothing is drawn
-    from ``gen``, so such runs draw exactly what they drew before mixes existed."""
-    u = float(torch.rand((), generator=gen)) if t.mix else 1.0
-    for entry in t.mix:
-        if u < entry.fraction:
-            return entry.shift, entry.logit_mean, entry.logit_std
-        u -= entry.fraction
-    return shift, t.logit_mean, t.logit_std
-
-
 def sample_generator(seed: int, stream: str, draw: int, index: int) -> torch.Generator:
     """The generator of one sample's random draws: a pure function of the run's seed, the stream ("noise" for σ
     and ε, "dropout" for text dropout), the draw number (once per step) and the sample's index in the global
@@ -1082,6 +1031,7 @@ __all__ = [
     "SamplerLoader",
     "flow_matching_loss",
     "lr_at",
+    "noised",
     "seed_everything",
     "stage_at",
     "tokens_of",
