@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from openwan.configs import DIT_PRESETS
+from openwan.diffusion.objective import noised
 from openwan.models import WanDiT
 from openwan.models.text_encoder import encode_prompts, pad_context
 from openwan.train import ListBatches, Trainer, flow_matching_loss, load_config, read_metrics
-from openwan.diffusion.objective import noised
 from tiny import tiny_components
 
 
