@@ -273,8 +273,9 @@ def test_export_gives_a_release_file_that_from_pretrained_loads(setup, ulysses, 
     # The same weights as a model, straight from the (sharded) checkpoint, built from its config.json.
     model = checkpoint_dit(ulysses, "ema")
     assert not model.training and all(torch.equal(v, gathered[k]) for k, v in model.state_dict().items())
-    # The CLI entry, trained weights, bf16.
-    assert openwan_main(["train", "--export", str(step), str(setup / "raw"), "--weights", "model", "--dtype",
+    # The CLI entry, trained weights, bf16; OUT a .safetensors file: the DiT alone (the run trained from a cache).
+    raw_file = setup / "raw" / "diffusion_pytorch_model.safetensors"
+    assert openwan_main(["train", "--export", str(step), str(raw_file), "--weights", "model", "--dtype",
                          "bf16"]) == 0
     raw = load_file(str(setup / "raw" / "diffusion_pytorch_model.safetensors"))
     trained = load_file(str(step / "diffusion_pytorch_model.safetensors"))

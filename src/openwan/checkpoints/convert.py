@@ -202,9 +202,12 @@ def read_release(src: str | Path) -> Release:
     )
 
 
-def _copy_folder(src: Path, dst: Path) -> None:
+def copy_folder(src: str | Path, dst: str | Path) -> Path:
+    """Copy the files of the folder ``src`` (a tokenizer's, say) into ``dst``, each atomically."""
+    src, dst = Path(src), Path(dst)
     for file in sorted(p for p in src.iterdir() if p.is_file()):
         atomic_write(dst / file.name, lambda tmp, file=file: shutil.copyfile(file, tmp))
+    return dst
 
 
 def _tokenizer_class(folder: Path) -> str:
@@ -218,6 +221,16 @@ def _write_umt5(config, state: dict, dst: Path, to: str) -> None:
     data = {**config.to_dict(), "architectures": ["UMT5EncoderModel"]}
     write_json(dst / "text_encoder" / "config.json", data)
     save_safetensors({k: v for k, v in state.items() if k != _UMT5_TIED}, dst / "text_encoder" / UMT5_HF_WEIGHTS)
+
+
+def convert_umt5(src: str | Path, dst: str | Path, to: str, *, dtype: torch.dtype | None = None) -> Path:
+    """Write the umT5 encoder at ``src`` (any layout) into the folder ``dst``: the release's
+    models_t5_umt5-xxl-enc-bf16.pth, or a transformers ``text_encoder/`` folder."""
+    _check_layout(to)
+    config, state, _ = read_umt5(src)
+    dst = Path(dst)
+    _write_umt5(config, _cast(state, dtype), dst, to)
+    return dst / (UMT5_OFFICIAL_FILE if to == "official" else "text_encoder")
 
 
 def scheduler_config(flow_shift: float) -> dict:
@@ -290,7 +303,7 @@ def write_release(release: Release, dst: str | Path, to: str, *, dtype: torch.dt
         config, state = release.text_encoder
         _write_umt5(config, _cast(state, dtype), dst, to)
     if release.tokenizer is not None:
-        _copy_folder(release.tokenizer, dst / TOKENIZER_DIRS[to])
+        copy_folder(release.tokenizer, dst / TOKENIZER_DIRS[to])
     if to == "official":
         if two:
             write_json(dst / "configuration.json", {"boundary": float(boundary)})
