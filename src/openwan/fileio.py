@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 
 def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = ".tmp") -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
@@ -32,8 +34,6 @@ def atomic_write(path: str | Path, write: Callable[[str], None], suffix: str = "
 def atomic_torch_save(obj, path: str | Path) -> None:
     """``torch.save`` through :func:`atomic_write`. Saved through a file object, the archive's inner folder is
     "archive/" rather than the temporary file's random name, so the same tensors give the same bytes."""
-    import torch
-
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             torch.save(obj, f)

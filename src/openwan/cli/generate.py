@@ -6,7 +6,18 @@ import argparse
 import logging
 import time
 
+import torch
+from safetensors.torch import save_file as save_tensors
+
 from openwan.cli.common import parse_dtype, parse_size
+from openwan.data.video import VideoWriter, check_writable, read_image, read_video, save_image
+from openwan.eval.prompts import write_strip
+from openwan.fileio import atomic_write
+from openwan.pipelines import WanPipeline
+from openwan.pipelines.components import BUNDLED, BUNDLED_NOTE, holds_dit
+from openwan.pipelines.conditioning import check_frame_num
+from openwan.pipelines.prompt_extend import extend_prompt
+from openwan.runtime.lora import fuse_lora, load_lora, parse_lora_spec
 
 HELP = "make a video (or image) from a prompt, an image, two frames or a video"
 
@@ -58,6 +69,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # openwan.parallel imports torch.distributed's FSDP and DTensor (~1.4 s, a third of `openwan --help`): loaded
+    # here, when a command runs, not when the CLI starts.
     from openwan.parallel.mesh import close_distributed
 
     try:
@@ -67,12 +80,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-
-    from openwan.data.video import VideoWriter, check_writable, read_image, read_video, save_image
-    from openwan.pipelines import WanPipeline
-    from openwan.pipelines.conditioning import check_frame_num
-
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     mesh, rank = _mesh(args)
     main_rank = rank == 0
@@ -100,8 +107,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.video:
         video = read_video(args.video, fps=args.fps or 16)
     if args.ckpt_dir is None:
-        from openwan.pipelines.components import BUNDLED, BUNDLED_NOTE, holds_dit
-
         if not holds_dit(BUNDLED):
             raise ValueError(f"no --ckpt-dir given and no bundled model at {BUNDLED}; give --ckpt-dir, a Wan release "
                              "folder (e.g. Wan2.1-T2V-1.3B).")
@@ -117,8 +122,6 @@ def _run(args: argparse.Namespace) -> int:
                                        offload_model=args.offload_model, stream_blocks=args.stream_blocks,
                                        mesh=mesh, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp)
     if args.lora:
-        from openwan.train.lora import fuse_lora, load_lora, parse_lora_spec
-
         for model in (pipe.dit, pipe.dit_low):
             if model is not None:
                 load_lora(model, [parse_lora_spec(spec) for spec in args.lora])
@@ -127,8 +130,6 @@ def _run(args: argparse.Namespace) -> int:
     load_s = time.perf_counter() - t0
     prompt = args.prompt
     if args.prompt_extend:
-        from openwan.pipelines.prompt_extend import extend_prompt
-
         prompt = extend_prompt(prompt, args.prompt_extend, model=args.prompt_extend_model)
         print(f"extended prompt: {prompt}")
     guide = args.sample_guide_scale
@@ -142,10 +143,6 @@ def _run(args: argparse.Namespace) -> int:
     if not main_rank:  # every rank computed the same latents; rank 0 decodes and writes
         return 0
     if args.save_latents:
-        from safetensors.torch import save_file as save_tensors
-
-        from openwan.fileio import atomic_write
-
         atomic_write(args.save_latents, lambda tmp: save_tensors({"latents": out.latents.contiguous()}, tmp))
     fps = args.fps or pipe.defaults.fps
     t1 = time.perf_counter()
@@ -160,8 +157,6 @@ def _run(args: argparse.Namespace) -> int:
                 writer.write(chunk)
     out.timings["decode+write"] = time.perf_counter() - t1
     if args.strip:
-        from openwan.eval.prompts import write_strip
-
         video = out.video if out.video is not None else pipe.decode(out.latents[None])
         print(f"saved {write_strip(video, args.strip)}")
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in {"load": load_s, **out.timings}.items())
@@ -177,7 +172,7 @@ def _mesh(args: argparse.Namespace):
     cfg = 2 if args.cfg_parallel else 1
     if args.ulysses_size * args.ring_size * cfg == 1 and not (args.dit_fsdp or args.t5_fsdp):
         return None, 0
-    from openwan.parallel import build_mesh, init_distributed
+    from openwan.parallel import build_mesh, init_distributed  # see run()
 
     rank, world = init_distributed()
     if world == 1:

@@ -34,6 +34,7 @@ from openwan.data.buckets import Bucket, BucketBatchSampler, assign_buckets
 from openwan.data.dataset import VideoClipDataset
 from openwan.data.manifest import ClipRecord
 from openwan.fileio import atomic_write
+from openwan.models.text_encoder import encode_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +224,6 @@ def build_text_cache(records: Sequence[ClipRecord], encoder, tokenizer, out_dir:
                      *, batch_size: int = 16, shard_size: int = 4096) -> CacheReport:
     """Encode every caption with ``encode_prompts(encoder, tokenizer, captions, text_len)`` into ``out_dir``,
     plus the encoding of "" once. Clips already cached with the same caption are skipped."""
-    from openwan.models.text_encoder import encode_prompts  # models import torch-heavy code; load on use
-
     _check_unique(records)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1; got {batch_size}.")

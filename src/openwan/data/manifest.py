@@ -15,6 +15,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from openwan.data.video import IMAGE_SUFFIXES
 from openwan.fileio import atomic_write
 
@@ -116,8 +119,6 @@ def _check_suffix(path: Path) -> str:
 
 def _read_rows(path: Path, suffix: str) -> list[dict]:
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         try:
             return pq.read_table(path).to_pylist()
         except Exception as err:  # pyarrow raises several kinds (ArrowInvalid, OSError) for a bad file
@@ -178,9 +179,6 @@ def write_manifest(records: Iterable[ClipRecord], path: str | Path) -> Path:
 
 
 def _write_parquet(rows: list[dict], tmp: str) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     kinds = {str: pa.string(), int: pa.int64(), float: pa.float64()}
     types = {**_REQUIRED, **_OPTIONAL}
     schema = pa.schema([(f.name, kinds[types[f.name][-1]]) for f in fields(ClipRecord)])

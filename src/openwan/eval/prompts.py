@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from openwan.data.synthetic import heldout_prompts, parse_caption
-from openwan.data.video import save_video
+from openwan.data.video import save_image, save_video
 from openwan.eval.detector import detect
 from openwan.fileio import atomic_write
 
@@ -128,8 +128,6 @@ def strip_frames(video: torch.Tensor, count: int = 3) -> torch.Tensor:
 
 def write_strip(video: torch.Tensor, path, count: int = 6, min_size: int = 128) -> Path:
     """Evenly spaced frames of ``video`` [T, H, W, 3] side by side, enlarged to at least ``min_size`` px, as a PNG."""
-    from openwan.data.video import save_image
-
     frames = strip_frames(video, count)  # [n, H, W, 3]
     scale = max(1, -(-min_size // frames.shape[1]))
     big = frames.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)

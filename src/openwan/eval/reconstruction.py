@@ -16,8 +16,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import skimage.data
 import torch
 from PIL import Image
+from skimage.metrics import structural_similarity
 from tqdm.auto import tqdm
 
 from openwan.data.synthetic import MP4_OPTIONS, dataset_combinations, render_clip
@@ -41,8 +43,6 @@ def psnr(reference: torch.Tensor, test: torch.Tensor) -> float:
 
 def ssim(reference: torch.Tensor, test: torch.Tensor) -> float:
     """Mean over frames of the Gaussian-window SSIM of ``test`` against ``reference`` ([T, H, W, 3] in [0, 1])."""
-    from skimage.metrics import structural_similarity
-
     ref, out = reference.double().cpu().numpy(), test.double().cpu().numpy()
     scores = [structural_similarity(a, b, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5,
                                     use_sample_covariance=False) for a, b in zip(ref, out)]
@@ -82,10 +82,6 @@ def synthetic_clips(num: int, seed: int = 0, size: tuple[int, int] = (64, 64), f
 
 def load_photo(name: str) -> Image.Image:
     """A colour photograph bundled with scikit-image, by name (e.g. "astronaut")."""
-    try:
-        import skimage.data
-    except ImportError:
-        raise ValueError("real-photo clips need scikit-image: pip install scikit-image.") from None
     loader = getattr(skimage.data, name, None)
     array = loader() if callable(loader) else None
     if not isinstance(array, np.ndarray) or array.ndim != 3 or array.shape[-1] < 3:

@@ -9,14 +9,18 @@ Diffusers ("-Diffusers" releases): transformer/ (transformer_2/), vae/, text_enc
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 import torch
 
 from openwan.checkpoints.io import CheckpointError
+from openwan.models import WanDiT, WanVAE, load_clip_encoder, load_umt5_encoder
+from openwan.models.text_encoder import load_tokenizer
 from openwan.pipelines.defaults import defaults_for
 
-BUNDLED = Path(__file__).resolve().parents[3] / "weights" / "openwan-demo"
+# The bundled demo model is package data (src/openwan/weights/openwan-demo), so a wheel install finds it too.
+BUNDLED = Path(str(resources.files("openwan") / "weights" / "openwan-demo"))
 BUNDLED_NOTE = ("using the bundled demo model: a small model trained on synthetic shapes (e.g. 'a red circle moving "
                 "to the left'); pass --ckpt-dir with a Wan release folder for real weights")
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
@@ -62,9 +66,6 @@ def _boundary(root: Path) -> float | None:
 def load_components(path: str | Path, *, dtype: torch.dtype = torch.float32,
                     device: str | torch.device = "cpu") -> dict:
     """Every model a :class:`WanPipeline` needs, loaded from ``path``."""
-    from openwan.models import WanDiT, WanVAE, load_clip_encoder, load_umt5_encoder
-    from openwan.models.text_encoder import load_tokenizer
-
     root = Path(path)
     if not root.is_dir():
         raise CheckpointError(f"{root} is not a folder; {RELEASE_LAYOUT}.")

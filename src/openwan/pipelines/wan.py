@@ -14,8 +14,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from openwan.data.video import resize_crop
 from openwan.diffusion import make_solver, sampling_sigmas, timesteps_from_sigmas
+from openwan.models.image_encoder import encode_images
+from openwan.models.text_encoder import encode_prompts, pad_context
 from openwan.pipelines import conditioning as cond
+from openwan.pipelines.components import load_components
 from openwan.pipelines.defaults import SamplingDefaults
 from openwan.runtime.offload import BlockStreamer, on_device
 
@@ -54,6 +58,7 @@ class WanPipeline:
 
     def _parallelize(self, mesh, dit_fsdp: bool, t5_fsdp: bool) -> None:
         """Context parallel / FSDP for the DiT(s) and CFG-parallel, applied from outside (openwan.parallel)."""
+        # openwan.parallel imports torch.distributed's FSDP and DTensor (~1.4 s): only a parallel run pays for it.
         from openwan.parallel import DiTParallelConfig, dim_group, dim_size, parallelize_dit, shard_text_encoder
 
         for model in (self.dit, self.dit_low):
@@ -69,8 +74,6 @@ class WanPipeline:
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, **memory) -> WanPipeline:
         """Load a release folder (official or diffusers layout) — see :mod:`openwan.pipelines.components`."""
-        from openwan.pipelines.components import load_components
-
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -84,8 +87,6 @@ class WanPipeline:
     # ------------------------------------------------------------------------------------ text
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """[B, text_len, text_dim] context: each prompt's umT5 output trimmed to its length, zero-padded."""
-        from openwan.models.text_encoder import encode_prompts, pad_context
-
         text_len = self.dit.cfg.text_len
         with on_device(self.text_encoder, self.text_device, self.offload_model):
             outs = encode_prompts(self.text_encoder, self.tokenizer, prompts, text_len=text_len)
@@ -230,8 +231,6 @@ class WanPipeline:
             if frames.shape[0] < frame_num:
                 raise ValueError(f"the input video has {frames.shape[0]} frames; v2v needs at least frame_num = "
                                  f"{frame_num} (or lower --frame-num).")
-            from openwan.data.video import resize_crop
-
             clip = cond.to_model_range(resize_crop(frames[:frame_num], (width, height)))
             with on_device(self.vae, self.device, self.offload_model):
                 z = self.vae.encode(clip.to(self.device, _dtype_of(self.vae)))
@@ -245,8 +244,6 @@ class WanPipeline:
                                         width, height)
         clip_fea = None
         if self.dit.cfg.image_tokens:
-            from openwan.models.image_encoder import encode_images
-
             with on_device(self.image_encoder, self.device, self.offload_model):
                 enc_dtype = _dtype_of(self.image_encoder)
                 feats = [encode_images(self.image_encoder, cond.to_model_range(f[:1])[:, :, 0].to(self.device,
@@ -264,8 +261,6 @@ class WanPipeline:
         out = self(prompt, negative_prompt, task="i2v", size=size, frame_num=frame_num, sample_steps=steps,
                    sample_shift=shift, guide_scale=guide, solver=solver, seed=seed, image=frames[-1],
                    cfg_batch=cfg_batch, progress=progress)
-        from openwan.data.video import resize_crop
-
         height, width = out.video.shape[1:3]
         head = resize_crop(frames, (width, height))
         # The new segment's first frame re-creates the conditioning frame: keep the original one.
