@@ -20,11 +20,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from openwan.checkpoints.convert import convert_release
 from openwan.checkpoints.release import save_release
 from openwan.cli.main import build_parser, main
-from openwan.data.video import save_image, save_video
+from openwan.configs import DIT_PRESETS
+from openwan.data.manifest import ClipRecord, read_manifest, write_manifest
+from openwan.data.video import read_video, save_image, save_video
 from openwan.train import load_config
 from tiny import tiny_components
 
@@ -47,7 +50,8 @@ RELEASES = {
     "Wan2.1-FLF2V-14B-720P": ("tiny-flf2v", "official"),
     "Wan2.2-T2V-A14B": ("tiny", "experts"),
 }
-DATASETS = {"my-clips"}  # /data/<name>/manifest.jsonl: a few synthetic clips
+DATASETS = {"my-clips"}  # /data/<name>/manifest.jsonl: a few synthetic clips and images
+LORAS = {"my-lora.safetensors"}  # a random LoRA of the stand-in T2V DiT, in the official (ComfyUI) format
 
 
 @dataclass
@@ -114,6 +118,30 @@ def _write_release(folder: Path, preset: str, layout: str) -> Path:
     return save_release(folder, **tiny_components(preset))
 
 
+def _write_clips(folder: Path) -> None:
+    """Eight synthetic 17-frame clips and, as images, the first frames of four of them, in one manifest."""
+    assert main(["data", "synth", "--out", str(folder), "--num", "8", "--seed", "0"]) == 0
+    clips = read_manifest(folder / "manifest.jsonl")
+    images = []
+    for i, clip in enumerate(clips[:4]):
+        path = save_image(read_video(clip.path)[0], folder / f"image-{i}.png")
+        images.append(ClipRecord(str(path), clip.caption, 1, clip.fps, clip.width, clip.height))
+    write_manifest(clips + images, folder / "manifest.jsonl")
+
+
+def _write_lora(path: Path, rank: int = 4) -> None:
+    dit = tiny_components("tiny")["dit"]
+    g = torch.Generator().manual_seed(3)
+    state = {}
+    for name, module in dit.named_modules():
+        if isinstance(module, torch.nn.Linear) and re.match(r"blocks\.\d+\.(self_attn|cross_attn)\.[qkvo]$", name):
+            state[f"diffusion_model.{name}.lora_A.weight"] = 0.1 * torch.randn(rank, module.in_features, generator=g)
+            state[f"diffusion_model.{name}.lora_B.weight"] = 0.1 * torch.randn(module.out_features, rank, generator=g)
+            state[f"diffusion_model.{name}.alpha"] = torch.tensor(float(rank))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+
+
 class Scratch:
     """Tiny releases and datasets in place of the real paths the pages name, built on first use."""
 
@@ -127,7 +155,9 @@ class Scratch:
             if name in RELEASES:
                 _write_release(where, *RELEASES[name])
             elif name in DATASETS:
-                assert main(["data", "synth", "--out", str(where), "--num", "8", "--seed", "0"]) == 0
+                _write_clips(where)
+            elif name in LORAS:
+                _write_lora(where)
             else:
                 raise AssertionError(f"the docs name /data/{name}: add a stand-in for it to RELEASES or DATASETS in "
                                      "tests/test_docs.py")
@@ -139,7 +169,7 @@ class Scratch:
 
     def workdir(self, page: Path) -> Path:
         """A fresh folder to run ``page`` in: the inputs the pages use, configs/ with its paths substituted, and
-        the bundled weights."""
+        src/ (the bundled model's folder is src/openwan/weights/openwan-demo in a checkout)."""
         work = self.root / "work" / page.stem
         work.mkdir(parents=True)
         g = torch.Generator().manual_seed(0)
@@ -150,8 +180,7 @@ class Scratch:
         (work / "configs").mkdir()
         for cfg in sorted((REPO / "configs").glob("*.yaml")):
             (work / "configs" / cfg.name).write_text(self.substitute(cfg.read_text()))
-        if (REPO / "weights").is_dir():
-            (work / "weights").symlink_to(REPO / "weights")
+        (work / "src").symlink_to(REPO / "src")  # the bundled model, as a checkout holds it
         return work
 
 
@@ -177,8 +206,9 @@ def _fast_train(argv: list[str], work: Path) -> list[str]:
     config = argv[argv.index("--config") + 1] if "--config" in argv else None
     given = [a for a in argv[1:] if "=" in a and not a.startswith("-")]
     cfg = load_config(work / config if config else None, given)
-    fast = ["log.progress=false", "sample.every=0", "compile=false", "data.num_workers=0", "checkpoint.keep_last=2"]
-    if cfg.model.path is None:
+    fast = ["log.progress=false", "log.every=1", "sample.every=0", "compile=false", "data.num_workers=0",
+            "checkpoint.keep_last=2"]
+    if cfg.model.path is None and DIT_PRESETS[cfg.model.preset].dim >= 1536:  # a released size
         fast.append("model.preset=tiny")
     for i, stage in enumerate(cfg.stages):
         small = sorted({(1 if f == 1 else 5, 32, 32) for f, _, _ in stage.buckets})
