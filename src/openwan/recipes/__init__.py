@@ -1,1 +1,0 @@
-"""Reproducible recipes built from openwan's own tools (the bundled demo model)."""
