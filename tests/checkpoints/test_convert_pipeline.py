@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
+from diffusers import WanImageToVideoPipeline as DiffusersWanImageToVideoPipeline
 from diffusers import WanPipeline as DiffusersWanPipeline
 from safetensors.torch import load_file
+from transformers import CLIPImageProcessor, CLIPVisionModel
 
 from openwan.checkpoints import keymaps
 from openwan.checkpoints.convert import Release, write_release
@@ -46,11 +48,11 @@ def bundled_video():
 
 
 def _noise() -> torch.Tensor:
-    return torch.randn(16, 5, 8, 8, generator=torch.Generator().manual_seed(0))  # 17 frames, 64x64
+    return torch.randn(16, 2, 8, 8, generator=torch.Generator().manual_seed(0))  # 5 frames, 64x64
 
 
 def _generate(pipe: WanPipeline):
-    return pipe(PROMPT, "", size=(64, 64), frame_num=17, sample_steps=STEPS, latents=_noise(), progress=False)
+    return pipe(PROMPT, "", size=(64, 64), frame_num=5, sample_steps=STEPS, latents=_noise(), progress=False)
 
 
 def _files(root) -> dict[str, object]:
@@ -101,13 +103,13 @@ def test_diffusers_generates_what_openwan_generates(folders, bundled_video):
     set_timesteps = pipe.scheduler.set_timesteps
     pipe.scheduler.set_timesteps = lambda n, device=None: set_timesteps(sigmas=wan_grid, device=device)
     text_len = pipe.transformer.config["text_len"]
-    video = pipe(prompt=PROMPT, negative_prompt="", height=64, width=64, num_frames=17, num_inference_steps=STEPS,
+    video = pipe(prompt=PROMPT, negative_prompt="", height=64, width=64, num_frames=5, num_inference_steps=STEPS,
                  guidance_scale=1.5, latents=_noise()[None], max_sequence_length=text_len,
                  output_type="pt").frames[0].permute(0, 2, 3, 1)  # [T, H, W, 3] in [0, 1]
     assert torch.equal(pipe.scheduler.timesteps, timesteps_from_sigmas(sampling_sigmas(STEPS, 3.0, "unipc")[:-1]))
     diff = (video - bundled_video.video).abs().max().item()
     print(f"diffusers vs openwan: video max abs diff {diff:.2e}")
-    # float32 on CPU; the two implementations order their sums differently (measured 3.6e-6).
+    # float32 on CPU; the two implementations order their sums differently (measured 3.1e-5 on videos in [0, 1]).
     assert diff <= 1e-4
 
 
@@ -141,6 +143,29 @@ def test_a_single_dit_release_converts_both_ways(tmp_path):
     back = WanDiT.from_pretrained(tmp_path / "back")
     assert back.cfg == parts["dit"].cfg
     assert all(torch.equal(v, parts["dit"].state_dict()[k]) for k, v in back.state_dict().items())
+
+
+def test_an_i2v_release_carries_its_image_encoder(tmp_path):
+    parts = tiny_components("tiny-i2v")
+    src = save_release(tmp_path / "src", **parts)
+    assert main(["convert", str(src), str(tmp_path / "d"), "--to", "diffusers"]) == 0
+    pipe = DiffusersWanImageToVideoPipeline.from_pretrained(tmp_path / "d")
+    assert isinstance(pipe.image_encoder, CLIPVisionModel) and isinstance(pipe.image_processor, CLIPImageProcessor)
+    assert pipe.image_processor.crop_size == {"height": 224, "width": 224}
+    assert main(["convert", str(tmp_path / "d"), str(tmp_path / "back"), "--to", "official"]) == 0
+    ours, theirs = _files(src), _files(tmp_path / "back")
+    assert theirs.keys() == ours.keys()
+    for name in (n for n in ours if n.endswith(WEIGHT_SUFFIXES)):
+        a, b = read_state_dict(ours[name]), read_state_dict(theirs[name])
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    # openwan runs the diffusers folder as it runs the release.
+    image = torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(16, 2, 4, 4, generator=torch.Generator().manual_seed(2))
+    videos = [WanPipeline.from_pretrained(root, device="cpu")("a cat", task="i2v", image=image, size=(32, 32),
+                                                              frame_num=5, sample_steps=2, latents=noise,
+                                                              progress=False).video
+              for root in (src, tmp_path / "d")]
+    assert torch.equal(*videos)
 
 
 def test_a_conversion_says_what_it_cannot_carry(tmp_path, caplog, capsys):

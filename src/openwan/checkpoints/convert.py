@@ -2,11 +2,13 @@
 
 A whole release converts to a complete folder of the other layout: to diffusers, a pipeline folder that
 ``diffusers.WanPipeline.from_pretrained`` loads (model_index.json, transformer/ — the high-noise expert of a
-two-expert release — and transformer_2/, vae/, text_encoder/, tokenizer/, scheduler/); to official, the release
-layout (config.json + safetensors or high_noise_model/ + low_noise_model/ + configuration.json, Wan2.1_VAE.pth,
-models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/). What diffusers has no field for is kept as an extra key in the
-config it belongs to and read back by openwan: ``text_len`` in transformer/config.json. The VAE's latent statistics
-travel in vae/config.json one way and in Wan2.1_VAE.json (beside Wan2.1_VAE.pth) the other way.
+two-expert release — and transformer_2/, vae/, text_encoder/, tokenizer/, scheduler/; an i2v/flf2v release's CLIP
+vision tower as image_encoder/ + image_processor/ for WanImageToVideoPipeline); to official, the release layout
+(config.json + safetensors or high_noise_model/ + low_noise_model/ + configuration.json, Wan2.1_VAE.pth,
+models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/, the CLIP file). What diffusers has no field for is kept as an
+extra key in the config it belongs to and read back by openwan: ``text_len`` in transformer/config.json. The VAE's
+latent statistics travel in vae/config.json one way and in Wan2.1_VAE.json (beside Wan2.1_VAE.pth) the other way.
+What a conversion cannot carry is logged in one line (or refused, where the result would generate differently).
 
 Every file is written to a temporary name and renamed into place, so an interrupted conversion never leaves a
 file that looks complete.
@@ -26,8 +28,18 @@ import torch
 from safetensors.torch import save_file
 
 from openwan.checkpoints import keymaps
-from openwan.checkpoints.encoders import CLIP_OFFICIAL_FILE, UMT5_OFFICIAL_FILE, read_umt5, umt5_hf_to_official
-from openwan.checkpoints.io import CheckpointError
+from openwan.checkpoints.encoders import (
+    CLIP_OFFICIAL_FILE,
+    UMT5_OFFICIAL_FILE,
+    clip_hf_to_official,
+    clip_official_to_hf,
+    infer_clip_config,
+    read_umt5,
+    strip_vision_prefix,
+    umt5_hf_to_official,
+)
+from openwan.checkpoints.infer import infer_vae_config
+from openwan.checkpoints.io import CheckpointError, read_state_dict
 from openwan.checkpoints.loaders import load_dit_state, load_vae_state
 from openwan.configs import DiTConfig, VAEConfig
 from openwan.fileio import atomic_torch_save, atomic_write
@@ -40,7 +52,7 @@ EXPERT_DIRS = ("high_noise_model", "low_noise_model")  # official Wan2.2 A14B: h
 TRANSFORMER_DIRS = ("transformer", "transformer_2")  # diffusers: `transformer` takes t >= boundary_ratio·1000
 TOKENIZER_DIRS = {"official": "google/umt5-xxl", "diffusers": "tokenizer"}
 VAE_FILE = "Wan2.1_VAE.pth"
-UMT5_HF_WEIGHTS = "model.safetensors"
+HF_WEIGHTS = "model.safetensors"  # transformers' file name (text_encoder/, image_encoder/)
 _UMT5_TIED = "encoder.embed_tokens.weight"  # the same tensor as shared.weight; safetensors stores it once
 
 
@@ -113,17 +125,18 @@ def convert_dit(src: str | Path, dst: str | Path, to: str, *, dtype: torch.dtype
     return dst
 
 
-def _write_vae(config: VAEConfig, state: dict, dst: Path, to: str) -> Path:
+def write_vae(config: VAEConfig, state: dict, dst: Path, to: str) -> Path:
+    """Write a Wan2.1 VAE (official keys) as a diffusers vae/ folder ``dst``, or as ``dst``/Wan2.1_VAE.pth (``dst``
+    itself when it ends in .pth) with Wan2.1_VAE.json beside it when the latent statistics are not those a
+    config-less .pth is read with."""
     if to == "diffusers":
         write_json(dst / "config.json", keymaps.vae_config_to_diffusers(config))
         save_safetensors(keymaps.vae_official_to_diffusers(state, config), dst / "diffusion_pytorch_model.safetensors")
         return dst
     target = dst / VAE_FILE if dst.suffix != ".pth" else dst
     atomic_torch_save({k: v.contiguous() for k, v in state.items()}, target)
-    default = VAEConfig()
-    if (config.z_dim == default.z_dim and (config.latents_mean, config.latents_std)
-            != (default.latents_mean, default.latents_std)):
-        # The release file has no config; a VAE with its own latent statistics keeps them beside it.
+    read_alone = infer_vae_config(state)
+    if (config.latents_mean, config.latents_std) != (read_alone.latents_mean, read_alone.latents_std):
         write_json(target.with_suffix(".json"), config.to_dict())
     return target
 
@@ -133,7 +146,7 @@ def convert_vae(src: str | Path, dst: str | Path, to: str, *, dtype: torch.dtype
     Wan2.1_VAE.json beside it when its latent statistics are not the released ones)."""
     _check_layout(to)
     config, state = load_vae_state(src)
-    return _write_vae(config, _cast(state, dtype), Path(dst), to)
+    return write_vae(config, _cast(state, dtype), Path(dst), to)
 
 
 # ------------------------------------------------------------------------------------------- a release
@@ -141,7 +154,8 @@ def convert_vae(src: str | Path, dst: str | Path, to: str, *, dtype: torch.dtype
 
 @dataclass
 class Release:
-    """Every component of a release folder, in the official key layout (the umT5 in transformers')."""
+    """Every component of a release folder: the DiT and VAE in the official key layout, the encoders in
+    transformers'."""
 
     dits: list[tuple[DiTConfig, dict]]  # one DiT, or the high-noise expert then the low-noise one
     boundary: float | None  # where two experts meet (t >= boundary·1000: the high-noise expert); None: not stored
@@ -150,6 +164,7 @@ class Release:
     text_encoder: tuple | None  # (transformers UMT5Config, UMT5EncoderModel state dict)
     tokenizer: Path | None  # the tokenizer's folder
     source: Path
+    image_encoder: tuple | None = None  # (CLIPVisionConfig of the whole tower, CLIPVisionModel state dict)
 
     @property
     def config(self) -> DiTConfig:
@@ -187,19 +202,62 @@ def read_release(src: str | Path) -> Release:
     tokenizer = next((src / d for d in TOKENIZER_DIRS.values() if (src / d).is_dir()), None)
     if tokenizer is None:
         _present(src, "tokenizer", *TOKENIZER_DIRS.values())
-    if (src / CLIP_OFFICIAL_FILE).is_file() or (src / "image_encoder").is_dir():
-        log.warning("%s holds a CLIP image encoder, which the conversion does not carry; copy it by hand", src)
     has_vae = _present(src, "VAE", "vae/config.json", VAE_FILE, "Wan2.1_VAE.safetensors")
     has_umt5 = _present(src, "umT5 text encoder", "text_encoder/config.json", "models_t5_*.pth")
+    dits = [load_dit_state(d) for d in dit_dirs]
+    if dits[0][0].image_tokens:  # Wan2.1 i2v / flf2v condition on CLIP image features
+        _present(src, "CLIP image encoder", CLIP_OFFICIAL_FILE, "image_encoder/config.json")
     return Release(
-        dits=[load_dit_state(d) for d in dit_dirs],
+        dits=dits,
         boundary=boundary,
         flow_shift=_read_json(src / "scheduler" / "scheduler_config.json").get("flow_shift"),
         vae=load_vae_state(src) if has_vae else None,
         text_encoder=read_umt5(src)[:2] if has_umt5 else None,
         tokenizer=tokenizer,
         source=src,
+        image_encoder=_read_image_encoder(src),
     )
+
+
+def _read_image_encoder(src: Path) -> tuple | None:
+    """The whole CLIP vision tower of a release, if it has one (Wan runs all but its last block)."""
+    from transformers import CLIPVisionConfig
+
+    if (src / CLIP_OFFICIAL_FILE).is_file():
+        state = read_state_dict(src / CLIP_OFFICIAL_FILE)
+        if any(not k.startswith("visual.") or k == "visual.head" for k in state):
+            log.warning("%s: the CLIP file's text tower and projection head are not carried (Wan uses the vision "
+                        "tower only)", src / CLIP_OFFICIAL_FILE)
+        config = infer_clip_config(state).to_hf()
+        config.num_hidden_layers += 1  # to_hf describes the blocks Wan runs; the file holds the whole tower
+        return config, clip_official_to_hf(state)
+    folder = src / "image_encoder"
+    if not (folder / "config.json").is_file():
+        return None
+    weights = folder / HF_WEIGHTS
+    state = read_state_dict(weights if weights.is_file() else folder / "model.safetensors.index.json")
+    if any(k.startswith("visual_projection.") for k in state):
+        log.warning("%s: the vision projection is not carried (Wan uses the features before it)", folder)
+    return CLIPVisionConfig.from_pretrained(str(folder)), strip_vision_prefix(state)
+
+
+# The preprocessing diffusers' Wan i2v releases ship (OpenAI CLIP's normalisation at the tower's input size).
+_CLIP_MEAN, _CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+
+
+def _write_image_encoder(config, state: dict, dst: Path, to: str) -> None:
+    if to == "official":
+        official = {k: v.contiguous() for k, v in clip_hf_to_official(state).items()}
+        atomic_torch_save(official, dst / CLIP_OFFICIAL_FILE)
+        return
+    write_json(dst / "image_encoder" / "config.json", {**config.to_dict(), "architectures": ["CLIPVisionModel"]})
+    save_safetensors(state, dst / "image_encoder" / HF_WEIGHTS)
+    size = config.image_size
+    write_json(dst / "image_processor" / "preprocessor_config.json", {
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": size},
+        "resample": 3, "do_center_crop": True, "crop_size": {"height": size, "width": size}, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": _CLIP_MEAN, "image_std": _CLIP_STD,
+        "do_convert_rgb": True})
 
 
 def copy_folder(src: str | Path, dst: str | Path) -> Path:
@@ -220,7 +278,7 @@ def _write_umt5(config, state: dict, dst: Path, to: str) -> None:
         return
     data = {**config.to_dict(), "architectures": ["UMT5EncoderModel"]}
     write_json(dst / "text_encoder" / "config.json", data)
-    save_safetensors({k: v for k, v in state.items() if k != _UMT5_TIED}, dst / "text_encoder" / UMT5_HF_WEIGHTS)
+    save_safetensors({k: v for k, v in state.items() if k != _UMT5_TIED}, dst / "text_encoder" / HF_WEIGHTS)
 
 
 def convert_umt5(src: str | Path, dst: str | Path, to: str, *, dtype: torch.dtype | None = None) -> Path:
@@ -266,6 +324,7 @@ def _model_index(release: Release, boundary: float | None, with_scheduler: bool)
     two = len(release.dits) == 2
     tokenizer = release.tokenizer
     image_input = release.config.in_dim > release.config.out_dim
+    clip = release.image_encoder is not None
     return {
         "_class_name": "WanImageToVideoPipeline" if image_input else "WanPipeline",
         "_diffusers_version": _diffusers_version(),
@@ -277,7 +336,8 @@ def _model_index(release: Release, boundary: float | None, with_scheduler: bool)
         "transformer": ["diffusers", "WanTransformer3DModel"],
         "transformer_2": entry(two, "diffusers", "WanTransformer3DModel"),
         "vae": entry(release.vae is not None, "diffusers", "AutoencoderKLWan"),
-        **({"image_encoder": [None, None], "image_processor": [None, None]} if image_input else {}),
+        **({"image_encoder": entry(clip, "transformers", "CLIPVisionModel"),
+            "image_processor": entry(clip, "transformers", "CLIPImageProcessor")} if image_input else {}),
     }
 
 
@@ -298,12 +358,14 @@ def write_release(release: Release, dst: str | Path, to: str, *, dtype: torch.dt
     for (config, state), name in zip(release.dits, names):
         _write_dit(config, _cast(state, dtype), dst / name, to)
     if release.vae is not None:
-        _write_vae(*release.vae, dst / "vae" if to == "diffusers" else dst, to)
+        write_vae(*release.vae, dst / "vae" if to == "diffusers" else dst, to)
     if release.text_encoder is not None:
         config, state = release.text_encoder
         _write_umt5(config, _cast(state, dtype), dst, to)
     if release.tokenizer is not None:
         copy_folder(release.tokenizer, dst / TOKENIZER_DIRS[to])
+    if release.image_encoder is not None:
+        _write_image_encoder(*release.image_encoder, dst, to)
     if to == "official":
         if two:
             write_json(dst / "configuration.json", {"boundary": float(boundary)})

@@ -13,24 +13,25 @@ from pathlib import Path
 
 import torch
 
-from openwan.checkpoints.convert import save_sharded, write_json
+from openwan.checkpoints.convert import VAE_FILE, save_sharded, write_json, write_vae
 from openwan.checkpoints.encoders import (
     CLIP_OFFICIAL_FILE,
     UMT5_OFFICIAL_FILE,
     clip_hf_to_official,
     umt5_hf_to_official,
 )
-from openwan.configs import VAEConfig
 from openwan.fileio import atomic_torch_save
 
-VAE_FILE = "Wan2.1_VAE.pth"
 TOKENIZER_DIR = "google/umt5-xxl"
 
 
+def _placed(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+            for k, v in state.items()}
+
+
 def _save_pth(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | None) -> None:
-    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().cpu()
-               for k, v in state.items()}
-    atomic_torch_save(tensors, path)
+    atomic_torch_save(_placed(state, dtype), path)
 
 
 def _clip_full_tower(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -70,9 +71,7 @@ def save_release(folder: str | Path, *, dit, vae, text_encoder, tokenizer, image
         save_sharded(state, where)
     if boundary is not None:
         write_json(folder / "configuration.json", {"boundary": float(boundary)})
-    _save_pth(vae.state_dict(), folder / VAE_FILE, vae_dtype)
-    if vae.cfg.latents_mean != VAEConfig().latents_mean or vae.cfg.latents_std != VAEConfig().latents_std:
-        write_json((folder / VAE_FILE).with_suffix(".json"), vae.cfg.to_dict())  # a VAE with its own statistics
+    write_vae(vae.cfg, _placed(vae.state_dict(), vae_dtype), folder / VAE_FILE, "official")  # + its statistics
     _save_pth(umt5_hf_to_official(text_encoder.state_dict()), folder / UMT5_OFFICIAL_FILE, dtype)
     tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
     if image_encoder is not None:
