@@ -138,6 +138,10 @@ def test_a_single_dit_release_converts_both_ways(tmp_path):
     assert index["boundary_ratio"] is None and index["transformer_2"] == [None, None]
     pipe = DiffusersWanPipeline.from_pretrained(tmp_path / "d")
     assert pipe.transformer_2 is None and pipe.scheduler.config.flow_shift == 5.0
+    video = tmp_path / "out.mp4"
+    assert main(["generate", "--ckpt-dir", str(tmp_path / "d"), "--prompt", "a cat", "--size", "32*32",
+                 "--frame-num", "5", "--sample-steps", "2", "--save-file", str(video)]) == 0
+    assert video.is_file()
     assert main(["convert", str(tmp_path / "d"), str(tmp_path / "back"), "--to", "official"]) == 0
     assert _files(tmp_path / "back").keys() == _files(src).keys()
     back = WanDiT.from_pretrained(tmp_path / "back")
