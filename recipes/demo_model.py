@@ -1,11 +1,18 @@
-"""The bundled demo model, step 3 of ``recipes/demo_model.sh``: text encoder, caches, DiT training, release.
+"""The bundled demo model, the Python half of ``recipes/demo_model.sh``: text encoder, caches, DiT, release.
 
-The text encoder is the ``demo`` umT5 preset with the byte-level ByT5 tokenizer, pre-trained on training-split
-captions by span corruption plus a vocabulary objective that teaches it which words are synonyms
-(``openwan.recipes.demo_text``) and then frozen, as Wan's umT5 is. The VAE comes from
-``openwan train-vae`` (stages 1-2 of the script); the DiT is trained by ``openwan train`` on the latent and text
-caches built here.
-The result is written as an official-layout release folder, so the ordinary loaders serve it.
+Run after the script's data and VAE stages (``python recipes/demo_model.py WORK``; the script does it):
+
+1. the text encoder: the ``demo`` umT5 preset with ByT5's byte-level tokenizer, pre-trained on the training split's
+   captions (``demo_text.py``: span corruption plus a vocabulary objective that makes synonyms alike), then frozen
+   as Wan's umT5 is;
+2. the latent and text caches of every training clip (``openwan.data.cache``), so the DiT never runs the VAE or
+   the encoder;
+3. the DiT, trained by ``openwan train`` from a config this file writes; by default then a copy of it fine-tuned
+   on the high noise levels only, the two shipped as Wan2.2 A14B-style experts;
+4. the release folder (official layout, so the ordinary loaders and ``openwan generate`` read it).
+
+Every step skips itself when its output exists, so a stopped run continues. The stage times, the evaluation of the
+model this recipe ships and what each option changed are in docs/demo_model.md.
 """
 
 from __future__ import annotations
@@ -16,12 +23,17 @@ import sys
 from pathlib import Path
 
 import torch
+from demo_text import TEXT_VOCABULARY_WEIGHT, pretrained_text_encoder
 
+from openwan.checkpoints.release import save_release
 from openwan.configs import DIT_PRESETS
-from openwan.recipes.demo_text import TEXT_VOCABULARY_WEIGHT
-from openwan.train.checkpoint import latest_checkpoint, list_checkpoints
+from openwan.data.buckets import Bucket
+from openwan.data.cache import build_latent_cache, build_text_cache
+from openwan.data.manifest import read_manifest
+from openwan.models import WanVAE
+from openwan.pipelines.components import BUNDLED
+from openwan.train.checkpoint import checkpoint_dit, latest_checkpoint, list_checkpoints
 
-DEMO_WEIGHTS = Path(__file__).resolve().parents[3] / "weights" / "openwan-demo"
 DIT_CONFIG = """\
 model: {{preset: {preset}{init}}}
 data: {{cache_dir: {cache}}}
@@ -46,15 +58,9 @@ AFTER_HIGH_LR = 3.0e-4
 
 
 def demo_text_encoder(work: Path, steps: int = 2000, vocabulary_weight: float = TEXT_VOCABULARY_WEIGHT):
-    """The recipe's text encoder: ``WORK/text_encoder`` (pre-trained there on first use, with the vocabulary
-    objective at ``vocabulary_weight``). A work folder from before the pre-training step (no such folder, but caches
-    built) gets the random encoder it was built with."""
-    from openwan.recipes.demo_text import pretrained_text_encoder, random_demo_text_encoder
-
-    folder = work / "text_encoder"
-    if not folder.is_dir() and (work / "cache" / "text_index.json").is_file():
-        return random_demo_text_encoder()
-    return pretrained_text_encoder(folder, steps, vocabulary_weight)
+    """The recipe's text encoder: ``WORK/text_encoder``, pre-trained there on first use with the vocabulary
+    objective at ``vocabulary_weight``."""
+    return pretrained_text_encoder(work / "text_encoder", steps, vocabulary_weight)
 
 
 def demo_vae_file(work: Path) -> Path:
@@ -68,11 +74,7 @@ def demo_vae_file(work: Path) -> Path:
 
 
 def build_caches(work: Path, text_vocabulary_weight: float = TEXT_VOCABULARY_WEIGHT, dit_preset: str = "demo") -> Path:
-    from openwan.data.buckets import Bucket
-    from openwan.data.cache import build_latent_cache, build_text_cache
-    from openwan.data.manifest import read_manifest
-    from openwan.models import WanVAE
-
+    """The latents (stage 2's encoder) and text-encoder states of every training clip, under ``WORK/cache``."""
     cache = work / "cache"
     records = read_manifest(work / "data" / "train" / "manifest.jsonl")
     vae = WanVAE.from_pretrained(work / "vae2" / "Wan2.1_VAE.pth")
@@ -87,18 +89,13 @@ def write_release(work: Path, out: Path, boundary: float | None = None) -> Path:
     """The release folder from the newest DiT checkpoint's EMA weights, the VAE and the text encoder; with a
     ``boundary``, two experts in the Wan2.2 A14B layout: ``WORK/dit-high`` for the high noise levels, ``WORK/dit``
     (the run it was forked from) for the low ones."""
-    from openwan.checkpoints.release import save_release
-    from openwan.models import WanVAE
-
     vae = WanVAE.from_pretrained(demo_vae_file(work))
     encoder, tokenizer = demo_text_encoder(work)
     if boundary:
         experts = {"dit": _ema_dit(work / "dit-high"), "dit_low": _ema_dit(work / "dit"), "boundary": boundary}
     else:
         experts = {"dit": _ema_dit(work / "dit")}
-    # The DiT in bfloat16 and the VAE in float16 keep the folder small (a widened 24-channel decoder fits the 30 MB
-    # only so; float16 storage moved its reconstructions by 86 dB PSNR, i.e. not at all); loaders upcast both
-    # (float32 on CPU).
+    # The DiT in bfloat16 and the VAE in float16 keep the folder small; the loaders upcast both (float32 on CPU).
     return save_release(out, **experts, vae=vae, text_encoder=encoder, tokenizer=tokenizer,
                         dit_dtype=torch.bfloat16, vae_dtype=torch.float16)
 
@@ -111,8 +108,6 @@ def _newest_checkpoint(run: Path) -> Path:
 
 
 def _ema_dit(run: Path):
-    from openwan.train.checkpoint import checkpoint_dit
-
     return checkpoint_dit(_newest_checkpoint(run), "ema")  # ship the EMA weights
 
 
@@ -162,41 +157,32 @@ def _train(config: Path, steps: int, *overrides: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("work", type=Path)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("work", type=Path, help="the recipe's work folder (data/ and the VAE stages' folders inside)")
     parser.add_argument("--dit-steps", type=int, default=3000,
                         help="the DiT's steps (with --dit-boundary: the low-noise expert's, which the high-noise one "
-                             "is forked from); the shipped model's: 3,000")
+                             "is forked from)")
     parser.add_argument("--dit-extend-to", type=int, default=0,
                         help="then resume that run with the cosine schedule stretched to this many steps (a warm "
-                             "restart); 0 = no second phase (the shipped model has none)")
+                             "restart); 0: no second phase")
     parser.add_argument("--dit-preset", default="demo-small",
                         choices=[n for n in DIT_PRESETS if n.startswith("demo")],
-                        help="the DiT's size: demo-small (dim 128, the shipped model's) or demo (dim 192, about "
-                             "twice the cost per token; the model shipped until the twenty-fourth session)")
+                        help="the DiT's size: demo-small (dim 128) or demo (dim 192, about twice the cost per token)")
     parser.add_argument("--dit-batch-size", type=int, default=16)
     parser.add_argument("--dit-shift", type=float, default=2.0,
                         help="shift of the noise levels the DiT trains on (after a high-noise stage: of the stage "
-                             "after it); 1 drew squares on demo-small but left nearly everything still "
-                             "(docs/benchmarks.md, nineteenth and twentieth sessions); 2 draws squares and, with the "
-                             "high-noise expert of --dit-boundary, every direction (twenty-second session)")
+                             "after it); a higher shift spends more steps where layout and motion are decided")
     parser.add_argument("--dit-high-steps", type=int, default=0,
                         help="the DiT's first this many steps form a stage of their own at high noise levels (shift "
                              "3, logit std 2: where motion is learnt), the rest a stage at --dit-shift / "
-                             "--dit-logit-std with the cosine restarted at 3e-4. On demo-small, 2,400 such steps and "
-                             "1,800 at shift 1 gave shape 39%%, motion 69%% (docs/benchmarks.md, twenty-first "
-                             "session); 0 (the default): one stage")
+                             "--dit-logit-std with the cosine restarted at 3e-4; 0: one stage")
     parser.add_argument("--dit-lr", type=float, default=1e-3,
-                        help="the DiT's peak learning rate (cosine to a tenth of it). On demo-small, 1e-3 instead of "
-                             "5e-4 took motion from 87%% to 98%% in 4,200 steps (docs/benchmarks.md).")
+                        help="the DiT's peak learning rate (cosine to a tenth of it)")
     parser.add_argument("--dit-boundary", type=float, default=0.75,
                         help="ship two DiTs, as Wan2.2 A14B's experts: the DiT trained as usual serves the noise "
                              "levels below this, and a copy of it fine-tuned --dit-high-expert-steps more on the "
                              "levels >= this (at --dit-high-shift, from lr --dit-high-lr) serves those; the sampler "
-                             "switches at t = boundary*1000. On demo-small at --dit-shift 2, 0.75 with 1,500 expert "
-                             "steps met every prompt target (docs/benchmarks.md, twenty-second and twenty-fourth "
-                             "sessions: the shipped model). Two experts trained apart from scratch, 2,000 steps each, "
-                             "did not. 0: one DiT (the model shipped until the twenty-fourth session)")
+                             "switches at t = boundary*1000. 0: one DiT")
     parser.add_argument("--dit-high-expert-steps", type=int, default=1500,
                         help="with --dit-boundary: the high-noise expert's steps after the DiT's --dit-steps")
     parser.add_argument("--dit-high-shift", type=float, default=3.0,
@@ -205,34 +191,28 @@ def main(argv=None) -> int:
                         help="with --dit-boundary: the high-noise expert's peak learning rate (50 warm-up steps, "
                              "cosine to a tenth)")
     parser.add_argument("--dit-logit-std", type=float, default=1.0,
-                        help="spread of the logit-normal noise levels the DiT trains on (before --dit-shift). "
-                             "On demo-small, one run each: 2 gave every direction right and no squares, 1 (the "
-                             "default) 87%% of them and no squares (docs/benchmarks.md, nineteenth session)")
+                        help="spread of the logit-normal noise levels the DiT trains on (before --dit-shift)")
     parser.add_argument("--dit-middle-share", type=float, default=0.0,
                         help="this fraction of the DiT's samples draws its noise level at shift 1, logit std 1 "
-                             "instead (timesteps.mix). On demo-small, half at shift 1 and half at logit std 2 did "
-                             "worse than either alone: shape 41%%, motion 83%% (docs/benchmarks.md, twentieth "
-                             "session); 0 (the default): none")
+                             "instead (timesteps.mix); 0: none")
     parser.add_argument("--first-frame", type=float, default=0.3,
                         help="the fraction of samples whose first latent frame is given clean (Wan2.2 TI2V-style "
                              "joint training): continuing a given frame is where the direction words are learnt, "
-                             "on data whose start positions do not give the direction away (docs/benchmarks.md)")
+                             "on data whose start positions do not give the direction away")
     parser.add_argument("--per-frame", type=float, default=0.5,
-                        help="in the second phase, this fraction of samples draws a noise level per latent frame "
-                             "(diffusion forcing); on its own it did not teach the direction words "
-                             "(docs/benchmarks.md)")
+                        help="with --dit-extend-to: the fraction of the second phase's samples that draw a noise "
+                             "level per latent frame (diffusion forcing)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the DiT's blocks (needs a C++ compiler on a CPU): ~12%% faster steps on 2 "
-                             "cores, after 30-50 s of compiling (docs/benchmarks.md)")
+                        help="torch.compile the DiT's blocks (needs a C++ compiler on a CPU; faster steps after a "
+                             "minute of compiling)")
     parser.add_argument("--dit-seed", type=int, default=0,
-                        help="the DiT run's seed (initial weights, data order, noise): seeds 0 and 1 of this recipe "
-                             "both meet every prompt target (the span-only text encoder's scored 93%% and 59%% on "
-                             "held-out motion; docs/benchmarks.md)")
+                        help="the DiT run's seed (initial weights, data order, noise)")
     parser.add_argument("--text-vocabulary-weight", type=float, default=TEXT_VOCABULARY_WEIGHT,
                         help="pre-train the text encoder with the vocabulary objective at this weight beside span "
-                             "corruption (openwan.recipes.demo_text; 0: span corruption alone, which left the DiT "
-                             "to learn each synonym apart: docs/benchmarks.md, sixteenth session)")
-    parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS)
+                             "corruption (demo_text.py); 0: span corruption alone, which leaves the DiT to learn "
+                             "each synonym apart")
+    parser.add_argument("--out", type=Path, default=BUNDLED,
+                        help="where the release folder goes (default: the bundled model's folder in the package)")
     args = parser.parse_args(argv)
     if args.dit_high_steps and args.dit_extend_to:
         parser.error("--dit-extend-to stretches a one-stage run; it cannot follow --dit-high-steps.")

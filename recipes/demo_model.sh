@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Reproduce the bundled demo model (weights/openwan-demo) from scratch on a CPU, with openwan's own tools:
+# Reproduce the bundled demo model (src/openwan/weights/openwan-demo) from scratch on a CPU, with openwan's own tools:
 #   synthetic data -> VAE (2D, then inflated 3D, then its decoder alone) -> latent/text caches -> DiT with flow
-#   matching -> release folder.
+#   matching -> release folder. docs/demo_model.md gives each stage's time and the model's evaluation.
 # Usage: bash recipes/demo_model.sh [WORK_DIR]   (default: runs/demo-model). Override sizes with env variables;
-# OUT=DIR writes the release folder there instead of weights/openwan-demo.
+# OUT=DIR writes the release folder there instead of the bundled model's folder.
 set -euo pipefail
 OPENWAN=${OPENWAN:-".venv/bin/python -m openwan"}
 PY=${PY:-.venv/bin/python}
@@ -26,16 +26,13 @@ mkdir -p "$WORK"
 [ -f "$WORK/data/heldout/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/heldout" --num 72 --seed 1 \
   --split heldout --paths reversible
 
-# Every VAE step trains on the squared error alone (--l1-weight 0; PSNR is what it measures): with the L1 term
-# of the Wan paper beside it, a 600-step stage 1 at lr 3e-4 fit its frames to 25.4 dB, without it to 28.2
-# (docs/benchmarks.md).
+# Every VAE step trains on the squared error alone (--l1-weight 0): PSNR is what it is measured by.
 # Stages 1 and 2 also train a latent colour probe (--colour-weight): a linear map must read each latent cell's mean
-# colour from the posterior mean. Without it every VAE this architecture trained rendered flat areas grey (their
-# RMS norms; docs/benchmarks.md, twelfth session).
+# colour from the posterior mean, which keeps flat coloured areas from decoding grey.
 # VAE stage 1: a 2D image VAE on single frames, cosine-decayed lr.
 # Stage 2: inflated to the 3D causal VAE and trained on 9-frame clips (1 + 4 + 4: the second 4-frame chunk runs, as
-# the rest of a clip does, on a cache filled by a full chunk before it). Stage 2 at lr 3e-4 lost one colour (v7:
-# green clips 23.5 dB, the others 29; docs/benchmarks.md); at 1e-4 every colour comes through alike.
+# the rest of a clip does, on a cache filled by a full chunk before it), at lr 1e-4 so that every colour keeps its
+# quality.
 [ -f "$WORK/vae1/image_vae.pth" ] || $OPENWAN train-vae --stage 1 --manifest "$WORK/data/train/manifest.jsonl" \
   --out "$WORK/vae1" --preset demo --size 64 --frames 1 --batch-size 16 --steps "$VAE1_STEPS" --lr 5e-4 \
   --warmup-steps 50 --min-lr-ratio 0.05 --l1-weight 0 --l2-weight 10 --colour-weight "$VAE_COLOUR_WEIGHT" \
@@ -46,8 +43,7 @@ mkdir -p "$WORK"
   --log-every 50 --save-every 200 --workers 1
 # Then the decoder alone, at a fresh learning rate: the encoder is frozen, so the latents the DiT learns from are
 # stage 2's, byte for byte, and the release ships this sharper decoder with them. VAE_DECODER_STEPS=0 skips it (and
-# the optional widening below, which starts from it): without it, a stage 1 of 2,000 steps and stage 2 gave 35.2 dB on
-# the held-out clips (docs/benchmarks.md, eighteenth session).
+# the optional widening below, which starts from it).
 if [ "$VAE_DECODER_STEPS" -gt 0 ] && [ ! -f "$WORK/vae-decoder/Wan2.1_VAE.pth" ]; then
   $OPENWAN train-vae --stage 2 --freeze-encoder \
     --manifest "$WORK/data/train/manifest.jsonl" --out "$WORK/vae-decoder" --init "$WORK/vae2/Wan2.1_VAE.pth" \
@@ -57,8 +53,7 @@ fi
 
 # Optional (VAE_WIDE_STEPS > 0, e.g. 600): that decoder widened from 16 to VAE_WIDE_DIM base channels (train-vae
 # --decoder-dim: the added channels start quiet, so it begins where the decoder step ended) and trained on, same
-# encoder again. On the shipped VAE, 600 steps gave +0.5 dB on the recipe's clips (32.30 -> 32.80) for ~20 min; what
-# holds the VAE under 35 dB is the background tint, which every VAE so far renders grey (docs/benchmarks.md).
+# encoder again.
 if [ "$VAE_WIDE_STEPS" -gt 0 ] && [ "$VAE_DECODER_STEPS" -gt 0 ] && [ ! -f "$WORK/vae-wide/Wan2.1_VAE.pth" ]; then
   $OPENWAN train-vae --stage 2 --freeze-encoder --manifest "$WORK/data/train/manifest.jsonl" --out "$WORK/vae-wide" \
     --init "$WORK/vae-decoder/Wan2.1_VAE.pth" --decoder-dim "$VAE_WIDE_DIM" --size 64 --frames 9 --batch-size 4 \
@@ -66,27 +61,20 @@ if [ "$VAE_WIDE_STEPS" -gt 0 ] && [ "$VAE_DECODER_STEPS" -gt 0 ] && [ ! -f "$WOR
     --log-every 50 --save-every 150 --workers 1
 fi
 
-# The rest is driven from Python: the text encoder (pre-trained on training captions by span corruption and a
+# The rest is recipes/demo_model.py: the text encoder (pre-trained on training captions by span corruption and a
 # vocabulary objective that makes synonyms alike — TEXT_VOCABULARY_WEIGHT, 1 by default, 0 for span corruption
 # alone — then frozen), the caches, the DiT and the release folder. The DiT trains DIT_STEPS on a cosine schedule,
 # 30% of its samples with the first latent frame given clean (Wan2.2 TI2V-style); DIT_EXTEND_TO > DIT_STEPS then
-# resumes it with the schedule stretched (a warm restart; not used for the shipped model).
-# DIT_STEPS and DIT_EXTEND_TO, when set, override the defaults of openwan/recipes/demo_model.py. DIT_COMPILE compiles
-# the DiT's blocks with torch.compile (~12% faster steps on a CPU; the shipped model was trained so): on by default
-# where a C++ compiler and Python's headers are found, DIT_COMPILE= turns it off. DIT_SEED picks the DiT run's seed
-# (0 by default; with the span-only text encoder two seeds differed by 34 points on held-out motion; with the one-DiT
-# recipe shipped until the twenty-fourth session seeds 0 and 1 both met every prompt target, docs/benchmarks.md) —
-# a DiT already in WORK/dit resumes as it was, so move that folder away to train another seed on the same caches.
+# resumes it with the schedule stretched (a warm restart).
 # The DiT ships as two, Wan2.2 A14B-style experts (DIT_BOUNDARY, 0.75 by default): the DiT (demo-small, batch 16, lr
 # 1e-3, shift 2, DIT_STEPS 3,000) serves the noise levels below the boundary, and a copy of it fine-tuned
-# DIT_HIGH_EXPERT_STEPS more (1,500) on the levels above it serves those. With every default the recipe ran end to end
-# in 89.6 minutes on a 2-core machine and its model met every prompt target (the shipped model; docs/benchmarks.md,
-# twenty-fourth session). DIT_BOUNDARY=0 trains one DiT; DIT_PRESET=demo DIT_BATCH=24 DIT_LR=5e-4 DIT_SHIFT=3
-# DIT_STEPS=4500 DIT_BOUNDARY=0 with NUM_CLIPS=5760 VAE1_STEPS=2400 VAE_DECODER_STEPS=1000 reproduces the model
-# shipped until then (about 2 3/4 h). DIT_LOGIT_STD, DIT_MIDDLE_SHARE (a share of the DiT's samples at shift 1) and
-# DIT_HIGH_STEPS (a first stage at high noise levels, with DIT_BOUNDARY=0) reproduce the trials of the eighteenth to
-# twenty-first sessions.
-$PY -m openwan.recipes.demo_model "$WORK" ${DIT_STEPS:+--dit-steps "$DIT_STEPS"} ${DIT_PRESET:+--dit-preset "$DIT_PRESET"} \
+# DIT_HIGH_EXPERT_STEPS more (1,500) on the levels above it serves those; DIT_BOUNDARY=0 trains one DiT.
+# DIT_LOGIT_STD, DIT_MIDDLE_SHARE (a share of the DiT's samples at shift 1) and DIT_HIGH_STEPS (a first stage at high
+# noise levels, with DIT_BOUNDARY=0) change how the DiT's noise levels are drawn.
+# DIT_COMPILE compiles the DiT's blocks with torch.compile (faster steps on a CPU): on by default where a C++ compiler
+# and Python's headers are found, DIT_COMPILE= turns it off. DIT_SEED picks the DiT run's seed (0 by default) — a DiT
+# already in WORK/dit resumes as it was, so move that folder away to train another seed on the same caches.
+$PY "$(dirname "$0")/demo_model.py" "$WORK" ${DIT_STEPS:+--dit-steps "$DIT_STEPS"} ${DIT_PRESET:+--dit-preset "$DIT_PRESET"} \
   ${DIT_BATCH:+--dit-batch-size "$DIT_BATCH"} ${DIT_LOGIT_STD:+--dit-logit-std "$DIT_LOGIT_STD"} \
   ${DIT_SHIFT:+--dit-shift "$DIT_SHIFT"} ${DIT_LR:+--dit-lr "$DIT_LR"} \
   ${DIT_BOUNDARY:+--dit-boundary "$DIT_BOUNDARY"} ${DIT_HIGH_EXPERT_STEPS:+--dit-high-expert-steps "$DIT_HIGH_EXPERT_STEPS"} \

@@ -1,19 +1,20 @@
 """The demo model's text encoder: the ``demo`` umT5 preset, pre-trained on captions with T5's span corruption
 and, optionally, a vocabulary objective.
 
-Wan's umT5 comes pre-trained on text; a randomly initialised one gives each byte a vector that barely depends on
-the word it sits in, so the DiT has to find "left" against "right" in a bag of byte vectors (they differ in four
-or five of ~35 rows), and the demo DiT learnt colours but not which way a shape moves. A few minutes of
-self-supervised pre-training (mask byte spans, have a 1-layer decoder write them back, as T5 was trained) makes
-each byte's state carry its word. The corpus is captions drawn from the *training* combinations only, so the
-held-out combinations stay unseen by every part of the model. The encoder is then frozen, as Wan's is.
+Wan's umT5 comes pre-trained on text. A randomly initialised one gives each byte a vector that barely depends on
+the word it sits in, so a DiT has to find "left" against "right" in a bag of byte vectors (they differ in four or
+five of ~35 rows). A few minutes of self-supervised pre-training (mask byte spans, have a 1-layer decoder write
+them back, as T5 was trained) makes each byte's state carry its word. The corpus is captions drawn from the
+*training* combinations only, so the held-out combinations stay unseen by every part of the model. The encoder is
+then frozen, as Wan's is.
 
 Span corruption teaches each byte its word, not which words mean the same: "box" and "square" stay as far apart as
-their spellings, so the DiT must learn every synonym and every phrasing of a direction from its own share of the
-data. The vocabulary objective (``vocabulary_weight``) gives the encoder the knowledge a pre-trained umT5 brings:
-linear heads read each caption's colour, shape and motion from its mean state (:func:`synonym_gap` measures it).
+their spellings, so the DiT would have to learn every synonym and every phrasing of a direction from its own share
+of the data. The vocabulary objective (``vocabulary_weight``) gives the encoder the knowledge a pre-trained umT5
+brings: linear heads read each caption's colour, shape and motion from its mean state (:func:`synonym_gap`
+measures it). docs/demo_model.md gives what each objective does to the DiT.
 
-    python -m openwan.recipes.demo_text OUT_DIR [--steps N] [--vocabulary-weight W] [--probe]
+    python recipes/demo_text.py OUT_DIR [--steps N] [--vocabulary-weight W] [--probe]
     # writes OUT_DIR/model.safetensors + config
 """
 
@@ -28,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import ByT5Tokenizer, UMT5EncoderModel, UMT5ForConditionalGeneration
 
+from openwan.configs import TEXT_ENCODER_PRESETS
 from openwan.data.synthetic import (
     COLOURS,
     MOTIONS,
@@ -40,9 +43,7 @@ from openwan.data.synthetic import (
 )
 
 TEXT_SEED = 0
-# The recipe's weight of the vocabulary objective beside span corruption: with it the DiT had every direction word
-# right by step 2,000; without, 41% (docs/benchmarks.md, sixteenth session).
-TEXT_VOCABULARY_WEIGHT = 1.0
+TEXT_VOCABULARY_WEIGHT = 1.0  # the recipe's weight of the vocabulary objective beside span corruption
 ATTRIBUTES = {"colour": tuple(COLOURS), "shape": SHAPES, "motion": MOTIONS}  # parse_caption's order
 SENTINEL = 259  # ByT5's <extra_id_0>; <extra_id_k> is 259 + k
 PAD, EOS = 0, 1
@@ -50,10 +51,6 @@ PAD, EOS = 0, 1
 
 def random_demo_text_encoder(seed: int = TEXT_SEED):
     """The ``demo`` umT5 encoder with a fixed random init and ByT5's byte-level tokenizer (no download)."""
-    from transformers import ByT5Tokenizer, UMT5EncoderModel
-
-    from openwan.configs import TEXT_ENCODER_PRESETS
-
     torch.manual_seed(seed)
     return UMT5EncoderModel(TEXT_ENCODER_PRESETS["demo"].to_hf()).eval(), ByT5Tokenizer()
 
@@ -125,10 +122,6 @@ def pretrain_text_encoder(steps: int = 2000, batch_size: int = 128, lr: float = 
     Span corruption teaches each byte its word, but not that "box" means what "square" means — a pre-trained umT5
     knows that from its text; this small one learns it from which captions share an attribute.
     Returns (encoder in eval mode, tokenizer, per-step losses: span corruption plus the weighted vocabulary term)."""
-    from transformers import ByT5Tokenizer, UMT5EncoderModel, UMT5ForConditionalGeneration
-
-    from openwan.configs import TEXT_ENCODER_PRESETS
-
     hf = TEXT_ENCODER_PRESETS["demo"].to_hf()
     hf.is_encoder_decoder, hf.num_decoder_layers, hf.decoder_start_token_id = True, 1, PAD
     torch.manual_seed(seed)
@@ -177,8 +170,6 @@ def pretrain_text_encoder(steps: int = 2000, batch_size: int = 128, lr: float = 
 def pretrained_text_encoder(folder: str | Path, steps: int = 2000, vocabulary_weight: float = 0.0):
     """(encoder, tokenizer) from ``folder`` (a transformers folder), pre-training and writing it there first when
     it is not there yet. The folder appears whole or not at all (written beside it, then renamed)."""
-    from transformers import ByT5Tokenizer, UMT5EncoderModel
-
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         encoder, _, losses = pretrain_text_encoder(steps, vocabulary_weight=vocabulary_weight)

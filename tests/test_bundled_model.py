@@ -49,7 +49,7 @@ def test_generate_without_a_checkpoint_uses_it(tmp_path, capsys):
 
 
 def test_the_recipe_ships_its_newest_decoder(tmp_path):
-    from openwan.recipes.demo_model import demo_vae_file
+    from demo_model import demo_vae_file
 
     assert demo_vae_file(tmp_path) == tmp_path / "vae2" / "Wan2.1_VAE.pth"
     for step in ("vae-decoder", "vae-wide"):
@@ -86,7 +86,8 @@ def test_the_recipe_script_parses_and_compiles_only_where_it_can(tmp_path):
 
 
 def test_the_recipe_dit_config_reads_as_a_training_config(tmp_path):
-    from openwan.recipes.demo_model import write_dit_config
+    from demo_model import write_dit_config
+
     from openwan.train import load_config
 
     for compile_blocks, seed, size in ((True, 0, {}), (False, 3, dict(preset="demo-small", batch_size=16,
@@ -110,7 +111,8 @@ def test_the_recipe_dit_config_reads_as_a_training_config(tmp_path):
 def test_the_recipe_can_train_high_noise_levels_first(tmp_path):
     """--dit-high-steps: the first steps a stage at shift 3, logit std 2, the rest one at the run's own levels with
     its cosine restarted lower; the two add up to the DiT's steps."""
-    from openwan.recipes.demo_model import AFTER_HIGH_LR, write_dit_config
+    from demo_model import AFTER_HIGH_LR, write_dit_config
+
     from openwan.train import load_config
 
     path = write_dit_config(tmp_path / "dit.yaml", cache=tmp_path / "cache", steps=4200, first_frame=0.3,
@@ -130,7 +132,8 @@ def test_the_recipe_can_train_high_noise_levels_first(tmp_path):
 def test_the_recipe_can_train_two_experts(tmp_path, capsys):
     """--dit-boundary: the high-noise expert's config starts from the DiT's checkpoint and trains only the levels
     above the boundary; bad combinations are refused before anything is trained."""
-    from openwan.recipes.demo_model import main, write_dit_config
+    from demo_model import main, write_dit_config
+
     from openwan.train import load_config
 
     start = tmp_path / "dit" / "step-00004000"

@@ -1,14 +1,14 @@
-"""The demo text encoder's span-corruption pre-training (openwan.recipes.demo_text)."""
+"""The demo text encoder's span-corruption pre-training (recipes/demo_text.py)."""
 
 from __future__ import annotations
 
+import demo_text
 import numpy as np
 import pytest
 import torch
+from demo_text import EOS, SENTINEL, caption_corpus, span_corrupt
 
 from openwan.data.synthetic import is_held_out, parse_caption
-from openwan.recipes import demo_text
-from openwan.recipes.demo_text import EOS, SENTINEL, caption_corpus, span_corrupt
 
 
 def _uncorrupt(inputs: list[int], targets: list[int]) -> list[int]:
