@@ -18,6 +18,7 @@ from transformers import CLIPImageProcessor, CLIPVisionModel
 
 from openwan.checkpoints import keymaps
 from openwan.checkpoints.convert import Release, write_release
+from openwan.checkpoints.encoders import CLIP_OFFICIAL_FILE
 from openwan.checkpoints.io import read_state_dict
 from openwan.checkpoints.release import save_release
 from openwan.cli.main import main
@@ -170,6 +171,20 @@ def test_an_i2v_release_carries_its_image_encoder(tmp_path):
                                                               progress=False).video
               for root in (src, tmp_path / "d")]
     assert torch.equal(*videos)
+
+
+def test_the_clip_text_tower_is_said_to_stay_behind(tmp_path, caplog):
+    src = save_release(tmp_path / "src", **tiny_components("tiny-i2v"))
+    clip = src / CLIP_OFFICIAL_FILE
+    visual = {k: v.clone() for k, v in read_state_dict(clip).items()}  # not views of the file rewritten below
+    full = {**visual, "textual.token_embedding.weight": torch.zeros(4, 2), "log_scale": torch.ones(())}
+    torch.save(full, clip)  # as the release's file: the whole open-clip model
+    with caplog.at_level(logging.WARNING, logger="openwan.checkpoints.convert"):
+        assert main(["convert", str(src), str(tmp_path / "d"), "--to", "diffusers"]) == 0
+    assert "text tower and projection head are not carried" in caplog.text
+    assert main(["convert", str(tmp_path / "d"), str(tmp_path / "back"), "--to", "official"]) == 0
+    back = read_state_dict(tmp_path / "back" / CLIP_OFFICIAL_FILE)
+    assert back.keys() == {k for k in full if k.startswith("visual.")}
 
 
 def test_a_conversion_says_what_it_cannot_carry(tmp_path, caplog, capsys):
