@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from openwan.checkpoints.convert import convert_release
 from openwan.checkpoints.release import save_release
 from openwan.cli.main import build_parser, main
+from openwan.cli.train_vae import resolve_config
 from openwan.configs import DIT_PRESETS
 from openwan.data.manifest import ClipRecord, read_manifest, write_manifest
 from openwan.data.video import read_video, save_image, save_video
@@ -216,6 +217,19 @@ def _fast_train(argv: list[str], work: Path) -> list[str]:
     return argv + fast
 
 
+def _fast_train_vae(argv: list[str]) -> list[str]:
+    if "--print-config" in argv:
+        return argv
+    cfg = resolve_config(build_parser().parse_args(argv + ["--print-config"]))
+    fast = ["--steps", "2", "--batch-size", "1", "--workers", "0", "--size", "32", "--log-every", "1",
+            "--save-every", "0"]
+    if cfg.stage > 1:
+        fast += ["--frames", "5"]
+    if cfg.model.preset == "wan2.1" and cfg.model.init is None:  # the released width
+        fast += ["--preset", "tiny"]
+    return argv + fast
+
+
 def fast_argv(argv: list[str], work: Path) -> list[str]:
     command = argv[0]
     sub = argv[1] if len(argv) > 1 else ""
@@ -223,6 +237,8 @@ def fast_argv(argv: list[str], work: Path) -> list[str]:
         return _fast_generate(argv)
     if command == "train":
         return _fast_train(argv, work)
+    if command == "train-vae":
+        return _fast_train_vae(argv)
     if command == "eval" and sub == "prompts":
         return argv + ["--seeds", "0", "--limit", "2", "--no-videos"]
     if command == "eval" and sub == "vae":
