@@ -347,8 +347,9 @@ def _model_index(release: Release, boundary: float | None, with_scheduler: bool)
 def write_release(release: Release, dst: str | Path, to: str, *, dtype: torch.dtype | None = None,
                   flow_shift: float | None = None, boundary: float | None = None) -> Path:
     """Write ``release`` as a folder of layout ``to``. ``dtype`` casts the DiT's and the text encoder's
-    floating-point weights (the VAE keeps its own). ``flow_shift`` (diffusers only) and ``boundary`` (two experts)
-    stand in where the release stores none; the CLI gives the model family's defaults."""
+    floating-point weights (the VAE keeps its own). ``flow_shift`` (diffusers only) is the scheduler's shift
+    (default: the source scheduler's; with neither, no scheduler/ is written, and that is logged). ``boundary``
+    stands in where a two-expert release stores none. The CLI gives the model family's defaults for both."""
     _check_layout(to)
     dst = Path(dst)
     two = len(release.dits) == 2
@@ -356,8 +357,10 @@ def write_release(release: Release, dst: str | Path, to: str, *, dtype: torch.dt
     if two and boundary is None:
         raise ValueError(f"{release.source} holds two experts but says nowhere where they meet; give boundary "
                          "(the noise level between 0 and 1 at which the sampler switches experts).")
-    names = (TRANSFORMER_DIRS if to == "diffusers" else EXPERT_DIRS) if two else (
-        ("transformer",) if to == "diffusers" else ("",))
+    if to == "diffusers":
+        names = TRANSFORMER_DIRS[: len(release.dits)]
+    else:
+        names = EXPERT_DIRS if two else ("",)
     for (config, state), name in zip(release.dits, names):
         _write_dit(config, _cast(state, dtype), dst / name, to)
     if release.vae is not None:
