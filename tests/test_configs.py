@@ -3,15 +3,20 @@ with its model and data paths pointed at tiny random-weight releases and a few s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from openwan.cli.main import main
+from openwan.configio import read_config_file
+from openwan.configs import VAE_PRESETS
 from openwan.train import load_config, read_metrics
+from openwan.train.config import VAETrainConfig
 from test_docs import REPO, Scratch, fast_argv
 
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("vae-"))  # openwan train
+VAE_CONFIGS = sorted((REPO / "configs").glob("vae-*.yaml"))  # openwan train-vae
 MODEL_PATHS = ("path", "vae", "text_encoder", "tokenizer")
 
 
@@ -23,6 +28,7 @@ def scratch(tmp_path_factory):
 def test_the_ready_configs_are_there():
     assert {p.name for p in CONFIGS} >= {"t2v-1.3B-lora.yaml", "t2v-1.3B-full.yaml", "t2v-14B-pretrain.yaml",
                                          "demo-small.yaml"}
+    assert {p.name for p in VAE_CONFIGS} >= {"vae-stage1.yaml"}
 
 
 def test_fine_tunes_start_from_the_1_3B_release():
@@ -68,3 +74,23 @@ def test_config_trains_a_few_steps_on_tiny_models(config, scratch, tmp_path, mon
     assert final.is_dir()
     if cfg.lora is not None:
         assert any(final.glob("lora*.safetensors"))
+
+
+def test_vae_stage1_is_the_papers():
+    cfg = VAETrainConfig.from_dict(read_config_file(REPO / "configs" / "vae-stage1.yaml"))
+    assert (cfg.stage, cfg.model.preset, cfg.data.frames) == (1, "wan2.1", 1)
+    assert (cfg.l1_weight, cfg.kl_weight, cfg.perceptual_weight) == (3.0, 3e-6, 3.0)
+
+
+@pytest.mark.parametrize("config", VAE_CONFIGS, ids=[p.stem for p in VAE_CONFIGS])
+def test_vae_config_trains_a_few_steps_on_a_tiny_vae(config, scratch, tmp_path):
+    manifest = scratch.path("my-clips") / "manifest.jsonl"
+    out = tmp_path / "run"
+    assert main(["train-vae", "--config", str(config), f"data.manifest={manifest}", f"output_dir={out}",
+                 "model.preset=tiny", "data.size=32", "data.batch_size=1", "data.num_workers=0", "steps=2",
+                 "save_every=0", "log_every=1", "stats_batches=2"]) == 0
+    written = out / ("image_vae.pth" if VAETrainConfig.from_dict(read_config_file(config)).stage == 1
+                     else "Wan2.1_VAE.pth")
+    assert written.is_file()
+    assert json.loads(written.with_suffix(".json").read_text())["dim"] == VAE_PRESETS["tiny"].dim
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2]
