@@ -1,5 +1,5 @@
 """Reading training batches from a latent + text cache: ``CachedDataset`` (shards kept open) against opening the
-safetensors shard for every tensor (what it did before; ``safe_open`` parses the shard's header each time).
+safetensors shard for every tensor (``safe_open`` parses the shard's header each time).
 
     python benchmarks/bench_cache_read.py                          # a 1,024-clip cache built here (tiny models)
     python benchmarks/bench_cache_read.py --cache runs/demo-model/cache    # an existing cache, e.g. the recipe's

@@ -59,7 +59,7 @@ def infer_vae_config(state: Mapping[str, torch.Tensor]) -> VAEConfig:
     """A Wan2.1 VAE config from official-layout tensors (the released file ships no config)."""
     patchified = "encoder.conv1.weight" in state and state["encoder.conv1.weight"].shape[1] == 12
     if patchified or any(k.startswith("encoder.downsamples.0.downsamples.") for k in state):
-        raise ValueError("this is a Wan2.2 VAE (48 channels, patchified); openwan loads the Wan2.1 VAE only so far.")
+        raise ValueError("this is a Wan2.2 VAE (48 channels, patchified); openwan loads the Wan2.1 VAE only.")
     dim = int(_need(state, "encoder.conv1.weight", "Wan2.1 VAE").shape[0])
     z_dim = int(_need(state, "conv2.weight", "Wan2.1 VAE").shape[0])
     # Encoder downsamples are flat: per level `r` residual blocks, then a resample (none after the last level).

@@ -243,7 +243,7 @@ def vae_config_from_diffusers(data: Mapping) -> VAEConfig:
     """Our config from a diffusers ``vae/config.json`` (keys diffusers adds for other VAEs are ignored)."""
     if data.get("is_residual") or data.get("patch_size"):
         raise ValueError(
-            "this is a Wan2.2 VAE (48 channels, patchified); openwan loads the Wan2.1 VAE only so far — "
+            "this is a Wan2.2 VAE (48 channels, patchified); openwan loads the Wan2.1 VAE only — "
             "use a Wan2.1 release's VAE."
         )
     known = {"base_dim", "z_dim", "dim_mult", "num_res_blocks", "attn_scales", "temperal_downsample", "dropout",
