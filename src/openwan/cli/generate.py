@@ -69,8 +69,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # openwan.parallel imports torch.distributed's FSDP and DTensor (~1.4 s, a third of `openwan --help`): loaded
-    # here, when a command runs, not when the CLI starts.
+    # openwan.parallel imports torch.distributed's FSDP and DTensor, slow to import: loaded here, when a command
+    # runs, not when the CLI starts.
     from openwan.parallel.mesh import close_distributed
 
     try:

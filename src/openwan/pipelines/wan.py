@@ -58,7 +58,7 @@ class WanPipeline:
 
     def _parallelize(self, mesh, dit_fsdp: bool, t5_fsdp: bool) -> None:
         """Context parallel / FSDP for the DiT(s) and CFG-parallel, applied from outside (openwan.parallel)."""
-        # openwan.parallel imports torch.distributed's FSDP and DTensor (~1.4 s): only a parallel run pays for it.
+        # openwan.parallel imports torch.distributed's FSDP and DTensor, slow to import: only a parallel run does.
         from openwan.parallel import DiTParallelConfig, dim_group, dim_size, parallelize_dit, shard_text_encoder
 
         for model in (self.dit, self.dit_low):
