@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     kinds = p.add_subparsers(dest="eval_command", required=True, metavar="KIND")
 
     q = kinds.add_parser("prompts", help=PROMPTS_HELP, description=PROMPTS_HELP + ".")
-    q.add_argument("--ckpt-dir", required=True, help="a release folder (e.g. the bundled tiny model's)")
+    q.add_argument("--ckpt-dir", required=True, help="a release folder (e.g. the bundled model's)")
     q.add_argument("--out", required=True, help="report folder: report.json, samples.png, videos/")
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     q.add_argument("--prompts", nargs="+", default=None,
