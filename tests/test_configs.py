@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 
 from openwan.cli.main import main
-from openwan.configio import read_config_file
 from openwan.configs import VAE_PRESETS
-from openwan.train import load_config, read_metrics
-from openwan.train.config import VAETrainConfig
+from openwan.train import load_config, load_vae_config, read_metrics
 from test_docs import REPO, Scratch, fast_argv
 
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("vae-"))  # openwan train
@@ -77,7 +75,7 @@ def test_config_trains_a_few_steps_on_tiny_models(config, scratch, tmp_path, mon
 
 
 def test_vae_stage1_is_the_papers():
-    cfg = VAETrainConfig.from_dict(read_config_file(REPO / "configs" / "vae-stage1.yaml"))
+    cfg = load_vae_config(REPO / "configs" / "vae-stage1.yaml")
     assert (cfg.stage, cfg.model.preset, cfg.data.frames) == (1, "wan2.1", 1)
     assert (cfg.l1_weight, cfg.kl_weight, cfg.perceptual_weight) == (3.0, 3e-6, 3.0)
 
@@ -89,7 +87,7 @@ def test_vae_config_trains_a_few_steps_on_a_tiny_vae(config, scratch, tmp_path):
     assert main(["train-vae", "--config", str(config), f"data.manifest={manifest}", f"output_dir={out}",
                  "model.preset=tiny", "data.size=32", "data.batch_size=1", "data.num_workers=0", "steps=2",
                  "save_every=0", "log_every=1", "stats_batches=2"]) == 0
-    written = out / ("image_vae.pth" if VAETrainConfig.from_dict(read_config_file(config)).stage == 1
+    written = out / ("image_vae.pth" if load_vae_config(config).stage == 1
                      else "Wan2.1_VAE.pth")
     assert written.is_file()
     assert json.loads(written.with_suffix(".json").read_text())["dim"] == VAE_PRESETS["tiny"].dim

@@ -432,3 +432,8 @@ def test_read_blocks_sees_marks_and_languages(tmp_path):
         ("bash", "not run", "needs 8 GPUs", 4), ("python", None, "", 8), ("bash", "slow", "long", 16)]
     assert commands(blocks[2].code) == [["openwan", "generate", "--prompt", "a b"]]
 
+
+
+def test_readme_opens_with_the_quickstart():
+    first = read_blocks(REPO / "README.md")[0]
+    assert [words[:2] for words in commands(first.code)] == [["make", "demo"], ["make", "test"]]
