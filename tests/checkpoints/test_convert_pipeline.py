@@ -205,6 +205,16 @@ def test_a_conversion_says_what_it_cannot_carry(tmp_path, caplog, capsys):
     assert "local window" in capsys.readouterr().err
     with pytest.raises(ValueError, match="two experts but says nowhere where they meet"):
         write_release(_only_dit(dit, dit), tmp_path / "two", "diffusers")
+    # A transformers umT5 config the official file (which has none) cannot state.
+    parts = tiny_components("tiny")
+    config = parts["text_encoder"].config
+    config.relative_attention_max_distance = 64
+    release = _only_dit(dit)
+    release.text_encoder = (config, parts["text_encoder"].state_dict())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="openwan.checkpoints.convert"):
+        write_release(release, tmp_path / "umt5", "official")
+    assert "relative_attention_max_distance=64 is not carried" in caplog.text
 
 
 def _only_dit(*dits) -> Release:

@@ -34,6 +34,7 @@ from openwan.checkpoints.encoders import (
     clip_hf_to_official,
     clip_official_to_hf,
     infer_clip_config,
+    infer_umt5_config,
     read_umt5,
     strip_vision_prefix,
     umt5_hf_to_official,
@@ -275,9 +276,19 @@ def _tokenizer_class(folder: Path) -> str:
     return _read_json(folder / "tokenizer_config.json").get("tokenizer_class") or "AutoTokenizer"
 
 
+# What the official umT5 file cannot say (it has no config): these are read back as the released values.
+_UMT5_UNSEEN = ("relative_attention_max_distance", "layer_norm_epsilon", "feed_forward_proj")
+
+
 def _write_umt5(config, state: dict, dst: Path, to: str) -> None:
     if to == "official":
-        atomic_torch_save({k: v.contiguous() for k, v in umt5_hf_to_official(state).items()}, dst / UMT5_OFFICIAL_FILE)
+        official = {k: v.contiguous() for k, v in umt5_hf_to_official(state).items()}
+        read_back = infer_umt5_config(official).to_hf()
+        lost = [f"{k}={getattr(config, k)}" for k in _UMT5_UNSEEN if getattr(config, k) != getattr(read_back, k)]
+        if lost:
+            log.warning("the official umT5 file has no config, so %s is not carried (it reads back as the released "
+                        "value)", ", ".join(lost))
+        atomic_torch_save(official, dst / UMT5_OFFICIAL_FILE)
         return
     data = {**config.to_dict(), "architectures": ["UMT5EncoderModel"]}
     write_json(dst / "text_encoder" / "config.json", data)
