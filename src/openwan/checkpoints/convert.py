@@ -245,6 +245,19 @@ def _read_image_encoder(src: Path) -> tuple | None:
     return CLIPVisionConfig.from_pretrained(str(folder)), strip_vision_prefix(state)
 
 
+# What the official encoder files cannot say (they have no config): read back as the released values.
+_UMT5_UNSEEN = ("relative_attention_max_distance", "layer_norm_epsilon", "feed_forward_proj")
+_CLIP_UNSEEN = ("num_attention_heads", "layer_norm_eps", "hidden_act")
+
+
+def _say_unseen(what: str, config, read_back, fields: tuple[str, ...]) -> None:
+    """Log the transformers config fields an official (config-less) file would read back differently."""
+    lost = [f"{k}={getattr(config, k)}" for k in fields if getattr(config, k) != getattr(read_back, k)]
+    if lost:
+        log.warning("the official %s file has no config, so %s is not carried (it reads back as the released value)",
+                    what, ", ".join(lost))
+
+
 # The preprocessing diffusers' Wan i2v releases ship (OpenAI CLIP's normalisation at the tower's input size).
 _CLIP_MEAN, _CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
@@ -252,6 +265,7 @@ _CLIP_MEAN, _CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.2613
 def _write_image_encoder(config, state: dict, dst: Path, to: str) -> None:
     if to == "official":
         official = {k: v.contiguous() for k, v in clip_hf_to_official(state).items()}
+        _say_unseen("CLIP", config, infer_clip_config(official).to_hf(), _CLIP_UNSEEN)
         atomic_torch_save(official, dst / CLIP_OFFICIAL_FILE)
         return
     write_json(dst / "image_encoder" / "config.json", {**config.to_dict(), "architectures": ["CLIPVisionModel"]})
@@ -276,18 +290,10 @@ def _tokenizer_class(folder: Path) -> str:
     return _read_json(folder / "tokenizer_config.json").get("tokenizer_class") or "AutoTokenizer"
 
 
-# What the official umT5 file cannot say (it has no config): these are read back as the released values.
-_UMT5_UNSEEN = ("relative_attention_max_distance", "layer_norm_epsilon", "feed_forward_proj")
-
-
 def _write_umt5(config, state: dict, dst: Path, to: str) -> None:
     if to == "official":
         official = {k: v.contiguous() for k, v in umt5_hf_to_official(state).items()}
-        read_back = infer_umt5_config(official).to_hf()
-        lost = [f"{k}={getattr(config, k)}" for k in _UMT5_UNSEEN if getattr(config, k) != getattr(read_back, k)]
-        if lost:
-            log.warning("the official umT5 file has no config, so %s is not carried (it reads back as the released "
-                        "value)", ", ".join(lost))
+        _say_unseen("umT5", config, infer_umt5_config(official).to_hf(), _UMT5_UNSEEN)
         atomic_torch_save(official, dst / UMT5_OFFICIAL_FILE)
         return
     data = {**config.to_dict(), "architectures": ["UMT5EncoderModel"]}
