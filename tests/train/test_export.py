@@ -83,6 +83,8 @@ def test_export_of_a_run_without_encoder_files_says_what_to_give(run, tmp_path, 
     (cached / "config.yaml").write_text(config.read_text().replace(str(run / "encoders" / "Wan2.1_VAE.pth"), "tiny"))
     assert main(["train", "--export", str(cached), str(tmp_path / "out")]) == 2
     assert "model.vae=tiny is not a file" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert main(["train", "--export", str(cached), str(tmp_path / "out"), "--vae", str(tmp_path / "nope.pth")]) == 2
+    assert "--vae" in capsys.readouterr().err and not (tmp_path / "out").exists()
     # Given by hand, the encoders complete the release.
     encoders = run / "encoders"
     vae = str(encoders / "Wan2.1_VAE.pth")

@@ -16,29 +16,30 @@ import torch
 from openwan.checkpoints.convert import convert_umt5, convert_vae, copy_folder
 from openwan.checkpoints.release import TOKENIZER_DIR
 from openwan.train.checkpoint import export_dit, resolve_checkpoint
-from openwan.train.config import TrainConfig, load_config
+from openwan.train.config import ModelConfig, load_config
 
 RUN_CONFIG = "config.yaml"  # written by the trainer into output_dir
 
 
-def run_config(checkpoint: str | Path) -> TrainConfig:
-    """The config of the run a checkpoint (a step folder, or a run folder: its newest) belongs to."""
-    folder = resolve_checkpoint(checkpoint)
-    path = folder.parent / RUN_CONFIG
-    if not path.is_file():
-        raise ValueError(f"{folder.parent} has no {RUN_CONFIG}, so the VAE and text encoder the run trained with are "
-                         "unknown; give them with --vae, --text-encoder and --tokenizer.")
-    return load_config(path)
+def run_model(checkpoint: str | Path) -> ModelConfig | None:
+    """``model`` of the config of the run a checkpoint (a step folder, or a run folder: its newest) belongs to;
+    None when the run folder holds no config.yaml."""
+    path = resolve_checkpoint(checkpoint).parent / RUN_CONFIG
+    return load_config(path).model if path.is_file() else None
 
 
-def _weights_path(value: str | None, field: str, flag: str) -> Path:
-    if not value:
+def _weights_path(given: str | Path | None, named: str | None, field: str, flag: str) -> Path:
+    """The weights ``flag`` gave, else those the run's config ``field`` names; they must exist here."""
+    if given is not None:
+        if not Path(given).exists():
+            raise ValueError(f"{flag} {given} does not exist; give the path of the weights file or folder.")
+        return Path(given)
+    if not named:
         raise ValueError(f"the run names no {field} (it trained from a cache); give the weights with {flag} PATH.")
-    path = Path(value)
-    if not path.exists():
-        raise ValueError(f"{field}={value} is not a file or folder here (a preset name builds random weights, which "
+    if not Path(named).exists():
+        raise ValueError(f"{field}={named} is not a file or folder here (a preset name builds random weights, which "
                          f"a release cannot carry); give the weights with {flag} PATH.")
-    return path
+    return Path(named)
 
 
 def _tokenizer(name: str):
@@ -63,12 +64,14 @@ def export_release(checkpoint: str | Path, out: str | Path, *, weights: str = "e
     (with its latent statistics), models_t5_umt5-xxl-enc-bf16.pth and google/umt5-xxl/ (the encoders as trained).
     ``vae``, ``text_encoder`` and ``tokenizer`` replace what the run's config names. Every path is checked before
     anything is written."""
-    model = run_config(checkpoint).model if None in (vae, text_encoder, tokenizer) else None
-    vae_path = Path(vae) if vae is not None else _weights_path(model.vae, "model.vae", "--vae")
-    umt5_path = (Path(text_encoder) if text_encoder is not None
-                 else _weights_path(model.text_encoder, "model.text_encoder", "--text-encoder"))
+    model = run_model(checkpoint)
+    if model is None and (vae is None or text_encoder is None):
+        raise ValueError(f"{resolve_checkpoint(checkpoint).parent} has no {RUN_CONFIG}, so the VAE and text encoder "
+                         "the run trained with are unknown; give them with --vae and --text-encoder.")
+    vae_path = _weights_path(vae, model and model.vae, "model.vae", "--vae")
+    umt5_path = _weights_path(text_encoder, model and model.text_encoder, "model.text_encoder", "--text-encoder")
     # The trainer falls back to the text encoder's folder when the run names no tokenizer.
-    name = tokenizer if tokenizer is not None else (model.tokenizer or str(umt5_path))
+    name = tokenizer or (model.tokenizer if model is not None else None) or str(umt5_path)
     tok = _tokenizer(str(name))
     out = Path(out)
     export_dit(checkpoint, out, weights=weights, dtype=dtype)
