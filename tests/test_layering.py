@@ -37,6 +37,9 @@ FORBIDDEN: dict[str, set[str]] = {
     **{package: {"train", "eval", "recipes"} for package in INFERENCE},
     "eval": {"train", "recipes"},
 }
+# module -> openwan packages it must never import, where its package's rules allow more: generating (LoRAs
+# included) is inference, whatever the CLI around it may import.
+MODULE_FORBIDDEN = {"openwan.cli.generate": {"train"}}
 CLI_USERS = {"cli", "__main__"}  # the only modules that may import the CLI
 
 
@@ -95,6 +98,8 @@ def violation(imp: Import) -> str | None:
         return "only the CLI imports the CLI"
     if dst == "recipes":
         return "the recipes are scripts outside the package (recipes/); nothing imports them"
+    if dst in MODULE_FORBIDDEN.get(imp.module, set()):
+        return f"{imp.module} must not import {dst}/"
     if dst in FORBIDDEN.get(src, set()):
         return f"{src}/ must not import {dst}/"
     if src in ALLOWED and dst not in ALLOWED[src]:
@@ -171,6 +176,8 @@ def test_the_walk_sees_every_kind_of_import():
     assert "outside the package" in violation(Import("openwan.eval.x", 1, "openwan.recipes.demo_model"))
     assert violation(Import("openwan.diffusion.objective", 1, "openwan.configs"))
     assert violation(Import("openwan.cli.generate", 1, "openwan.runtime.lora")) is None
+    assert violation(Import("openwan.cli.generate", 1, "openwan.train.lora"))
+    assert violation(Import("openwan.cli.train", 1, "openwan.train.lora")) is None
     assert violation(Import("openwan.models.dit", 1, "openwan.models.loading")) is None
     assert package_cycles([Import("openwan.models.dit", 1, "openwan.checkpoints"),
                            Import("openwan.checkpoints.io", 1, "openwan.models.loading")]) == [
