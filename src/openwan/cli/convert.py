@@ -14,7 +14,9 @@ EPILOG = """examples:
 
 A release converts to a complete folder: --to diffusers writes what diffusers' WanPipeline.from_pretrained loads
 (model_index.json, transformer/ [+ transformer_2/ for the low-noise expert], vae/, text_encoder/, tokenizer/,
-scheduler/); --to official writes the release layout. openwan generate --ckpt-dir reads either."""
+scheduler/); --to official writes the release layout. openwan generate --ckpt-dir reads either. In diffusers, pass
+max_sequence_length=transformer.config["text_len"]; its UniPC spaces the σ grid from 1 where Wan starts at 0.999,
+so its video differs slightly unless scheduler.set_timesteps gets Wan's σ (sigmas=...)."""
 
 
 def add_parser(sub) -> None:
