@@ -207,7 +207,7 @@ def read_release(src: str | Path) -> Release:
     has_umt5 = _present(src, "umT5 text encoder", "text_encoder/config.json", "models_t5_*.pth")
     dits = [load_dit_state(d) for d in dit_dirs]
     if dits[0][0].model_type == "ti2v":
-        raise CheckpointError(f"{src} is a Wan2.2 ti2v-5B release, whose Wan2.2 VAE openwan does not convert yet; "
+        raise CheckpointError(f"{src} is a Wan2.2 ti2v-5B release, whose Wan2.2 VAE openwan does not convert; "
                               "convert its DiT alone with --model dit.")
     if dits[0][0].image_tokens:  # Wan2.1 i2v / flf2v condition on CLIP image features
         _present(src, "CLIP image encoder", CLIP_OFFICIAL_FILE, "image_encoder/config.json")
