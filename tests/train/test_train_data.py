@@ -93,6 +93,6 @@ def test_cache_training_and_bucket_mismatch(tmp_path):
                                                                       "buckets": [[1, 32, 32]]}])
     assert Trainer(short).fit()["latent_shape"] == [1, 4, 4]
     wrong = cfg.replace(output_dir=str(tmp_path / "wrong"), stages=[{"steps": 1, "buckets": [[1, 64, 64]]}])
-    with pytest.raises(ValueError, match=r"no clip of the cache .* is in the stage's buckets.*fewer frames at the "
+    with pytest.raises(ValueError, match=r"no clip of the cache .* is in the buckets.*fewer frames at the "
                                          r"same height"):
         Trainer(wrong).fit()

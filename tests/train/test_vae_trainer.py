@@ -14,6 +14,8 @@ from conftest import official_keys
 from openwan.configs import VAE_PRESETS, VAEConfig
 from openwan.models.image_vae import ImageVAE
 from openwan.models.vae import WanVAE
+from openwan.train.checkpoint import list_checkpoints
+from openwan.train.optim import lr_scale_at
 from openwan.train.vae_losses import PatchDiscriminator3d, load_perceptual
 from openwan.train.vae_trainer import (
     VAETrainConfig,
@@ -24,9 +26,7 @@ from openwan.train.vae_trainer import (
     export_wan_vae,
     inflate_image_vae,
     latent_stats,
-    list_vae_checkpoints,
     load_trained_vae,
-    lr_scale_at,
     run_stage,
     widen_decoder,
     with_latent_stats,
@@ -312,7 +312,7 @@ def test_resume_gives_the_losses_of_an_uninterrupted_run(tmp_path):
     expected = VAETrainer(copy.deepcopy(start), cfg).fit(data)
     torch.manual_seed(1)
     VAETrainer(copy.deepcopy(start), cfg, out_dir=tmp_path).fit(data, steps=2)
-    (checkpoint,) = list_vae_checkpoints(tmp_path / "checkpoints")
+    ((_, checkpoint),) = list_checkpoints(tmp_path)
     resumed = VAETrainer(WanVAE(TINY), cfg, out_dir=tmp_path)  # different weights until the checkpoint loads
     resumed.load_checkpoint(checkpoint)
     rest = resumed.fit(data)
@@ -347,14 +347,17 @@ def test_resume_with_a_stateful_source_and_checkpoint_rotation(tmp_path):
     start = _randomized(ImageVAE(TINY))
     expected = VAETrainer(copy.deepcopy(start), cfg).fit(_Stateful(items))
     VAETrainer(copy.deepcopy(start), cfg, out_dir=tmp_path).fit(_Stateful(items), steps=3)
-    stale = tmp_path / "checkpoints" / ".vae-step-00000004.pt.tmp-1"
-    stale.write_bytes(b"half written")  # what a write killed before its rename leaves
-    names = [p.name for p in list_vae_checkpoints(tmp_path / "checkpoints")]
-    assert names == ["vae-step-00000002.pt", "vae-step-00000003.pt"]
+    stale = tmp_path / ".tmp-step-00000004-1"
+    stale.mkdir()  # what a write killed before its rename leaves
+    (stale / "model.safetensors").write_bytes(b"half written")
+    names = [p.name for _, p in list_checkpoints(tmp_path)]
+    assert names == ["step-00000002", "step-00000003"]  # the DiT trainer's layout: atomic step folders, keep_last
+    files = sorted(p.name for p in (tmp_path / names[-1]).iterdir())
+    assert files == ["model.safetensors", "optimizer.pt", "rng.safetensors", "trainer_state.json"]
     resumed = VAETrainer(ImageVAE(TINY), cfg, out_dir=tmp_path)
-    assert not stale.exists()
-    resumed.load_checkpoint(tmp_path / "checkpoints" / names[-1])
+    resumed.load_checkpoint(tmp_path / names[-1])
     rest = resumed.fit(_Stateful(items))
+    assert not stale.exists()  # removed when the resumed run started
     assert [h["loss"] for h in rest] == [h["loss"] for h in expected[3:]]
 
 
@@ -451,7 +454,7 @@ def test_colour_probe_is_trained_weighted_and_resumed(tmp_path):
     _falls(history, "colour")
     # a run cut at step 6 and resumed gives the same losses: the probe and its optimizer state are checkpointed
     VAETrainer(copy.deepcopy(start), cfg, out_dir=tmp_path).fit(data, steps=6)
-    (checkpoint,) = list_vae_checkpoints(tmp_path / "checkpoints")
+    ((_, checkpoint),) = list_checkpoints(tmp_path)
     resumed = VAETrainer(ImageVAE(TINY), cfg, out_dir=tmp_path)
     resumed.load_checkpoint(checkpoint)
     assert [h["colour"] for h in resumed.fit(data)] == [h["colour"] for h in history[6:]]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -38,6 +38,10 @@ class BatchSource(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+DataFactory = Callable[[int, Any], BatchSource]
+"""Builds the batch source of stage ``index`` (from the stage's config); a trainer calls it when the stage starts."""
 
 
 class ListBatches:
@@ -146,4 +150,4 @@ def _json_copy(state: Any) -> Any:
     return json.loads(json.dumps(state))
 
 
-__all__ = ["BatchSource", "ListBatches", "SamplerLoader", "bucket_source", "clip_loader"]
+__all__ = ["BatchSource", "DataFactory", "ListBatches", "SamplerLoader", "bucket_source", "clip_loader"]

@@ -1,6 +1,11 @@
-"""Training: the flow-matching DiT trainer (one process or torchrun: data parallel × FSDP2 × context parallel), its
-configs, checkpoints with exact resume (sharded ones load at any world size), release export, EMA, LoRA and metrics."""
+"""Training: one framework for the flow-matching DiT trainer (one process or torchrun: data parallel × FSDP2 × context
+parallel) and the VAE trainer — one config system (:mod:`.config`), one checkpoint layout with exact resume
+(:mod:`.checkpoint`; sharded checkpoints load at any world size), one optimizer and schedule (:mod:`.optim`), one
+metrics logger (:mod:`.metrics`), a run lock per output folder (:mod:`.lock`) — plus release export, EMA and LoRA."""
 
+from openwan.data.sources import BatchSource, ListBatches, SamplerLoader
+from openwan.diffusion.objective import flow_matching_loss
+from openwan.train.builders import data_from_config, training_mesh
 from openwan.train.checkpoint import (
     checkpoint_weights,
     export_dit,
@@ -23,23 +28,17 @@ from openwan.train.config import (
     StageConfig,
     TimestepConfig,
     TrainConfig,
+    VAETrainConfig,
     apply_overrides,
     load_config,
+    load_vae_config,
 )
 from openwan.train.ema import EMA
+from openwan.train.lock import RunLock
 from openwan.train.lora import add_lora, fuse_lora, load_lora, lora_state_dict, parse_lora_spec, save_lora
 from openwan.train.metrics import MetricsLogger, read_metrics
-from openwan.train.trainer import (
-    BatchSource,
-    ListBatches,
-    SamplerLoader,
-    Trainer,
-    data_from_config,
-    flow_matching_loss,
-    lr_at,
-    train,
-    training_mesh,
-)
+from openwan.train.optim import lr_at
+from openwan.train.trainer import Trainer, train
 
 __all__ = [
     "BatchSource",
@@ -61,7 +60,9 @@ __all__ = [
     "StageConfig",
     "TimestepConfig",
     "TrainConfig",
+    "RunLock",
     "Trainer",
+    "VAETrainConfig",
     "add_lora",
     "apply_overrides",
     "checkpoint_weights",
@@ -73,6 +74,7 @@ __all__ = [
     "list_checkpoints",
     "load_config",
     "load_lora",
+    "load_vae_config",
     "lora_state_dict",
     "lr_at",
     "parse_lora_spec",

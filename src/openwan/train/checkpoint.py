@@ -1,4 +1,5 @@
-"""Training checkpoints: one folder per step, written under a temporary name and renamed when complete.
+"""Writing training checkpoints, for both trainers: one folder per step, written under a temporary name and
+renamed when complete.
 
 A folder ``step-00001000/`` appears only once every file in it is written and synced, so a process killed at
 any moment leaves either the new checkpoint or none (plus a ``.tmp-step-*`` folder that the next start
@@ -9,60 +10,52 @@ Files are written by suffix: ``.safetensors`` (tensors), ``.pt`` (a tensors-and-
 an optimizer state, read back with ``torch.load(weights_only=True)``), ``.json`` (plain state).
 
 A multi-process run (``save_sharded_checkpoint``) adds ``sharded/``: model, optimizer and EMA as
-``torch.distributed.checkpoint`` writes them, each rank its own shards, loadable at any world size (one process
-needs no process group). Rank 0 writes the plain files next to it and renames the folder after a barrier.
-``export_dit`` turns either kind into one release-layout DiT (official keys + config.json).
+``torch.distributed.checkpoint`` writes them, each rank its own shards, loadable at any world size. Rank 0 writes
+the plain files next to it and renames the folder after a barrier. Reading them back is
+:mod:`openwan.checkpoints.training` (re-exported here); ``export_dit`` turns either kind into one release-layout DiT
+(official keys + config.json).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
+import random
 import shutil
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import save_file
 
-STATE_FILE = "trainer_state.json"  # present in every complete checkpoint
-MODEL_FILE = "diffusion_pytorch_model.safetensors"  # the full weights: a step folder loads with WanDiT.from_pretrained
-EMA_FILE = "ema.safetensors"  # the EMA of the weights, same keys
-CONFIG_FILE = "config.json"  # the DiT's config (official key names)
-SHARDED_DIR = "sharded"  # multi-process runs: the torch.distributed.checkpoint folder
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+from openwan.checkpoints.training import (
+    CONFIG_FILE,
+    EMA_FILE,
+    MODEL_FILE,
+    SHARDED_DIR,
+    STATE_FILE,
+    CheckpointCorrupt,
+    checkpoint_config,
+    checkpoint_name,
+    checkpoint_weights,
+    latest_checkpoint,
+    list_checkpoints,
+    load_sharded,
+    read_checkpoint_dit,
+    read_file,
+    read_sharded,
+    resolve_checkpoint,
+    sharded_metadata,
+)
+from openwan.fileio import atomic_write
+from openwan.models import WanDiT
+
 _TMP_PREFIX = ".tmp-step-"
 _TRASH_PREFIX = ".trash-step-"
-
-
-class CheckpointCorrupt(ValueError):
-    """A checkpoint folder cannot be read back; the message names the file."""
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:08d}"
-
-
-def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints under ``root`` as (step, folder), oldest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = []
-    for entry in root.iterdir():
-        match = _STEP_DIR.match(entry.name)
-        if match and entry.is_dir() and (entry / STATE_FILE).is_file():
-            found.append((int(match.group(1)), entry))
-    return sorted(found)
-
-
-def latest_checkpoint(root: str | Path) -> Path | None:
-    found = list_checkpoints(root)
-    return found[-1][1] if found else None
 
 
 def remove_stale(root: str | Path) -> list[Path]:
@@ -90,9 +83,6 @@ def save_sharded_checkpoint(root: str | Path, step: int, sharded: Mapping[str, A
     ``get_model_state_dict`` / ``get_optimizer_state_dict`` give them) goes to ``<folder>/sharded`` through
     ``torch.distributed.checkpoint``, each rank its shards; rank 0 writes ``files`` as :func:`save_checkpoint` does
     (other ranks pass None) and, once every rank is done, renames the folder into place."""
-    import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
-
     root, main = Path(root), dist.get_rank() == 0
     assert not main or STATE_FILE in files, f"a checkpoint needs its {STATE_FILE}"
     name = [str(_begin(root, step)) if main else None]
@@ -151,26 +141,6 @@ def _write_file(path: Path, obj: Any) -> None:
     _fsync(path)
 
 
-def read_file(path: str | Path) -> Any:
-    """Read one checkpoint file back (tensors never unpickle code: ``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointCorrupt(f"{path} is missing; the checkpoint is incomplete — resume from an earlier one.")
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path), device="cpu")
-        if path.suffix == ".pt":
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-        if path.suffix == ".json":
-            return json.loads(path.read_text())
-    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as err:
-        raise CheckpointCorrupt(
-            f"{path} cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
-            "the checkpoint is damaged — resume from an earlier one."
-        ) from None
-    raise CheckpointCorrupt(f"{path} is not a checkpoint file openwan writes (.safetensors, .pt or .json).")
-
-
 def _discard(folder: Path) -> None:
     trash = folder.with_name(f"{_TRASH_PREFIX}{folder.name}-{os.getpid()}")
     os.replace(folder, trash)  # atomic: the folder stops looking like a checkpoint at once
@@ -199,10 +169,6 @@ def capture_rng(generators: Mapping[str, torch.Generator]) -> tuple[dict[str, to
 
     Returns (tensors for a .safetensors file, plain values for JSON).
     """
-    import random
-
-    import numpy as np
-
     tensors = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -220,10 +186,6 @@ def capture_rng(generators: Mapping[str, torch.Generator]) -> tuple[dict[str, to
 
 def restore_rng(tensors: Mapping[str, torch.Tensor], plain: Mapping[str, Any],
                 generators: Mapping[str, torch.Generator]) -> None:
-    import random
-
-    import numpy as np
-
     torch.set_rng_state(tensors["torch_cpu"])
     if torch.cuda.is_available():
         states = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
@@ -243,96 +205,12 @@ def restore_rng(tensors: Mapping[str, torch.Tensor], plain: Mapping[str, Any],
 # ------------------------------------------------------------------------------------------ release export
 
 
-def read_sharded(path: str | Path, prefix: str) -> dict[str, torch.Tensor]:
-    """The whole tensors saved under ``prefix`` ("model", "ema") in a ``sharded/`` folder, read in this process
-    (no process group; the world size that wrote it does not matter). Keys lose the prefix."""
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    path, head = Path(path), prefix + "."
-    saved = sharded_metadata(path)
-    out = {key: torch.empty(meta.size, dtype=meta.properties.dtype) for key, meta in saved.items()
-           if key.startswith(head) and isinstance(meta, TensorStorageMetadata)}
-    if out:
-        load_sharded(out, path, single_process=True)
-    return {key[len(head):]: value for key, value in out.items()}
-
-
-def sharded_metadata(path: str | Path) -> dict[str, Any]:
-    """Flattened key (``model.blocks.0.self_attn.q.weight``, ``ema...``, ``optimizer...``) -> its metadata (size,
-    dtype) of a ``sharded/`` folder."""
-    import torch.distributed.checkpoint as dcp
-
-    try:
-        return dict(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
-    except (OSError, RuntimeError, ValueError, EOFError) as err:
-        raise CheckpointCorrupt(f"{path} cannot be read as a distributed checkpoint ({type(err).__name__}); the "
-                                "checkpoint is damaged — use an earlier one.") from None
-
-
-def load_sharded(state: dict[str, Any], path: str | Path, single_process: bool) -> None:
-    """``torch.distributed.checkpoint.load`` of ``state`` (in place) from a ``sharded/`` folder; collective unless
-    ``single_process`` (then no process group is used, whatever world size wrote it)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.api import CheckpointException
-
-    try:
-        with warnings.catch_warnings():
-            # DCP warns whenever it reads without a process group; here that is the intent.
-            warnings.filterwarnings("ignore", message="torch.distributed is .* single process")
-            dcp.load(state, checkpoint_id=str(path), no_dist=single_process)
-    except (CheckpointException, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointCorrupt(f"{path} cannot be read ({first[:300]}); the checkpoint is damaged or incomplete — "
-                                "use an earlier one.") from None
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A step folder as given, or the newest one in a run's output folder."""
-    path = Path(path)
-    if (path / STATE_FILE).is_file():
-        return path
-    latest = latest_checkpoint(path)
-    if latest is None:
-        raise ValueError(f"{path} is neither a checkpoint folder (with {STATE_FILE}) nor a run folder holding one; "
-                         "give a step-XXXXXXXX folder or the run's output_dir.")
-    return latest
-
-
-def checkpoint_weights(path: str | Path, weights: str = "ema") -> dict[str, torch.Tensor]:
-    """The full DiT state dict (official keys) of a training checkpoint of any world size: its EMA or its
-    trained weights (``weights`` "ema" / "model"). ``path``: a step folder or a run folder (its newest)."""
-    if weights not in ("ema", "model"):
-        raise ValueError(f"weights must be ema or model; got {weights!r}.")
-    folder = resolve_checkpoint(path)
-    if read_file(folder / STATE_FILE).get("lora"):
-        raise ValueError(f"{folder} is a LoRA checkpoint: its adapter is lora.safetensors (diffusers keys) or "
-                         "lora_official.safetensors; export works on full fine-tunes.")
-    if (folder / SHARDED_DIR).is_dir():
-        tensors = read_sharded(folder / SHARDED_DIR, weights)
-    else:
-        file = folder / (EMA_FILE if weights == "ema" else MODEL_FILE)
-        tensors = read_file(file) if file.is_file() else {}
-    if not tensors:
-        raise ValueError(f"{folder} holds no {weights} weights (the EMA exists when ema.decay > 0); export "
-                         f"weights={'model' if weights == 'ema' else 'ema'} instead.")
-    return tensors
-
-
-def _checkpoint_config(folder: Path) -> dict:
-    """The DiT config.json of a resolved checkpoint folder."""
-    if not (folder / CONFIG_FILE).is_file():
-        raise CheckpointCorrupt(f"{folder / CONFIG_FILE} is missing; the checkpoint is incomplete.")
-    return read_file(folder / CONFIG_FILE)
-
-
-def checkpoint_dit(path: str | Path, weights: str = "ema"):
+def checkpoint_dit(path: str | Path, weights: str = "ema") -> WanDiT:
     """The :class:`~openwan.models.WanDiT` of a training checkpoint (a step or run folder, any world size), built
     from the checkpoint's own config.json (so it loads after presets change) with its EMA or trained weights."""
-    from openwan.models import WanDiT
-
-    folder = resolve_checkpoint(path)
-    dit = WanDiT.from_config(_checkpoint_config(folder))
-    dit.load_state_dict(checkpoint_weights(folder, weights), strict=True)
+    config, state = read_checkpoint_dit(path, weights)
+    dit = WanDiT.from_config(config)
+    dit.load_state_dict(state, strict=True)
     return dit.eval()
 
 
@@ -340,13 +218,11 @@ def export_dit(checkpoint: str | Path, out: str | Path, weights: str = "ema",
                dtype: torch.dtype | None = None) -> Path:
     """Write a training checkpoint (one process or sharded, any world size; a step or run folder) as a release
     DiT: ``out/diffusion_pytorch_model.safetensors`` with the official keys and ``out/config.json`` — or, when
-    ``out`` ends in .safetensors, that file with config.json beside it. ``WanDiT.from_pretrained`` and
-    ``openwan.checkpoints.loaders.load_dit`` load either. ``dtype`` casts floating-point tensors. Returns the file."""
-    from openwan.fileio import atomic_write
-
+    ``out`` ends in .safetensors, that file with config.json beside it. ``WanDiT.from_pretrained`` loads either.
+    ``dtype`` casts floating-point tensors. Returns the file."""
     folder = resolve_checkpoint(checkpoint)
     tensors = checkpoint_weights(folder, weights)
-    config = _checkpoint_config(folder)
+    config = checkpoint_config(folder)
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     out = Path(out)
@@ -356,3 +232,53 @@ def export_dit(checkpoint: str | Path, out: str | Path, weights: str = "ema",
                                              metadata={"format": "pt"}))
     atomic_write(file.parent / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=1) + "\n"))
     return file
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+
+def resume_folder(out: str | Path, resume: str) -> Path | None:
+    """The checkpoint a run in ``out`` starts from: ``resume`` "auto" takes the newest (None: a fresh run),
+    "never" refuses a folder that already holds checkpoints, anything else names a step folder."""
+    out, found = Path(out), latest_checkpoint(out)
+    if resume == "auto":
+        return found
+    if resume == "never":
+        if found is not None:
+            raise ValueError(f"{out} already holds checkpoints (latest {found.name}); resume to continue that run "
+                             "(resume=auto, or --resume), or choose another output folder.")
+        return None
+    folder = Path(resume)
+    if not (folder / STATE_FILE).is_file():
+        raise ValueError(f"resume={resume} is not a complete checkpoint folder (no {STATE_FILE}); give a "
+                         "step-XXXXXXXX folder, or resume=auto.")
+    return folder
+
+
+__all__ = [
+    "CONFIG_FILE",
+    "EMA_FILE",
+    "MODEL_FILE",
+    "SHARDED_DIR",
+    "STATE_FILE",
+    "CheckpointCorrupt",
+    "capture_rng",
+    "checkpoint_config",
+    "checkpoint_dit",
+    "checkpoint_name",
+    "checkpoint_weights",
+    "export_dit",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_sharded",
+    "read_checkpoint_dit",
+    "read_file",
+    "read_sharded",
+    "remove_stale",
+    "restore_rng",
+    "resolve_checkpoint",
+    "resume_folder",
+    "save_checkpoint",
+    "save_sharded_checkpoint",
+    "sharded_metadata",
+]

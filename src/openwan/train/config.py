@@ -4,6 +4,8 @@ A run is a :class:`TrainConfig`; its ``stages`` list is the curriculum (e.g. 256
 images + 5 s videos at 192 px, then 480 px, then 720 px), each stage with its own data mix, buckets, steps,
 batch size and learning rate. Every field is checked when the config is built: an unknown field, a value of
 the wrong type or out of range raises ``ValueError`` naming the field (dotted path) and what is allowed.
+A VAE training stage is a :class:`VAETrainConfig` (``openwan train-vae --config``), read the same way: both go
+through the one parser, :mod:`openwan.configio`.
 
 The paper's curriculum for t2v-1.3B, as a config (``openwan train --config this.yaml``; numbers illustrative)::
 
@@ -24,7 +26,7 @@ The paper's curriculum for t2v-1.3B, as a config (``openwan train --config this.
     parallel: {cp_ulysses: 4}  # under torchrun: 8 processes = dp 2 (auto) x Ulysses 4
     checkpoint: {every: 1000, keep_last: 3}
     sample: {every: 5000, prompts: [a red fox runs through snow], size: [832, 480], frame_num: 81}
-    output_dir: runs/t2v-1.3B
+    output_dir: out/t2v-1.3B
 """
 
 from __future__ import annotations
@@ -138,14 +140,12 @@ class TimestepConfig:
     with the four parameters below, so larger images/videos train at higher noise.
     ``per_frame``: the fraction of samples whose latent frames each draw their own σ (diffusion forcing, with
     per-token timesteps) instead of sharing one; frames then have to be predicted from cleaner neighbours, past or
-    future — meant to reward knowing which way time runs, though on the demo model it did not teach the direction
-    words (docs/benchmarks.md). Sampling is unchanged (one σ for all frames).
+    future, which rewards knowing which way time runs. Sampling is unchanged (one σ for all frames).
     ``first_frame``: the fraction of samples whose first latent frame is given clean (σ 0, no loss on it) while the
     rest share one drawn σ — Wan2.2 TI2V's joint text-and-image-to-video training: the model learns to continue
     a given first frame, where the prompt alone says where the scene goes. Drawn before ``per_frame``.
     ``mix``: other distributions (:class:`NoiseMix`), each drawn by its fraction of the samples (the rest draw from
-    the main one), e.g. ``[{fraction: 0.5, shift: 1}]`` beside ``shift: 3``. On the demo DiT such a half-and-half
-    mixture did worse than either of its parts alone (docs/benchmarks.md, twentieth session).
+    the main one), e.g. ``[{fraction: 0.5, shift: 1}]`` beside ``shift: 3``.
     ``min_sigma`` / ``max_sigma``: every draw (mixes and per-frame levels too) restricted to that range of noise
     levels, after the shift: a Wan2.2 A14B-style expert, e.g. the high-noise one on σ ≥ 0.875 and the low-noise one
     on σ ≤ 0.875, each trained as a run of its own. Clean first frames (``first_frame``) stay at σ 0.

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 class EMA:
@@ -41,8 +42,6 @@ class EMA:
     def full_state_dict(self, keep: bool = True) -> dict[str, torch.Tensor]:
         """Whole float32 tensors on the CPU. Sharded shadows are all-gathered one tensor at a time, so every rank
         must call this; ranks with ``keep`` False drop each gathered tensor at once and get {}."""
-        from torch.distributed.tensor import DTensor
-
         out = {}
         for name, value in self.shadow.items():
             full = value.full_tensor() if isinstance(value, DTensor) else value
@@ -59,8 +58,6 @@ class EMA:
                 f"the EMA state does not match the trained parameters ({len(missing)} missing, {len(unexpected)} "
                 "unexpected); resume with the same model and LoRA settings as the checkpoint."
             )
-        from torch.distributed.tensor import DTensor, distribute_tensor
-
         for name, value in state.items():
             shadow = self.shadow[name]
             if isinstance(shadow, DTensor) and not isinstance(value, DTensor):

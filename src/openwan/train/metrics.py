@@ -1,4 +1,5 @@
-"""What a training run reports: metrics as JSON Lines (and TensorBoard when installed), and a loss-curve PNG."""
+"""What a training run reports, for both trainers: metrics as JSON Lines (and TensorBoard when installed), and a
+loss-curve PNG."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from openwan.fileio import atomic_write
 
 log = logging.getLogger("openwan.train")
 
@@ -54,9 +57,7 @@ class MetricsLogger:
         if not self.enabled or not self.path.exists():
             return
         keep = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in keep)))
 
     def log(self, step: int, values: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -110,6 +111,7 @@ def plot_loss_curves(runs: Mapping[str, str | Path], out: str | Path) -> Path | 
             curves[name] = ([r["step"] for r in records], [r["loss"] for r in records])
     if not curves:
         return None
+    # matplotlib loads only when a plot is drawn (it is slow to import), and its file backend is chosen first.
     import matplotlib
 
     matplotlib.use("Agg")

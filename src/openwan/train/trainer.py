@@ -1,6 +1,6 @@
 """The DiT trainer: flow matching over any iterable of batch dicts, a curriculum of stages, exact resume.
 
-One optimizer step (see :func:`flow_matching_loss`):
+One optimizer step (the objective is :func:`openwan.diffusion.objective.flow_matching_loss`):
 
     x_σ = (1 − σ)·x0 + σ·ε,   target v = ε − x0,   loss = MSE(dit(x_σ, σ·1000, context), v)
 
@@ -13,7 +13,8 @@ Many processes (``torchrun``) run the same code: the model is parallelized from 
 the data is sharded over the ``dp`` ranks only, and every random draw of a step (σ, ε, text dropout) is a
 function of (seed, draw, the sample's index in the global batch) — so a run, its loss curve and its checkpoints do
 not depend on how many processes trained it. Multi-process checkpoints are sharded
-(``torch.distributed.checkpoint``) and load at any world size, one process included.
+(``torch.distributed.checkpoint``) and load at any world size, one process included (:mod:`.dit_state`). The
+builders (device, mesh, model, encoders, data) are in :mod:`.builders`, the optimizer and schedule in :mod:`.optim`.
 """
 
 from __future__ import annotations
@@ -22,112 +23,48 @@ import contextlib
 import json
 import logging
 import math
-import os
-import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
+from openwan.data.sources import BatchSource, DataFactory
+from openwan.data.video import save_video
 from openwan.diffusion import resolution_shift
-from openwan.diffusion.objective import draw_sample_sigmas, flow_matching_loss, noised, target_count
+from openwan.diffusion.objective import draw_sample_sigmas, flow_matching_loss, target_count
+from openwan.models.text_encoder import encode_prompts, pad_context
+from openwan.parallel import DiTParallelConfig, dim_group, dim_size, parallelize_dit
+from openwan.pipelines import WanPipeline
 from openwan.train import checkpoint as ckpt
+from openwan.train.builders import (
+    autocast_dtype,
+    build_dit,
+    build_encoders,
+    check_trainable_model,
+    checked_mesh,
+    data_from_config,
+    resolve_device,
+    seed_everything,
+    training_mesh,
+)
 from openwan.train.config import StageConfig, TrainConfig, save_config
+from openwan.train.dit_state import DiTCheckpointing
 from openwan.train.ema import EMA
+from openwan.train.lock import RunLock
+from openwan.train.lora import add_lora
 from openwan.train.metrics import MetricsLogger
+from openwan.train.optim import build_adamw, clip_gradients, lr_at, set_lr, stage_at
 
 log = logging.getLogger("openwan.train")
 
-MODEL_FILE = ckpt.MODEL_FILE  # full fine-tune: the folder loads with WanDiT.from_pretrained
-ADAPTER_FILE = "adapter.safetensors"  # LoRA: the trained adapter parameters, for resume
-LORA_FILE = "lora.safetensors"  # LoRA: the export in diffusers' key names (WanPipeline.load_lora_weights)
-LORA_OFFICIAL_FILE = "lora_official.safetensors"  # the same in official module names + alpha (ComfyUI)
-LORA_EMA_FILE = "lora_ema.safetensors"
-EMA_FILE = ckpt.EMA_FILE
-OPTIMIZER_FILE = "optimizer.pt"
-RNG_FILE = "rng.safetensors"
-
-
-# ------------------------------------------------------------------------------------------ data sources
-
-
-@runtime_checkable
-class BatchSource(Protocol):
-    """What the trainer reads batches from: an iterable of batch dicts whose position can be saved and restored.
-
-    ``state_dict()`` is taken after a batch has been consumed and must be JSON-serialisable; after
-    ``load_state_dict(state)`` a new iteration continues with exactly the batches that followed it. Iteration
-    may end (an epoch); the trainer then iterates again. ``None`` or empty batches are skipped.
-    """
-
-    def __iter__(self) -> Iterator[dict | None]: ...
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
-
-
-DataFactory = Callable[[int, StageConfig], BatchSource]
-"""Builds the batch source of stage ``index``; the trainer calls it when the stage starts."""
-
-
-class ListBatches:
-    """A fixed list of batch dicts served in order, round and round: the smallest resumable :class:`BatchSource`."""
-
-    def __init__(self, batches: Iterable[dict]):
-        self.batches = list(batches)
-        if not self.batches:
-            raise ValueError("ListBatches needs at least one batch.")
-        self.position = 0
-
-    def __iter__(self) -> Iterator[dict]:
-        while True:
-            batch = self.batches[self.position % len(self.batches)]
-            self.position += 1
-            yield batch
-
-    def state_dict(self) -> dict:
-        return {"position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.position = int(state["position"])
-
 
 # ------------------------------------------------------------------------------------------ maths
-
-
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Learning rate of optimizer step ``step`` (0-based, over the whole run): per stage, linear warm-up then
-    cosine decay to ``min_lr_ratio``·lr, or constant. A pure function of the step: resuming restores it exactly."""
-    stage, k = stage_at(cfg, step)
-    base, warmup = cfg.stage_lr(stage), cfg.stage_warmup(stage)
-    if k >= warmup and cfg.schedule.kind == "constant":
-        return base
-    return base * warmup_cosine(k, warmup, stage.steps - warmup, cfg.schedule.min_lr_ratio)
-
-
-def warmup_cosine(k: int, warmup: int, span: int, min_ratio: float) -> float:
-    """LR scale of step ``k``: linear warm-up over ``warmup`` steps, then cosine from 1 down to ``min_ratio``,
-    reached ``span`` steps after the warm-up (and held beyond)."""
-    if k < warmup:
-        return (k + 1) / warmup
-    progress = min(1.0, (k - warmup) / max(1, span))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def stage_at(cfg: TrainConfig, step: int) -> tuple[StageConfig, int]:
-    """The stage that optimizer step ``step`` (0-based) belongs to, and the step's index inside it."""
-    for stage in cfg.stages:
-        if step < stage.steps:
-            return stage, step
-        step -= stage.steps
-    last = cfg.stages[-1]
-    return last, last.steps - 1  # past the end: hold the last step's rate
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -145,7 +82,7 @@ def tokens_of(latents: torch.Tensor, patch_size: tuple[int, int, int]) -> int:
 # ------------------------------------------------------------------------------------------ trainer
 
 
-class Trainer:
+class Trainer(DiTCheckpointing):
     """Trains a Wan DiT by flow matching; see the module docstring and :meth:`fit`.
 
     dit: the model to train (None: built from ``cfg.model``); data: a :data:`DataFactory` or one
@@ -161,28 +98,28 @@ class Trainer:
                  vae: nn.Module | None = None, text_encoder: nn.Module | None = None, tokenizer: Any = None,
                  mesh: Any = None, on_step_end: Callable[[Trainer, dict], None] | None = None):
         self.cfg = cfg
-        self.device = _resolve_device(cfg.device)
-        self.autocast_dtype = _autocast_dtype(cfg.precision, self.device)
-        self.mesh = _checked_mesh(cfg, mesh if mesh is not None else training_mesh(cfg))
+        self.device = resolve_device(cfg.device)
+        self.autocast_dtype = autocast_dtype(cfg.precision, self.device)
+        self.mesh = checked_mesh(cfg, mesh if mesh is not None else training_mesh(cfg))
         if cfg.lora is not None and self.mesh is not None:
-            raise ValueError("LoRA training runs in one process so far; start it without torchrun (or train the "
+            raise ValueError("LoRA training runs in one process; start it without torchrun (or train the "
                              "full model on many processes).")
         self._init_ranks()
         self.out = Path(cfg.output_dir)
         self.on_step_end = on_step_end
         seed_everything(cfg.seed)
         self.dit = dit if dit is not None else build_dit(cfg)
-        _check_trainable_model(self.dit)
+        check_trainable_model(self.dit)
         self.dit.to(self.device, torch.float32)  # float32 master weights; bf16 comes from autocast
         if cfg.lora is not None:
-            from openwan.train.lora import add_lora
-
             add_lora(self.dit, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
         self.dit.gradient_checkpointing = cfg.activation_checkpointing
         self._parallelize()
         self.dit.train()
         self.params = {n: p for n, p in self.dit.named_parameters() if p.requires_grad}  # DTensors under FSDP
-        self.optimizer = _adamw(self.params, cfg)
+        self.optimizer = build_adamw(self.params.items(), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+                                     weight_decay=cfg.optim.weight_decay, keep_scale=("modulation", "emb_pos"),
+                                     foreach=True)
         self.ema = EMA(self.params, cfg.ema.decay) if cfg.ema.decay > 0 else None
         # How many times σ/ε and text dropout were drawn: with the seed and each sample's index in the global
         # batch this fixes every draw (see sample_generator), so a checkpoint holds the counts, not generator states.
@@ -202,8 +139,6 @@ class Trainer:
 
     def _init_ranks(self) -> None:
         """This process's place: rank (0 = the one that writes files) and data-parallel rank / size / group."""
-        from openwan.parallel import dim_group, dim_size
-
         mesh = self.mesh
         self.world_size = mesh.size() if mesh is not None else 1
         self.rank = torch.distributed.get_rank() if mesh is not None else 0
@@ -215,8 +150,6 @@ class Trainer:
     def _parallelize(self) -> None:
         """Context parallel, activation checkpointing, compile and FSDP2, applied from outside (also at world
         size 1, where only checkpointing and compile apply)."""
-        from openwan.parallel import DiTParallelConfig, parallelize_dit
-
         cfg = self.cfg
         parallelize_dit(self.dit, self.mesh, DiTParallelConfig(
             fsdp=cfg.parallel.fsdp, activation_checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
@@ -231,10 +164,33 @@ class Trainer:
     # ------------------------------------------------------------------------------------ running
 
     def fit(self) -> dict:
-        """Run every stage to its end (resuming first if ``cfg.resume`` says so); returns the last step's metrics."""
-        from tqdm.auto import tqdm
+        """Run every stage to its end (resuming first if ``cfg.resume`` says so); returns the last step's metrics.
+        Rank 0 holds the output folder's run lock meanwhile: a second run on the same folder refuses to start."""
+        lock = self._take_lock()
+        try:
+            self._start()
+            return self._train_stages()
+        finally:
+            if lock is not None:
+                lock.release()
 
-        self._start()
+    def _take_lock(self) -> RunLock | None:
+        """Rank 0 takes the run lock; every rank raises its refusal (so none waits for a rank that stopped)."""
+        lock, error = RunLock(self.out) if self.is_main else None, None
+        if lock is not None:
+            try:
+                lock.acquire()
+            except ValueError as err:
+                lock, error = None, str(err)
+        if self.mesh is not None:
+            box = [error]
+            torch.distributed.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error is not None:
+            raise ValueError(error)
+        return lock
+
+    def _train_stages(self) -> dict:
         cfg, last = self.cfg, {}
         bar = tqdm(total=cfg.total_steps, initial=self.step, desc="train", dynamic_ncols=True,
                    disable=not (cfg.log.progress and self.is_main))
@@ -266,27 +222,12 @@ class Trainer:
             for path in ckpt.remove_stale(self.out):
                 log.info("removed %s, left by an interrupted checkpoint write", path)
         self._barrier()  # the other ranks look for checkpoints once stale folders are gone
-        folder = self._resume_folder()
+        folder = ckpt.resume_folder(self.out, self.cfg.resume)
         if folder is not None:
             self.load_checkpoint(folder)
             log.info("resumed from %s at step %d", folder, self.step)
         if self.is_main:
             save_config(cfg, self.out / "config.yaml")
-
-    def _resume_folder(self) -> Path | None:
-        resume, found = self.cfg.resume, ckpt.latest_checkpoint(self.out)
-        if resume == "auto":
-            return found
-        if resume == "never":
-            if found is not None:
-                raise ValueError(f"{self.out} already holds checkpoints (latest {found.name}); set resume=auto to "
-                                 "continue that run, or choose another output_dir.")
-            return None
-        folder = Path(resume)
-        if not (folder / ckpt.STATE_FILE).is_file():
-            raise ValueError(f"resume={resume} is not a complete checkpoint folder (no {ckpt.STATE_FILE}); give a "
-                             f"step-XXXXXXXX folder, or resume=auto.")
-        return folder
 
     def _batches(self, index: int, stage: StageConfig) -> Iterator[tuple[BatchSource, dict]]:
         """Non-empty batches of a stage, forever (a source that ends is iterated again: the next epoch)."""
@@ -339,8 +280,7 @@ class Trainer:
         start = _now(self.device)
         x0, context = self.prepare_batch(batch)
         lr = lr_at(self.cfg, self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         sigmas, noise, shift = self.draw_noise(x0)
         loss = flow_matching_loss(self.dit, x0, context, sigmas.to(self.device), noise.to(self.device),
                                   self.autocast_dtype, count=self._target_count(sigmas, x0.shape))
@@ -348,7 +288,7 @@ class Trainer:
         params = list(self.params.values())
         if self._all_reduce_grads:
             _all_reduce_grads(params, self.dp_size)
-        grad_norm = self._clip_gradients(params)
+        grad_norm = clip_gradients(params, self.cfg.optim.grad_clip)
         finite = math.isfinite(grad_norm)
         if finite:
             self.optimizer.step()
@@ -381,16 +321,6 @@ class Trainer:
         count = target_count(sigmas, shape).to(self.device)
         torch.distributed.all_reduce(count, group=self.dp_group)
         return count / self.dp_size
-
-    def _clip_gradients(self, params: list[nn.Parameter]) -> float:
-        """Scale the gradients to a global norm of at most ``optim.grad_clip``; returns the norm before.
-
-        Under FSDP the gradients are DTensor shards: their norm is reduced over all ranks (the whole gradient's)."""
-        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        norm = _full_tensor(norm)
-        torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
-        return float(norm)
 
     def _mean_over_dp(self, loss: torch.Tensor, sigma_mean: torch.Tensor) -> tuple[float, float]:
         """The loss and mean σ of the global batch (equal-sized shards: the mean of the data-parallel ranks')."""
@@ -489,8 +419,6 @@ class Trainer:
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        from openwan.models.text_encoder import encode_prompts, pad_context
-
         if self.text_encoder is None or self.tokenizer is None:
             raise ValueError("caption batches need a text encoder and tokenizer: set model.text_encoder and "
                              "model.tokenizer (or train from a text cache).")
@@ -504,182 +432,6 @@ class Trainer:
             self._empty_context = self.encode_text([""])[0]  # [text_len, D], zero rows past the EOS
         return self._empty_context
 
-    # ------------------------------------------------------------------------------------ checkpoints
-
-    def checkpoint_files(self) -> dict[str, Any]:
-        """Every file of a one-process checkpoint of the current state (name -> object; see
-        :mod:`openwan.train.checkpoint`)."""
-        files: dict[str, Any] = {}
-        if self.cfg.lora is not None:
-            from openwan.train.lora import lora_state_dict
-
-            files[ADAPTER_FILE] = {n: p.detach() for n, p in self.params.items()}
-            files[LORA_FILE] = lora_state_dict(self.dit, "diffusers")
-            files[LORA_OFFICIAL_FILE] = lora_state_dict(self.dit, "official")
-            if self.ema is not None:
-                with self.ema.swapped_in():
-                    files[LORA_EMA_FILE] = lora_state_dict(self.dit, "diffusers")
-        else:
-            files[MODEL_FILE] = {k: v.detach() for k, v in self.dit.state_dict().items()}
-            files[ckpt.CONFIG_FILE] = self.dit.cfg.to_dict()
-        if self.ema is not None:
-            files[EMA_FILE] = self.ema.state_dict()
-        files[OPTIMIZER_FILE] = self.optimizer.state_dict()
-        files.update(self._state_files())
-        return files
-
-    def _state_files(self) -> dict[str, Any]:
-        """The RNG states and trainer_state.json: step (hence the LR), data position and draw counts."""
-        rng_tensors, rng_plain = ckpt.capture_rng({})
-        return {
-            RNG_FILE: rng_tensors,
-            ckpt.STATE_FILE: {
-                "format": 2,
-                "step": self.step,
-                "lr": lr_at(self.cfg, max(self.step - 1, 0)),
-                "data": self.data_state,
-                "draws": dict(self.draws),
-                "rng": rng_plain,
-                "lora": self.cfg.lora is not None,
-                "world_size": self.world_size,
-                "config": self.cfg.to_dict(),
-            },
-        }
-
-    def sharded_state(self) -> dict[str, Any]:
-        """What a multi-process checkpoint saves with torch.distributed.checkpoint: model, optimizer, EMA (as
-        ``torch.distributed.checkpoint.state_dict`` gives them: official parameter names, sharded under FSDP)."""
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
-        state = {"model": get_model_state_dict(self.dit),
-                 "optimizer": get_optimizer_state_dict(self.dit, self.optimizer)}
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
-        return state
-
-    def _sharded_files(self) -> dict[str, Any] | None:
-        """Rank 0's plain files next to a sharded checkpoint (None on other ranks). With checkpoint.consolidated
-        the full weights and EMA are gathered into it: a collective, every rank takes part."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        files: dict[str, Any] = {}
-        if self.cfg.checkpoint.consolidated:
-            options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors on rank 0 only
-            files[MODEL_FILE] = get_model_state_dict(self.dit, options=options)
-            if self.ema is not None:
-                files[EMA_FILE] = self.ema.full_state_dict(keep=self.is_main)
-        if not self.is_main:
-            return None
-        files[ckpt.CONFIG_FILE] = self.dit.cfg.to_dict()
-        files.update(self._state_files())
-        return files
-
-    def save_checkpoint(self) -> Path | None:
-        """Write the checkpoint of the current step (with a mesh: every rank must call this); returns its folder."""
-        if self.mesh is None:
-            folder = ckpt.save_checkpoint(self.out, self.step, self.checkpoint_files(), self.cfg.checkpoint.keep_last)
-        else:
-            folder = ckpt.save_sharded_checkpoint(self.out, self.step, self.sharded_state(), self._sharded_files(),
-                                                  self.cfg.checkpoint.keep_last)
-        self.last_checkpoint_step = self.step
-        if self.is_main:
-            self.metrics.plot()
-            log.info("saved checkpoint %s", folder)
-        return folder
-
-    def load_checkpoint(self, folder: str | Path) -> None:
-        """Restore model (or adapter), EMA, optimizer, step (hence the LR), data position and every RNG — from a
-        one-process or a sharded checkpoint, whatever the world size that wrote it."""
-        folder = Path(folder)
-        state = ckpt.read_file(folder / ckpt.STATE_FILE)
-        if bool(state.get("lora")) != (self.cfg.lora is not None):
-            kind = "a LoRA" if state.get("lora") else "a full fine-tune"
-            raise ValueError(f"{folder} is a checkpoint of {kind} run; set lora as that run did to resume it.")
-        if (folder / ckpt.SHARDED_DIR).is_dir():
-            self._load_sharded(folder)
-        elif self.mesh is None:
-            self._load_files(folder)
-        else:
-            self._load_files_into_shards(folder)
-        self.step = int(state["step"])
-        self.data_state = self._resume_data = state.get("data")
-        self.draws = dict(state.get("draws") or {"noise": self.step, "dropout": self.step})  # format 1: per step
-        ckpt.restore_rng(ckpt.read_file(folder / RNG_FILE), state["rng"], {})
-        self.last_checkpoint_step = self.step
-        self.metrics.truncate_after(self.step)
-
-    def _load_files(self, folder: Path) -> None:
-        if self.cfg.lora is not None:
-            self._load_params(ckpt.read_file(folder / ADAPTER_FILE), folder / ADAPTER_FILE)
-        else:
-            self._load_params(ckpt.read_file(folder / MODEL_FILE), folder / MODEL_FILE)
-        self._load_ema(folder)
-        self.optimizer.load_state_dict(ckpt.read_file(folder / OPTIMIZER_FILE))
-
-    def _load_ema(self, folder: Path) -> None:
-        if self.ema is None:
-            return
-        if (folder / EMA_FILE).is_file():
-            self.ema.load_state_dict(ckpt.read_file(folder / EMA_FILE))
-        else:
-            log.warning("%s has no EMA; the EMA starts from the loaded weights", folder)
-            self.ema = EMA(self.params, self.cfg.ema.decay)
-
-    def _load_files_into_shards(self, folder: Path) -> None:
-        """A one-process checkpoint into a model on a mesh: every rank reads the whole files and keeps its shards."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-            set_optimizer_state_dict,
-        )
-
-        whole = StateDictOptions(full_state_dict=True)
-        weights = ckpt.read_file(folder / MODEL_FILE)
-        self._check_keys(set(weights), folder / MODEL_FILE)
-        set_model_state_dict(self.dit, weights, options=whole)
-        self._load_ema(folder)
-        optim = _named_optimizer_state(ckpt.read_file(folder / OPTIMIZER_FILE), self.optimizer, self.params)
-        set_optimizer_state_dict(self.dit, self.optimizer, optim, options=whole)
-
-    def _load_sharded(self, folder: Path) -> None:
-        """A sharded checkpoint at any world size: torch.distributed.checkpoint reshards it onto this mesh (or
-        reads it whole into one process, with no process group)."""
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-
-        path = folder / ckpt.SHARDED_DIR
-        saved = ckpt.sharded_metadata(path)
-        self._check_keys({k.removeprefix("model.") for k in saved if k.startswith("model.")}, path)
-        state = self.sharded_state()
-        has_ema = any(k.startswith("ema.") for k in saved)
-        if not has_ema:
-            state.pop("ema", None)
-        ckpt.load_sharded(state, path, single_process=self.mesh is None)
-        set_model_state_dict(self.dit, state["model"])
-        set_optimizer_state_dict(self.dit, self.optimizer, state["optimizer"])
-        if self.ema is not None and has_ema:
-            self.ema.load_state_dict(state["ema"])
-        elif self.ema is not None:
-            log.warning("%s has no EMA; the EMA starts from the loaded weights", folder)
-            self.ema = EMA(self.params, self.cfg.ema.decay)
-
-    @torch.no_grad()
-    def _load_params(self, tensors: Mapping[str, torch.Tensor], source: Path) -> None:
-        named = dict(self.dit.named_parameters())
-        wanted = set(self.params) if self.cfg.lora is not None else set(named)
-        missing, unexpected = wanted - set(tensors), set(tensors) - set(named)
-        if missing or unexpected:
-            raise ValueError(f"{source} does not match the model being trained ({len(missing)} missing, "
-                             f"{len(unexpected)} unexpected tensors); resume with the config of the run that wrote it.")
-        for name, value in tensors.items():
-            named[name].copy_(value)
-
-    def _check_keys(self, saved: set[str], source: Path) -> None:
-        named = set(self.dit.state_dict())
-        missing, unexpected = named - saved, saved - named
-        if missing or unexpected:
-            raise ValueError(f"{source} does not match the model being trained ({len(missing)} missing, "
-                             f"{len(unexpected)} unexpected tensors); resume with the config of the run that wrote it.")
-
     # ------------------------------------------------------------------------------------ samples
 
     def sample(self) -> list[Path]:
@@ -691,9 +443,6 @@ class Trainer:
         if None in (self.vae, self.text_encoder, self.tokenizer):
             self._warn_once("sample", "sample videos need model.vae, model.text_encoder and model.tokenizer; skipped")
             return []
-        from openwan.data.video import save_video
-        from openwan.pipelines import WanPipeline
-
         folder = self.out / "samples" / ckpt.checkpoint_name(self.step)
         pipe = WanPipeline(self.dit, self.vae, self.text_encoder, self.tokenizer, device=self.device,
                            dtype=torch.float32)
@@ -728,104 +477,6 @@ def train(cfg: TrainConfig, **kwargs: Any) -> dict:
     return Trainer(cfg, **kwargs).fit()
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_dit(cfg: TrainConfig) -> nn.Module:
-    from openwan.configs import get_preset
-    from openwan.models import WanDiT
-
-    if cfg.model.path:
-        return WanDiT.from_pretrained(cfg.model.path, dtype=torch.float32)
-    return WanDiT(get_preset("dit", cfg.model.preset))
-
-
-def build_encoders(cfg: TrainConfig, device: torch.device,
-                   only: Iterable[str] = ("vae", "text_encoder", "tokenizer")) -> dict[str, Any]:
-    """The VAE, umT5 and tokenizer named in ``cfg.model`` (paths, or preset names for random test models), frozen;
-    ``only`` limits which are built."""
-    from openwan.configs import TEXT_ENCODER_PRESETS, VAE_PRESETS
-
-    m, only = cfg.model, set(only)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    out: dict[str, Any] = {}
-    if m.vae and "vae" in only:
-        from openwan.models import WanVAE
-
-        if m.vae in VAE_PRESETS and not Path(m.vae).exists():
-            log.warning("model.vae=%s builds a RANDOM VAE (a preset name, for tests)", m.vae)
-            out["vae"] = WanVAE(VAE_PRESETS[m.vae]).to(device, dtype).eval().requires_grad_(False)
-        else:
-            out["vae"] = WanVAE.from_pretrained(m.vae, dtype=dtype, device=device).eval().requires_grad_(False)
-    if m.text_encoder and "text_encoder" in only:
-        if m.text_encoder in TEXT_ENCODER_PRESETS and not Path(m.text_encoder).exists():
-            from transformers import UMT5EncoderModel
-
-            log.warning("model.text_encoder=%s builds a RANDOM umT5 (a preset name, for tests)", m.text_encoder)
-            enc = UMT5EncoderModel(TEXT_ENCODER_PRESETS[m.text_encoder].to_hf())
-            out["text_encoder"] = enc.to(device, dtype).eval().requires_grad_(False)
-        else:
-            from openwan.models import load_umt5_encoder
-
-            out["text_encoder"] = load_umt5_encoder(m.text_encoder, dtype=dtype, device=device)
-    if "tokenizer" in only:
-        tokenizer = _build_tokenizer(m.tokenizer or (m.text_encoder if m.text_encoder and Path(m.text_encoder).exists()
-                                                     else None))
-        if tokenizer is not None:
-            out["tokenizer"] = tokenizer
-    return out
-
-
-def _build_tokenizer(name: str | None):
-    if not name:
-        return None
-    if name == "byt5":  # byte level: needs no download, fits the tiny umT5 preset's 384-id vocabulary
-        from transformers import ByT5Tokenizer
-
-        return ByT5Tokenizer()
-    from openwan.models.text_encoder import load_tokenizer
-
-    path = Path(name)
-    return load_tokenizer(path if path.is_dir() else path.parent)
-
-
-def training_mesh(cfg: TrainConfig):
-    """Join the job ``torchrun`` started and lay its processes out as ``cfg.parallel`` says: a ``DeviceMesh`` with
-    dims ("dp", "cfg", "ring", "ulysses") (cfg = 1); None for one process, which needs no process group.
-
-    Raises ValueError when parallel.dp × cp_ring × cp_ulysses is not the number of processes."""
-    import torch.distributed as dist
-
-    initialized = dist.is_available() and dist.is_initialized()
-    world = dist.get_world_size() if initialized else int(os.environ.get("WORLD_SIZE", "1"))
-    sizes = cfg.parallel.sizes(world)
-    if world == 1:
-        return None
-    from openwan.parallel import build_mesh, init_distributed
-
-    device = _resolve_device(cfg.device)
-    init_distributed("nccl" if device.type == "cuda" else "gloo")
-    return build_mesh(dp=sizes["dp"], ring=sizes["ring"], ulysses=sizes["ulysses"], device_type=device.type)
-
-
-def _checked_mesh(cfg: TrainConfig, mesh: Any):
-    """``mesh`` if its dims are the ones ``cfg.parallel`` asks for (None for a mesh of one rank)."""
-    if mesh is None or mesh.size() == 1:
-        cfg.parallel.sizes(1)
-        return None
-    from openwan.parallel import dim_size
-
-    want = {**cfg.parallel.sizes(mesh.size()), "cfg": 1}
-    have = {name: dim_size(mesh, name) for name in want}
-    if have != want:
-        raise ValueError(f"the device mesh has {have} but the config's parallel section asks for {want}; build the "
-                         "mesh with openwan.train.training_mesh(cfg), or change parallel.dp / cp_ring / cp_ulysses.")
-    return mesh
-
-
 def sample_generator(seed: int, stream: str, draw: int, index: int) -> torch.Generator:
     """The generator of one sample's random draws: a pure function of the run's seed, the stream ("noise" for σ
     and ε, "dropout" for text dropout), the draw number (once per step) and the sample's index in the global
@@ -835,131 +486,6 @@ def sample_generator(seed: int, stream: str, draw: int, index: int) -> torch.Gen
 
 
 _STREAMS = {"noise": 1, "dropout": 2}
-
-
-def data_from_config(cfg: TrainConfig, dp_rank: int = 0, dp_size: int = 1) -> DataFactory:
-    """The batch source of each stage from ``cfg.data`` / the stage: a manifest of raw clips or a cache folder.
-
-    A stage's ``batch_size`` is the global batch: data-parallel rank ``dp_rank`` of ``dp_size`` gets its
-    ``batch_size / dp_size`` samples of each (the ranks of a context-parallel group pass the same dp_rank)."""
-
-    def factory(index: int, stage: StageConfig) -> BatchSource:
-        manifest = stage.manifest or (cfg.data.manifest if stage.cache_dir is None else None)
-        cache_dir = stage.cache_dir or (cfg.data.cache_dir if stage.manifest is None else None)
-        if bool(manifest) == bool(cache_dir):
-            raise ValueError(f"stage {index} ({stage.name}) needs exactly one data source: set data.manifest (raw "
-                             "clips) or data.cache_dir (latent + text cache), here or in the stage.")
-        if stage.batch_size % dp_size:
-            raise ValueError(f"stages.{index}.batch_size={stage.batch_size} is the global batch and must split evenly "
-                             f"over the {dp_size} data-parallel ranks (parallel.dp); make it a multiple of {dp_size}.")
-        return _stage_source(cfg, index, stage, manifest, cache_dir, dp_rank, dp_size)
-
-    return factory
-
-
-def _stage_source(cfg: TrainConfig, index: int, stage: StageConfig, manifest: str | None,
-                  cache_dir: str | None, dp_rank: int = 0, dp_size: int = 1) -> BatchSource:
-    from openwan.data.buckets import Bucket, BucketBatchSampler, assign_buckets
-    from openwan.data.dataset import VideoClipDataset, collate
-
-    buckets = [Bucket(*b) for b in stage.buckets]
-    if manifest:
-        from openwan.data.manifest import read_manifest
-
-        records = read_manifest(manifest)
-        assignments = assign_buckets(records, buckets, fps=cfg.data.fps)
-        dataset = VideoClipDataset(records, assignments, fps=cfg.data.fps)
-        where = f"manifest {manifest}"
-    else:
-        from openwan.data.cache import CachedDataset
-
-        dataset = CachedDataset(cache_dir)
-        # A cache holds each clip at the bucket it was built for: the stage trains on those in its buckets, and on
-        # the first frames of longer ones (exact for a causal VAE; see CachedDataset.fit_buckets).
-        assignments = dataset.fit_buckets(buckets)
-        if not any(assignments):
-            cached = sorted({tuple(b.as_list()) for b in dataset.buckets if b is not None})
-            raise ValueError(f"stage {index} ({stage.name}): no clip of the cache {cache_dir} is in the stage's "
-                             f"buckets {[list(b) for b in stage.buckets]}; the cache holds {[list(b) for b in cached]}"
-                             " — set the stage's buckets to those, or to fewer frames at the same height and width"
-                             " (served as a clip's first latent frames), or build a cache for these.")
-        where = f"cache {cache_dir}"
-    used = sum(a is not None for a in assignments)
-    log.info("stage %d (%s): %d of %d clips of the %s fit its buckets", index, stage.name, used, len(assignments),
-             where)
-    # Cut into global batches of batch_size (the same plan for any dp_size), each split over the dp ranks.
-    sampler = BucketBatchSampler(assignments, stage.batch_size // dp_size, seed=cfg.seed + 1000 * index,
-                                 image_video_ratio=stage.image_video_ratio, rank=dp_rank, world_size=dp_size)
-    return SamplerLoader(dataset, sampler, collate, num_workers=cfg.data.num_workers, seed=cfg.seed + 1000 * index)
-
-
-class SamplerLoader:
-    """A DataLoader over a resumable batch sampler (``openwan.data.BucketBatchSampler``), as a :class:`BatchSource`.
-
-    Workers prefetch, so the sampler runs ahead of training; the state handed out is the sampler's position after
-    the batches the trainer actually took (``state_dict(consumed=n)``). One pass is one epoch: the sampler moves
-    to the next epoch itself, and the trainer iterates again.
-    """
-
-    def __init__(self, dataset, batch_sampler, collate_fn, num_workers: int = 0, seed: int = 0):
-        self.dataset, self.batch_sampler, self.collate_fn = dataset, batch_sampler, collate_fn
-        self.num_workers, self.seed = num_workers, seed
-        self._state = _json_copy(batch_sampler.state_dict())
-
-    def __iter__(self) -> Iterator[dict | None]:
-        from torch.utils.data import DataLoader
-
-        # An own generator, seeded by the epoch: worker seeds must not draw from torch's global generator, and a
-        # resumed run must give its workers the seeds the uninterrupted run gave them.
-        generator = torch.Generator().manual_seed(self.seed + int(self._state.get("epoch", 0)))
-        loader = DataLoader(self.dataset, batch_sampler=self.batch_sampler, collate_fn=self.collate_fn,
-                            num_workers=self.num_workers, generator=generator)
-        for consumed, batch in enumerate(loader, 1):
-            self._state = _json_copy(self.batch_sampler.state_dict(consumed=consumed))
-            yield batch
-
-    def state_dict(self) -> dict:
-        return self._state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.batch_sampler.load_state_dict(state)
-        self._state = _json_copy(state)
-
-
-def _adamw(params: Mapping[str, nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
-    # Decay matrices and kernels only: biases, norm scales, modulation tables and position tables keep their scale.
-    decay = [p for n, p in params.items() if p.ndim >= 2 and not n.endswith(("modulation", "emb_pos"))]
-    no_decay = [p for n, p in params.items() if not (p.ndim >= 2 and not n.endswith(("modulation", "emb_pos")))]
-    o = cfg.optim
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # foreach: one kernel per op over all tensors; torch picks it on GPUs but loops tensor by tensor on the CPU.
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                             foreach=True)
-
-
-def _check_trainable_model(dit: nn.Module) -> None:
-    cfg = getattr(dit, "cfg", None)
-    if cfg is None:
-        raise ValueError("the model to train must be an openwan WanDiT.")
-    if cfg.in_dim != cfg.out_dim:
-        raise ValueError(f"training supports text-to-video models (in_dim = out_dim) so far; this is a "
-                         f"{cfg.model_type} model with image conditioning.")
-
-
-def _named_optimizer_state(state: Mapping[str, Any], optimizer: torch.optim.Optimizer,
-                           params: Mapping[str, nn.Parameter]) -> dict[str, Any]:
-    """A one-process ``optimizer.state_dict()`` (parameters numbered in group order) keyed by parameter names, as
-    ``set_optimizer_state_dict`` takes it."""
-    names = {id(p): n for n, p in params.items()}
-    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-    saved = [i for group in state["param_groups"] for i in group["params"]]
-    if len(saved) != len(order):
-        raise ValueError(f"the checkpoint's optimizer holds {len(saved)} parameters, this model trains {len(order)}; "
-                         "resume with the config of the run that wrote it.")
-    return {
-        "state": {order[i]: value for i, value in state["state"].items()},
-        "param_groups": [{**group, "params": [order[i] for i in group["params"]]} for group in state["param_groups"]],
-    }
 
 
 def _all_reduce_grads(params: list[nn.Parameter], samples: int) -> None:
@@ -974,29 +500,8 @@ def _all_reduce_grads(params: list[nn.Parameter], samples: int) -> None:
     torch._foreach_copy_(grads, [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)])
 
 
-def _full_tensor(t: torch.Tensor) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
-
-    return t.full_tensor() if isinstance(t, DTensor) else t
-
-
 def _cuda_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name} but no CUDA device is available; use device=cpu or auto.")
-    return device
-
-
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
 
 
 def _batch_size(batch: Any) -> int:
@@ -1018,22 +523,4 @@ def _now(device: torch.device) -> float:
     return time.perf_counter()
 
 
-__all__ = [
-    "BatchSource",
-    "DataFactory",
-    "ListBatches",
-    "Trainer",
-    "build_dit",
-    "build_encoders",
-    "data_from_config",
-    "sample_generator",
-    "training_mesh",
-    "SamplerLoader",
-    "flow_matching_loss",
-    "lr_at",
-    "noised",
-    "seed_everything",
-    "stage_at",
-    "tokens_of",
-    "train",
-]
+__all__ = ["Trainer", "sample_generator", "tokens_of", "train"]

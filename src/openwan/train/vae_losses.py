@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openwan.checkpoints.io import read_state_dict
+
 log = logging.getLogger("openwan.train")
 
 # ---------------------------------------------------------------------------------- reconstruction, KL
@@ -144,8 +146,6 @@ def load_perceptual(paths: str | Path | Sequence[str | Path] | None) -> Perceptu
     ``net.slice*`` keys) and optionally the LPIPS heads (``lin{k}.model.1.weight``). Raises ValueError when the
     files hold no recognisable backbone.
     """
-    from openwan.checkpoints.io import read_state_dict
-
     if isinstance(paths, (str, Path)):
         paths = [paths]
     paths = [Path(p) for p in (paths or [])]

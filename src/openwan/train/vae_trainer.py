@@ -12,10 +12,13 @@
    GAN term weighted adaptively (its gradient at the decoder's last layer sized to the reconstruction's).
 
 Losses (see :mod:`openwan.train.vae_losses`): L1 ×3, KL ×3e-6, perceptual ×3 when local VGG16/AlexNet weights
-are given — otherwise one log line says it is off. AdamW, gradient clipping, checkpoints written to a temporary
-file and renamed, and a resume that restores model, optimizers, discriminator, the posterior-noise generator and
-the data position, so a resumed run continues with the same losses as one never interrupted (exactly so on CPU
-for a data source that is a list or that saves its position, like the DiT trainer's ``SamplerLoader``).
+are given — otherwise one log line says it is off. The framework is the DiT trainer's: the config system
+(:class:`~openwan.train.config.VAETrainConfig`), AdamW and the warm-up + cosine schedule (:mod:`openwan.train.optim`),
+atomic ``step-N/`` checkpoint folders with keep-last-N (:mod:`openwan.train.checkpoint`), ``metrics.jsonl``
+(:class:`~openwan.train.metrics.MetricsLogger`) and the run lock. A resume restores model, optimizers,
+discriminator, the posterior-noise generator and the data position, so a resumed run continues with the same
+losses as one never interrupted (exactly so on CPU for a data source that is a list or that saves its position,
+like :class:`~openwan.data.sources.SamplerLoader`).
 
 Data: any iterable of batches ``{"video": [B, 3, T, H, W] in [-1, 1]}`` (an image is T = 1); ``None`` batches
 (all items unreadable) are skipped; an iterable that ends is iterated again.
@@ -31,7 +34,6 @@ import contextlib
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -41,14 +43,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from openwan.checkpoints.io import read_state_dict
 from openwan.configs import VAEConfig, get_preset
 from openwan.data.sources import clip_loader
 from openwan.fileio import atomic_torch_save, atomic_write
 from openwan.models.image_vae import ImageVAE
+from openwan.models.loading import load_strict
 from openwan.models.vae import FeatureCache, WanVAE
+from openwan.train import checkpoint as ckpt
+from openwan.train.builders import autocast_dtype, resolve_device
 from openwan.train.config import VAETrainConfig
-from openwan.train.trainer import _autocast_dtype as autocast_dtype
-from openwan.train.trainer import _resolve_device as resolve_device
+from openwan.train.lock import RunLock
+from openwan.train.metrics import MetricsLogger
+from openwan.train.optim import build_adamw, clip_gradients, lr_scale_at, set_lr
 from openwan.train.vae_losses import (
     PatchDiscriminator3d,
     adaptive_gan_weight,
@@ -62,11 +69,15 @@ from openwan.train.vae_losses import (
 
 log = logging.getLogger("openwan.train")
 
-CHECKPOINT_DIR = "checkpoints"
-METRICS_FILE = "metrics.jsonl"
 IMAGE_VAE_NAME = "image_vae"  # stage 1 output: image_vae.pth + image_vae.json (its VAEConfig)
 WAN_VAE_NAME = "Wan2.1_VAE"  # stage 2/3 output: Wan2.1_VAE.pth + Wan2.1_VAE.json (config with latent stats)
-_CKPT = re.compile(r"^vae-step-(\d+)\.pt$")
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+COLOUR_PROBE_FILE = "colour_probe.safetensors"
+DISC_FILE = "discriminator.safetensors"
+DISC_OPTIMIZER_FILE = "discriminator_optimizer.pt"
+RNG_FILE = "rng.safetensors"
+_OPTIONAL_FILES = (("colour_probe", COLOUR_PROBE_FILE), ("disc", DISC_FILE), ("disc_optimizer", DISC_OPTIMIZER_FILE))
 LOG_VAR_RANGE = (-30.0, 20.0)  # keeps exp(log_var) finite early in training
 
 
@@ -206,7 +217,8 @@ def _check_model(model: nn.Module, stage: int) -> None:
 class VAETrainer:
     """Trains ``model`` (an ImageVAE in stage 1, a WanVAE in stages 2 and 3) for the stage in ``cfg``.
 
-    ``out_dir`` (optional) receives checkpoints (``checkpoints/vae-step-XXXXXXXX.pt``) and ``metrics.jsonl``.
+    ``out_dir`` (optional) receives checkpoints (``step-XXXXXXXX/`` folders, the layout of
+    :mod:`openwan.train.checkpoint`) and ``metrics.jsonl``; :meth:`fit` holds its run lock.
     """
 
     def __init__(self, model: nn.Module, cfg: VAETrainConfig, out_dir: str | Path | None = None) -> None:
@@ -225,8 +237,10 @@ class VAETrainer:
         self.disc = PatchDiscriminator3d(cfg.disc_dim, cfg.disc_layers).to(self.device) if cfg.stage == 3 else None
         self.colour_probe = _colour_probe(model.cfg.z_dim, cfg.seed).to(self.device) if cfg.colour_weight else None
         trained = [self.model] + ([self.colour_probe] if self.colour_probe is not None else [])
-        self.optimizer = _adamw(nn.ModuleList(trained), cfg.lr, cfg.betas, cfg.weight_decay)
-        self.disc_optimizer = (_adamw(self.disc, cfg.disc_lr, cfg.disc_betas, cfg.weight_decay)
+        self.optimizer = build_adamw(nn.ModuleList(trained).named_parameters(), lr=cfg.lr, betas=cfg.betas,
+                                     weight_decay=cfg.weight_decay, keep_scale=("gamma",))
+        self.disc_optimizer = (build_adamw(self.disc.named_parameters(), lr=cfg.disc_lr, betas=cfg.disc_betas,
+                                           weight_decay=cfg.weight_decay, keep_scale=("gamma",))
                                if self.disc is not None else None)
         # An own generator for posterior noise: checkpointed, and nothing else draws from it.
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
@@ -234,10 +248,7 @@ class VAETrainer:
         self.batches_seen = 0  # batches taken from the data (None batches included): where a resume continues
         self.data_state: Any = None  # the data source's own state_dict(), when it has one
         self._last_saved: int | None = None
-        if self.out_dir is not None:
-            for stale in (self.out_dir / CHECKPOINT_DIR).glob(".vae-step-*.pt.tmp-*"):
-                log.info("removing %s, left by an interrupted checkpoint write", stale)
-                stale.unlink(missing_ok=True)
+        self.metrics = MetricsLogger(self.out_dir or ".", tensorboard=False, enabled=self.out_dir is not None)
 
     def _perceptual(self) -> nn.Module | None:
         cfg = self.cfg
@@ -254,7 +265,7 @@ class VAETrainer:
         cfg = self.cfg
         video = _video_of(batch).to(self.device, torch.float32)
         lr_scale = lr_scale_at(cfg, self.step)
-        _set_lr(self.optimizer, cfg.lr * lr_scale)
+        set_lr(self.optimizer, cfg.lr * lr_scale)
         start = time.perf_counter()
         with self._autocast():
             with torch.set_grad_enabled(not cfg.freeze_encoder):
@@ -278,7 +289,7 @@ class VAETrainer:
             loss = loss + self._generator_gan_term(recon, rec, terms)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = _clip(self.model.parameters(), cfg.grad_clip)
+        grad_norm = clip_gradients(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         if gan_on:
             terms["disc"] = self._disc_step(video, recon.detach())
@@ -305,7 +316,7 @@ class VAETrainer:
             d_loss = hinge_d_loss(self.disc(video), self.disc(fake))
         self.disc_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
-        _clip(self.disc.parameters(), self.cfg.grad_clip)
+        clip_gradients(self.disc.parameters(), self.cfg.grad_clip)
         self.disc_optimizer.step()
         return d_loss.detach()
 
@@ -319,8 +330,20 @@ class VAETrainer:
     def fit(self, data: Iterable, steps: int | None = None) -> list[dict[str, float]]:
         """Train until ``self.step`` reaches ``steps`` (default ``cfg.steps``); returns each step's metrics.
 
-        With ``out_dir``, saves a checkpoint every ``save_every`` steps and at the end, and appends metrics.
+        With ``out_dir``, holds its run lock, saves a checkpoint every ``save_every`` steps and at the end, and
+        appends metrics.
         """
+        if self.out_dir is None:
+            return self._fit(data, steps)
+        with RunLock(self.out_dir):
+            for path in ckpt.remove_stale(self.out_dir):
+                log.info("removed %s, left by an interrupted checkpoint write", path)
+            try:
+                return self._fit(data, steps)
+            finally:
+                self.metrics.close()
+
+    def _fit(self, data: Iterable, steps: int | None) -> list[dict[str, float]]:
         end = self.cfg.steps if steps is None else steps
         history: list[dict[str, float]] = []
         batches = self._batches(data)
@@ -364,10 +387,7 @@ class VAETrainer:
             shown = " ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
             log.info("vae stage %d step %d/%d %s (%.2f s/step)", self.cfg.stage, self.step, end, shown,
                      metrics["step_time"])
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.out_dir / METRICS_FILE, "a") as f:
-                f.write(json.dumps({"stage": self.cfg.stage, **metrics}) + "\n")
+        self.metrics.log(self.step, {"stage": self.cfg.stage, **{k: v for k, v in metrics.items() if k != "step"}})
 
     # -------------------------------------------------------------------------------- checkpoints
 
@@ -422,27 +442,20 @@ class VAETrainer:
         self.data_state = state["data_state"]
         self._last_saved = self.step
 
-    def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        """Write the trainer state atomically (temporary file, then rename); keep the newest ``keep_last``."""
-        if path is None:
-            if self.out_dir is None:
-                raise ValueError("save_checkpoint needs a path, or a trainer built with out_dir.")
-            path = self.out_dir / CHECKPOINT_DIR / f"vae-step-{self.step:08d}.pt"
-        path = Path(path)
-        atomic_torch_save(self.state_dict(), path)
+    def save_checkpoint(self) -> Path:
+        """Write the trainer state as the step folder of the current step in ``out_dir`` (atomically; see
+        :mod:`openwan.train.checkpoint`), keeping the newest ``keep_last``; returns the folder."""
+        if self.out_dir is None:
+            raise ValueError("save_checkpoint needs a trainer built with out_dir.")
+        folder = ckpt.save_checkpoint(self.out_dir, self.step, checkpoint_files(self.state_dict()), self.cfg.keep_last)
         self._last_saved = self.step
-        if path.parent == self._checkpoint_dir():
-            for old in list_vae_checkpoints(path.parent)[:-self.cfg.keep_last]:
-                old.unlink(missing_ok=True)
-        return path
+        return folder
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        self.load_state_dict(read_vae_checkpoint(path))
-        if self.out_dir is not None:  # steps after the checkpoint are about to be trained again
-            _truncate_metrics(self.out_dir / METRICS_FILE, self.step)
-
-    def _checkpoint_dir(self) -> Path | None:
-        return self.out_dir / CHECKPOINT_DIR if self.out_dir is not None else None
+    def load_checkpoint(self, folder: str | Path) -> None:
+        """Restore a step folder written by :meth:`save_checkpoint`; the metrics of later steps are dropped (they
+        are about to be trained again)."""
+        self.load_state_dict(read_vae_checkpoint(folder))
+        self.metrics.truncate_after(self.step)
 
 
 def _video_of(batch: dict | torch.Tensor) -> torch.Tensor:
@@ -474,32 +487,6 @@ def cell_colours(model: nn.Module, video: torch.Tensor) -> torch.Tensor:
     return torch.cat([first, F.avg_pool3d(video[:, :, 1:], (t, s, s))], dim=2)
 
 
-def lr_scale_at(cfg: VAETrainConfig, step: int) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine from 1 to ``min_lr_ratio`` at the stage's last step."""
-    from openwan.train.trainer import warmup_cosine
-
-    return warmup_cosine(step, cfg.warmup_steps, cfg.steps - 1 - cfg.warmup_steps, cfg.min_lr_ratio)
-
-
-def _adamw(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
-    # Decay kernels only: biases and norm gains keep their scale.
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in params if p.ndim >= 2 and not n.endswith("gamma")]
-    keep = [p for n, p in params if not (p.ndim >= 2 and not n.endswith("gamma"))]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
-
-
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def _clip(params, max_norm: float) -> float:
-    norm = torch.nn.utils.clip_grad_norm_(list(params), max_norm if max_norm > 0 else math.inf)
-    return float(norm)
-
-
 # ------------------------------------------------------------------------------------------- files
 
 
@@ -507,45 +494,32 @@ def _write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1) + "\n"))
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a killed run
-        if record.get("step", 0) <= step:
-            keep.append(line + "\n")
-    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(keep)))
-
-
-def list_vae_checkpoints(folder: str | Path) -> list[Path]:
-    """Complete checkpoints in ``folder`` (``vae-step-XXXXXXXX.pt``), oldest first."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def latest_vae_checkpoint(out_dir: str | Path) -> Path | None:
-    found = list_vae_checkpoints(Path(out_dir) / CHECKPOINT_DIR)
-    return found[-1] if found else None
+def checkpoint_files(state: dict[str, Any]) -> dict[str, Any]:
+    """A :meth:`VAETrainer.state_dict` as the files of a step folder: tensors as safetensors, optimizer states as
+    .pt, the rest (step, data position, configs) in trainer_state.json."""
+    files = {MODEL_FILE: state["model"], OPTIMIZER_FILE: state["optimizer"],
+             RNG_FILE: {"posterior": state["generator"], "torch_cpu": state["torch_rng"]}}
+    for key, name in _OPTIONAL_FILES:
+        if key in state:
+            files[name] = state[key]
+    plain = {k: state[k] for k in ("stage", "step", "batches_seen", "data_state", "model_kind", "model_config",
+                                   "train_config")}
+    files[ckpt.STATE_FILE] = {"format": 1, "kind": "vae", **plain}
+    return files
 
 
 def read_vae_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist; give a vae-step-XXXXXXXX.pt from a run's checkpoints folder.")
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, corrupt, or not a torch file: all mean "use another checkpoint"
-        raise ValueError(f"{path} cannot be read ({type(err).__name__}); it is damaged — resume from an earlier "
-                         "checkpoint.") from None
-    if not isinstance(state, dict) or "model" not in state or "stage" not in state:
-        raise ValueError(f"{path} is not a VAE training checkpoint (written by VAETrainer.save_checkpoint).")
+    """The :meth:`VAETrainer.state_dict` saved in a step folder (or the newest one of a run folder)."""
+    folder = ckpt.resolve_checkpoint(path)
+    state = ckpt.read_file(folder / ckpt.STATE_FILE)
+    if state.get("kind") != "vae":
+        raise ValueError(f"{folder} is not a VAE training checkpoint (written by VAETrainer.save_checkpoint).")
+    rng = ckpt.read_file(folder / RNG_FILE)
+    state.update(model=ckpt.read_file(folder / MODEL_FILE), optimizer=ckpt.read_file(folder / OPTIMIZER_FILE),
+                 generator=rng["posterior"], torch_rng=rng["torch_cpu"])
+    for key, name in _OPTIONAL_FILES:
+        if (folder / name).is_file():
+            state[key] = ckpt.read_file(folder / name)
     return state
 
 
@@ -637,9 +611,6 @@ def _export(model: nn.Module, out_dir: str | Path, name: str) -> Path:
 
 def load_image_vae(path: str | Path) -> ImageVAE:
     """The stage-1 model written by :func:`export_image_vae` (needs the .json beside the .pth)."""
-    from openwan.checkpoints.io import read_state_dict
-    from openwan.models.loading import load_strict
-
     path = Path(path)
     sidecar = path.with_suffix(".json")
     if not sidecar.is_file():
@@ -658,8 +629,6 @@ def _read_config_json(path: Path) -> VAEConfig:
 
 def is_image_vae_file(path: str | Path) -> bool:
     """True for a stage-1 image VAE file (kernels one frame deep), False for a 3D WanVAE file."""
-    from openwan.checkpoints.io import read_state_dict
-
     weight = read_state_dict(path).get("encoder.conv1.weight")
     if weight is None or weight.ndim != 5:
         raise ValueError(f"{path} is not a Wan VAE weights file (no 5D encoder.conv1.weight).")
@@ -716,10 +685,25 @@ def run_stage(cfg: VAETrainConfig, data: Iterable, out_dir: str | Path | None = 
     if vae_config is None and model is None and init is None:
         vae_config = get_preset("vae", cfg.model.preset)
     out_dir = Path(out_dir)
-    checkpoint = latest_vae_checkpoint(out_dir)
-    if checkpoint is not None and not resume:
-        raise ValueError(f"{out_dir} already holds checkpoints (newest {checkpoint.name}); resume to continue that "
-                         "run, or choose another output folder.")
+    with RunLock(out_dir):  # held from the look for checkpoints to the export
+        trainer = _stage_trainer(cfg, out_dir, model, init, vae_config, resume, decoder_dim)
+        trainer.fit(data)
+        if cfg.stage == 1:
+            path = export_image_vae(trainer.model, out_dir)
+        elif cfg.freeze_encoder:  # same encoder, same latents: the statistics it came with still hold
+            path = export_wan_vae(trainer.model, out_dir)
+        else:
+            mean, std = latent_stats(trainer.model, data, cfg.stats_batches)
+            path = export_wan_vae(with_latent_stats(trainer.model, mean, std), out_dir)
+    log.info("stage %d done: wrote %s (and %s)", cfg.stage, path, path.with_suffix(".json").name)
+    return path
+
+
+def _stage_trainer(cfg: VAETrainConfig, out_dir: Path, model: nn.Module | None, init: str | Path | None,
+                   vae_config: VAEConfig | None, resume: bool, decoder_dim: int | None) -> VAETrainer:
+    """The trainer of a stage: resumed from ``out_dir``'s newest checkpoint, or fresh (refusing a folder that holds
+    checkpoints unless ``resume``)."""
+    checkpoint = ckpt.resume_folder(out_dir, "auto" if resume else "never")
     if checkpoint is not None:
         state = read_vae_checkpoint(checkpoint)
         trainer = VAETrainer(model_from_checkpoint(state), cfg, out_dir)
@@ -727,26 +711,15 @@ def run_stage(cfg: VAETrainConfig, data: Iterable, out_dir: str | Path | None = 
         if decoder_dim is not None and decoder_dim != width:
             raise ValueError(f"the run in {out_dir} trains a decoder {width} channels wide, not {decoder_dim}; "
                              "resume it without a different decoder width, or choose another output folder.")
-        trainer.load_state_dict(state)
-        _truncate_metrics(out_dir / METRICS_FILE, trainer.step)
+        trainer.load_checkpoint(checkpoint)
         log.info("resumed from %s at step %d", checkpoint, trainer.step)
-    else:
-        if cfg.freeze_encoder and model is None and (init is None or is_image_vae_file(init)):
-            raise ValueError("freeze_encoder fine-tunes the decoder of a trained 3D VAE; give init= its "
-                             "Wan2.1_VAE.pth (an image VAE has no latent space or statistics to keep yet).")
-        if model is None:
-            model = initial_model(cfg.stage, init, vae_config, decoder_dim=decoder_dim)
-        trainer = VAETrainer(model, cfg, out_dir)
-    trainer.fit(data)
-    if cfg.stage == 1:
-        path = export_image_vae(trainer.model, out_dir)
-    elif cfg.freeze_encoder:  # same encoder, same latents: the statistics it came with still hold
-        path = export_wan_vae(trainer.model, out_dir)
-    else:
-        mean, std = latent_stats(trainer.model, data, cfg.stats_batches)
-        path = export_wan_vae(with_latent_stats(trainer.model, mean, std), out_dir)
-    log.info("stage %d done: wrote %s (and %s)", cfg.stage, path, path.with_suffix(".json").name)
-    return path
+        return trainer
+    if cfg.freeze_encoder and model is None and (init is None or is_image_vae_file(init)):
+        raise ValueError("freeze_encoder fine-tunes the decoder of a trained 3D VAE; give init= its "
+                         "Wan2.1_VAE.pth (an image VAE has no latent space or statistics to keep yet).")
+    if model is None:
+        model = initial_model(cfg.stage, init, vae_config, decoder_dim=decoder_dim)
+    return VAETrainer(model, cfg, out_dir)
 
 
 def train_vae(cfg: VAETrainConfig) -> Path:
@@ -771,8 +744,7 @@ __all__ = [
     "inflate_image_vae",
     "initial_model",
     "latent_stats",
-    "latest_vae_checkpoint",
-    "list_vae_checkpoints",
+    "checkpoint_files",
     "load_image_vae",
     "load_trained_vae",
     "model_from_checkpoint",
