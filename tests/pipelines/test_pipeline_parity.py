@@ -75,7 +75,10 @@ def test_cfg_batch_equals_two_passes(cfg_batch):
              progress=False)
     b = pipe("a cat", size=(32, 32), frame_num=5, sample_steps=3, latents=noise, cfg_batch=not cfg_batch,
              progress=False)
-    torch.testing.assert_close(a.latents, b.latents, rtol=1e-5, atol=1e-6)
+    # One batch of two against two batches of one: oneDNN may pick other kernels for the two shapes, so the
+    # float32 sums round differently (~1e-6 on latents of order 1 after three steps); a real mix-up of the
+    # conditional and unconditional halves moves them by far more than this.
+    torch.testing.assert_close(a.latents, b.latents, rtol=1e-5, atol=1e-5)
 
 
 def test_i2v_matches_diffusers():
