@@ -155,6 +155,7 @@ def test_the_recipe_can_train_two_experts(tmp_path, capsys):
         assert not (tmp_path / "work" / "cache").exists()
 
 
+@pytest.mark.slow
 def test_it_follows_held_out_prompts(pipe, tmp_path):
     """The whole stack end to end: the shipped weights (both experts), the sampler at the small models' defaults and
     the detector must still meet the issue's targets on the 18 held-out combinations, 3 seeds each as the issue

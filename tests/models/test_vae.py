@@ -173,6 +173,7 @@ def test_causal_in_time(tiny):
 TILE = VAETiling(tile_size=32, overlap=16)  # 4-latent tiles overlapping by 2: a 3 x 5 grid at 64 x 96
 
 
+@pytest.mark.slow
 def test_tiled_close_to_untiled_and_overlap_helps(tiny):
     video = _video(9, 64, 96)
     with torch.no_grad():
@@ -190,6 +191,7 @@ def test_tiled_close_to_untiled_and_overlap_helps(tiny):
     assert (out_tiled - out).abs().mean() < 0.9 * (out_hard - out).abs().mean()
 
 
+@pytest.mark.slow
 def test_tiling_is_exact_for_a_pixel_local_network():
     # Keep only the centre tap of every spatial kernel and silence the (global) attention: each output pixel
     # then depends on its own column of pixels only, so tiled and untiled must agree up to rounding, which

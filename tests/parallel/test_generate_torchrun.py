@@ -50,6 +50,7 @@ def single(tmp_path_factory, releases):
     return _generate(tmp_path_factory.mktemp("single"), "single", releases["bundled"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [["--ulysses-size", "2"], ["--ring-size", "2"], ["--cfg-parallel"]],
                          ids=["ulysses", "ring", "cfg"])
 def test_two_processes_equal_one(single, releases, tmp_path, flags):
@@ -69,6 +70,7 @@ def test_parallel_flags_without_torchrun_are_refused(tmp_path, releases):
     assert not (tmp_path / "x.mp4").exists()
 
 
+@pytest.mark.slow
 def test_ulysses_larger_than_the_head_count_divides_is_refused(tmp_path, releases):
     """3 heads cannot be split over 2 Ulysses ranks: the user gets a sentence, not a hang or a traceback."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

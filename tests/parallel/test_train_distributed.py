@@ -209,10 +209,12 @@ def test_the_reference_run_clips_and_mixes_both_buckets(one):
     assert all(r["batch_size"] == 4 for r in records)
 
 
+@pytest.mark.slow
 def test_ulysses_under_torchrun_equals_one_process(ulysses, one):
     _assert_same_run(ulysses, one, "ulysses 2 (torchrun -m openwan train)")
 
 
+@pytest.mark.slow
 def test_ring_equals_one_process_and_samples_collectively(worker, setup, one):
     assert worker["ring"]["code"] == 0, worker["ring"]["stderr"]
     _assert_same_run(setup / "ring", one, "ring 2")
@@ -221,12 +223,14 @@ def test_ring_equals_one_process_and_samples_collectively(worker, setup, one):
         f"step-{STEPS:08d}/prompt-00.png"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dp", "dp_nofsdp"])
 def test_data_parallel_equals_one_process_with_the_global_batch(worker, setup, one, name):
     assert worker[name]["code"] == 0, worker[name]["stderr"]
     _assert_same_run(setup / name, one, f"{name} (2 ranks x 2 samples vs 1 process x 4)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dp_first", "dp_nofsdp_first"])
 def test_clean_first_frames_train_the_same_under_data_parallel(worker_first, setup, one_first, name):
     assert worker_first[name]["code"] == 0, worker_first[name]["stderr"]
@@ -238,6 +242,7 @@ def test_clean_first_frames_train_the_same_under_data_parallel(worker_first, set
     _assert_same_run(setup / name, one_first, f"{name} (clean first frames)")
 
 
+@pytest.mark.slow
 def test_one_rank_writes_logs_and_sharded_checkpoints(ulysses):
     assert [r["step"] for r in _records(ulysses)] == list(range(1, STEPS + 1))  # one line per step: rank 0's
     assert [s for s, _ in list_checkpoints(ulysses)] == [4, 6]  # keep_last: 2
@@ -249,17 +254,20 @@ def test_one_rank_writes_logs_and_sharded_checkpoints(ulysses):
     assert state["step"] == STEPS and state["world_size"] == 2 and state["draws"] == {"noise": 6, "dropout": 6}
 
 
+@pytest.mark.slow
 def test_checkpoint_saved_by_two_ranks_continues_on_one(setup, ulysses):
     out = _continue_from(setup, "ulysses", 4, "resume_2to1")
     assert openwan_main(_argv(setup, "resume_2to1")) == 0  # one process, no process group
     _assert_same_run(out, ulysses, "2 ranks -> 1 process, steps 5-6", steps=slice(4, None))
 
 
+@pytest.mark.slow
 def test_checkpoint_saved_by_one_process_continues_on_two(worker, setup, one):
     assert worker["resume_1to2"]["code"] == 0, worker["resume_1to2"]["stderr"]
     _assert_same_run(setup / "resume_1to2", one, "1 process -> 2 ranks (dp), steps 5-6", steps=slice(4, None))
 
 
+@pytest.mark.slow
 def test_export_gives_a_release_file_that_from_pretrained_loads(setup, ulysses, one):
     step = ulysses / f"step-{STEPS:08d}"
     file = export_dit(ulysses, setup / "release")  # a run folder: its newest checkpoint, read from sharded/
@@ -282,6 +290,7 @@ def test_export_gives_a_release_file_that_from_pretrained_loads(setup, ulysses, 
     assert raw.keys() == trained.keys() and all(torch.equal(raw[k], trained[k].bfloat16()) for k in trained)
 
 
+@pytest.mark.slow
 def test_a_mesh_that_does_not_fit_the_processes_is_a_config_error(worker, setup, capsys):
     bad = worker["bad_mesh"]
     assert bad["code"] == 2 and "Traceback" not in bad["stderr"]
