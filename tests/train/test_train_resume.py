@@ -118,6 +118,7 @@ def _assert_same_run(out: Path, reference: Path) -> None:
     assert (out / "loss_curve.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_sigkill_after_checkpoint_then_resume_is_bit_exact(tmp_path, reference):
     out = tmp_path / "out"
     _run(tmp_path, out, "stop_after:5", kill_on_ready=True)
@@ -127,6 +128,7 @@ def test_sigkill_after_checkpoint_then_resume_is_bit_exact(tmp_path, reference):
     _assert_same_run(out, reference)
 
 
+@pytest.mark.slow
 def test_sigkill_during_checkpoint_write_keeps_previous_and_resumes(tmp_path, reference):
     out = tmp_path / "out"
     _run(tmp_path, out, "hang_in_write:6", kill_on_ready=True)
