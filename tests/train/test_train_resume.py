@@ -59,7 +59,7 @@ CHILD = textwrap.dedent("""
 
     hook = None
     kind, _, at = mode.partition(":")
-    if kind == "stop_after":  # freeze after step `at`, for the parent to SIGKILL
+    if kind == "stop_after":  # freeze in the step after `at`, before it is logged, for the parent to SIGKILL
         hook = lambda trainer, metrics: hang("step") if trainer.step == int(at) else None
     elif kind == "hang_in_write":  # freeze while checkpoint `at` is half written
         write = ckpt._write_file
@@ -145,3 +145,71 @@ def test_sigkill_during_checkpoint_write_keeps_previous_and_resumes(tmp_path, re
     assert not any(p.name.startswith(".tmp-step-") for p in out.iterdir())  # the stale half-checkpoint is gone
     _assert_same_run(out, reference)
     print(f"resume after a kill mid-write: {time.time() - started:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------ the VAE trainer
+
+# The VAE trainer on the same layout: a stage-1 run (tiny image VAE, save_every 2, keep_last 2) killed in step 6
+# resumes from its step-4 folder and ends with the losses and the exported image_vae.pth of an uninterrupted run.
+VAE_CHILD = textwrap.dedent("""
+    import sys, time
+    import torch
+    from openwan.train.config import VAETrainConfig
+    from openwan.train import vae_trainer
+
+    out, mode = sys.argv[1], sys.argv[2]
+    cfg = VAETrainConfig.from_dict({"stage": 1, "steps": 8, "lr": 2e-3, "warmup_steps": 2, "min_lr_ratio": 0.1,
+                                    "save_every": 2, "keep_last": 2, "model": {"preset": "tiny"}, "output_dir": out,
+                                    "resume": True, "log_every": 1})
+    g = torch.Generator().manual_seed(0)
+    data = [{"video": torch.rand(2, 3, 1, 16, 16, generator=g) * 2 - 1} for _ in range(3)]
+    kind, _, at = mode.partition(":")
+    if kind == "stop_after":  # freeze in the step after `at`, before it is logged, for the parent to SIGKILL
+        step = vae_trainer.VAETrainer.train_step
+        def train_step(self, batch):
+            metrics = step(self, batch)
+            if self.step == int(at) + 1:
+                print("READY step", flush=True)
+                time.sleep(600)
+            return metrics
+        vae_trainer.VAETrainer.train_step = train_step
+    torch.manual_seed(0)  # the fresh model's initialisation
+    vae_trainer.run_stage(cfg, data)
+    print("DONE", flush=True)
+""")
+
+
+def _run_vae(tmp: Path, out: Path, mode: str = "run", kill_on_ready: bool = False) -> None:
+    script = tmp / "vae_child.py"
+    script.write_text(VAE_CHILD)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(out), mode], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        if kill_on_ready:
+            line = proc.stdout.readline()
+            assert line.startswith("READY"), f"child did not reach its kill point: {line!r} {proc.stderr.read()}"
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+            return
+        stdout, stderr = proc.communicate(timeout=240)
+        assert proc.returncode == 0 and "DONE" in stdout, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_vae_sigkill_after_checkpoint_then_resume_is_bit_exact(tmp_path):
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    _run_vae(tmp_path, reference)
+    _run_vae(tmp_path, out, "stop_after:5", kill_on_ready=True)
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4]  # step-N folders, keep_last 2
+    assert [s for s, _ in _losses(out)] == [1, 2, 3, 4, 5]  # step 5 ran after the step-4 checkpoint, 6 was cut
+    _run_vae(tmp_path, out)  # resume: from step-00000004, taking over the killed run's lock
+    assert _losses(out) == _losses(reference) and [s for s, _ in _losses(out)] == list(range(1, 9))
+    assert [s for s, _ in list_checkpoints(out)] == [6, 8]
+    a, b = torch.load(out / "image_vae.pth", weights_only=True), torch.load(reference / "image_vae.pth",
+                                                                           weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
