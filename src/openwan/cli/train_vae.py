@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 from openwan.configio import apply_overrides, read_config_file, write_yaml
-from openwan.train.config import VAETrainConfig
 
 HELP = "train the Wan2.1 VAE: 2D image VAE (stage 1), inflated 3D causal VAE (2), GAN fine-tune (3)"
 EPILOG = """examples:
@@ -97,8 +96,11 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def resolve_config(args: argparse.Namespace) -> VAETrainConfig:
+def resolve_config(args: argparse.Namespace):  # -> openwan.train.VAETrainConfig
     """The config file (if any) with the CLI's device defaults under it, the flags given and the overrides on top."""
+    # Loaded on use: openwan.train brings torch and the models, and every other openwan command should start fast.
+    from openwan.train.config import VAETrainConfig
+
     data: dict[str, Any] = {"device": "auto", "precision": "auto"}
     config = getattr(args, "config", None)
     if config is not None:
@@ -128,7 +130,6 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "print_config", False):
         print(write_yaml(cfg.to_dict()), end="")
         return 0
-    # The trainer (torch, the models) loads only when a run starts, so every other openwan command starts fast.
     import torch
 
     from openwan.train.vae_trainer import train_vae
