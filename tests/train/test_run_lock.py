@@ -76,7 +76,7 @@ def test_a_second_run_refuses_while_the_first_lives(holder, tmp_path, capsys):
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     with pytest.raises(ValueError, match=f"pid {proc.pid}"):
         VAETrainer(ImageVAE(VAE_PRESETS["tiny"]), VAETrainConfig(steps=1), out_dir=out).fit(_vae_batches())
-    assert not list(out.glob("step-*"))  # nothing written over the first run's folder
+    assert [p.name for p in out.iterdir()] == [LOCK_FILE]  # nothing written into the first run's folder
     assert json.loads((out / LOCK_FILE).read_text())["pid"] == proc.pid  # its lock untouched
 
 

@@ -46,12 +46,9 @@ class MetricsLogger:
         self.folder = Path(folder)
         self.path = self.folder / METRICS_FILE
         self.enabled = enabled
+        self.tensorboard = tensorboard
         self._file = None
         self._tb = None
-        if enabled:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            if tensorboard:
-                self._tb = _tensorboard_writer(self.folder / "tensorboard")
 
     def truncate_after(self, step: int) -> None:
         if not self.enabled or not self.path.exists():
@@ -62,8 +59,11 @@ class MetricsLogger:
     def log(self, step: int, values: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
-        if self._file is None:
+        if self._file is None:  # opened on the first record: a run that never starts writes nothing
+            self.folder.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run, closed in close()
+            if self.tensorboard:
+                self._tb = _tensorboard_writer(self.folder / "tensorboard")
         record = {"step": step, **values}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
@@ -74,7 +74,7 @@ class MetricsLogger:
 
     def plot(self, path: str | Path | None = None) -> Path | None:
         """Draw loss (and a smoothed loss) against step into a PNG next to the checkpoints."""
-        if not self.enabled:
+        if not self.enabled or not self.path.is_file():
             return None
         return plot_loss_curve(self.path, path or self.folder / LOSS_CURVE_FILE)
 
