@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     print("| what | median wall time | added |\n|---|---|---|")
     for name, base, _ in ROWS:
         median = statistics.median(times[name])
-        added = f"+{median - statistics.median(times[base]):.2f} s" if base else ""
+        added = f"{median - statistics.median(times[base]):+.2f} s" if base else ""
         print(f"| {name} | {median:.2f} s | {added} |")
     return 0
 
