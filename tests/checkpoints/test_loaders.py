@@ -234,7 +234,7 @@ def test_a_release_with_a_half_precision_vae_loads_in_float32(tmp_path):
     """save_release(vae_dtype=float16) halves the VAE file; the pipeline and VAE training load it as float32."""
     from openwan.checkpoints.release import save_release
     from openwan.pipelines import WanPipeline
-    from openwan.train.vae_trainer import load_trained_vae
+    from openwan.train.vae_models import load_trained_vae
     from tiny import tiny_components
 
     parts = tiny_components("tiny")

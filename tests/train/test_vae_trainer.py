@@ -17,9 +17,7 @@ from openwan.models.vae import WanVAE
 from openwan.train.checkpoint import list_checkpoints
 from openwan.train.optim import lr_scale_at
 from openwan.train.vae_losses import PatchDiscriminator3d, load_perceptual
-from openwan.train.vae_trainer import (
-    VAETrainConfig,
-    VAETrainer,
+from openwan.train.vae_models import (
     cell_colours,
     decode_raw,
     export_image_vae,
@@ -27,10 +25,10 @@ from openwan.train.vae_trainer import (
     inflate_image_vae,
     latent_stats,
     load_trained_vae,
-    run_stage,
     widen_decoder,
     with_latent_stats,
 )
+from openwan.train.vae_trainer import VAETrainConfig, VAETrainer, run_stage
 
 TINY = VAE_PRESETS["tiny"]
 

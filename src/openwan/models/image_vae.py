@@ -3,7 +3,7 @@
 It is built from the Wan VAE's own encoder and decoder (``openwan.models.vae``) at the same widths, with all
 resampling spatial only and every causal conv's temporal extent set to 1, so each frame is coded on its own.
 Its state dict is ``WanVAE``'s minus the ``time_conv`` keys, with kernels ``[out, in, 1, k, k]`` where WanVAE has
-``[out, in, 3, k, k]``. Inflation (``openwan.train.vae_trainer.inflate_image_vae``) puts each kernel in the
+``[out, in, 3, k, k]``. Inflation (``openwan.train.vae_models.inflate_image_vae``) puts each kernel in the
 LAST temporal tap — the one that sees the current frame, and the only one the causal VAE applies to a first
 frame — so a single image codes exactly as it does here.
 """
