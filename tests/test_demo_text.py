@@ -46,6 +46,7 @@ def test_corpus_is_training_combinations_only():
     assert caption_corpus(500, seed=3) == captions
 
 
+@pytest.mark.slow
 def test_pretraining_learns_and_the_folder_round_trips(tmp_path, monkeypatch):
     encoder, tokenizer, losses = demo_text.pretrain_text_encoder(steps=60, batch_size=16, corpus_size=500,
                                                                  log_every=0)
@@ -62,6 +63,7 @@ def test_pretraining_learns_and_the_folder_round_trips(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text"]  # no partial folder left behind
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attribute", ["motion", "shape"])
 def test_attribute_readout_learns_the_attribute_of_held_out_captions(attribute):
     """The probe behind docs/benchmarks.md's text-encoder figures: above chance within 150 steps."""
