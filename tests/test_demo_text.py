@@ -84,6 +84,7 @@ def test_attribute_labels_index_the_parsed_attributes():
         assert tuple(names[i] for names, i in zip(demo_text.ATTRIBUTES.values(), row)) == parse_caption(caption)
 
 
+@pytest.mark.slow
 def test_the_vocabulary_objective_brings_synonyms_together():
     """With the vocabulary heads, captions naming one shape by different nouns come out nearly alike; span
     corruption alone keeps the nouns apart by their spelling."""
