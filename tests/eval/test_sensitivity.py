@@ -104,3 +104,49 @@ def test_direction_probe_needs_moving_clips():
     with pytest.raises(ValueError, match="none of the clips moves"):
         direction_from_first_frame(_Predictor(None, None, "position"), lambda z: z, torch.zeros(1, 3, 9, 32, 32),
                                    [("red", "circle", "still")], lambda p: torch.zeros(len(p), 1, 1))
+
+
+def _work_folder(root):
+    """A demo-recipe work folder in miniature: 4 synthetic clips cached with the bundled model's VAE and text
+    encoder, and a DiT training checkpoint (step-00000001) whose EMA weights are the bundled low-noise expert."""
+    from safetensors.torch import save_file
+
+    from openwan.checkpoints.training import CONFIG_FILE, EMA_FILE, STATE_FILE
+    from openwan.data.buckets import Bucket
+    from openwan.data.cache import build_latent_cache, build_text_cache
+    from openwan.data.manifest import read_manifest
+    from openwan.data.synthetic import make_dataset
+    from openwan.models import WanVAE, load_umt5_encoder
+    from openwan.models.text_encoder import load_tokenizer
+    from openwan.pipelines.components import BUNDLED
+
+    records = read_manifest(make_dataset(root / "data", 4, seed=0, paths="reversible"))
+    expert = WanDiT.from_pretrained(BUNDLED / "low_noise_model", dtype=torch.float32)
+    build_latent_cache(records, WanVAE.from_pretrained(BUNDLED), [Bucket(17, 64, 64)], root / "cache")
+    build_text_cache(records, load_umt5_encoder(BUNDLED), load_tokenizer(BUNDLED), root / "cache",
+                     text_len=expert.cfg.text_len)
+    step = root / "dit" / "step-00000001"
+    step.mkdir(parents=True)
+    (step / CONFIG_FILE).write_text((BUNDLED / "low_noise_model" / "config.json").read_text())
+    save_file({k: v.contiguous() for k, v in expert.state_dict().items()}, step / EMA_FILE)
+    (step / STATE_FILE).write_text("{}")
+    return root
+
+
+@pytest.mark.slow
+def test_the_tool_runs_on_a_work_folder_with_its_release(tmp_path, capsys):
+    """``python -m openwan.eval.sensitivity WORK --release R``: the newest checkpoint's EMA DiT, the cached latents,
+    and the text encoder and VAE of the release; a work folder without a checkpoint is refused in one sentence."""
+    import json
+
+    from openwan.eval.sensitivity import main
+
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "no DiT checkpoint under" in capsys.readouterr().err
+    work = _work_folder(tmp_path / "work")
+    assert main([str(work), "--num", "4"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["checkpoint"] == str(work / "dit" / "step-00000001") and report["clips"] == 4
+    assert set(report["loss"]) == {"0.5", "0.8", "0.95"}
+    assert set(report["loss"]["0.5"]) == {"true", "colour", "shape", "motion", "opposite", "empty"}
+    assert set(report["direction_from_first_frame"]) == {"true", "opposite", "empty"}

@@ -15,8 +15,8 @@ A DiT that reads the direction from the prompt follows the opposite prompt the w
 where the object starts (in data whose paths give the direction away) moves the true way whatever it is told, and
 one that knows neither moves it either way about equally.
 
-    python -m openwan.eval.sensitivity runs/demo-model                    # newest DiT checkpoint of the recipe
-    python -m openwan.eval.sensitivity runs/demo-model --step runs/demo-model/dit/step-00003000
+    python -m openwan.eval.sensitivity WORK                    # the newest DiT checkpoint of the demo recipe's WORK
+    python -m openwan.eval.sensitivity WORK --step WORK/dit/step-00003000 --release MY_RELEASE
 """
 
 from __future__ import annotations
@@ -30,8 +30,15 @@ from pathlib import Path
 
 import torch
 
-from openwan.data.synthetic import COLOURS, MOTIONS, SHAPES, canonical_caption
+from openwan.checkpoints.training import latest_checkpoint, read_checkpoint_dit
+from openwan.configs import DiTConfig
+from openwan.data.cache import CachedDataset
+from openwan.data.synthetic import COLOURS, MOTIONS, SHAPES, canonical_caption, parse_caption
 from openwan.diffusion.objective import flow_matching_loss, noised
+from openwan.eval.detector import detect
+from openwan.models import WanDiT, WanVAE, load_umt5_encoder
+from openwan.models.text_encoder import encode_prompts, load_tokenizer, pad_context
+from openwan.pipelines.components import BUNDLED
 
 ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "motion": list(MOTIONS)}
 OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
@@ -81,8 +88,6 @@ def direction_from_first_frame(dit, decode: Callable[[torch.Tensor], torch.Tenso
     "opposite" and "empty" prompts. The first latent frame is noised to ``first_sigma``, the others to
     ``rest_sigma``; the DiT's x0 = x_σ − σ·v is decoded by ``decode`` (latents -> video [B, 3, T, H, W] in
     [-1, 1]) and read by the detector: the sign of its displacement along the clip's axis."""
-    from openwan.eval.detector import detect
-
     moving = [i for i, a in enumerate(attributes) if a[2] in OPPOSITE]
     if not moving:
         raise ValueError("none of the clips moves; give clips moving left, right, up or down.")
@@ -105,47 +110,43 @@ def direction_from_first_frame(dit, decode: Callable[[torch.Tensor], torch.Tenso
     return fractions
 
 
-def _demo_inputs(work: Path, step: Path | None, num: int, seed: int):
-    """The recipe's DiT (EMA weights), ``num`` random training latents with their attributes, its encoder and the
-    VAE file that decodes them."""
-    from openwan.data.cache import CachedDataset
-    from openwan.data.synthetic import parse_caption
-    from openwan.models.text_encoder import encode_prompts, pad_context
-    from openwan.recipes.demo_model import demo_text_encoder, demo_vae_file
-    from openwan.train.checkpoint import checkpoint_dit, latest_checkpoint
-
+def _inputs(work: Path, step: Path | None, release: Path, num: int, seed: int):
+    """The run's DiT (EMA weights), ``num`` random training latents with their attributes, a prompt encoder and the
+    VAE. The text encoder and the VAE come from ``release``, the folder the recipe wrote from this work folder: the
+    ones the caches were built with."""
     step = step or latest_checkpoint(work / "dit")
     if step is None:
         raise ValueError(f"no DiT checkpoint under {work / 'dit'}; give one with --step.")
-    dit = checkpoint_dit(step, "ema")  # as it was trained, EMA weights
+    config, weights = read_checkpoint_dit(step, "ema")  # as it was trained, EMA weights
+    dit = WanDiT.from_state(DiTConfig.from_dict(config), weights, source=step)
     cache = CachedDataset(work / "cache")
     picks = random.Random(seed).sample(range(len(cache)), min(num, len(cache)))
     latents = torch.stack([cache[i]["latents"] for i in picks]).float()
     attributes = [parse_caption(cache.latents[cache.keys[i]]["caption"]) for i in picks]
-    encoder, tokenizer = demo_text_encoder(work)
+    encoder, tokenizer = load_umt5_encoder(release, dtype=torch.float32), load_tokenizer(release)
 
     def encode(prompts: list[str]) -> torch.Tensor:
         return pad_context(encode_prompts(encoder, tokenizer, prompts, cache.text_len), cache.text_len)
 
-    return Path(step), dit, latents, attributes, encode, demo_vae_file(work)
+    return Path(step), dit, latents, attributes, encode, WanVAE.from_pretrained(release, dtype=torch.float32)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("work", type=Path, help="the demo recipe's work folder (cache/ and dit/ inside)")
     parser.add_argument("--step", type=Path, default=None, help="a DiT checkpoint folder (default: the newest)")
+    parser.add_argument("--release", type=Path, default=BUNDLED,
+                        help="the release folder written from this work folder, whose text encoder and VAE built its "
+                             "caches (default: the bundled model)")
     parser.add_argument("--num", type=int, default=48, help="training clips to score")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        step, dit, latents, attributes, encode, vae_path = _demo_inputs(args.work, args.step, args.num, args.seed)
+        step, dit, latents, attributes, encode, vae = _inputs(args.work, args.step, args.release, args.num, args.seed)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from openwan.models import WanVAE
-
     table = attribute_sensitivity(dit, latents, attributes, encode, seed=args.seed)
-    vae = WanVAE.from_pretrained(vae_path, dtype=torch.float32)
     direction = direction_from_first_frame(dit, vae.decode, latents, attributes, encode, seed=args.seed)
     print(json.dumps({"checkpoint": str(step), "clips": len(attributes), "loss": table,
                       "direction_from_first_frame": direction}, indent=1))
