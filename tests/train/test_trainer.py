@@ -53,6 +53,7 @@ def _generation_error(dit, batches, steps: int = 10) -> float:
     return total / len(batches)
 
 
+@pytest.mark.slow
 def test_tiny_dit_overfits_a_handful_of_clips(tmp_path):
     # Four clips (two images, two 5-frame videos), each a flat colour in latent space with its own caption state.
     # Flat: the DiT has no absolute position embedding (RoPE only), so from pure noise it cannot place a pattern.
