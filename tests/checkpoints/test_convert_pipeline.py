@@ -87,6 +87,7 @@ def test_the_diffusers_folder_is_a_complete_pipeline(folders):
     assert above.min() >= 0 and above.max() <= 2 and above.any()
 
 
+@pytest.mark.slow
 def test_openwan_generates_the_same_video_from_the_diffusers_folder(folders, bundled_video):
     diffusers, _ = folders
     pipe = WanPipeline.from_pretrained(diffusers, device="cpu")
@@ -95,6 +96,7 @@ def test_openwan_generates_the_same_video_from_the_diffusers_folder(folders, bun
     assert torch.equal(out.latents, bundled_video.latents) and torch.equal(out.video, bundled_video.video)
 
 
+@pytest.mark.slow
 def test_diffusers_generates_what_openwan_generates(folders, bundled_video):
     """diffusers' WanPipeline on the converted folder, given Wan's σ grid (its own is spaced from σ = 1, see
     test_the_diffusers_folder_is_a_complete_pipeline) and prompts padded to text_len, makes openwan's video."""
@@ -114,6 +116,7 @@ def test_diffusers_generates_what_openwan_generates(folders, bundled_video):
     assert diff <= 1e-4
 
 
+@pytest.mark.slow
 def test_official_diffusers_official_gives_back_every_file(folders, bundled_video):
     _, back = folders
     ours, theirs = _files(BUNDLED), _files(back)

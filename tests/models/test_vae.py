@@ -215,6 +215,7 @@ def test_tiling_is_exact_for_a_pixel_local_network():
             torch.testing.assert_close(model.decode(z, tile=tile), out, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tiled_stream_equals_tiled_decode_exactly(tiny):
     z = torch.randn(1, 16, 3, 8, 12, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
