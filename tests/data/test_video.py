@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import av
 import pytest
 import torch
 
-from openwan.data.video import VideoWriter, probe_video, read_image, read_video, save_image, save_video
+from openwan import fileio
+from openwan.data.video import (
+    VideoWriter,
+    frames_at_fps,
+    iter_video_frames,
+    probe_video,
+    read_header,
+    read_image,
+    read_video,
+    resize_crop,
+    save_image,
+    save_video,
+)
 
 
 def _clip(t=9, h=32, w=48):
@@ -117,3 +132,102 @@ def test_unwritable_path_is_refused_before_writing(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ValueError, match="cannot write"):
         save_video(_clip(t=1), blocker / "x.mp4")  # the parent "folder" is a file: no root bypasses that
+
+
+# ----------------------------------------------------------------------------------------- bounded reading
+
+
+def _big_video(path, width=4096, height=4096, frames=2):
+    """A tiny file declaring huge frames (black frames compress to almost nothing)."""
+    with VideoWriter(path, preset="ultrafast") as w:
+        for _ in range(frames):
+            w.write(torch.zeros(1, height, width, 3))
+    return path
+
+
+def test_frames_are_resized_as_decoded_with_the_whole_clip_numbers(tmp_path):
+    clip = save_video(_clip(t=9, h=40, w=56), tmp_path / "v.mp4", fps=16)
+    whole = torch.stack(list(iter_video_frames(clip, 16))).float().div(255)
+    assert torch.equal(read_video(clip, fps=16, size=(32, 32), max_frames=5), resize_crop(whole[:5], (32, 32)))
+    assert torch.equal(read_video(clip, size=(64, 48)), resize_crop(whole, (64, 48)))
+    assert torch.equal(read_video(clip), whole)
+
+
+def test_header_counts_frames_as_the_reader_resamples(tmp_path):
+    for frames, rate, fps in ((9, 16, 16), (32, 32, 16), (5, 8, 16), (17, 24, 16)):
+        path = save_video(_clip(t=frames), tmp_path / f"{frames}-{rate}.mp4", fps=rate)
+        header = read_header(path)
+        assert (header["frames"], header["width"], header["height"]) == (frames, 48, 32)
+        assert frames_at_fps(header, fps) == sum(1 for _ in iter_video_frames(path, fps))
+
+
+def test_huge_frames_are_refused_from_the_header(tmp_path):
+    path = _big_video(tmp_path / "big.mp4")
+    assert path.stat().st_size < 100_000
+    for read in (read_header, read_video, lambda p: next(iter_video_frames(p))):
+        with pytest.raises(ValueError, match=r"4096x4096 frames, more than the \d+ pixels.*downscale"):
+            read(path)
+
+
+def test_a_read_over_the_pixel_budget_is_refused_before_decoding(tmp_path):
+    path = save_video(_clip(t=9), tmp_path / "v.mp4")
+    with pytest.raises(ValueError, match=r"reading 9 frames of 1536 pixels needs about .* pixel budget"):
+        read_video(path, max_pixels=8 * 48 * 32)
+    assert read_video(path, max_pixels=9 * 48 * 32).shape == (9, 32, 48, 3)
+    assert read_video(path, size=(16, 16), max_pixels=9 * 16 * 16).shape == (9, 16, 16, 3)  # the kept size counts
+
+
+def test_folders_are_named_as_folders(tmp_path):
+    for read in (read_video, read_header, read_image):
+        with pytest.raises(ValueError, match="is a folder"):
+            read(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------- writers clean up
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    target = tmp_path / "out.mp4"
+    stale = tmp_path / f".out.mp4.~{dead.pid}@{fileio._host_tag()}.abcd1234.mp4"
+    live = tmp_path / f".out.mp4.~{os.getppid()}@{fileio._host_tag()}.abcd1234.mp4"  # a live process's file
+    other = tmp_path / ".other.mp4.~1@abcdef.abcd1234.mp4"
+    for path in (stale, live, other):
+        path.write_bytes(b"partial")
+    save_video(_clip(t=2), target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name, other.name])
+    os.utime(live, (0, 0))  # untouched for a day: stale whoever wrote it
+    fileio.atomic_write(target, lambda tmp: Path(tmp).write_bytes(b"x"), suffix=".mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, other.name])
+
+
+def test_errors_and_interrupts_leave_no_temporary_file(tmp_path):
+    def fail(tmp):
+        Path(tmp).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fileio.atomic_write(tmp_path / "a.bin", fail)
+    with pytest.raises(ValueError, match="no frames"):
+        with VideoWriter(tmp_path / "b.mp4"):
+            pass
+    assert os.listdir(tmp_path) == [] and not fileio._LIVE
+
+
+def test_sigterm_under_terminate_cleanly_removes_the_temporary_file(tmp_path):
+    script = (
+        "import os, signal, sys, torch\n"
+        "from openwan.data.video import VideoWriter\n"
+        "from openwan.fileio import Terminated, terminate_cleanly\n"
+        "try:\n"
+        "    with terminate_cleanly(), VideoWriter(sys.argv[1]) as w:\n"
+        "        w.write(torch.zeros(2, 32, 32, 3))\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        w.write(torch.zeros(2, 32, 32, 3))\n"
+        "except Terminated:\n"
+        "    sys.exit(143)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "o.mp4")], capture_output=True, text=True)
+    assert proc.returncode == 143, proc.stderr
+    assert os.listdir(tmp_path) == []

@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from safetensors.torch import save_file as save_tensors
 
-from openwan.cli.common import parse_dtype, parse_size
-from openwan.data.video import VideoWriter, check_writable, read_image, read_video, save_image
+from openwan.cli.common import check_device, check_number, device_memory_bytes, parse_dtype, parse_size
+from openwan.data.video import (
+    IMAGE_SUFFIXES,
+    VIDEO_WRITE_SUFFIXES,
+    VideoWriter,
+    check_output,
+    frames_at_fps,
+    read_header,
+    read_image,
+    read_video,
+    save_image,
+)
 from openwan.eval.prompts import write_strip
-from openwan.fileio import atomic_write
+from openwan.fileio import Terminated, atomic_write, terminate_cleanly
 from openwan.pipelines import WanPipeline
+from openwan.pipelines import conditioning as cond
 from openwan.pipelines.components import BUNDLED, BUNDLED_NOTE, holds_dit
-from openwan.pipelines.conditioning import check_frame_num
+from openwan.pipelines.defaults import SamplingDefaults, defaults_for
 from openwan.pipelines.prompt_extend import extend_prompt
 from openwan.runtime.lora import fuse_lora, load_lora, parse_lora_spec
 
 HELP = "make a video (or image) from a prompt, an image, two frames or a video"
-
-
+SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed takes
+MAX_FRAME_NUM = 1001  # one pass; the released models are trained on 81 frames
 
 
 def add_parser(sub) -> None:
@@ -74,38 +90,203 @@ def run(args: argparse.Namespace) -> int:
     from openwan.parallel.mesh import close_distributed
 
     try:
-        return _run(args)
+        with terminate_cleanly():  # SIGTERM unwinds like Ctrl-C: the writers remove their temporary files
+            return _run(args)
+    except Terminated:
+        print("openwan generate: terminated; nothing was left half-written", file=sys.stderr)
+        return 143
     finally:
         close_distributed()  # under torchrun: every rank waits for rank 0's files, then leaves
 
 
-def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    mesh, rank = _mesh(args)
-    main_rank = rank == 0
-    task = args.task
+@dataclass
+class Plan:
+    """What :func:`check_args` settled before any model is loaded."""
+
+    size: tuple[int, int] | None
+    dtype: torch.dtype | None
+    device: torch.device | None
+    save_file: str
+    guide: float | tuple[float, float] | None
+    image: torch.Tensor | None = None
+    last: torch.Tensor | None = None
+    video: torch.Tensor | None = None
+
+
+def check_args(args: argparse.Namespace) -> Plan:
+    """Every check that needs no model: numbers, device, output paths, inputs (video headers first), and the
+    release's config for what it decides (one or two experts, default size and frames, working memory)."""
+    _check_numbers(args)
     size = parse_size(args.size) if args.size else None
+    if size:
+        cond.check_size(*size)
     if args.frame_num is not None:
-        check_frame_num(args.frame_num)
+        cond.check_frame_num(args.frame_num)
+        if args.task == "t2i" and args.frame_num != 1:
+            raise ValueError("--task t2i makes one image; leave --frame-num out (or set it to 1), or use --task t2v.")
     dtype = parse_dtype(args.dtype) if args.dtype else None
+    device = check_device(args.device) if args.device else None
+    save_file = _check_outputs(args)
+    _check_tasks(args)
+    root = Path(args.ckpt_dir) if args.ckpt_dir else (BUNDLED if holds_dit(BUNDLED) else None)
+    facts = _release_facts(root) if root is not None else None
+    defaults = facts.defaults.for_task(args.task) if facts else None
+    guide = _guide(args.sample_guide_scale, facts)
+    frame_num = args.frame_num or (defaults.frame_num if defaults else None)
+    width_height = size or (defaults.size if defaults else None)
+    if facts and frame_num and width_height:
+        _check_memory(args, facts, defaults, width_height, frame_num, dtype, device, guide)
+    plan = Plan(size=size, dtype=dtype, device=device, save_file=save_file, guide=guide)
+    _read_inputs(args, plan, frame_num, width_height)
+    return plan
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    check_number("--sample-steps", args.sample_steps, 1, 1000, example="50")
+    check_number("--sample-shift", args.sample_shift, 0, 100, low_open=True, example="5")
+    for value in args.sample_guide_scale or ():
+        check_number("--sample-guide-scale", value, 0, 100, example="5")
+    check_number("--strength", args.strength, 0, 1, low_open=True, example="0.7")
+    check_number("--fps", args.fps, 1, 240, example="16")
+    check_number("--ulysses-size", args.ulysses_size, 1, 1024, example="2")
+    check_number("--ring-size", args.ring_size, 1, 1024, example="2")
+    if args.frame_num is not None and not 1 <= args.frame_num <= MAX_FRAME_NUM:
+        raise ValueError(f"--frame-num {args.frame_num} is out of range; give 4n+1 frames from 1 to {MAX_FRAME_NUM} "
+                         "(longer videos: --task extend continues a video segment by segment).")
+    low, high = SEED_RANGE
+    if not low <= args.base_seed <= high:
+        raise ValueError(f"--base-seed {args.base_seed} is out of range; give an integer from {low} to {high}.")
+    if args.sample_guide_scale is not None and len(args.sample_guide_scale) > 2:
+        raise ValueError(f"--sample-guide-scale takes one value (or two, low high, for a two-expert Wan2.2 A14B "
+                         f"model); got {len(args.sample_guide_scale)}.")
+
+
+def _check_outputs(args: argparse.Namespace) -> str:
+    """The output paths: a format openwan writes, in a writable place. Returns the video/image file name."""
+    task = args.task
     save_file = args.save_file or f"{task}_{time.strftime('%Y%m%d_%H%M%S')}" + (".png" if task == "t2i" else ".mp4")
-    if main_rank:  # only rank 0 writes
-        check_writable(save_file)  # before any compute
-        if args.strip:
-            check_writable(args.strip)
-    image = last = video = None
+    makes_image = task == "t2i" or args.frame_num == 1
+    check_output(save_file, (IMAGE_SUFFIXES if makes_image else ()) + VIDEO_WRITE_SUFFIXES, "--save-file")
+    if args.save_latents:
+        check_output(args.save_latents, (".safetensors",), "--save-latents")
+    if args.strip:
+        check_output(args.strip, (".png",), "--strip")
+    return save_file
+
+
+def _check_tasks(args: argparse.Namespace) -> None:
+    task = args.task
     if task == "i2v" and not args.image:
         raise ValueError("task i2v needs --image (the first frame).")
     if task == "flf2v" and not ((args.first_frame or args.image) and args.last_frame):
         raise ValueError("task flf2v needs --first-frame and --last-frame.")
     if task in ("v2v", "extend") and not args.video:
         raise ValueError(f"task {task} needs --video.")
+    if task == "v2v" and args.strength is None:
+        raise ValueError("task v2v needs --strength in (0, 1]: how much of the input to re-noise (e.g. 0.7).")
+
+
+@dataclass
+class ReleaseFacts:
+    """What a release's DiT config says, read as JSON before anything is loaded."""
+
+    two_experts: bool
+    dim: int
+    ffn_dim: int
+    patch: tuple[int, int, int]
+    defaults: SamplingDefaults
+
+
+def _release_facts(root: Path) -> ReleaseFacts | None:
+    """The DiT config of an official or diffusers release; None where it cannot be read (the loader then says
+    what is wrong, naming the file)."""
+    official = [root / "config.json", root / "high_noise_model" / "config.json"]
+    diffusers = root / "transformer" / "config.json"
+    try:
+        path = next((p for p in official if p.is_file()), None)
+        if path is not None:
+            raw = json.loads(path.read_text())
+            dim, ffn, in_dim, out_dim = (int(raw[k]) for k in ("dim", "ffn_dim", "in_dim", "out_dim"))
+            patch, model_type = tuple(int(v) for v in raw.get("patch_size", (1, 2, 2))), raw.get("model_type", "t2v")
+            two = (root / "low_noise_model").is_dir()
+        elif diffusers.is_file():
+            raw = json.loads(diffusers.read_text())
+            dim = int(raw["num_attention_heads"]) * int(raw["attention_head_dim"])
+            ffn, in_dim, out_dim = (int(raw[k]) for k in ("ffn_dim", "in_channels", "out_channels"))
+            patch = tuple(int(v) for v in raw.get("patch_size", (1, 2, 2)))
+            model_type = "flf2v" if raw.get("pos_embed_seq_len") else ("i2v" if in_dim > out_dim else "t2v")
+            two = (root / "transformer_2").is_dir()
+        else:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+    if dim <= 0 or ffn <= 0 or len(patch) != 3 or min(patch) <= 0:
+        return None
+    shape = SimpleNamespace(dim=dim, in_dim=in_dim, out_dim=out_dim, model_type=model_type)
+    return ReleaseFacts(two_experts=two, dim=dim, ffn_dim=ffn, patch=patch, defaults=defaults_for(shape, two))
+
+
+def _guide(values: list[float] | None, facts: ReleaseFacts | None) -> float | tuple[float, float] | None:
+    if values is None:
+        return None
+    if len(values) == 2:
+        if facts is not None and not facts.two_experts:
+            raise ValueError("--sample-guide-scale takes two values (low high) only for a two-expert Wan2.2 A14B "
+                             "model; this release has one DiT, so give one value.")
+        return tuple(values)
+    return float(values[0])
+
+
+def _check_memory(args, facts: ReleaseFacts, defaults: SamplingDefaults, size: tuple[int, int], frame_num: int,
+                  dtype, device, guide) -> None:
+    """Refuse a size and frame count whose working memory is beyond what the device holds in all."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elem = (dtype.itemsize if dtype is not None else (2 if device.type == "cuda" else 4))
+    scale = defaults.guide_scale if guide is None else guide
+    batch = 2 if max(scale if isinstance(scale, tuple) else (scale,)) != 1.0 and not args.no_cfg_batch else 1
+    need = cond.activation_bytes(*size, frame_num, dim=facts.dim, ffn_dim=facts.ffn_dim, patch=facts.patch,
+                                 elem_bytes=elem, batch=batch)
+    have = device_memory_bytes(device)
+    if need > have:
+        where = "of RAM" if device.type == "cpu" else f"that {device} holds"
+        raise ValueError(f"--size {size[0]}*{size[1]} with --frame-num {frame_num} needs about {need / 2**30:,.0f} GiB "
+                         f"of working memory, more than the {have / 2**30:,.0f} GiB {where}; use a smaller --size or "
+                         "fewer frames.")
+
+
+def _read_inputs(args: argparse.Namespace, plan: Plan, frame_num: int | None, size: tuple[int, int] | None) -> None:
+    """Images whole; a video's header first (folder, size, too short), then only the frames the task needs."""
     if args.image or args.first_frame:
-        image = read_image(args.first_frame or args.image)
+        plan.image = read_image(args.first_frame or args.image)
     if args.last_frame:
-        last = read_image(args.last_frame)
-    if args.video:
-        video = read_video(args.video, fps=args.fps or 16)
+        plan.last = read_image(args.last_frame)
+    if not args.video:
+        return
+    fps = args.fps or 16
+    header = read_header(args.video)
+    if args.task == "v2v" and frame_num:
+        available = frames_at_fps(header, fps)
+        if available and available < frame_num:
+            raise _too_short(args.video, available, fps, frame_num)
+        plan.video = read_video(args.video, fps=fps, size=size, max_frames=frame_num)
+        if len(plan.video) < frame_num:
+            raise _too_short(args.video, len(plan.video), fps, frame_num)
+    else:  # extend keeps every input frame (at the source size: the conditioning frame is resized by the pipeline)
+        plan.video = read_video(args.video, fps=fps)
+
+
+def _too_short(path: str, frames: int, fps: float, frame_num: int) -> ValueError:
+    return ValueError(f"--video {path} has {frames} frames at {fps:g} fps; v2v needs at least --frame-num "
+                      f"{frame_num}: give a longer video or a lower --frame-num (4n+1).")
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    plan = check_args(args)  # before the mesh and any model: bad input costs nothing
+    mesh, rank = _mesh(args)
+    main_rank = rank == 0
+    task = args.task
+    save_file = plan.save_file
     if args.ckpt_dir is None:
         if not holds_dit(BUNDLED):
             raise ValueError(f"no --ckpt-dir given and no bundled model at {BUNDLED}; give --ckpt-dir, a Wan release "
@@ -115,10 +296,10 @@ def _run(args: argparse.Namespace) -> int:
             print(BUNDLED_NOTE)
 
     t0 = time.perf_counter()
-    device = args.device
+    device = plan.device
     if device is None and mesh is not None and torch.cuda.is_available():
         device = f"cuda:{torch.cuda.current_device()}"
-    pipe = WanPipeline.from_pretrained(args.ckpt_dir, device=device, dtype=dtype, t5_cpu=args.t5_cpu,
+    pipe = WanPipeline.from_pretrained(args.ckpt_dir, device=device, dtype=plan.dtype, t5_cpu=args.t5_cpu,
                                        offload_model=args.offload_model, stream_blocks=args.stream_blocks,
                                        mesh=mesh, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp)
     if args.lora:
@@ -132,14 +313,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.prompt_extend:
         prompt = extend_prompt(prompt, args.prompt_extend, model=args.prompt_extend_model)
         print(f"extended prompt: {prompt}")
-    guide = args.sample_guide_scale
-    if guide is not None:
-        guide = tuple(guide) if len(guide) == 2 else float(guide[0])
-    out = pipe(prompt, args.negative_prompt, task=task, size=size, frame_num=args.frame_num,
-               sample_steps=args.sample_steps, sample_shift=args.sample_shift, guide_scale=guide,
-               solver=args.sample_solver, seed=args.base_seed, image=image, last_image=last, video=video,
-               strength=args.strength, cfg_batch=not args.no_cfg_batch, return_video=task in ("extend",),
-               progress=main_rank)
+    out = pipe(prompt, args.negative_prompt, task=task, size=plan.size, frame_num=args.frame_num,
+               sample_steps=args.sample_steps, sample_shift=args.sample_shift, guide_scale=plan.guide,
+               solver=args.sample_solver, seed=args.base_seed, image=plan.image, last_image=plan.last,
+               video=plan.video, strength=args.strength, cfg_batch=not args.no_cfg_batch,
+               return_video=task in ("extend",), progress=main_rank)
     if not main_rank:  # every rank computed the same latents; rank 0 decodes and writes
         return 0
     if args.save_latents:
@@ -149,7 +327,7 @@ def _run(args: argparse.Namespace) -> int:
     if out.video is not None:  # extend: the joined video is already decoded
         with VideoWriter(save_file, fps=fps) as writer:
             writer.write(out.video)
-    elif save_file.lower().endswith((".png", ".jpg", ".jpeg")):
+    elif save_file.lower().endswith(IMAGE_SUFFIXES):
         save_image(pipe.decode(out.latents[None])[0], save_file)
     else:
         with VideoWriter(save_file, fps=fps) as writer:  # frames go to the file as they are decoded

@@ -90,3 +90,14 @@ def image_conditioning(vae, frames: list[torch.Tensor], positions: list[int], fr
     latents = vae.encode(video)  # [1, 16, F_lat, h, w] normalised
     mask = frame_mask(frame_num, positions, height // 8, width // 8).to(latents)
     return torch.cat([mask, latents], dim=1)
+
+
+def activation_bytes(width: int, height: int, frame_num: int, *, dim: int, ffn_dim: int,
+                     patch: tuple[int, int, int] = (1, 2, 2), elem_bytes: int = 2, batch: int = 2) -> int:
+    """A rough lower estimate of the working memory one generation needs beyond the weights: the DiT's widest
+    activations over all tokens (the FFN's hidden layer beside the residual stream and q, k, v) for ``batch``
+    guidance branches, plus the VAE decoder's full-resolution feature maps over one 4-frame chunk (float32)."""
+    tokens = (latent_frames(frame_num) // patch[0]) * (height // 8 // patch[1]) * (width // 8 // patch[2])
+    dit = batch * tokens * (ffn_dim + 4 * dim) * elem_bytes
+    vae = 4 * height * width * 96 * 4 * 4  # 96 channels at full resolution, a few live buffers
+    return dit + vae
