@@ -6,6 +6,7 @@ Tasks differ only in their conditioning (``conditioning.py``); the denoising loo
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -114,6 +115,7 @@ class WanPipeline:
         steps = d.sample_steps if sample_steps is None else sample_steps
         shift = d.sample_shift if sample_shift is None else sample_shift
         guide = d.guide_scale if guide_scale is None else guide_scale
+        _check_sampling(steps, shift, guide, seed)
         if task == "extend":
             return self._extend(prompt, negative_prompt, video, frame_num, (width, height), steps, shift, guide,
                                 solver, seed, cfg_batch, progress, timings)
@@ -289,6 +291,19 @@ def _as_frames(x: torch.Tensor) -> torch.Tensor:
     if x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"images and videos must be [T, H, W, 3] (or [H, W, 3]) in [0, 1]; got {tuple(x.shape)}.")
     return x.float()
+
+
+def _check_sampling(steps: int, shift: float, guide, seed: int) -> None:
+    """Numbers that would otherwise run to a black or garbage video (NaN guidance) or fail deep in torch."""
+    if steps < 1 or int(steps) != steps:
+        raise ValueError(f"sample_steps must be a positive integer; got {steps!r}.")
+    if not math.isfinite(shift) or shift <= 0:
+        raise ValueError(f"sample_shift must be a finite number above 0 (e.g. 5.0); got {shift!r}.")
+    scales = tuple(guide) if isinstance(guide, (tuple, list)) else (guide,)
+    if len(scales) not in (1, 2) or not all(math.isfinite(g) and g >= 0 for g in scales):
+        raise ValueError(f"guide_scale must be one finite number >= 0, or a (low, high) pair of them; got {guide!r}.")
+    if not -2**63 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer from -2**63 to 2**64-1 (what torch.Generator takes); got {seed}.")
 
 
 def _dtype_of(module) -> torch.dtype:
