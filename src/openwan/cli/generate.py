@@ -45,21 +45,23 @@ def add_parser(sub) -> None:
     p.add_argument("--task", default="t2v", choices=["t2v", "t2i", "i2v", "flf2v", "v2v", "extend"])
     p.add_argument("--size", type=str, default=None, help="WIDTH*HEIGHT, e.g. 832*480 (default: the model's)")
     p.add_argument("--frame-num", type=int, default=None,
-                   help="frames, 4n+1 (default: the model's, 81 for a Wan release, 17 for the bundled model; t2i: 1)")
+                   help="frames, 4n+1 up to 1001 (default: the model's, 81 for a Wan release, 17 for the bundled "
+                        "model; t2i: 1)")
     p.add_argument("--ckpt-dir", default=None, help="a Wan release folder (official or diffusers layout)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None, help="default: the reference's negative prompt")
     p.add_argument("--image", default=None, help="i2v: the first frame")
     p.add_argument("--first-frame", default=None, help="flf2v: the first frame")
     p.add_argument("--last-frame", default=None, help="flf2v: the last frame")
-    p.add_argument("--video", default=None, help="v2v / extend: the input video")
+    p.add_argument("--video", default=None,
+                   help="v2v / extend: the input video (frames up to 4096*2304 pixels; v2v reads --frame-num of them)")
     p.add_argument("--strength", type=float, default=None, help="v2v: how much to re-noise the input, in (0, 1]")
     p.add_argument("--sample-solver", default="unipc", choices=["unipc", "dpm++", "euler"])
-    p.add_argument("--sample-steps", type=int, default=None)
-    p.add_argument("--sample-shift", type=float, default=None)
+    p.add_argument("--sample-steps", type=int, default=None, help="denoising steps, 1 to 1000")
+    p.add_argument("--sample-shift", type=float, default=None, help="sigma schedule shift, in (0, 100]")
     p.add_argument("--sample-guide-scale", type=float, nargs="+", default=None,
-                   help="guidance scale (two values low high for Wan2.2 A14B)")
-    p.add_argument("--base-seed", type=int, default=0)
+                   help="guidance scale in [0, 100] (two values low high for Wan2.2 A14B)")
+    p.add_argument("--base-seed", type=int, default=0, help="noise seed, -2**63 to 2**64-1")
     p.add_argument("--offload-model", action="store_true", help="move each model to the CPU when its stage ends")
     p.add_argument("--t5-cpu", action="store_true", help="keep the text encoder on the CPU")
     p.add_argument("--stream-blocks", action="store_true", help="stream DiT blocks to the GPU one at a time")
@@ -67,9 +69,11 @@ def add_parser(sub) -> None:
     p.add_argument("--prompt-extend", default=None, metavar="MODEL_DIR_OR_URL",
                    help="rewrite the prompt with a local causal LM folder or an OpenAI-compatible endpoint")
     p.add_argument("--prompt-extend-model", default="default", help="model name sent to the endpoint")
-    p.add_argument("--save-file", default=None, help="output .mp4 (or .png for t2i)")
-    p.add_argument("--fps", type=int, default=None, help="frames per second of the file (default 16)")
-    p.add_argument("--strip", default=None, help="also write a PNG strip of evenly spaced frames here")
+    p.add_argument("--save-file", default=None,
+                   help=f"output {', '.join(VIDEO_WRITE_SUFFIXES)} (one frame, as t2i makes: also "
+                        f"{', '.join(IMAGE_SUFFIXES)})")
+    p.add_argument("--fps", type=int, default=None, help="frames per second of the file, 1 to 240 (default 16)")
+    p.add_argument("--strip", default=None, help="also write a PNG strip of evenly spaced frames here (a .png)")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="apply a LoRA (ours, diffusers, ComfyUI/official or musubi format); repeat for several")
     p.add_argument("--fuse-lora", action="store_true", help="merge the LoRAs into the weights (faster sampling)")
