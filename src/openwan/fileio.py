@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 STALE_AGE_S = 24 * 3600  # a temporary file untouched this long is stale whoever wrote it (another host included)
-_LIVE: set[str] = set()  # temporary files this process is writing
+_LIVE: dict[str, int] = {}  # temporary files being written -> the writer's pid (a forked child inherits the dict)
 
 
 class Terminated(KeyboardInterrupt):
@@ -82,21 +82,22 @@ def make_temp(path: str | Path, suffix: str = ".tmp") -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.~{os.getpid()}@{_host_tag()}.", suffix=suffix,
                                dir=path.parent)
     os.close(fd)
-    _LIVE.add(tmp)
+    _LIVE[tmp] = os.getpid()
     return tmp
 
 
 def forget_temp(tmp: str | Path, remove: bool = True) -> None:
     """Stop tracking ``tmp``, removing it unless it was published."""
-    _LIVE.discard(str(tmp))
+    _LIVE.pop(str(tmp), None)
     if remove:
         Path(tmp).unlink(missing_ok=True)
 
 
 @atexit.register
 def _remove_live_temps() -> None:
-    for tmp in list(_LIVE):
-        forget_temp(tmp)
+    for tmp, pid in list(_LIVE.items()):
+        if pid == os.getpid():  # never a parent's file from a forked child
+            forget_temp(tmp)
 
 
 def _raise_terminated(signum, frame) -> None:
