@@ -351,7 +351,7 @@ def test_resume_with_a_stateful_source_and_checkpoint_rotation(tmp_path):
     names = [p.name for _, p in list_checkpoints(tmp_path)]
     assert names == ["step-00000002", "step-00000003"]  # the DiT trainer's layout: atomic step folders, keep_last
     files = sorted(p.name for p in (tmp_path / names[-1]).iterdir())
-    assert files == ["model.safetensors", "optimizer.pt", "rng.safetensors", "trainer_state.json"]
+    assert files == ["checksums.json", "model.safetensors", "optimizer.pt", "rng.safetensors", "trainer_state.json"]
     resumed = VAETrainer(ImageVAE(TINY), cfg, out_dir=tmp_path)
     resumed.load_checkpoint(tmp_path / names[-1])
     rest = resumed.fit(_Stateful(items))

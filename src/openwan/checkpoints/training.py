@@ -11,6 +11,7 @@ wrote them, loadable at any world size (one process needs no process group). The
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import warnings
@@ -29,6 +30,7 @@ MODEL_FILE = "diffusion_pytorch_model.safetensors"  # the DiT's full weights: a 
 EMA_FILE = "ema.safetensors"  # the EMA of the weights, same keys
 CONFIG_FILE = "config.json"  # the DiT's config (official key names)
 SHARDED_DIR = "sharded"  # multi-process runs: the torch.distributed.checkpoint folder
+CHECKSUM_FILE = "checksums.json"  # size and sha256 of every other file of the folder (sharded/ included)
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -88,6 +90,97 @@ def read_file(path: str | Path) -> Any:
             "the checkpoint is damaged — resume from an earlier one."
         ) from None
     raise CheckpointCorrupt(f"{path} is not a checkpoint file openwan writes (.safetensors, .pt or .json).")
+
+
+# ------------------------------------------------------------------------------------------ verification
+
+# What each trainer's resume reads from trainer_state.json (the VAE trainer's folders say kind "vae").
+_STATE_KEYS = {"vae": ("stage", "step", "batches_seen", "data_state", "model_kind", "model_config", "train_config"),
+               "dit": ("step", "rng")}
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def folder_checksums(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """Relative path (``/``-separated) -> {"size", "sha256"} of every file under ``folder`` but checksums.json."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != CHECKSUM_FILE)
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
+
+
+def state_problem(state: Any) -> str | None:
+    """Why a trainer_state.json's content cannot resume a run (None: it can)."""
+    if not isinstance(state, dict):
+        return f"{STATE_FILE} holds a {type(state).__name__}, not an object"
+    if not state:
+        return f"{STATE_FILE} is empty ({{}})"
+    missing = [key for key in _STATE_KEYS["vae" if state.get("kind") == "vae" else "dit"] if key not in state]
+    if missing:
+        return f"{STATE_FILE} lacks {', '.join(missing)}"
+    if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0:
+        return f"{STATE_FILE} holds step {state['step']!r}, not a count of steps"
+    return None
+
+
+def read_state(folder: str | Path) -> dict[str, Any]:
+    """A step folder's trainer_state.json, refused (:class:`CheckpointCorrupt`) when a resume could not use it."""
+    path = Path(folder) / STATE_FILE
+    state = read_file(path)
+    problem = state_problem(state)
+    if problem is not None:
+        raise CheckpointCorrupt(f"{path} cannot resume a run ({problem.removeprefix(STATE_FILE + ' ')}); the "
+                                "checkpoint is damaged — resume from an earlier one.")
+    return state
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why a step folder fails verification, in a few words naming the file (None: it verifies). A folder with
+    checksums.json is checked against it (every file present, of its size and sha256); one written before
+    checksums existed is verified by reading each of its files. Either way trainer_state.json must resume a run."""
+    folder = Path(folder)
+    try:
+        state = read_file(folder / STATE_FILE)
+    except CheckpointCorrupt:
+        return f"{STATE_FILE} cannot be read"
+    problem = state_problem(state)
+    if problem is not None:
+        return problem
+    if not (folder / CHECKSUM_FILE).is_file():
+        return _read_problem(folder)
+    try:
+        recorded = read_file(folder / CHECKSUM_FILE)["files"]
+        entries = [(name, int(entry["size"]), str(entry["sha256"])) for name, entry in recorded.items()]
+    except (CheckpointCorrupt, KeyError, TypeError, ValueError, AttributeError):
+        return f"{CHECKSUM_FILE} cannot be read"
+    for name, size, _ in entries:  # sizes first: a missing or truncated file is found without hashing the rest
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} is {path.stat().st_size} bytes, {size} when written"
+    for name, _, digest in entries:
+        if file_sha256(folder / name) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def _read_problem(folder: Path) -> str | None:
+    """A folder without checksums: every file must read back."""
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix in (".safetensors", ".pt", ".json"):
+            try:
+                read_file(path)
+            except CheckpointCorrupt:
+                return f"{path.name} cannot be read"
+    if (folder / SHARDED_DIR).is_dir():
+        try:
+            sharded_metadata(folder / SHARDED_DIR)
+        except CheckpointCorrupt:
+            return f"{SHARDED_DIR}/ cannot be read"
+    return None
 
 
 # ------------------------------------------------------------------------------------------ sharded folders
@@ -168,6 +261,7 @@ def read_checkpoint_dit(path: str | Path, weights: str = "ema") -> tuple[dict, d
 
 
 __all__ = [
+    "CHECKSUM_FILE",
     "CONFIG_FILE",
     "EMA_FILE",
     "MODEL_FILE",
@@ -176,13 +270,18 @@ __all__ = [
     "CheckpointCorrupt",
     "checkpoint_config",
     "checkpoint_name",
+    "checkpoint_problem",
     "checkpoint_weights",
+    "file_sha256",
+    "folder_checksums",
     "latest_checkpoint",
     "list_checkpoints",
     "load_sharded",
     "read_checkpoint_dit",
     "read_file",
     "read_sharded",
+    "read_state",
     "resolve_checkpoint",
     "sharded_metadata",
+    "state_problem",
 ]

@@ -7,7 +7,10 @@ removes); the previous checkpoint is never touched until the new one is in place
 ``keep_last`` are first renamed away, then deleted.
 
 Files are written by suffix: ``.safetensors`` (tensors), ``.pt`` (a tensors-and-plain-values object such as
-an optimizer state, read back with ``torch.load(weights_only=True)``), ``.json`` (plain state).
+an optimizer state, read back with ``torch.load(weights_only=True)``), ``.json`` (plain state). Every folder carries
+``checksums.json``: the size and sha256 of each of its other files (those under ``sharded/`` too), written before
+trainer_state.json. A resume verifies the newest folder against it and falls back to the newest one that verifies
+(:func:`resume_folder`).
 
 A multi-process run (``save_sharded_checkpoint``) adds ``sharded/``: model, optimizer and EMA as
 ``torch.distributed.checkpoint`` writes them, each rank its own shards, loadable at any world size. Rank 0 writes
@@ -18,7 +21,9 @@ the plain files next to it and renames the folder after a barrier. Reading them 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -33,6 +38,7 @@ import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 
 from openwan.checkpoints.training import (
+    CHECKSUM_FILE,
     CONFIG_FILE,
     EMA_FILE,
     MODEL_FILE,
@@ -41,18 +47,23 @@ from openwan.checkpoints.training import (
     CheckpointCorrupt,
     checkpoint_config,
     checkpoint_name,
+    checkpoint_problem,
     checkpoint_weights,
+    folder_checksums,
     latest_checkpoint,
     list_checkpoints,
     load_sharded,
     read_checkpoint_dit,
     read_file,
     read_sharded,
+    read_state,
     resolve_checkpoint,
     sharded_metadata,
 )
 from openwan.fileio import atomic_write
 from openwan.models import WanDiT
+
+log = logging.getLogger("openwan.train")
 
 _TMP_PREFIX = ".tmp-step-"
 _TRASH_PREFIX = ".trash-step-"
@@ -89,11 +100,10 @@ def save_sharded_checkpoint(root: str | Path, step: int, sharded: Mapping[str, A
     dist.broadcast_object_list(name, src=0)  # one temporary folder for all ranks (a shared filesystem)
     tmp = Path(name[0])
     dcp.save(dict(sharded), checkpoint_id=str(tmp / SHARDED_DIR))  # files are synced as they are written
+    dist.barrier()  # every rank's shards are on disk before rank 0 takes their checksums
     if main:
-        _write_files(tmp, files)
         _fsync(tmp / SHARDED_DIR)
-    dist.barrier()  # every rank's shards are on disk before the folder becomes a checkpoint
-    if main:
+        _write_files(tmp, files)
         _commit(root, tmp, step, keep_last)
     dist.barrier()  # ... and no rank goes on before it is in place
     return root / checkpoint_name(step)
@@ -109,9 +119,16 @@ def _begin(root: Path, step: int) -> Path:
 
 
 def _write_files(tmp: Path, files: Mapping[str, Any]) -> None:
-    # The state file goes last: a folder holding it is complete even if the rename below was not atomic.
-    for name in sorted(files, key=lambda n: n == STATE_FILE):
-        _write_file(tmp / name, files[name])
+    """``files`` into ``tmp`` (where sharded/ may already be), then checksums.json of all of them, then the state
+    file: a folder holding it is complete even if the rename into place was not atomic."""
+    for name in sorted(files):
+        if name != STATE_FILE:
+            _write_file(tmp / name, files[name])
+    sums = folder_checksums(tmp)
+    state = _json_text(files[STATE_FILE]).encode()
+    sums[STATE_FILE] = {"size": len(state), "sha256": hashlib.sha256(state).hexdigest()}
+    _write_file(tmp / CHECKSUM_FILE, {"algorithm": "sha256", "files": sums})
+    _write_file(tmp / STATE_FILE, files[STATE_FILE])
 
 
 def _commit(root: Path, tmp: Path, step: int, keep_last: int | None) -> Path:
@@ -122,7 +139,9 @@ def _commit(root: Path, tmp: Path, step: int, keep_last: int | None) -> Path:
     os.replace(tmp, final)
     _fsync(root)
     if keep_last is not None:
-        for _, old in list_checkpoints(root)[:-keep_last]:
+        # Folders of later steps (left by a run resumed from an earlier checkpoint) are replaced as the run gets
+        # there; they must not count, or keeping the newest would delete the checkpoint just written.
+        for _, old in [c for c in list_checkpoints(root) if c[0] <= step][:-keep_last]:
             _discard(old)
     return final
 
@@ -135,10 +154,14 @@ def _write_file(path: Path, obj: Any) -> None:
     elif suffix == ".pt":
         torch.save(obj, str(path))
     elif suffix == ".json":
-        path.write_text(json.dumps(obj, indent=1) + "\n")
+        path.write_text(_json_text(obj))
     else:
         raise AssertionError(f"no checkpoint writer for {path.name}")
     _fsync(path)
+
+
+def _json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=1) + "\n"
 
 
 def _discard(folder: Path) -> None:
@@ -238,11 +261,12 @@ def export_dit(checkpoint: str | Path, out: str | Path, weights: str = "ema",
 
 
 def resume_folder(out: str | Path, resume: str) -> Path | None:
-    """The checkpoint a run in ``out`` starts from: ``resume`` "auto" takes the newest (None: a fresh run),
-    "never" refuses a folder that already holds checkpoints, anything else names a step folder."""
+    """The checkpoint a run in ``out`` starts from: ``resume`` "auto" takes the newest that verifies
+    (:func:`~openwan.checkpoints.training.checkpoint_problem`; None: a fresh run), "never" refuses a folder that
+    already holds checkpoints, anything else names a step folder, which must verify."""
     out, found = Path(out), latest_checkpoint(out)
     if resume == "auto":
-        return found
+        return _newest_verified(out)
     if resume == "never":
         if found is not None:
             raise ValueError(f"{out} already holds checkpoints (latest {found.name}); resume to continue that run "
@@ -252,10 +276,33 @@ def resume_folder(out: str | Path, resume: str) -> Path | None:
     if not (folder / STATE_FILE).is_file():
         raise ValueError(f"resume={resume} is not a complete checkpoint folder (no {STATE_FILE}); give a "
                          "step-XXXXXXXX folder, or resume=auto.")
+    problem = checkpoint_problem(folder)
+    if problem is not None:
+        raise ValueError(f"resume={resume} fails verification ({problem}); give a checkpoint that verifies, or "
+                         "resume=auto for the newest one that does.")
     return folder
 
 
+def _newest_verified(out: Path) -> Path | None:
+    """The newest checkpoint in ``out`` that verifies, with one log line for each newer one that does not."""
+    found = list_checkpoints(out)
+    bad: list[tuple[Path, str]] = []
+    for _, folder in reversed(found):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            for skipped, why in bad:
+                log.warning("resume: %s fails verification (%s); resuming from %s instead", skipped, why, folder.name)
+            return folder
+        bad.append((folder, problem))
+    if bad:
+        newest, why = bad[0]
+        raise ValueError(f"no checkpoint in {out} verifies (the newest, {newest.name}: {why}); remove the damaged "
+                         "step folders to start afresh, or resume from a copy of the run.")
+    return None
+
+
 __all__ = [
+    "CHECKSUM_FILE",
     "CONFIG_FILE",
     "EMA_FILE",
     "MODEL_FILE",
@@ -266,6 +313,7 @@ __all__ = [
     "checkpoint_config",
     "checkpoint_dit",
     "checkpoint_name",
+    "checkpoint_problem",
     "checkpoint_weights",
     "export_dit",
     "latest_checkpoint",
@@ -274,6 +322,7 @@ __all__ = [
     "read_checkpoint_dit",
     "read_file",
     "read_sharded",
+    "read_state",
     "remove_stale",
     "restore_rng",
     "resolve_checkpoint",

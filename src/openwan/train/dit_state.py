@@ -121,7 +121,7 @@ class DiTCheckpointing:
         """Restore model (or adapter), EMA, optimizer, step (hence the LR), data position and every RNG — from a
         one-process or a sharded checkpoint, whatever the world size that wrote it."""
         folder = Path(folder)
-        state = ckpt.read_file(folder / ckpt.STATE_FILE)
+        state = ckpt.read_state(folder)
         if bool(state.get("lora")) != (self.cfg.lora is not None):
             kind = "a LoRA" if state.get("lora") else "a full fine-tune"
             raise ValueError(f"{folder} is a checkpoint of {kind} run; set lora as that run did to resume it.")

@@ -365,7 +365,7 @@ def checkpoint_files(state: dict[str, Any]) -> dict[str, Any]:
 def read_vae_checkpoint(path: str | Path) -> dict[str, Any]:
     """The :meth:`VAETrainer.state_dict` saved in a step folder (or the newest one of a run folder)."""
     folder = ckpt.resolve_checkpoint(path)
-    state = ckpt.read_file(folder / ckpt.STATE_FILE)
+    state = ckpt.read_state(folder)
     if state.get("kind") != "vae":
         raise ValueError(f"{folder} is not a VAE training checkpoint (written by VAETrainer.save_checkpoint).")
     rng = ckpt.read_file(folder / RNG_FILE)
