@@ -10,10 +10,11 @@ This module imports only :mod:`openwan.configio` (the dict -> dataclass parser).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
-from openwan.configio import parse
+from openwan.configio import check, parse
 
 C = TypeVar("C")
 
@@ -25,6 +26,24 @@ def _from_dict(cls: type[C], data: dict[str, Any], aliases: dict[str, str] | Non
     """Build ``cls`` from a plain dict with :func:`openwan.configio.parse`: each value checked against its field's
     type; an unknown key is an error that lists the allowed ones; file metadata keys are skipped."""
     return parse(cls, data, aliases=aliases, ignore=tuple(_METADATA_KEYS))
+
+
+# Generous upper bounds (the largest release is 40 layers of width 5120): a value past them is a typo, and refusing
+# it here saves building a network that could never be loaded.
+MAX_LAYERS = 1000
+MAX_WIDTH = 1 << 17
+
+
+def _count(name: str, value: Any, low: int = 1, high: int = MAX_WIDTH) -> None:
+    """``value`` is an integer in [low, high] (bool is not a count)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    check(ok, name, f"an integer from {low} to {high}", value)
+
+
+def _finite(name: str, value: Any, positive: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > 0 or not positive)
+    check(ok, name, "a finite number above 0" if positive else "a finite number", value)
 
 
 def _to_dict(cfg: Any) -> dict[str, Any]:
@@ -66,12 +85,12 @@ class DiTConfig:
     image_dim: int = 1280  # CLIP ViT-H/14 width
 
     def __post_init__(self) -> None:
-        if self.model_type not in ("t2v", "i2v", "flf2v", "ti2v"):
-            raise ValueError(f"model_type must be one of t2v, i2v, flf2v, ti2v; got {self.model_type!r}.")
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim ({self.dim}) must be a multiple of num_heads ({self.num_heads}).")
-        if self.head_dim % 2 or self.head_dim < 6:
-            raise ValueError(f"head_dim = dim / num_heads must be even and >= 6 for 3D RoPE; got {self.head_dim}.")
+        check(self.model_type in ("t2v", "i2v", "flf2v", "ti2v"), "model_type", "one of: t2v, i2v, flf2v, ti2v",
+              self.model_type)
+        self._check_ranges()
+        check(self.dim % self.num_heads == 0, "dim", f"a multiple of num_heads ({self.num_heads})", self.dim)
+        check(self.head_dim % 2 == 0 and self.head_dim >= 6, "num_heads",
+              f"a divisor of dim ({self.dim}) leaving an even head_dim >= 6 for 3D RoPE", self.num_heads)
         if self.image_tokens == -1:
             default = {"i2v": 257, "flf2v": 514}.get(self.model_type, 0)
             object.__setattr__(self, "image_tokens", default)
@@ -79,6 +98,24 @@ class DiTConfig:
             raise ValueError(f"image_tokens must be 0, 257 (i2v) or 514 (flf2v); got {self.image_tokens}.")
         object.__setattr__(self, "patch_size", tuple(self.patch_size))
         object.__setattr__(self, "window_size", tuple(self.window_size))
+
+    def _check_ranges(self) -> None:
+        for name in ("in_dim", "out_dim", "dim", "ffn_dim", "text_dim", "image_dim"):
+            _count(name, getattr(self, name))
+        _count("freq_dim", self.freq_dim, 2)
+        check(self.freq_dim % 2 == 0, "freq_dim", "an even integer (sines and cosines)", self.freq_dim)
+        _count("num_heads", self.num_heads, 1, max(self.dim, 1) if isinstance(self.dim, int) else MAX_WIDTH)
+        _count("num_layers", self.num_layers, 1, MAX_LAYERS)
+        _count("text_len", self.text_len, 1, 1 << 20)
+        _count("image_tokens", self.image_tokens, -1, 514)
+        check(len(tuple(self.patch_size)) == 3, "patch_size", "a list of 3 integers (t, h, w)", self.patch_size)
+        for i, p in enumerate(self.patch_size):
+            _count(f"patch_size.{i}", p, 1, 64)
+        check(len(tuple(self.window_size)) == 2, "window_size", "a list of 2 integers", self.window_size)
+        for i, w in enumerate(self.window_size):
+            _count(f"window_size.{i}", w, -1, 1 << 20)
+            check(w != 0, f"window_size.{i}", "-1 (global attention) or a positive width", w)
+        _finite("eps", self.eps, positive=True)
 
     @property
     def head_dim(self) -> int:
@@ -192,6 +229,22 @@ class VAEConfig:
             )
         if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
             raise ValueError(f"latents_mean and latents_std need z_dim = {self.z_dim} entries each.")
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        _count("dim", self.dim)
+        _count("z_dim", self.z_dim)
+        _count("num_res_blocks", self.num_res_blocks, 1, 64)
+        check(1 <= len(self.dim_mult) <= 8, "dim_mult", "a list of 1 to 8 width multipliers", self.dim_mult)
+        for i, m in enumerate(self.dim_mult):
+            _count(f"dim_mult.{i}", m, 1, 64)
+        check(0 <= self.dropout < 1 if isinstance(self.dropout, (int, float)) else False, "dropout",
+              "a number in [0, 1)", self.dropout)
+        # The latents are normalised by (z - mean) / std: a zero or non-finite std turns every video into NaN.
+        for i, v in enumerate(self.latents_mean):
+            _finite(f"latents_mean.{i}", v)
+        for i, v in enumerate(self.latents_std):
+            _finite(f"latents_std.{i}", v, positive=True)
 
     @property
     def decoder_width(self) -> int:

@@ -366,7 +366,7 @@ def _converted(convert, state: Mapping[str, torch.Tensor], source: Path):
         raise CheckpointError(f"{source}: {err}") from None
 
 
-def read_umt5(path: str | Path):
+def read_umt5(path: str | Path, check_finite: bool | None = None):
     """(``UMT5Config``, ``UMT5EncoderModel`` state dict, the weights file read) for any supported layout.
 
     The layout is told by the key names: official files get their config from the tensor shapes, transformers
@@ -375,7 +375,7 @@ def read_umt5(path: str | Path):
     from transformers import UMT5Config
 
     weights, folder = _locate(path, UMT5_OFFICIAL_FILE, "models_t5_*.pth", "text_encoder", UMT5_RELEASE_HINT)
-    state = read_state_dict(weights)
+    state = read_state_dict(weights, check_finite)
     if "token_embedding.weight" in state or any(k.startswith("blocks.") for k in state):
         config = _converted(infer_umt5_config, state, weights).to_hf()
         return config, _converted(umt5_official_to_hf, state, weights), weights
@@ -387,7 +387,7 @@ def read_umt5(path: str | Path):
     return config, state, weights
 
 
-def read_clip(path: str | Path):
+def read_clip(path: str | Path, check_finite: bool | None = None):
     """(``CLIPVisionConfig`` of the blocks Wan runs, ``CLIPVisionModel`` state dict of those blocks, source).
 
     Both layouts hold the full tower; the config and tensors returned stop one block short of it.
@@ -397,7 +397,7 @@ def read_clip(path: str | Path):
     weights, folder = _locate(
         path, CLIP_OFFICIAL_FILE, "models_clip_*.pth", "image_encoder", CLIP_RELEASE_HINT
     )
-    state = read_state_dict(weights)
+    state = read_state_dict(weights, check_finite)
     if any(k.startswith("visual.") for k in state):
         config = _converted(infer_clip_config, state, weights).to_hf()
         state = _converted(clip_official_to_hf, state, weights)

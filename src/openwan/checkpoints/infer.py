@@ -19,21 +19,33 @@ def _need(state: Mapping[str, torch.Tensor], key: str, what: str) -> torch.Tenso
     return state[key]
 
 
+def dit_block_count(state: Mapping[str, torch.Tensor]) -> int:
+    """How many ``blocks.{i}`` the DiT tensors hold (0 for none)."""
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    return max(blocks) + 1 if blocks else 0
+
+
+def dit_image_tokens(state: Mapping[str, torch.Tensor]) -> int:
+    """CLIP image tokens the DiT tensors take: 0 without ``img_emb``, else 257 or 514 (``emb_pos`` says which)."""
+    if "img_emb.proj.0.weight" not in state:
+        return 0
+    return int(state["img_emb.emb_pos"].shape[1]) if "img_emb.emb_pos" in state else 257
+
+
 def infer_dit_config(state: Mapping[str, torch.Tensor], head_dim: int = RELEASED_HEAD_DIM) -> DiTConfig:
     """A DiT config from official-layout tensors. ``head_dim`` is assumed (128 in every release)."""
     patch = _need(state, "patch_embedding.weight", "Wan DiT")
     dim, in_dim = int(patch.shape[0]), int(patch.shape[1])
     patch_size = tuple(int(s) for s in patch.shape[2:])
-    blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
-    if not blocks:
+    num_layers = dit_block_count(state)
+    if not num_layers:
         raise ValueError("the weights have no 'blocks.{i}' tensors, so they are not a Wan DiT checkpoint.")
     ffn_dim = int(_need(state, "blocks.0.ffn.0.weight", "Wan DiT").shape[0])
     patch_volume = patch_size[0] * patch_size[1] * patch_size[2]
     out_dim = int(_need(state, "head.head.weight", "Wan DiT").shape[0]) // patch_volume
-    image_tokens, image_dim = 0, 1280
-    if "img_emb.proj.0.weight" in state:
+    image_tokens, image_dim = dit_image_tokens(state), 1280
+    if image_tokens:
         image_dim = int(state["img_emb.proj.0.weight"].shape[0])
-        image_tokens = int(state["img_emb.emb_pos"].shape[1]) if "img_emb.emb_pos" in state else 257
     model_type = DiTConfig.kind_of(in_dim, out_dim, image_tokens)
     if dim % head_dim:
         raise ValueError(f"dim {dim} is not a multiple of head_dim {head_dim}; give the model's config.json.")
@@ -47,7 +59,7 @@ def infer_dit_config(state: Mapping[str, torch.Tensor], head_dim: int = RELEASED
         freq_dim=int(_need(state, "time_embedding.0.weight", "Wan DiT").shape[1]),
         text_dim=int(_need(state, "text_embedding.0.weight", "Wan DiT").shape[1]),
         num_heads=dim // head_dim,
-        num_layers=max(blocks) + 1,
+        num_layers=num_layers,
         qk_norm="blocks.0.self_attn.norm_q.weight" in state,
         cross_attn_norm="blocks.0.norm3.weight" in state,
         image_tokens=image_tokens,

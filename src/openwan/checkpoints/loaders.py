@@ -11,7 +11,6 @@ Each reader returns (config, state dict in the official key layout); the network
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import fields
 from pathlib import Path
@@ -21,8 +20,8 @@ import torch
 
 from openwan.checkpoints import keymaps
 from openwan.checkpoints.encoders import read_clip, read_umt5
-from openwan.checkpoints.infer import infer_dit_config, infer_vae_config
-from openwan.checkpoints.io import CheckpointError, read_state_dict
+from openwan.checkpoints.infer import dit_block_count, dit_image_tokens, infer_dit_config, infer_vae_config
+from openwan.checkpoints.io import CheckpointError, blame, read_json_config, read_state_dict
 from openwan.configs import DiTConfig, VAEConfig
 
 log = logging.getLogger(__name__)
@@ -36,14 +35,7 @@ VAE_RELEASE_HINT = "a Wan2.1 release folder holds Wan2.1_VAE.pth; a diffusers-fo
 _COMFY_PREFIX = "model.diffusion_model."
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable JSON config ({err}); restore it from the release.") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} does not hold a JSON object; restore it from the release.")
-    return data
+_read_json = read_json_config
 
 
 def _dit_weight_files(folder: Path) -> Path:
@@ -95,22 +87,38 @@ def resolve_dit(path: str | Path) -> tuple[Path, dict | None]:
     return path, data
 
 
-def load_dit_state(path: str | Path, config: DiTConfig | dict | None = None) -> tuple[DiTConfig, dict]:
-    """Read a DiT checkpoint from any supported layout: (config, official-layout state dict)."""
+def load_dit_state(path: str | Path, config: DiTConfig | dict | None = None,
+                   check_finite: bool | None = None) -> tuple[DiTConfig, dict]:
+    """Read a DiT checkpoint from any supported layout: (config, official-layout state dict).
+
+    A config.json is checked (types and ranges of every field) before the weights are read; ``check_finite``:
+    see :func:`openwan.checkpoints.io.read_state_dict`.
+    """
     weights, data = resolve_dit(path)
-    state = read_state_dict(weights)
-    if any(k.startswith(_COMFY_PREFIX) for k in state):
-        state = {k.removeprefix(_COMFY_PREFIX): v for k, v in state.items()}
-    if keymaps.is_diffusers_dit(state):
-        state = keymaps.dit_diffusers_to_official(state)
+    config_file = weights.parent / "config.json"
     if isinstance(config, dict):
-        config = _dit_config_from_json(config)
-    if config is None:
-        config = _dit_config_from_json(data) if data is not None else infer_dit_config(state)
-    # Wan2.1 and Wan2.2 i2v configs are identical; only the tensors tell whether CLIP image tokens are used.
-    present = infer_dit_config(state, head_dim=config.head_dim).image_tokens
-    if present != config.image_tokens:
-        config = config.replace(image_tokens=present)
+        with blame("the given DiT config"):
+            config = _dit_config_from_json(config)
+    if config is None and data is not None:
+        with blame(config_file):
+            config = _dit_config_from_json(data)
+    state = read_state_dict(weights, check_finite)
+    with blame(weights):
+        if any(k.startswith(_COMFY_PREFIX) for k in state):
+            state = {k.removeprefix(_COMFY_PREFIX): v for k, v in state.items()}
+        if keymaps.is_diffusers_dit(state):
+            state = keymaps.dit_diffusers_to_official(state)
+        if config is None:
+            config = infer_dit_config(state)
+        # Wan2.1 and Wan2.2 i2v configs are identical; only the tensors tell whether CLIP image tokens are used.
+        image_tokens = dit_image_tokens(state)
+    blocks = dit_block_count(state)
+    if blocks and blocks != config.num_layers:  # refused before a network of the wrong depth is built
+        source = config_file if data is not None else "the given config"
+        raise CheckpointError(f"{source} says num_layers {config.num_layers} but {weights} holds {blocks} blocks; "
+                              "keep each config with its own weights.")
+    if image_tokens != config.image_tokens:
+        config = config.replace(image_tokens=image_tokens)
     return config, state
 
 
@@ -144,22 +152,26 @@ def _vae_structure_from_diffusers(state: dict) -> VAEConfig:
     return VAEConfig(dim_mult=(1,) * levels, num_res_blocks=max(resnets), temporal_downsample=(False,) * (levels - 1))
 
 
-def load_vae_state(path: str | Path) -> tuple[VAEConfig, dict]:
-    """Read a Wan2.1 VAE from any supported layout: (config, official-layout state dict)."""
+def load_vae_state(path: str | Path, check_finite: bool | None = None) -> tuple[VAEConfig, dict]:
+    """Read a Wan2.1 VAE from any supported layout: (config, official-layout state dict). A config beside the
+    weights is checked field by field (a zero or non-finite ``latents_std`` is refused)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; point at the VAE file or a release folder ({VAE_RELEASE_HINT}).")
     weights, data = _vae_weight_file(path) if path.is_dir() else (path, None)
-    state = read_state_dict(weights)
-    if keymaps.is_diffusers_vae(state):
-        structure = keymaps.vae_config_from_diffusers(data) if data else _vae_structure_from_diffusers(state)
-        state = keymaps.vae_diffusers_to_official(state, structure)
-    config = infer_vae_config(state)
     stats = None
     if data:  # a diffusers config carries the latent statistics
-        stats = keymaps.vae_config_from_diffusers(data)
+        with blame(weights.parent / "config.json"):
+            stats = keymaps.vae_config_from_diffusers(data)
     elif weights.with_suffix(".json").is_file():  # a VAE trained by openwan: <name>.json beside <name>.pth
-        stats = VAEConfig.from_dict(_read_json(weights.with_suffix(".json")))
+        with blame(weights.with_suffix(".json")):
+            stats = VAEConfig.from_dict(_read_json(weights.with_suffix(".json")))
+    state = read_state_dict(weights, check_finite)
+    with blame(weights):
+        if keymaps.is_diffusers_vae(state):
+            structure = stats if data else _vae_structure_from_diffusers(state)
+            state = keymaps.vae_diffusers_to_official(state, structure)
+        config = infer_vae_config(state)
     if stats is not None:
         if stats.z_dim != config.z_dim:
             raise CheckpointError(f"the latent statistics beside {weights} are for z_dim {stats.z_dim}, but the "
@@ -168,19 +180,20 @@ def load_vae_state(path: str | Path) -> tuple[VAEConfig, dict]:
     return config, state
 
 
-def read(kind: str, path: str | Path) -> tuple[Any, dict[str, torch.Tensor], Path]:
+def read(kind: str, path: str | Path, check_finite: bool | None = None) -> tuple[Any, dict[str, torch.Tensor], Path]:
     """(config, state dict, source) of the ``kind`` network stored at ``path``: ``dit`` and ``vae`` give an openwan
     config and the official key layout, ``umt5`` and ``clip`` a transformers config and transformers' keys.
 
     This is the reader every ``from_pretrained`` of :mod:`openwan.models` uses (``openwan/__init__.py`` hands it
-    over); the network is built there, from what this returns.
+    over); the network is built there, from what this returns. ``check_finite``: see
+    :func:`openwan.checkpoints.io.read_state_dict`.
     """
     if kind == "dit":
-        return (*load_dit_state(path), Path(path))
+        return (*load_dit_state(path, check_finite=check_finite), Path(path))
     if kind == "vae":
-        return (*load_vae_state(path), Path(path))
+        return (*load_vae_state(path, check_finite), Path(path))
     if kind == "umt5":
-        return read_umt5(path)
+        return read_umt5(path, check_finite)
     if kind == "clip":
-        return read_clip(path)
+        return read_clip(path, check_finite)
     raise ValueError(f"unknown kind of network {kind!r}; use one of: dit, vae, umt5, clip.")

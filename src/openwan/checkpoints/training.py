@@ -20,10 +20,12 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from openwan.checkpoints.io import torch_load
+from openwan.configs import CheckpointError
 
 STATE_FILE = "trainer_state.json"  # present in every complete checkpoint
 MODEL_FILE = "diffusion_pytorch_model.safetensors"  # the DiT's full weights: a step folder loads with from_pretrained
@@ -34,8 +36,10 @@ CHECKSUM_FILE = "checksums.json"  # size and sha256 of every other file of the f
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-class CheckpointCorrupt(ValueError):
+class CheckpointCorrupt(CheckpointError):
     """A checkpoint folder cannot be read back; the message names the file."""
+
+RESUME_EARLIER = "resume from an earlier checkpoint"
 
 
 def checkpoint_name(step: int) -> str:
@@ -77,18 +81,17 @@ def read_file(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointCorrupt(f"{path} is missing; the checkpoint is incomplete — resume from an earlier one.")
+    if path.suffix == ".pt":
+        return torch_load(path, fix=RESUME_EARLIER, error=CheckpointCorrupt)
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path), device="cpu")
-        if path.suffix == ".pt":
-            return torch.load(str(path), map_location="cpu", weights_only=True)
         if path.suffix == ".json":
-            return json.loads(path.read_text())
-    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as err:
-        raise CheckpointCorrupt(
-            f"{path} cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
-            "the checkpoint is damaged — resume from an earlier one."
-        ) from None
+            return json.loads(path.read_bytes().decode("utf-8"))
+    except Exception as err:  # noqa: BLE001 — any failure on a damaged file means the same
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointCorrupt(f"{path} cannot be read ({detail[:200]}); the checkpoint is damaged — "
+                                f"{RESUME_EARLIER}.") from None
     raise CheckpointCorrupt(f"{path} is not a checkpoint file openwan writes (.safetensors, .pt or .json).")
 
 

@@ -21,8 +21,8 @@ import torch
 
 from openwan.configs import CheckpointError
 
-# kind ("dit", "vae", "umt5", "clip"), path -> (config, state dict, the file read)
-WeightsReader = Callable[[str, "str | Path"], tuple[Any, dict[str, torch.Tensor], Path]]
+# kind ("dit", "vae", "umt5", "clip"), path, check_finite -> (config, state dict, the file read)
+WeightsReader = Callable[[str, "str | Path", "bool | None"], tuple[Any, dict[str, torch.Tensor], Path]]
 _reader: WeightsReader | None = None
 
 
@@ -32,11 +32,14 @@ def set_weights_reader(reader: WeightsReader) -> None:
     _reader = reader
 
 
-def read_weights(kind: str, path: str | Path) -> tuple[Any, dict[str, torch.Tensor], Path]:
-    """(config, state dict, source) of the ``kind`` network stored at ``path``, through the reader set."""
+def read_weights(kind: str, path: str | Path,
+                 check_finite: bool | None = None) -> tuple[Any, dict[str, torch.Tensor], Path]:
+    """(config, state dict, source) of the ``kind`` network stored at ``path``, through the reader set. Tensors
+    holding NaN or Inf are refused unless ``check_finite`` is False (None: the reader's default, which
+    ``openwan.checkpoints.finite_check`` sets)."""
     if _reader is None:  # internal invariant: importing any openwan module sets it
         raise RuntimeError("no weights reader is set; import openwan (its __init__ sets openwan.checkpoints.read).")
-    return _reader(kind, path)
+    return _reader(kind, path, check_finite)
 
 
 def load_strict(
