@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import torch
 from safetensors.torch import save_file as save_tensors
 
+from openwan.checkpoints import finite_check
 from openwan.cli.common import check_device, check_number, device_memory_bytes, parse_dtype, parse_size
 from openwan.data.video import (
     IMAGE_SUFFIXES,
@@ -64,6 +65,8 @@ def add_parser(sub) -> None:
     p.add_argument("--base-seed", type=int, default=0, help="noise seed, -2**63 to 2**64-1")
     p.add_argument("--offload-model", action="store_true", help="move each model to the CPU when its stage ends")
     p.add_argument("--t5-cpu", action="store_true", help="keep the text encoder on the CPU")
+    p.add_argument("--no-weight-check", action="store_true",
+                   help="skip the scan that refuses weights holding NaN or Inf (saves a pass over the weights)")
     p.add_argument("--stream-blocks", action="store_true", help="stream DiT blocks to the GPU one at a time")
     p.add_argument("--no-cfg-batch", action="store_true", help="run the two guidance branches one after another")
     p.add_argument("--prompt-extend", default=None, metavar="MODEL_DIR_OR_URL",
@@ -303,9 +306,10 @@ def _run(args: argparse.Namespace) -> int:
     device = plan.device
     if device is None and mesh is not None and torch.cuda.is_available():
         device = f"cuda:{torch.cuda.current_device()}"
-    pipe = WanPipeline.from_pretrained(args.ckpt_dir, device=device, dtype=plan.dtype, t5_cpu=args.t5_cpu,
-                                       offload_model=args.offload_model, stream_blocks=args.stream_blocks,
-                                       mesh=mesh, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp)
+    with finite_check(not args.no_weight_check):
+        pipe = WanPipeline.from_pretrained(args.ckpt_dir, device=device, dtype=plan.dtype, t5_cpu=args.t5_cpu,
+                                           offload_model=args.offload_model, stream_blocks=args.stream_blocks,
+                                           mesh=mesh, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp)
     if args.lora:
         for model in (pipe.dit, pipe.dit_low):
             if model is not None:

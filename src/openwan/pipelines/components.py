@@ -8,13 +8,12 @@ Diffusers ("-Diffusers" releases): transformer/ (transformer_2/), vae/, text_enc
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from openwan.checkpoints.io import CheckpointError
+from openwan.checkpoints.io import CheckpointError, read_json_config
 from openwan.models import WanDiT, WanVAE, load_clip_encoder, load_umt5_encoder
 from openwan.models.text_encoder import load_tokenizer
 from openwan.pipelines.defaults import defaults_for
@@ -56,10 +55,10 @@ def holds_dit(root: str | Path) -> bool:
 def _boundary(root: Path) -> float | None:
     index = root / "model_index.json"
     if index.is_file():
-        return json.loads(index.read_text()).get("boundary_ratio")
+        return read_json_config(index).get("boundary_ratio")
     config = root / "configuration.json"
     if config.is_file():
-        return json.loads(config.read_text()).get("boundary")
+        return read_json_config(config).get("boundary")
     return None
 
 
