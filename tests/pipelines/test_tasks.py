@@ -121,21 +121,21 @@ def test_block_streaming_equals_resident(releases):
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("preset", "args", "message"),
     [
-        (["--frame-num", "6"], "nearest valid counts are 5 and 9"),
-        (["--size", "30*32"], "multiples of 16"),
-        (["--size", "big"], "WIDTH*HEIGHT"),
-        (["--task", "i2v"], "needs --image"),
-        (["--task", "flf2v", "--first-frame", "x.png"], "--last-frame"),
-        (["--task", "i2v", "--image", "/nonexistent/img.png"], "does not exist"),
-        (["--task", "v2v", "--video", "/nonexistent/v.mp4", "--strength", "0.5"], "does not exist"),
-        (["--task", "v2v", "--strength", "0.5"], "needs --video"),
+        ("tiny", ["--frame-num", "6"], "nearest valid counts are 5 and 9"),
+        ("tiny", ["--size", "30*32"], "multiples of 16"),
+        ("tiny", ["--size", "big"], "WIDTH*HEIGHT"),
+        ("tiny", ["--task", "i2v"], "needs --image"),
+        ("tiny", ["--task", "flf2v", "--first-frame", "x.png"], "--last-frame"),
+        ("tiny-i2v", ["--task", "i2v", "--image", "/nonexistent/img.png"], "does not exist"),
+        ("tiny", ["--task", "v2v", "--video", "/nonexistent/v.mp4", "--strength", "0.5"], "does not exist"),
+        ("tiny", ["--task", "v2v", "--strength", "0.5"], "needs --video"),
     ],
 )
-def test_bad_input_exits_2_with_one_sentence(releases, tmp_path, capsys, args, message):
+def test_bad_input_exits_2_with_one_sentence(releases, tmp_path, capsys, preset, args, message):
     out = tmp_path / "never.mp4"
-    code = _run("--ckpt-dir", str(releases["tiny"]), "--sample-steps", "1", *args, "--save-file", str(out))
+    code = _run("--ckpt-dir", str(releases[preset]), "--sample-steps", "1", *args, "--save-file", str(out))
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # nothing written, not even a temporary file
@@ -144,7 +144,25 @@ def test_bad_input_exits_2_with_one_sentence(releases, tmp_path, capsys, args, m
 def test_i2v_with_a_t2v_model(releases, inputs, tmp_path, capsys):
     code = _run("--task", "i2v", "--ckpt-dir", str(releases["tiny"]), "--image", str(inputs / "first.png"),
                 *FAST, "--save-file", str(tmp_path / "x.mp4"))
-    assert code == 2 and "image-to-video model" in capsys.readouterr().err
+    assert code == 2 and "--task i2v needs an image-to-video release" in capsys.readouterr().err
+
+
+def test_extend_with_the_bundled_model_names_its_task(tmp_path, capsys):
+    """The bundled model is text-to-video: extend is refused before loading, naming extend (not the i2v it runs)."""
+    video = tmp_path / "in.mp4"
+    save_video(torch.rand(5, 32, 32, 3), video, fps=16)
+    code = _run("--task", "extend", "--video", str(video), "--prompt", "a red circle", "--save-file",
+                str(tmp_path / "x.mp4"))
+    err = capsys.readouterr().err
+    assert code == 2 and "--task extend needs an image-to-video release" in err and "bundled demo model" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+def test_pipeline_extend_with_a_t2v_model_names_extend(releases):
+    pipe = WanPipeline.from_pretrained(releases["tiny"])
+    with pytest.raises(ValueError, match="task extend needs an image-to-video model"):
+        pipe("a cat", task="extend", video=torch.rand(5, 32, 32, 3), size=(32, 32), frame_num=5, sample_steps=1,
+             progress=False)
 
 
 def test_unreadable_image(releases, tmp_path, capsys):

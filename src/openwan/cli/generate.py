@@ -137,6 +137,8 @@ def check_args(args: argparse.Namespace) -> Plan:
     _check_tasks(args)
     root = Path(args.ckpt_dir) if args.ckpt_dir else (BUNDLED if holds_dit(BUNDLED) else None)
     facts = _release_facts(root) if root is not None else None
+    if facts is not None:
+        _check_task_fits(args.task, facts, root)
     defaults = facts.defaults.for_task(args.task) if facts else None
     guide = _guide(args.sample_guide_scale, facts)
     frame_num = args.frame_num or (defaults.frame_num if defaults else None)
@@ -198,6 +200,7 @@ class ReleaseFacts:
     """What a release's DiT config says, read as JSON before anything is loaded."""
 
     two_experts: bool
+    image_to_video: bool  # the DiT takes a conditioning image's latents beside the noise (i2v, flf2v)
     dim: int
     ffn_dim: int
     patch: tuple[int, int, int]
@@ -230,7 +233,19 @@ def _release_facts(root: Path) -> ReleaseFacts | None:
     if dim <= 0 or ffn <= 0 or len(patch) != 3 or min(patch) <= 0:
         return None
     shape = SimpleNamespace(dim=dim, in_dim=in_dim, out_dim=out_dim, model_type=model_type)
-    return ReleaseFacts(two_experts=two, dim=dim, ffn_dim=ffn, patch=patch, defaults=defaults_for(shape, two))
+    return ReleaseFacts(two_experts=two, image_to_video=in_dim > out_dim, dim=dim, ffn_dim=ffn, patch=patch,
+                        defaults=defaults_for(shape, two))
+
+
+def _check_task_fits(task: str, facts: ReleaseFacts, root: Path) -> None:
+    """A task the release's DiT cannot do is refused before anything is loaded."""
+    which = "the bundled demo model" if root == BUNDLED else str(root)
+    if task in ("i2v", "flf2v", "extend") and not facts.image_to_video:
+        raise ValueError(f"--task {task} needs an image-to-video release (Wan2.1 I2V/FLF2V or Wan2.2 I2V); {which} "
+                         "is text-to-video (t2v, t2i, v2v): pass --ckpt-dir with an image-to-video release.")
+    if task in ("t2v", "t2i", "v2v") and facts.image_to_video:
+        raise ValueError(f"--task {task} needs a text-to-video release; {which} is image-to-video: use --task i2v, "
+                         "flf2v or extend, or pass --ckpt-dir with a text-to-video release.")
 
 
 def _guide(values: list[float] | None, facts: ReleaseFacts | None) -> float | tuple[float, float] | None:

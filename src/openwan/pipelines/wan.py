@@ -116,10 +116,10 @@ class WanPipeline:
         shift = d.sample_shift if sample_shift is None else sample_shift
         guide = d.guide_scale if guide_scale is None else guide_scale
         _check_sampling(steps, shift, guide, seed)
+        self._check_inputs(task, frame_num, width, height, image, last_image, video, strength)
         if task == "extend":
             return self._extend(prompt, negative_prompt, video, frame_num, (width, height), steps, shift, guide,
                                 solver, seed, cfg_batch, progress, timings)
-        self._check_inputs(task, frame_num, width, height, image, last_image, video, strength)
         if task in ("i2v", "flf2v"):
             first = _as_frames(image)
             width, height = cond.size_for_image(first.shape[1:3], width * height)
