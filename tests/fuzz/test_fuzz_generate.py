@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import os
 import random
@@ -70,6 +71,11 @@ def world(tmp_path_factory):
     for name in ("configuration.json", "high_noise_model/config.json", "low_noise_model/config.json"):
         (release / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(BUNDLED / name, release / name)
+    # The same DiT as an image-to-video model (latents and a conditioning image's, 16 + 20 channels), so that
+    # i2v, flf2v and extend reach their inputs instead of being refused for the task.
+    i2v = json.loads((BUNDLED / "low_noise_model" / "config.json").read_text()) | {"model_type": "i2v", "in_dim": 36}
+    (root / "release-i2v").mkdir()
+    (root / "release-i2v" / "config.json").write_text(json.dumps(i2v))
     media = root / "media"
     media.mkdir()
     g = torch.Generator().manual_seed(35)
@@ -101,8 +107,8 @@ def world(tmp_path_factory):
     (media / "folder.png").mkdir()
     blocker = root / "a-file"
     blocker.write_text("x")
-    return {"release": release, "media": media, "videos": sorted(videos), "images": sorted(images) + ["folder.png",
-            "missing.png"], "file": blocker}
+    return {"release": release, "release_i2v": root / "release-i2v", "media": media, "videos": sorted(videos),
+            "images": sorted(images) + ["folder.png", "missing.png"], "file": blocker}
 
 
 def _run(world, tmp_path, args: list[str]) -> tuple[int | str, str]:
@@ -215,14 +221,17 @@ def test_media_inputs(world, tmp_path, tally):
     media = world["media"]
     for name in world["videos"] + ["missing.mp4"]:
         path = str(media / name)
-        for task in (["--task", "v2v", "--strength", "0.5", "--frame-num", "5"], ["--task", "extend"]):
+        i2v_release = ["--ckpt-dir", str(world["release_i2v"])]
+        for task in (["--task", "v2v", "--strength", "0.5", "--frame-num", "5"], ["--task", "extend", *i2v_release]):
             _check(tally, world, tmp_path, [*task, "--size", "32*32", "--video", path], (path, LOADER),
                    f"{task[1]} {name}")
     for name in world["images"]:
         path = str(media / name)
-        _check(tally, world, tmp_path, ["--task", "i2v", "--image", path, "--frame-num", "5"], (path,), name)
+        i2v_release = ["--ckpt-dir", str(world["release_i2v"])]
+        _check(tally, world, tmp_path, ["--task", "i2v", "--image", path, "--frame-num", "5", *i2v_release], (path,),
+               name)
         _check(tally, world, tmp_path, ["--task", "flf2v", "--first-frame", str(media / "good.png"), "--last-frame",
-                                        path], (path,), f"last {name}")
+                                        path, *i2v_release], (path,), f"last {name}")
     assert not tally.failures, tally.failures
 
 
