@@ -123,8 +123,13 @@ def _read_rows(path: Path, suffix: str) -> list[dict]:
             return pq.read_table(path).to_pylist()
         except Exception as err:  # pyarrow raises several kinds (ArrowInvalid, OSError) for a bad file
             raise ValueError(f"{path} is not a readable Parquet file ({err}); rewrite the manifest.") from None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start} cannot be decoded); save the manifest as "
+                         "UTF-8 JSON lines.") from None
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
