@@ -107,7 +107,7 @@ def test_unreadable_manifests(tmp_path):
     with pytest.raises(ValueError, match="not a readable Parquet file"):
         read_manifest(tmp_path / "m.parquet")
     (tmp_path / "latin1.jsonl").write_bytes('{"path": "caf\u00e9.mp4"}\n'.encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin1.jsonl is not UTF-8 text \(byte 14"):
+    with pytest.raises(ValueError, match=r"latin1.jsonl is not UTF-8 text \(byte 13"):
         read_manifest(tmp_path / "latin1.jsonl")
     with pytest.raises(ValueError, match=r"\*\.parquet or \*\.jsonl"):
         read_manifest(tmp_path / "m.csv")
