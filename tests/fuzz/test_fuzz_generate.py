@@ -18,10 +18,10 @@ import random
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
 
 import pytest
 import torch
+from fuzzing import Tally, print_uncaptured
 
 from openwan.cli.main import main
 from openwan.data.video import VideoWriter, save_image, save_video
@@ -45,12 +45,6 @@ FIXED_VALUES = ["nan", "-nan", "inf", "-inf", "-1", "0", "-0", "1e308", "1e400",
                 str(2**64), str(-2**63 - 1), "abc", "", " ", "0x10", "1_000", "5.5", "+3", "1e3", "None", "½"]
 
 
-@dataclass
-class Tally:
-    tried: int = 0
-    handled: int = 0
-    crashed: int = 0
-    failures: list = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +52,7 @@ def tally(pytestconfig):
     t = Tally()
     yield t
     line = f"fuzz openwan generate: {t.tried} inputs tried, {t.handled} handled, {t.crashed} crashed"
-    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print(f"\n{line}")
+    print_uncaptured(pytestconfig, line)
 
 
 @pytest.fixture(scope="module")

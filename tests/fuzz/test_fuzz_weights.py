@@ -19,11 +19,11 @@ import random
 import shutil
 import struct
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
+from fuzzing import Tally, print_uncaptured
 from safetensors.torch import load_file, save_file
 
 from openwan.checkpoints import read, read_state_dict
@@ -41,13 +41,6 @@ VALUES = [None, "abc", "", True, -1, 0, 1, 3, 2.5, -0.0, 1e308, 2**63, math.nan,
           "12"]
 
 
-@dataclass
-class Tally:
-    tried: int = 0
-    handled: int = 0
-    loaded: int = 0  # of the handled: valid inputs that loaded
-    crashed: int = 0
-    failures: list = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +49,7 @@ def tally(pytestconfig):
     yield t
     line = (f"fuzz weights and configs: {t.tried} inputs tried, {t.handled} handled ({t.loaded} valid and loaded, "
             f"{t.handled - t.loaded} refused), {t.crashed} crashed")
-    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        print(f"\n{line}")
+    print_uncaptured(pytestconfig, line)
 
 
 @pytest.fixture(scope="module")
