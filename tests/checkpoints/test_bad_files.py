@@ -109,6 +109,16 @@ def test_broken_configuration_json_through_generate(release, tmp_path, capsys):
     assert not (tmp_path / "o.mp4").exists()
 
 
+def test_broken_configuration_json_through_convert(release, tmp_path, capsys):
+    root = tmp_path / "release"
+    shutil.copytree(release, root)
+    (root / "configuration.json").write_text("{bad")
+    code = main(["convert", str(root), str(tmp_path / "out"), "--to", "diffusers"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(root / "configuration.json") in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_weights_are_refused_naming_the_tensor(release, tmp_path, bad):
     folder = tmp_path / "dit"

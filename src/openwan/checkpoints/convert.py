@@ -40,7 +40,7 @@ from openwan.checkpoints.encoders import (
     umt5_hf_to_official,
 )
 from openwan.checkpoints.infer import infer_vae_config
-from openwan.checkpoints.io import CheckpointError, read_state_dict
+from openwan.checkpoints.io import CheckpointError, read_json_config, read_state_dict
 from openwan.checkpoints.loaders import load_dit_state, load_vae_state
 from openwan.configs import DiTConfig, VAEConfig
 from openwan.fileio import atomic_torch_save, atomic_write
@@ -173,7 +173,8 @@ class Release:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The JSON object in an optional file of a release ({} when absent); a broken one is refused naming it."""
+    return read_json_config(path) if path.is_file() else {}
 
 
 def _present(src: Path, what: str, *names: str) -> bool:
