@@ -77,9 +77,14 @@ def _run(tmp: Path, out: Path, mode: str = "run", kill_on_ready: bool = False) -
     config, script = tmp / "config.yaml", tmp / "child.py"
     config.write_text(CONFIG)
     script.write_text(CHILD)
+    _run_child([str(script), str(config), str(out), mode], kill_on_ready)
+
+
+def _run_child(args: list[str], kill_on_ready: bool) -> None:
+    """Run a child script to the end (it prints DONE), or SIGKILL it once it prints READY at its kill point."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(config), str(out), mode], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
     try:
         if kill_on_ready:
             line = proc.stdout.readline()  # blocks until the child froze at the chosen point (or died)
@@ -182,22 +187,7 @@ VAE_CHILD = textwrap.dedent("""
 def _run_vae(tmp: Path, out: Path, mode: str = "run", kill_on_ready: bool = False) -> None:
     script = tmp / "vae_child.py"
     script.write_text(VAE_CHILD)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(out), mode], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        if kill_on_ready:
-            line = proc.stdout.readline()
-            assert line.startswith("READY"), f"child did not reach its kill point: {line!r} {proc.stderr.read()}"
-            os.kill(proc.pid, signal.SIGKILL)
-            assert proc.wait(timeout=30) == -signal.SIGKILL
-            return
-        stdout, stderr = proc.communicate(timeout=240)
-        assert proc.returncode == 0 and "DONE" in stdout, stderr
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _run_child([str(script), str(out), mode], kill_on_ready)
 
 
 @pytest.mark.slow
