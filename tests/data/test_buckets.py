@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 
+import numpy as np
 import pytest
 
 from openwan.data.buckets import (
@@ -184,3 +186,75 @@ def test_ratio_needs_both_kinds():
         BucketBatchSampler([A] * 8 + [IMG], batch_size=2, image_video_ratio=0.5)
     with pytest.raises(ValueError, match="no full batch"):
         BucketBatchSampler([A] * 3, batch_size=4)
+
+
+# ------------------------------------------------------------------------------------------- weights
+
+
+def _weights():
+    """Weights 0..3 cycling over the assignments (index i has weight i % 4): a quarter are never to be drawn."""
+    return [float(i % 4) for i in range(len(_assignments()))]
+
+
+def test_weighted_draws_follow_the_weights():
+    assignments, weights = _assignments(), _weights()
+    sampler = BucketBatchSampler(assignments, batch_size=2, seed=3, drop_last=False, weights=weights)
+    counts = np.zeros(len(assignments))
+    epochs = 200
+    for _ in range(epochs):
+        batches = _epoch(sampler)
+        for batch in batches:
+            assert len({assignments[i] for i in batch}) == 1
+        drawn = [i for b in batches for i in b]
+        assert len(drawn) == sum(1 for a, w in zip(assignments, weights) if a is not None and w > 0)
+        np.add.at(counts, drawn, 1)
+    positive = [i for i, (a, w) in enumerate(zip(assignments, weights)) if a is not None and w > 0]
+    assert counts[[i for i in range(len(assignments)) if i not in positive]].sum() == 0  # weight 0 / no bucket
+    total = counts.sum()
+    w = np.array(weights)[positive]
+    expected = total * w / w.sum()
+    chi2 = (((counts[positive] - expected) ** 2) / expected).sum()
+    # 54 categories, 53 degrees of freedom: mean 53, sd ~10.3; 100 is beyond 4.5 sd, and a flat draw gives ~2000+
+    assert chi2 < 100, chi2
+    flat = total / len(positive)
+    assert (((counts[positive] - flat) ** 2) / flat).sum() > 500  # the weights really changed the draw
+
+
+def test_weighted_order_depends_only_on_seed_and_epoch_and_resumes():
+    assignments, weights = _assignments(), _weights()
+    a = BucketBatchSampler(assignments, batch_size=3, seed=7, weights=weights)
+    b = BucketBatchSampler(assignments, batch_size=3, seed=7, weights=weights)
+    first, second = _epoch(a), _epoch(a)
+    assert first != second and first == _epoch(b) and second == _epoch(b)
+    assert first != _epoch(BucketBatchSampler(assignments, batch_size=3, seed=8, weights=weights))
+    reference = BucketBatchSampler(assignments, batch_size=3, seed=7, weights=weights)
+    full = _epoch(reference) + _epoch(reference)
+    run = BucketBatchSampler(assignments, batch_size=3, seed=7, weights=weights)
+    taken = [batch for _, batch in zip(range(len(run) + 4), itertools.chain(run, run))]
+    resumed = BucketBatchSampler(assignments, batch_size=3, seed=7, weights=weights)
+    resumed.load_state_dict(json.loads(json.dumps(run.state_dict())))
+    assert taken + _epoch(resumed) == full
+
+
+def test_without_weights_nothing_changes_and_bad_weights_are_refused():
+    assignments = _assignments()
+    # The unweighted plan is the one the sampler always had: each assigned index exactly once per epoch.
+    plain = BucketBatchSampler(assignments, batch_size=4, seed=3, drop_last=False)
+    assert sorted(itertools.chain.from_iterable(_epoch(plain))) == [i for i, b in enumerate(assignments) if b]
+    with pytest.raises(ValueError, match="weights has 2 entries for 73 assignments"):
+        BucketBatchSampler(assignments, batch_size=2, weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match=r"weights\[5\] is -1.0; sampling weights must be finite and >= 0"):
+        BucketBatchSampler(assignments, batch_size=2, weights=[1.0] * 5 + [-1.0] + [1.0] * 67)
+    with pytest.raises(ValueError, match="every clip in a bucket has weight 0"):
+        BucketBatchSampler(assignments, batch_size=2, weights=[0.0] * 40 + [1.0] * 3 + [0.0] * 30)
+    # Image-only weights leave no video bucket to draw from.
+    with pytest.raises(ValueError, match="no clip is in a video bucket"):
+        BucketBatchSampler(assignments, batch_size=2, image_video_ratio=0.5, weights=[0.0] * 43 + [1.0] * 30)
+
+
+def test_buckets_follow_the_crop():
+    buckets = [Bucket(5, 32, 64), Bucket(5, 48, 48)]
+    letterboxed = _video(frames=33, width=640, height=640)
+    assert assign_bucket(letterboxed, buckets) == Bucket(5, 48, 48)
+    inner = ClipRecord("v.mp4", "c", 33, 16.0, 640, 640, crop=(0, 160, 640, 480))  # 640x320 inside
+    assert assign_bucket(inner, buckets) == Bucket(5, 32, 64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -157,3 +158,36 @@ def test_collate():
     assert collate([None, None]) is None
     with pytest.raises(ValueError, match="different 'video' shapes"):
         collate([item, {**item, "video": torch.zeros(3, 5, 8, 8)}])
+
+
+def test_a_crop_cuts_the_letterbox_before_the_resize(tmp_path):
+    from curate.footage import footage, write_video
+
+    clip = footage("bikes", count=9)  # real footage, 640x272
+    boxed = np.zeros((9, 400, 640, 3), np.uint8)
+    boxed[:, 32:304] = clip  # black bars of 32 rows above and 96 below
+    write_video(clip, tmp_path / "clean.mp4")
+    write_video(boxed, tmp_path / "boxed.mp4")
+    clean = ClipRecord(str(tmp_path / "clean.mp4"), "c", 9, 25.0, 640, 272)
+    cropped = ClipRecord(str(tmp_path / "boxed.mp4"), "c", 9, 25.0, 640, 400, crop=(0, 32, 640, 304))
+    bucket = Bucket(5, 128, 304)
+    buckets = [bucket, Bucket(5, 208, 208)]
+    assert assign_buckets([clean, cropped], buckets, fps=25) == [bucket, bucket]  # the crop's aspect ratio
+    want, got = load_clip(clean, bucket, fps=25), load_clip(cropped, bucket, fps=25)
+    assert got.shape == want.shape == (3, 5, 128, 304)
+    assert (got - want).abs().mean() < 0.01  # the same frames up to the codec (values in [-1, 1])
+    uncropped = load_clip(ClipRecord(cropped.path, "c", 9, 25.0, 640, 400), bucket, fps=25)
+    assert (uncropped - want).abs().mean() > 0.1  # without the crop the picture is shifted and has a bar
+    # A crop that reaches outside the decoded frames (a manifest whose width/height are wrong) is a bad file.
+    wrong = ClipRecord(cropped.path, "c", 9, 25.0, 640, 480, crop=(0, 32, 640, 440))
+    dataset = VideoClipDataset([wrong], [bucket], fps=25)
+    assert dataset[0] is None and "reaches outside the file's 640x400 frames" in dataset.bad_files[wrong.path]
+
+
+def test_a_crop_applies_to_images(tmp_path):
+    image = _stripes(height=32, width=64)
+    save_video(image[None], tmp_path / "s.png")
+    record = ClipRecord(str(tmp_path / "s.png"), "c", 1, 0.0, 64, 32, crop=(16, 0, 48, 32))  # the green half
+    frame = load_clip(record, Bucket(1, 16, 16))
+    assert frame.shape == (3, 1, 16, 16)
+    assert torch.allclose(frame[:, 0].mean(dim=(1, 2)), torch.tensor([-1.0, 1.0, -1.0]), atol=0.02)

@@ -124,7 +124,7 @@ def test_unknown_columns_are_ignored(tmp_path):
 def test_failed_write_keeps_the_old_manifest(tmp_path, suffix):
     path = write_manifest(_records(tmp_path), tmp_path / f"m{suffix}")
     broken = [ClipRecord(str(tmp_path / "x.mp4"), object(), 9, 16.0, 32, 32)]  # a caption that cannot be stored
-    with pytest.raises((TypeError, pa.ArrowException)):
+    with pytest.raises((TypeError, ValueError, pa.ArrowException)):
         write_manifest(broken, path)
     assert read_manifest(path) == _records(tmp_path)
     assert os.listdir(tmp_path) == [path.name]
@@ -163,3 +163,75 @@ def test_atomic_torch_save_gives_the_same_bytes_for_the_same_tensors(tmp_path):
     loaded = torch.load(tmp_path / "a.pth", weights_only=True)
     assert all(torch.equal(loaded[k], state[k]) for k in state)
     assert sorted(os.listdir(tmp_path)) == ["a.pth", "b.pth"]
+
+
+def _curated(folder):
+    return [
+        ClipRecord(str(folder / "a.mp4"), "letterboxed", 81, 25.0, 640, 400, crop=(0, 64, 640, 336), weight=2.5),
+        ClipRecord(str(folder / "a.mp4"), "later", 81, 25.0, 640, 400, start=1.0, end=3.0, weight=0.0),
+        ClipRecord(str(folder / "b.png"), "still", 1, 0.0, 64, 32, crop=[8, 0, 56, 32]),
+    ]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_crop_weight_and_extra_columns_round_trip(tmp_path, suffix):
+    records = _curated(tmp_path)
+    assert records[2].crop == (8, 0, 56, 32) and records[2].frame_size == (48, 32)  # a list is kept as a tuple
+    extra = [{"quality_score": 0.8, "motion_tier": "optimal", "cluster": 3, "subset_i2v": True, "tags": [1, 2]},
+             {"quality_score": 0.1, "motion_tier": "static", "cluster": 0, "subset_i2v": False},
+             {"quality_score": None, "motion_tier": "optimal", "cluster": 3, "subset_i2v": True, "tags": []}]
+    path = write_manifest(records, tmp_path / f"m{suffix}", extra=extra)
+    assert read_manifest(path) == records  # extra columns are ignored by the reader
+    if suffix == ".parquet":
+        table = pq.read_table(path)
+        assert table.schema.field("crop").type == pa.list_(pa.int64())
+        assert table.schema.field("weight").type == pa.float64()
+        assert table.schema.field("subset_i2v").type == pa.bool_()
+        rows = table.to_pylist()
+    else:
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["crop"] for r in rows] == [[0, 64, 640, 336], None, [8, 0, 56, 32]]
+    assert [r["weight"] for r in rows] == [2.5, 0.0, None]
+    assert [r["motion_tier"] for r in rows] == ["optimal", "static", "optimal"]
+    assert [r.get("tags") for r in rows] == [[1, 2], None, []]  # a missing key is null
+    assert rows[2]["quality_score"] is None
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("crop", [0, 0, 16], r"row 2 .*'crop' must be a list of 4 integers"),
+        ("crop", [0, 0, 16.0, 16], r"row 2 .*'crop' must be a list of 4 integers"),
+        ("crop", "0,0,16,16", r"row 2 .*'crop' must be a list of 4 integers"),
+        ("crop", [0, 0, 40, 16], r"row 2 .*'crop' \[0, 0, 40, 16\] must lie inside the 32x32 source"),
+        ("crop", [16, 0, 16, 32], r"row 2 .*left < right"),
+        ("crop", [-1, 0, 16, 16], r"row 2 .*must lie inside"),
+        ("weight", -0.5, r"row 2 .*'weight' must be a finite number >= 0"),
+        ("weight", "2", r"row 2 .*'weight' must be a number"),
+        ("weight", True, r"row 2 .*'weight' must be a number"),
+    ],
+)
+def test_bad_crop_and_weight_rows_are_refused_naming_the_row(tmp_path, field, value, match):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(_GOOD) + "\n" + json.dumps({**_GOOD, field: value}) + "\n")
+    with pytest.raises(ValueError, match=match):
+        read_manifest(path)
+    table = pa.table({**{k: [v, v] for k, v in _GOOD.items()}, "weight": [1.0, float("inf")]})
+    pq.write_table(table, tmp_path / "m.parquet")
+    with pytest.raises(ValueError, match=r"row 2 .*'weight' must be a finite number"):
+        read_manifest(tmp_path / "m.parquet")
+    with pytest.raises(ValueError, match=r"clip 'x'.*'crop'"):
+        ClipRecord("a.mp4", "c", 9, 16.0, 32, 32, id="x", crop=(0, 0, 64, 32))
+
+
+def test_bad_extra_columns_are_refused_before_writing(tmp_path):
+    records = _curated(tmp_path)
+    with pytest.raises(ValueError, match="extra has 1 rows for 3 records"):
+        write_manifest(records, tmp_path / "m.jsonl", extra=[{}])
+    with pytest.raises(ValueError, match="extra row 2 has a column 'weight' that is a manifest field"):
+        write_manifest(records, tmp_path / "m.jsonl", extra=[{}, {"weight": 3}, {}])
+    with pytest.raises(ValueError, match="column 'mixed' mixes kinds"):
+        write_manifest(records, tmp_path / "m.parquet", extra=[{"mixed": 1}, {"mixed": "one"}, {}])
+    with pytest.raises(ValueError, match="extra row 1: column 'obj' holds a object"):
+        write_manifest(records, tmp_path / "m.jsonl", extra=[{"obj": object()}, {}, {}])
+    assert not list(tmp_path.iterdir())

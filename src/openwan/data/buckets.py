@@ -2,8 +2,9 @@
 
 A bucket is (frames, height, width) in pixels; frames is 4n+1 (the VAE's causal layout) and 1 means an image.
 Each clip goes to the bucket of closest aspect ratio that it has enough frames for (``assign_bucket``), and
-``BucketBatchSampler`` draws batches of dataset indices from one bucket at a time. The order of an epoch is a
-pure function of (seed, epoch), so a run resumed from ``state_dict()`` sees exactly the batches it would have.
+``BucketBatchSampler`` draws batches of dataset indices from one bucket at a time, optionally by per-clip sampling
+weights. The order of an epoch is a pure function of (seed, epoch), so a run resumed from ``state_dict()`` sees
+exactly the batches it would have.
 """
 
 from __future__ import annotations
@@ -100,12 +101,14 @@ def _aspect_distance(a: float, b: float) -> float:
 
 def assign_bucket(record: ClipRecord, buckets: Sequence[Bucket], fps: float = 16) -> Bucket | None:
     """The bucket of closest aspect ratio (ties: more frames) among those whose frame count the clip fills at
-    ``fps``; None when the clip is too short for every bucket."""
+    ``fps``; None when the clip is too short for every bucket. The aspect ratio is that of the record's crop box
+    when it has one (``ClipRecord.frame_size``)."""
     available = clip_frames_at(record, fps)
     fitting = [b for b in buckets if b.frames <= available]
     if not fitting:
         return None
-    aspect = record.width / record.height
+    width, height = record.frame_size
+    aspect = width / height
     return min(fitting, key=lambda b: (_aspect_distance(b.aspect, aspect), -b.frames, b))
 
 
@@ -134,6 +137,10 @@ class BucketBatchSampler:
     ``drop_last`` drops each bucket's incomplete last batch; with False it is kept (world size 1) or filled up
     with items of the same bucket (world size > 1, so every rank gets a full batch).
 
+    ``weights`` (one per dataset index, >= 0; None: every assigned index once per epoch): each epoch draws as many
+    indices as there are assigned ones of positive weight, with replacement, index i with probability
+    ``weights[i] / sum(weights)``; the draws then go into batches by bucket as above. Weight 0 is never drawn.
+
     Iterating yields the rest of the current epoch and then moves to the next; ``state_dict()`` holds
     (epoch, position). Behind a prefetching DataLoader the sampler runs ahead of the trainer: pass the number of
     batches the trainer took from the current pass as ``state_dict(consumed=n)``.
@@ -141,7 +148,7 @@ class BucketBatchSampler:
 
     def __init__(self, assignments: Sequence[Bucket | None], batch_size: int, seed: int = 0,
                  image_video_ratio: float | None = None, drop_last: bool = True, rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, weights: Sequence[float] | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1; got {batch_size}.")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -150,6 +157,9 @@ class BucketBatchSampler:
             raise ValueError(f"image_video_ratio is a probability in [0, 1]; got {image_video_ratio}.")
         self.batch_size, self.seed, self.drop_last = batch_size, seed, drop_last
         self.image_video_ratio, self.rank, self.world_size = image_video_ratio, rank, world_size
+        self.weights = None if weights is None else _checked_weights(weights, assignments)
+        if self.weights is not None:  # a weight of 0 is never drawn: as if unassigned
+            assignments = [b if w > 0 else None for b, w in zip(assignments, self.weights)]
         self._groups = self._group(assignments)
         self.epoch, self.position = 0, 0
         self._pass = (0, 0)  # (epoch, start position) of the latest __iter__
@@ -195,11 +205,22 @@ class BucketBatchSampler:
                 batches[-1] = np.resize(np.concatenate([batches[-1], order]), size)
         return batches
 
+    def _drawn(self, epoch: int) -> dict[Bucket, np.ndarray]:
+        """The epoch's indices per bucket: each once (no weights), or drawn by weight with replacement."""
+        if self.weights is None:
+            return self._groups
+        buckets = list(self._groups)
+        indices = np.concatenate([self._groups[b] for b in buckets])
+        owner = np.concatenate([np.full(len(self._groups[b]), k) for k, b in enumerate(buckets)])
+        p = self.weights[indices] / self.weights[indices].sum()
+        picks = self._rng(epoch, 2).choice(len(indices), size=len(indices), replace=True, p=p)
+        return {b: indices[picks[owner[picks] == k]] for k, b in enumerate(buckets)}
+
     def _global_plan(self, epoch: int) -> list[np.ndarray]:
         """Every global batch of the epoch, in order; the same on every rank."""
         rng = self._rng(epoch, 0)
         per_kind: dict[bool, list[np.ndarray]] = {True: [], False: []}
-        for bucket, indices in self._groups.items():
+        for bucket, indices in self._drawn(epoch).items():
             per_kind[bucket.is_image] += self._global_batches(indices, rng)
         everything = per_kind[True] + per_kind[False]
         if self.image_video_ratio is None:
@@ -270,6 +291,21 @@ class BucketBatchSampler:
         """Continue from a ``state_dict()``: the next batch is the one that followed when it was taken."""
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._pass = (self.epoch, self.position)
+
+
+def _checked_weights(weights: Sequence[float], assignments: Sequence[Bucket | None]) -> np.ndarray:
+    """``weights`` as float64, one per assignment, finite and >= 0, some positive among the assigned."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(assignments),):
+        raise ValueError(f"weights has {w.size} entries for {len(assignments)} assignments; give one weight per "
+                         "dataset index.")
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    if bad.size:
+        raise ValueError(f"weights[{bad[0]}] is {w[bad[0]]}; sampling weights must be finite and >= 0.")
+    if not any(b is not None and x > 0 for b, x in zip(assignments, w)):
+        raise ValueError("every clip in a bucket has weight 0, so nothing can be drawn; give some clips a positive "
+                         "weight.")
+    return w
 
 
 __all__ = ["Bucket", "buckets_for", "clip_frames_at", "assign_bucket", "assign_buckets", "BucketBatchSampler",

@@ -2,19 +2,23 @@
 
 A row holds ``path`` (relative paths resolve against the manifest's folder), ``caption``, ``frames``, ``fps``,
 ``width`` and ``height`` of the source, and optionally ``start``/``end`` (seconds, the clip's bounds in the
-file) and ``id`` (default: the path as written in the manifest, plus ``@start`` when the clip has a start).
-Unknown columns are ignored, so a curation stage may add its own. The id is what caches key their tensors by,
-so it does not change when the dataset folder moves.
+file), ``id`` (default: the path as written in the manifest, plus ``@start`` when the clip has a start),
+``crop`` ([left, top, right, bottom] in source pixels: the region training sees, e.g. inside a letterbox) and
+``weight`` (the clip's sampling weight, >= 0; none = 1, 0 = never drawn). Unknown columns are ignored, so
+curation may write its scores beside them (``write_manifest(..., extra=...)``). The id is what caches key their
+tensors by, so it does not change when the dataset folder moves.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -42,15 +46,30 @@ class ClipRecord:
     start: float | None = None
     end: float | None = None
     id: str = ""
+    crop: tuple[int, int, int, int] | None = None
+    weight: float | None = None
 
     def __post_init__(self) -> None:
         if not self.id:
             object.__setattr__(self, "id", default_clip_id(self.path, self.start))
+        if self.crop is not None:
+            object.__setattr__(self, "crop", tuple(self.crop))
+            _check_crop(self.crop, self.width, self.height, f"clip {self.id!r}")
+        if self.weight is not None:
+            _check_weight(self.weight, f"clip {self.id!r}")
 
     @property
     def is_image(self) -> bool:
         """True for still-image files (a 1-frame clip)."""
         return Path(self.path).suffix.lower() in IMAGE_SUFFIXES
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) in pixels of what training sees: the crop box when there is one, else the source."""
+        if self.crop is None:
+            return self.width, self.height
+        left, top, right, bottom = self.crop
+        return right - left, bottom - top
 
 
 def default_clip_id(path: str, start: float | None) -> str:
@@ -84,7 +103,34 @@ def _checked_row(row: dict, where: str) -> dict:
             raise ValueError(f"{where}: field '{name}' must be {_type_name(types)}, got {value!r}; fix that row.")
         out[name] = float(value) if float in types else value
     _check_values(out, where)
+    if row.get("crop") is not None:
+        out["crop"] = _check_crop(row["crop"], out["width"], out["height"], where)
+    if row.get("weight") is not None:
+        out["weight"] = _check_weight(row["weight"], where)
     return out
+
+
+def _check_crop(crop, width: int, height: int, where: str) -> tuple[int, int, int, int]:
+    """``crop`` as a (left, top, right, bottom) tuple of ints inside a ``width`` x ``height`` frame."""
+    if (not isinstance(crop, (list, tuple)) or len(crop) != 4
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in crop)):
+        raise ValueError(f"{where}: field 'crop' must be a list of 4 integers [left, top, right, bottom] in source "
+                         f"pixels, got {crop!r}; fix that row.")
+    left, top, right, bottom = (int(v) for v in crop)
+    if not (0 <= left < right <= width and 0 <= top < bottom <= height):
+        raise ValueError(f"{where}: field 'crop' {[left, top, right, bottom]} must lie inside the {width}x{height} "
+                         "source with left < right and top < bottom; fix that row.")
+    return left, top, right, bottom
+
+
+def _check_weight(weight, where: str) -> float:
+    """``weight`` as a float, finite and >= 0."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{where}: field 'weight' must be a number, got {weight!r}; fix that row.")
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"{where}: field 'weight' must be a finite number >= 0 (0: never drawn), got {weight!r}; "
+                         "fix that row.")
+    return float(weight)
 
 
 def _check_values(row: dict, where: str) -> None:
@@ -161,34 +207,85 @@ def _portable_path(path: str, folder: Path) -> str:
     return path if rel.startswith("..") else rel
 
 
-def write_manifest(records: Iterable[ClipRecord], path: str | Path) -> Path:
+def write_manifest(records: Iterable[ClipRecord], path: str | Path, extra: Sequence[dict] | None = None) -> Path:
     """Write ``records`` to ``path`` (``.parquet`` or ``.jsonl``) atomically; returns the path.
 
     Absolute paths inside the manifest's folder are stored relative to it; every row gets its id written
-    out, so ids survive the rewrite.
+    out, so ids survive the rewrite. ``extra``: one dict per record of further columns (scores, tiers, cluster
+    ids, flags) written beside the record's; values are JSON-able scalars, strings or lists (a missing key is
+    null). ``read_manifest`` ignores them; ``pyarrow.parquet.read_table`` or ``json.loads`` read them back.
     """
     path = Path(path)
     suffix = _check_suffix(path)
     folder = path.absolute().parent
+    records = list(records)
+    extra_names = _extra_names(records, extra)
     rows = []
-    for record in records:
+    for i, record in enumerate(records):
         row = asdict(record)
         row["path"] = _portable_path(row["path"], folder)
+        row["crop"] = None if record.crop is None else list(record.crop)
+        if extra is not None:
+            row.update({name: _plain(extra[i].get(name), name, i + 1) for name in extra_names})
         rows.append(row)
+    names = [f.name for f in fields(ClipRecord)] + extra_names
     if suffix == ".parquet":
-        atomic_write(path, lambda tmp: _write_parquet(rows, tmp))
+        atomic_write(path, lambda tmp: pq.write_table(_table(rows, names), tmp))
     else:
-        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        text = "".join(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows)
         atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return path
 
 
-def _write_parquet(rows: list[dict], tmp: str) -> None:
+def _extra_names(records: list[ClipRecord], extra: Sequence[dict] | None) -> list[str]:
+    """The extra columns' names in first-seen order; refuses a wrong count or a name a record field has."""
+    if extra is None:
+        return []
+    if len(extra) != len(records):
+        raise ValueError(f"extra has {len(extra)} rows for {len(records)} records; give one dict per record.")
+    own = {f.name for f in fields(ClipRecord)}
+    names: dict[str, None] = {}
+    for i, row in enumerate(extra, 1):
+        if not isinstance(row, dict):
+            raise ValueError(f"extra row {i} is a {type(row).__name__}, not a dict of column values.")
+        for name in row:
+            if not isinstance(name, str) or name in own:
+                raise ValueError(f"extra row {i} has a column {name!r} that is a manifest field or not a string; "
+                                 "set record fields on the ClipRecord and name extra columns otherwise.")
+            names[name] = None
+    return list(names)
+
+
+def _plain(value, name: str, row: int):
+    """``value`` as plain Python (numpy scalars and arrays, tuples made JSON-able); refuses other objects."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, name, row) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # NaN / inf: not measured
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"extra row {row}: column {name!r} holds a {type(value).__name__} ({value!r}); give numbers, "
+                     "strings, booleans or lists of them.")
+
+
+def _table(rows: list[dict], names: list[str]) -> pa.Table:
     kinds = {str: pa.string(), int: pa.int64(), float: pa.float64()}
     types = {**_REQUIRED, **_OPTIONAL}
-    schema = pa.schema([(f.name, kinds[types[f.name][-1]]) for f in fields(ClipRecord)])
-    columns = {name: [row[name] for row in rows] for name in schema.names}
-    pq.write_table(pa.table(columns, schema=schema), tmp)
+    known = {name: kinds[types[name][-1]] for name in types}
+    known |= {"crop": pa.list_(pa.int64()), "weight": pa.float64()}
+    columns = []
+    for name in names:
+        values = [row.get(name) for row in rows]
+        try:
+            columns.append(pa.array(values, type=known.get(name)))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+            raise ValueError(f"column {name!r} mixes kinds of values that Parquet cannot hold in one column ({err});"
+                             " give it one kind per column.") from None
+    return pa.table(columns, names=names)
 
 
 __all__ = ["ClipRecord", "read_manifest", "write_manifest", "default_clip_id"]

@@ -3,7 +3,9 @@
 A trainer reads any :class:`BatchSource`; :class:`ListBatches` serves a fixed list (tests, small runs) and
 :class:`SamplerLoader` wraps a ``DataLoader`` over a resumable :class:`~openwan.data.buckets.BucketBatchSampler`.
 :func:`bucket_source` builds the latter from a clip manifest (raw videos) or a latent + text cache, and
-:func:`clip_loader` from a manifest cropped to one bucket (what the VAE trains on).
+:func:`clip_loader` from a manifest cropped to one bucket (what the VAE trains on). Both honour the clips' sampling
+weights (a manifest's ``weight`` column, or a cache entry's ``weight``): with any weight given, each epoch draws
+clips by weight (a clip without one counts 1); with none, every clip once per epoch.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch.utils.data import DataLoader
 from openwan.data.buckets import Bucket, BucketBatchSampler, assign_buckets
 from openwan.data.cache import CachedDataset
 from openwan.data.dataset import VideoClipDataset, collate, scan_manifest
-from openwan.data.manifest import read_manifest
+from openwan.data.manifest import ClipRecord, read_manifest
 
 log = logging.getLogger("openwan.data")
 
@@ -108,6 +110,7 @@ def bucket_source(*, manifest: str | None, cache_dir: str | None, buckets: Seque
         records = read_manifest(manifest)
         assignments = assign_buckets(records, wanted, fps=fps)
         dataset = VideoClipDataset(records, assignments, fps=fps)
+        weights = record_weights(records)
         where = f"manifest {manifest}"
     else:
         dataset = CachedDataset(cache_dir)
@@ -120,12 +123,16 @@ def bucket_source(*, manifest: str | None, cache_dir: str | None, buckets: Seque
                              f"{[list(b) for b in buckets]}; the cache holds {[list(b) for b in cached]}"
                              " — set the buckets to those, or to fewer frames at the same height and width"
                              " (served as a clip's first latent frames), or build a cache for these.")
+        weights = _weights([dataset.latents.get(key, {}).get("weight") for key in dataset.keys])
         where = f"cache {cache_dir}"
     used = sum(a is not None for a in assignments)
     log.info("%s: %d of %d clips of the %s fit its buckets", label, used, len(assignments), where)
+    if weights is not None:
+        drawn = sum(a is not None and w > 0 for a, w in zip(assignments, weights))
+        log.info("%s: sampling by weight; %d of them have a weight above 0", label, drawn)
     # Cut into global batches of batch_size (the same plan for any dp_size), each split over the dp ranks.
     sampler = BucketBatchSampler(assignments, batch_size // dp_size, seed=seed, image_video_ratio=image_video_ratio,
-                                 rank=dp_rank, world_size=dp_size)
+                                 rank=dp_rank, world_size=dp_size, weights=weights)
     return SamplerLoader(dataset, sampler, collate, num_workers=num_workers, seed=seed)
 
 
@@ -142,12 +149,25 @@ def clip_loader(manifest: str, frames: int, size: int, *, fps: float, batch_size
         raise ValueError(f"only {usable} clips of {manifest} give {frames} frames at {fps} fps; add clips, lower "
                          "the frames (--frames) or the batch size (--batch-size).")
     dataset = VideoClipDataset(records, assignments, fps=fps)
-    sampler = BucketBatchSampler(assignments, batch_size, seed=seed)
+    sampler = BucketBatchSampler(assignments, batch_size, seed=seed, weights=record_weights(records))
     return SamplerLoader(dataset, sampler, collate, num_workers=num_workers, seed=seed)
+
+
+def record_weights(records: Sequence[ClipRecord]) -> list[float] | None:
+    """The records' sampling weights for ``BucketBatchSampler``: None when no record has one (every clip once per
+    epoch), else one per record with a missing weight counted as 1."""
+    return _weights([r.weight for r in records])
+
+
+def _weights(values: Sequence[float | None]) -> list[float] | None:
+    if all(v is None for v in values):
+        return None
+    return [1.0 if v is None else float(v) for v in values]
 
 
 def _json_copy(state: Any) -> Any:
     return json.loads(json.dumps(state))
 
 
-__all__ = ["BatchSource", "DataFactory", "ListBatches", "SamplerLoader", "bucket_source", "clip_loader"]
+__all__ = ["BatchSource", "DataFactory", "ListBatches", "SamplerLoader", "bucket_source", "clip_loader",
+           "record_weights"]
