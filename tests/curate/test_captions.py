@@ -1,0 +1,247 @@
+"""Captions: kept and sidecar captions, a tiny random-weight VLM loaded from its folder, and a real local HTTP
+endpoint that checks what it is sent (frames as JPEGs, the OCR text) and fails in the ways servers fail."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from curate.footage import footage, write_video
+from openwan.configio import parse
+from openwan.curate.base import ClipFrames
+from openwan.curate.captions import (
+    DEFAULT_STYLES,
+    STYLE_INSTRUCTIONS,
+    CaptionConfig,
+    CaptionStage,
+    key_frames,
+    sidecar_caption,
+)
+
+OCR = "GRAND OPENING 50% OFF"
+
+
+def _frames(count: int = 16) -> ClipFrames:
+    """Real footage (bikes) at the analysis rate: 8 fps, short side 64."""
+    frames = footage("bikes", 0, count * 3, size=(160, 64))[::3]
+    return ClipFrames(frames, np.arange(len(frames)) / 8.0, 8.0, (640, 272))
+
+
+def _clip(**extra) -> dict:
+    return {"clip_id": "c0", "source": "/data/bikes.mp4", "start": 0.0, "end": 2.0, "duration": 2.0, "caption": "",
+            **extra}
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+def test_config_parses_from_yaml_and_refuses_bad_fields():
+    cfg = parse(CaptionConfig, {"mode": "endpoint", "url": "http://localhost:8000/v1",
+                                "styles": ["long-poetic", "short-plain"], "max_new_tokens": [8, 16, 32]}, "captions")
+    assert cfg.styles == ("long-poetic", "short-plain") and cfg.primary_style == "long-poetic"
+    assert cfg.tokens_for("long-poetic") == 32 and cfg.tokens_for("short-plain") == 8
+    assert set(STYLE_INSTRUCTIONS) == {f"{a}-{b}" for a in ("short", "medium", "long")
+                                       for b in ("plain", "formal", "poetic")}
+    assert len(set(STYLE_INSTRUCTIONS.values())) == 9 and set(DEFAULT_STYLES) <= set(STYLE_INSTRUCTIONS)
+    bad = [({"styles": ["tiny-plain"]}, "unknown style 'tiny-plain'"),
+           ({"primary": "long-poetic"}, "captions.primary"),
+           ({"mode": "vlm"}, "captions.model_dir is empty"),
+           ({"mode": "endpoint", "url": "localhost:8000"}, "not an http(s) URL"),
+           ({"max_new_tokens": [8, 0, 9]}, "captions.max_new_tokens"),
+           ({"device": "gpu"}, "captions.device"),
+           ({"mode": "chatgpt"}, "must be one of: keep, vlm, endpoint")]
+    for fields, message in bad:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            parse(CaptionConfig, fields, "captions")
+    assert CaptionStage(CaptionConfig(mode="vlm", model_dir="/m", device="cuda")).resources.num_gpus == 1.0
+    assert CaptionStage(CaptionConfig()).resources.num_gpus == 0.0
+
+
+# ----------------------------------------------------------------------------------------------- keep and sidecar
+
+
+def test_keep_mode_keeps_given_captions_and_marks_missing_ones():
+    stage = CaptionStage(CaptionConfig())
+    stage.setup()
+    frames = _frames(4)
+    out = stage(_clip(caption="  Two cyclists ride past a red wall. "), frames)
+    assert out.reasons == [] and out.values["caption"] == "Two cyclists ride past a red wall."
+    assert out.values["captions_styles"] == ["given"] and out.values["captions_missing"] is False
+    out = stage(_clip(), frames)
+    assert out.reasons == [] and out.values["caption"] == "" and out.values["captions_missing"] is True
+    assert out.values["captions_texts"] == [] and out.values["captions_error"] == ""
+    json.dumps(out.values)  # JSON-able
+    strict = CaptionStage(CaptionConfig(require_caption=True))
+    reasons = strict(_clip(caption=None), frames).reasons
+    assert len(reasons) == 1 and "no caption" in reasons[0] and "require_caption" in reasons[0]
+
+
+def test_sidecar_captions_next_to_the_video(tmp_path):
+    video = write_video(footage("carphone", 0, 8), tmp_path / "call.mp4")
+    assert sidecar_caption(video) is None
+    (tmp_path / "call.txt").write_text("A man talks on a phone.\n", encoding="utf-8")
+    assert sidecar_caption(video) == "A man talks on a phone."
+    (tmp_path / "call.mp4.txt").write_bytes("\ufeff Un homme téléphone dans une voiture. \n".encode())
+    assert sidecar_caption(str(video)) == "Un homme téléphone dans une voiture."  # <video>.txt first, BOM dropped
+    (tmp_path / "call.mp4.txt").write_bytes("Un homme t\u00e9l\u00e9phone.".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"call\.mp4\.txt is not UTF-8 \(byte 0xe9 at offset 10\)"):
+        sidecar_caption(video)
+
+
+# ----------------------------------------------------------------------------------------------- endpoint
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.requests: list[tuple[dict, dict]] = []
+        self.behaviour = ["ok"]  # one per request; the last one repeats
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_port}/v1"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 — the http.server API
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        server = self.server
+        behaviour = server.behaviour[min(len(server.requests), len(server.behaviour) - 1)]
+        server.requests.append((dict(self.headers), body))
+        if behaviour == "slow":
+            time.sleep(1.0)
+            behaviour = "ok"
+        if behaviour.isdigit():
+            self.send_error(int(behaviour))
+            return
+        text = body["messages"][-1]["content"][-1]["text"]
+        style = next(s for s, instruction in STYLE_INSTRUCTIONS.items() if instruction in text)
+        data = (b"<html>not json" if behaviour == "garbage" else
+                json.dumps({"choices": [{"message": {"content": f' "A caption in style {style}." '}}]}).encode())
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except BrokenPipeError:  # the client gave up waiting (the timeout case)
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    server = _Server()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _decode_jpeg(url: str) -> np.ndarray:
+    from PIL import Image
+
+    head, data = url.split(",", 1)
+    assert head == "data:image/jpeg;base64"
+    image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+    assert image.format == "JPEG"
+    return np.asarray(image.convert("RGB"))
+
+
+def test_endpoint_sends_the_key_frames_and_the_ocr_text(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+    styles = ("short-plain", "long-poetic", "medium-formal")
+    cfg = CaptionConfig(mode="endpoint", url=server.url, model="qwen2.5-vl-7b", styles=styles, primary="long-poetic",
+                        max_new_tokens=(11, 22, 33), retry_wait_s=0)
+    frames = _frames(16)
+    stage = CaptionStage(cfg)
+    stage.setup()
+    out = stage(_clip(ocr_text=OCR), frames)
+    assert out.reasons == [] and out.values["captions_error"] == ""
+    assert out.values["captions_styles"] == list(styles)
+    assert out.values["captions_texts"] == [f"A caption in style {s}." for s in styles]
+    assert out.values["caption"] == "A caption in style long-poetic."
+    assert out.values["captions_model"] == f"qwen2.5-vl-7b@{server.url}" and not out.values["captions_missing"]
+    assert len(server.requests) == 3
+    expected = key_frames(frames, 4)
+    for (headers, body), style, tokens in zip(server.requests, styles, (11, 33, 22)):
+        assert headers["Authorization"] == "Bearer sk-test-key"
+        assert body["model"] == "qwen2.5-vl-7b" and body["temperature"] == 0 and body["max_tokens"] == tokens
+        parts = body["messages"][0]["content"]
+        assert [p["type"] for p in parts] == ["image_url"] * 4 + ["text"]
+        for part, frame in zip(parts, expected):
+            image = _decode_jpeg(part["image_url"]["url"])
+            assert image.shape == frame.shape
+            assert np.abs(image.astype(int) - frame).mean() < 4  # the clip's own frames, in order
+        text = parts[-1]["text"]
+        assert f"Text visible in the video: {OCR}" in text and STYLE_INSTRUCTIONS[style] in text
+        assert "4 frames" in text and "2.0 seconds" in text
+    # without OCR text the request says nothing of text; a given caption stays the primary one
+    server.requests.clear()
+    out = stage(_clip(caption="Cyclists race downhill."), frames)
+    assert "Text visible" not in server.requests[0][1]["messages"][0]["content"][-1]["text"]
+    assert out.values["caption"] == "Cyclists race downhill." and out.values["captions_styles"][0] == "given"
+    assert len(out.values["captions_texts"]) == 4
+
+
+def test_endpoint_failures_become_the_clips_reasons(server):
+    frames = _frames(4)
+
+    def run(behaviour, retries=0, timeout_s=10.0, url=None, **cfg):
+        server.requests.clear()
+        server.behaviour = behaviour
+        stage = CaptionStage(CaptionConfig(mode="endpoint", url=url or server.url, retries=retries,
+                                           timeout_s=timeout_s, retry_wait_s=0, **cfg))
+        return stage(_clip(), frames)
+
+    out = run(["500"], retries=2)
+    assert len(server.requests) == 3  # the first try and two more
+    assert out.values["captions_error"].startswith("style short-plain: HTTP 500")
+    assert "after 3 tries" in out.values["captions_error"]
+    assert out.values["caption"] == "" and out.values["captions_texts"] == [] and out.values["captions_missing"]
+    assert len(out.reasons) == 1 and out.reasons[0].startswith("captioning failed (style short-plain: HTTP 500")
+
+    out = run(["404"], retries=2)
+    assert len(server.requests) == 1 and "HTTP 404" in out.reasons[0]  # a client error is not tried again
+
+    out = run(["garbage"])
+    assert "something other than a chat completion" in out.values["captions_error"] and out.reasons
+
+    out = run(["slow"], timeout_s=0.2)
+    assert "no answer from" in out.values["captions_error"] and out.reasons
+
+    out = run(["503", "429", "ok"], retries=2)  # transient failures, then answers
+    assert out.reasons == [] and len(out.values["captions_texts"]) == len(DEFAULT_STYLES)
+
+    out = run(["ok", "ok", "500"], keep_existing=True)  # the third style fails: nothing generated is kept
+    assert out.values["captions_texts"] == [] and "style long-plain: HTTP 500" in out.reasons[0]
+
+    with socket_closed() as url:
+        out = run(["ok"], url=url)
+    assert "cannot reach" in out.values["captions_error"] and out.reasons
+
+
+class socket_closed:  # noqa: N801 — used as a context manager
+    """A URL on a port nothing listens on."""
+
+    def __enter__(self) -> str:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+
+    def __exit__(self, *exc) -> None:
+        self.sock.close()
