@@ -245,3 +245,124 @@ class socket_closed:  # noqa: N801 — used as a context manager
 
     def __exit__(self, *exc) -> None:
         self.sock.close()
+
+
+# ----------------------------------------------------------------------------------------------- local VLM
+
+_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
+_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+             "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}"
+             "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _tiny_vlm(folder) -> None:
+    """A random-weight LLaVA (CLIP vision tower, Qwen2 language model, hidden size 32, one layer each) with a
+    byte-level BPE tokenizer trained here on the style instructions, its image processor and chat template,
+    saved like a downloaded model folder. Built offline: nothing touches a hub."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(list(STYLE_INSTRUCTIONS.values()), trainers.BpeTrainer(
+        vocab_size=512, special_tokens=_SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    ids = {s: tok.token_to_id(s) for s in _SPECIAL}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    images = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=8, chat_template=_TEMPLATE,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    config = LlavaConfig(
+        vision_config={"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        text_config={"model_type": "qwen2", "vocab_size": tok.get_vocab_size(), "hidden_size": 32,
+                     "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "max_position_embeddings": 2048, "bos_token_id": ids["<|endoftext|>"],
+                     "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"]},
+        image_token_id=ids["<image>"], vision_feature_layer=-1, vision_feature_select_strategy="default")
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-vlm")
+    _tiny_vlm(folder)
+    return folder
+
+
+def test_local_vlm_writes_one_caption_per_style_from_the_frames(tiny_vlm, monkeypatch, one_thread):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    styles = ("short-plain", "medium-formal", "long-poetic")
+    cfg = CaptionConfig(mode="vlm", model_dir=str(tiny_vlm), styles=styles, max_new_tokens=(6, 9, 12))
+    stage = CaptionStage(cfg)
+    stage.setup()
+    stage.setup()  # idempotent
+    prompts, pixels = [], []  # what the language model and the vision tower see first in each generate call
+    stage._model.register_forward_pre_hook(lambda module, args, kwargs: prompts.append(kwargs["input_ids"][0])
+                                           if "mm_encoder_outputs" in kwargs else None, with_kwargs=True)
+    stage._model.model.vision_tower.register_forward_pre_hook(
+        lambda module, args, kwargs: pixels.append(args[0] if args else kwargs["pixel_values"]), with_kwargs=True)
+    frames = _frames(16)
+    out = stage(_clip(ocr_text=OCR), frames)
+    assert out.reasons == [] and out.values["captions_error"] == ""
+    assert out.values["captions_styles"] == list(styles) and out.values["captions_model"] == tiny_vlm.name
+    texts = out.values["captions_texts"]
+    assert all(isinstance(t, str) and t for t in texts) and out.values["caption"] == texts[0]
+    # the prompt of each style: the four key frames' image tokens, the style's instruction and the OCR text
+    assert len(prompts) == len(pixels) == 3
+    tokenizer = stage._processor.tokenizer
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    for ids, pixel_values, style in zip(prompts, pixels, styles):
+        prompt = tokenizer.decode(ids)
+        assert STYLE_INSTRUCTIONS[style] in prompt and f"Text visible in the video: {OCR}" in prompt
+        assert pixel_values.shape == (4, 3, 32, 32)
+        assert int((ids == image_id).sum()) == 4 * 16  # 4x4 patches per frame (the class token is dropped)
+    # the pixels are the clip's key frames: the processor on them gives the same tensor
+    expected = stage._processor.image_processor(list(key_frames(frames, 4)), return_tensors="pt")["pixel_values"]
+    np.testing.assert_allclose(pixels[0].numpy(), expected.numpy(), atol=1e-6)
+    # greedy: a fresh load gives the same captions; another clip's frames give other ones
+    again = CaptionStage(cfg)
+    assert again(_clip(ocr_text=OCR), frames).values == out.values
+    other = ClipFrames(footage("bunny", 0, 16, size=(114, 64)), np.arange(16) / 8.0, 8.0, (1280, 720))
+    assert stage(_clip(ocr_text=OCR), other).values["captions_texts"] != texts
+
+
+def test_vlm_folders_that_cannot_work_are_refused_before_any_clip(tmp_path, tiny_vlm):
+    with pytest.raises(ValueError, match="not a transformers model folder"):
+        CaptionStage(CaptionConfig(mode="vlm", model_dir=str(tmp_path))).setup()
+    bare = tmp_path / "no-template"
+    bare.mkdir()
+    for path in tiny_vlm.iterdir():
+        if path.name != "chat_template.jinja":
+            (bare / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(ValueError, match="has no chat template"):
+        CaptionStage(CaptionConfig(mode="vlm", model_dir=str(bare))).setup()
+
+
+def test_a_qwen_vl_folder_without_torchvision_is_refused_naming_it(tmp_path):
+    pytest.importorskip("transformers")
+    try:
+        import torchvision  # noqa: F401
+        pytest.skip("torchvision is installed: transformers' Qwen video processor loads")
+    except ImportError:
+        pass
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    vocab = {"<unk>": 0, "<|image_pad|>": 1, "<|video_pad|>": 2}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))).save_pretrained(
+        tmp_path)
+    Qwen2VLImageProcessorPil().save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2_5_VLProcessor"}))
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps(
+        {"video_processor_type": "Qwen2VLVideoProcessor", "processor_class": "Qwen2_5_VLProcessor"}))
+    with pytest.raises(ValueError, match="needs a package that is not installed.*Torchvision"):
+        CaptionStage(CaptionConfig(mode="vlm", model_dir=str(tmp_path))).setup()

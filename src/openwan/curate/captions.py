@@ -62,7 +62,7 @@ STYLE_INSTRUCTIONS: dict[str, str] = {
 TASK_PROMPT = (
     "The images are {count} frames sampled in order from a video clip of {duration:.1f} seconds. Describe the video "
     "as a caption for training a text-to-video model: what is seen and what happens, including motion and camera "
-    "movement. Describe only what is visible; do not mention frames, images or the word 'video clip'."
+    "movement. Describe only what is visible, as one continuous scene, without mentioning frames or images."
 )
 OCR_PROMPT = "Text visible in the video: {text}"
 ANSWER_PROMPT = "Answer with the caption only."
