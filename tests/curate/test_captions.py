@@ -333,6 +333,67 @@ def test_local_vlm_writes_one_caption_per_style_from_the_frames(tiny_vlm, monkey
     assert stage(_clip(ocr_text=OCR), other).values["captions_texts"] != texts
 
 
+def _tiny_qwen25_vl(folder) -> None:
+    """A random-weight Qwen2.5-VL (hidden size 32, one layer in the vision tower and one in the language model)
+    with a byte-level BPE tokenizer holding Qwen's vision tokens, Qwen's image and video processors and a chat
+    template in Qwen's form, saved like a downloaded Qwen2.5-VL-Instruct folder. Needs torchvision (transformers'
+    Qwen video processor imports it)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+               "<|video_pad|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(list(STYLE_INSTRUCTIONS.values()), trainers.BpeTrainer(
+        vocab_size=512, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    ids = {s: tok.token_to_id(s) for s in special}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    pixels = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 16}
+    template = _TEMPLATE.replace("<image>", "<|vision_start|><|image_pad|><|vision_end|>")
+    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
+                                    video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=template)
+    config = Qwen2_5_VLConfig(
+        text_config={"vocab_size": tok.get_vocab_size(), "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+                     "max_position_embeddings": 4096, "bos_token_id": ids["<|endoftext|>"],
+                     "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]}},
+        vision_config={"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
+                       "fullatt_block_indexes": [0], "window_size": 56},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    torch.manual_seed(0)
+    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def test_a_qwen25_vl_folder_writes_captions(tmp_path, monkeypatch, one_thread):
+    pytest.importorskip("torchvision", reason="transformers' Qwen2.5-VL processor needs torchvision")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _tiny_qwen25_vl(tmp_path)
+    styles = ("short-plain", "long-formal")
+    cfg = CaptionConfig(mode="vlm", model_dir=str(tmp_path), styles=styles, max_new_tokens=(5, 5, 8))
+    stage = CaptionStage(cfg)
+    stage.setup()
+    assert type(stage._model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    frames = _frames(16)
+    out = stage(_clip(ocr_text=OCR), frames)
+    assert out.reasons == [] and out.values["captions_styles"] == list(styles)
+    assert all(out.values["captions_texts"]) and out.values["caption"] == out.values["captions_texts"][0]
+    assert CaptionStage(cfg)(_clip(ocr_text=OCR), frames).values == out.values  # greedy
+
+
 def test_vlm_folders_that_cannot_work_are_refused_before_any_clip(tmp_path, tiny_vlm):
     with pytest.raises(ValueError, match="not a transformers model folder"):
         CaptionStage(CaptionConfig(mode="vlm", model_dir=str(tmp_path))).setup()
