@@ -125,8 +125,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         text = body["messages"][-1]["content"][-1]["text"]
         style = next(s for s, instruction in STYLE_INSTRUCTIONS.items() if instruction in text)
+        content = ' "" ' if behaviour == "empty" else f' "A caption in style {style}." '
         data = (b"<html>not json" if behaviour == "garbage" else
-                json.dumps({"choices": [{"message": {"content": f' "A caption in style {style}." '}}]}).encode())
+                json.dumps({"choices": [{"message": {"content": content}}]}).encode())
         try:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -218,6 +219,9 @@ def test_endpoint_failures_become_the_clips_reasons(server):
 
     out = run(["garbage"])
     assert "something other than a chat completion" in out.values["captions_error"] and out.reasons
+
+    out = run(["empty"])
+    assert out.values["captions_error"] == "style short-plain: the model returned an empty caption" and out.reasons
 
     out = run(["slow"], timeout_s=0.2)
     assert "no answer from" in out.values["captions_error"] and out.reasons

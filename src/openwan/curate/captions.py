@@ -236,10 +236,10 @@ def chat_completion(url: str, body: dict[str, Any], api_key: str = "", timeout: 
     return text
 
 
-def _clean(text: str, style: str) -> str:
+def _clean(text: str) -> str:
     text = text.strip().strip('"').strip()
     if not text:
-        raise CaptionError(f"the model returned an empty caption for style {style}")
+        raise CaptionError("the model returned an empty caption")
     return text
 
 
@@ -331,7 +331,7 @@ class CaptionStage:
         for style in self.cfg.styles:
             request = caption_request(style, len(images), duration, ocr_text)
             try:
-                out.append((style, _clean(generate(visual, request, self.cfg.tokens_for(style)), style)))
+                out.append((style, _clean(generate(visual, request, self.cfg.tokens_for(style)))))
             except CaptionError as err:
                 raise CaptionError(f"style {style}: {err}") from None
         return out
