@@ -291,6 +291,7 @@ class CaptionStage:
 
     # ------------------------------------------------------------------------------------------- per clip
     def __call__(self, clip: dict[str, Any], frames: ClipFrames) -> StageOutput:
+        """The clip's caption columns; a failed request or a required, missing caption is a reason."""
         given = str(clip.get("caption") or "").strip()
         generated: list[tuple[str, str]] = []
         error = ""
