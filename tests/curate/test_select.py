@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from openwan.curate.select import (
     select_clips,
     write_selection,
 )
-from openwan.data.manifest import read_manifest
+from openwan.data.manifest import read_manifest, write_manifest
 
 
 def _row(i: int, **kw) -> dict:
@@ -183,9 +184,6 @@ def selection(tmp_path_factory):
 
 
 def test_bucket_source_draws_by_the_manifests_weights(selection):
-    from dataclasses import replace
-
-    from openwan.data.manifest import write_manifest
     from openwan.data.sources import bucket_source
 
     tmp, manifest, out = selection
@@ -223,3 +221,25 @@ def test_openwan_train_runs_on_the_selection(selection, tmp_path):
     metrics = read_metrics(out / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3] and all(np.isfinite(m["loss"]) for m in metrics)
     assert metrics[0]["latent_shape"] == [2, 4, 6]  # 5 frames -> 2 latent frames, 32x48 -> 4x6
+
+
+def test_a_phase_manifest_selects_and_weights_a_latent_cache(selection):
+    import torch
+
+    from openwan.configs import VAE_PRESETS
+    from openwan.data.buckets import Bucket
+    from openwan.data.cache import build_latent_cache
+    from openwan.data.sources import bucket_source
+    from openwan.models import WanVAE
+
+    tmp, manifest, _ = selection
+    records = read_manifest(manifest)
+    torch.manual_seed(0)
+    cache = tmp / "cache"
+    build_latent_cache(records, WanVAE(VAE_PRESETS["tiny"]).eval(), [Bucket(5, 32, 48)], cache, fps=16)
+    # The phase draws only what its manifest names, by its weights: here two of the cached clips, one at weight 0.
+    phase = write_manifest([replace(records[0], weight=0.0), replace(records[1], weight=2.0)], tmp / "p2.parquet")
+    source = bucket_source(manifest=str(phase), cache_dir=str(cache), buckets=[[5, 32, 48]], batch_size=1, seed=0)
+    keys = [key for _ in range(3) for batch in source for key in batch["key"]]
+    assert keys == [records[1].id] * 3  # one clip of positive weight: one draw per epoch, always that clip
+    assert tuple(next(iter(source))["latents"].shape) == (1, 16, 2, 4, 6)

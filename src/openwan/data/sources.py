@@ -5,7 +5,9 @@ A trainer reads any :class:`BatchSource`; :class:`ListBatches` serves a fixed li
 :func:`bucket_source` builds the latter from a clip manifest (raw videos) or a latent + text cache, and
 :func:`clip_loader` from a manifest cropped to one bucket (what the VAE trains on). Both honour the clips' sampling
 weights (a manifest's ``weight`` column, or a cache entry's ``weight``): with any weight given, each epoch draws
-clips by weight (a clip without one counts 1); with none, every clip once per epoch.
+clips by weight (a clip without one counts 1); with none, every clip once per epoch. A manifest given together
+with a cache selects and weights the cache's clips: the cache holds the tensors, the manifest (e.g. one phase's
+``openwan curate select`` output) says which clips to draw and how often.
 """
 
 from __future__ import annotations
@@ -104,16 +106,20 @@ def bucket_source(*, manifest: str | None, cache_dir: str | None, buckets: Seque
                   dp_rank: int = 0, dp_size: int = 1, label: str = "the data") -> SamplerLoader:
     """Batches of ``batch_size`` clips (the global batch) from a manifest of raw clips or a latent + text cache,
     each at one of ``buckets`` ((frames, height, width) in pixels); data-parallel rank ``dp_rank`` of ``dp_size``
-    gets its ``batch_size / dp_size`` samples of each. ``label`` names the source in messages (e.g. a stage)."""
+    gets its ``batch_size / dp_size`` samples of each. ``label`` names the source in messages (e.g. a stage).
+
+    With both ``manifest`` and ``cache_dir``, the cache's clips that the manifest names (by id) are drawn, by the
+    manifest's weights. Sampling weights: the manifest's ``weight`` column, else the cache entries' ``weight``."""
     wanted = [Bucket(*b) for b in buckets]
-    if manifest:
+    if manifest and not cache_dir:
         records = read_manifest(manifest)
         assignments = assign_buckets(records, wanted, fps=fps)
         dataset = VideoClipDataset(records, assignments, fps=fps)
         weights = record_weights(records)
         where = f"manifest {manifest}"
     else:
-        dataset = CachedDataset(cache_dir)
+        records = read_manifest(manifest) if manifest else None
+        dataset = CachedDataset(cache_dir, records)
         # A cache holds each clip at the bucket it was built for: the source serves those in its buckets, and the
         # first frames of longer ones (exact for a causal VAE; see CachedDataset.fit_buckets).
         assignments = dataset.fit_buckets(wanted)
@@ -123,8 +129,12 @@ def bucket_source(*, manifest: str | None, cache_dir: str | None, buckets: Seque
                              f"{[list(b) for b in buckets]}; the cache holds {[list(b) for b in cached]}"
                              " — set the buckets to those, or to fewer frames at the same height and width"
                              " (served as a clip's first latent frames), or build a cache for these.")
-        weights = _weights([dataset.latents.get(key, {}).get("weight") for key in dataset.keys])
-        where = f"cache {cache_dir}"
+        if records is not None:
+            weights = record_weights(records)
+            where = f"cache {cache_dir} (clips and weights of manifest {manifest})"
+        else:
+            weights = _weights([dataset.latents.get(key, {}).get("weight") for key in dataset.keys])
+            where = f"cache {cache_dir}"
     used = sum(a is not None for a in assignments)
     log.info("%s: %d of %d clips of the %s fit its buckets", label, used, len(assignments), where)
     if weights is not None:
