@@ -24,13 +24,14 @@ ALLOWED: dict[str, set[str]] = {
     "configio": set(),
     "configs": {"configio"},
     "fileio": set(),
+    "endpoints": set(),
     "models": CONFIG_LAYER,
     "checkpoints": CONFIG_LAYER | {"fileio"},
     "diffusion": set(),
     "runtime": BASE | {"models", "checkpoints"},
     "parallel": BASE | {"models"},
     "data": BASE | {"models"},
-    "pipelines": BASE | {"models", "checkpoints", "diffusion", "runtime", "data", "parallel"},
+    "pipelines": BASE | {"models", "checkpoints", "diffusion", "runtime", "data", "parallel", "endpoints"},
 }
 # package -> openwan packages it must never import.
 FORBIDDEN: dict[str, set[str]] = {

@@ -24,11 +24,7 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from openwan.curate.base import ClipFrames, Resources, StageOutput
+from openwan.endpoints import EndpointError, chat_completion
 
 LENGTHS = ("short", "medium", "long")
 TONES = ("plain", "formal", "poetic")
@@ -185,57 +182,6 @@ class CaptionError(RuntimeError):
     """A caption request that failed; the message says why (it becomes the clip's reason and ``captions_error``)."""
 
 
-def _retryable(err: Exception) -> bool:
-    if isinstance(err, urllib.error.HTTPError):
-        return err.code == 429 or err.code >= 500
-    return isinstance(err, urllib.error.URLError | TimeoutError | ConnectionError)
-
-
-def _describe(err: Exception, endpoint: str) -> str:
-    if isinstance(err, urllib.error.HTTPError):
-        return f"HTTP {err.code} {err.reason} from {endpoint}"
-    if isinstance(err, TimeoutError):
-        return f"no answer from {endpoint} in time ({err})"
-    if isinstance(err, urllib.error.URLError):
-        return f"cannot reach {endpoint} ({err.reason})"
-    return f"{type(err).__name__} from {endpoint}: {err}"
-
-
-def chat_completion(url: str, body: dict[str, Any], api_key: str = "", timeout: float = 120.0, retries: int = 2,
-                    retry_wait_s: float = 2.0) -> str:
-    """The first choice's message text from an OpenAI-compatible chat-completions endpoint (``url`` is its base,
-    e.g. http://host:8000/v1, or the full .../chat/completions URL). Timeouts, connection errors, HTTP 429 and 5xx
-    are tried again ``retries`` times; any failure raises CaptionError saying what happened."""
-    endpoint = url.rstrip("/")
-    if not endpoint.endswith("/chat/completions"):
-        endpoint += "/chat/completions"
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    data = json.dumps(body).encode()
-    for attempt in range(retries + 1):
-        try:
-            request = urllib.request.Request(endpoint, data=data, headers=headers, method="POST")
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                raw = response.read()
-            break
-        except Exception as err:  # noqa: BLE001 — every failure becomes the clip's error, never the run's
-            if attempt < retries and _retryable(err):
-                time.sleep(retry_wait_s * 2**attempt)
-                continue
-            tries = f" after {attempt + 1} tries" if attempt else ""
-            raise CaptionError(_describe(err, endpoint) + tries) from None
-    try:
-        answer = json.loads(raw)
-        text = answer["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise CaptionError(f"{endpoint} answered with something other than a chat completion: "
-                           f"{raw[:200]!r}") from None
-    if not isinstance(text, str):
-        raise CaptionError(f"{endpoint} answered with a non-text message content: {str(text)[:200]}")
-    return text
-
-
 def _clean(text: str) -> str:
     text = text.strip().strip('"').strip()
     if not text:
@@ -357,9 +303,12 @@ class CaptionStage:
         content.append({"type": "text", "text": request})
         body = {"model": self.cfg.model, "messages": [{"role": "user", "content": content}],
                 "temperature": 0, "max_tokens": max_new_tokens, "seed": 0}
-        return chat_completion(self.cfg.url, body, self.cfg.api_key or os.environ.get("OPENAI_API_KEY", ""),
-                               self.cfg.timeout_s, self.cfg.retries, self.cfg.retry_wait_s)
+        try:
+            return chat_completion(self.cfg.url, body, self.cfg.api_key or os.environ.get("OPENAI_API_KEY", ""),
+                                   self.cfg.timeout_s, self.cfg.retries, self.cfg.retry_wait_s)
+        except EndpointError as err:
+            raise CaptionError(str(err)) from None
 
 
 __all__ = ["CaptionConfig", "CaptionStage", "CaptionError", "STYLE_INSTRUCTIONS", "DEFAULT_STYLES",
-           "sidecar_caption", "caption_request", "key_frames", "jpeg_data_url", "chat_completion"]
+           "sidecar_caption", "caption_request", "key_frames", "jpeg_data_url"]

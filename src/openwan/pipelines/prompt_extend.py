@@ -6,10 +6,10 @@ prompt extension may improve a video, it must never stop one.
 
 from __future__ import annotations
 
-import json
 import logging
-import urllib.request
 from pathlib import Path
+
+from openwan.endpoints import chat_completion
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,9 @@ def extend_with_local_model(prompt: str, model_dir: str | Path, max_new_tokens: 
 def extend_with_endpoint(prompt: str, url: str, model: str = "default", api_key: str | None = None,
                          timeout: float = 30.0) -> str:
     """An OpenAI-compatible ``/v1/chat/completions`` endpoint (``url`` is its base, e.g. http://host:8000/v1)."""
-    body = json.dumps({
-        "model": model,
-        "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}],
-        "temperature": 0.2,
-    }).encode()
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    request = urllib.request.Request(url.rstrip("/") + "/chat/completions", data=body, headers=headers)
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        answer = json.loads(response.read())
-    return _clean(answer["choices"][0]["message"]["content"], prompt)
+    body = {"model": model, "temperature": 0.2,
+            "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]}
+    return _clean(chat_completion(url, body, api_key or "", timeout, retries=0), prompt)
 
 
 def extend_prompt(prompt: str, target: str, *, model: str = "default", api_key: str | None = None) -> str:
