@@ -32,6 +32,8 @@ ALLOWED: dict[str, set[str]] = {
     "parallel": BASE | {"models"},
     "data": BASE | {"models"},
     "pipelines": BASE | {"models", "checkpoints", "diffusion", "runtime", "data", "parallel", "endpoints"},
+    # checkpoints: the embedders' weights; endpoints: the captioner's OpenAI-compatible client
+    "curate": BASE | {"data", "models", "checkpoints", "endpoints"},
 }
 # package -> openwan packages it must never import.
 FORBIDDEN: dict[str, set[str]] = {
@@ -42,6 +44,7 @@ FORBIDDEN: dict[str, set[str]] = {
 # included) is inference, whatever the CLI around it may import.
 MODULE_FORBIDDEN = {"openwan.cli.generate": {"train"}}
 CLI_USERS = {"cli", "__main__"}  # the only modules that may import the CLI
+CURATE_USERS = {"cli"}  # curation is a tool beside the model stack: only its command imports it
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,8 @@ def violation(imp: Import) -> str | None:
         return None
     if dst == "cli" and src not in CLI_USERS:
         return "only the CLI imports the CLI"
+    if dst == "curate" and src not in CURATE_USERS:
+        return "only the CLI imports curate/"
     if dst == "recipes":
         return "the recipes are scripts outside the package (recipes/); nothing imports them"
     if dst in MODULE_FORBIDDEN.get(imp.module, set()):
@@ -180,6 +185,10 @@ def test_the_walk_sees_every_kind_of_import():
     assert violation(Import("openwan.cli.generate", 1, "openwan.train.lora"))
     assert violation(Import("openwan.cli.train", 1, "openwan.train.lora")) is None
     assert violation(Import("openwan.models.dit", 1, "openwan.models.loading")) is None
+    assert "only the CLI imports curate/" in violation(Import("openwan.train.trainer", 1, "openwan.curate.pipeline"))
+    assert violation(Import("openwan.cli.curate", 1, "openwan.curate.pipeline")) is None
+    assert "curate/ may import only" in violation(Import("openwan.curate.pipeline", 1, "openwan.train.config"))
+    assert violation(Import("openwan.curate.embed", 1, "openwan.models.image_encoder")) is None
     assert package_cycles([Import("openwan.models.dit", 1, "openwan.checkpoints"),
                            Import("openwan.checkpoints.io", 1, "openwan.models.loading")]) == [
         ["checkpoints", "models", "checkpoints"]]

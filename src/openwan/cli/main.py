@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from openwan.cli import convert as convert_cmd
+from openwan.cli import curate as curate_cmd
 from openwan.cli import data as data_cmd
 from openwan.cli import eval as eval_cmd
 from openwan.cli import generate as generate_cmd
@@ -13,7 +14,7 @@ from openwan.cli import train as train_cmd
 from openwan.cli import train_vae as train_vae_cmd
 
 COMMANDS = {"generate": generate_cmd, "train": train_cmd, "train-vae": train_vae_cmd, "data": data_cmd,
-            "eval": eval_cmd, "convert": convert_cmd}
+            "curate": curate_cmd, "eval": eval_cmd, "convert": convert_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:
