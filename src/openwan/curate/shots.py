@@ -28,7 +28,7 @@ from openwan.curate.frames import iter_frames
 TRANSNET_SIZE = (48, 27)  # (width, height) of the frames TransNetV2 was trained on
 TRANSNET_WINDOW, TRANSNET_CONTEXT = 100, 25  # frames per window; context frames each side of the scored middle
 TRANSNET_BATCH = 1  # windows per forward pass (larger batches are slower per window on CPU)
-CONTENT_WIDTH = 256  # px: ContentDetector reads frames downscaled to this width (its own default scale)
+CONTENT_WIDTH = 256  # px: ContentDetector reads frames downscaled to at most this width (its own default scale)
 CONTENT_MIN_SHOT_S = 0.25  # ContentDetector's minimum shot length: no two cuts closer than this
 
 
@@ -77,10 +77,14 @@ class SplitConfig:
 
 def _small_frames(path: str | Path, width: int, height: int | None = None) -> Iterator[np.ndarray]:
     """Every frame of the video as uint8 RGB ``[h, w, 3]``, scaled by the decoder's bicubic scaler to
-    (width, height), or to ``width`` with the aspect kept when ``height`` is None."""
+    (width, height), or when ``height`` is None to at most ``width`` with the aspect kept."""
     for _, frame in iter_frames(path):
-        h = height or max(2, round(frame.height * width / frame.width))
-        yield frame.to_ndarray(width=width, height=h, format="rgb24", interpolation="BICUBIC")
+        if height is None:
+            w = min(width, frame.width)
+            size = (w, max(1, round(frame.height * w / frame.width)))
+        else:
+            size = (width, height)
+        yield frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="BICUBIC")
 
 
 @functools.cache
