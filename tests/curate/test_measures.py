@@ -32,7 +32,7 @@ def test_luma_is_bt709_in_unit_range():
 @pytest.mark.parametrize("bad", [np.zeros((2, 8, 8, 3), np.float32), np.zeros((2, 8, 8), np.uint8),
                                  np.zeros((0, 8, 8, 3), np.uint8), np.zeros((2, 8, 8, 4), np.uint8)])
 def test_bad_frames_are_refused_naming_the_measure(bad):
-    for fn in (measures.sharpness, measures.noise_sigma, measures.exposure, measures.colourfulness):
+    for fn in (measures.sharpness, measures.noise_sigma, measures.exposure, measures.colourfulness, measures.contrast):
         with pytest.raises(ValueError, match=fn.__name__):
             fn(bad)
 
@@ -49,6 +49,9 @@ def test_exposure_on_flat_and_real_frames():
         base = measures.exposure(clean)
         assert dark["mean_luma"] < 0.3 * base["mean_luma"] and dark["dark_share"] > base["dark_share"] + 0.4
         assert bright["bright_share"] > base["bright_share"] + 0.4 and bright["mean_luma"] > base["mean_luma"]
+        washed = (clean * 0.3 + 160).astype(np.uint8)
+        assert 0.1 < measures.contrast(clean) and measures.contrast(washed) < 0.35 * measures.contrast(clean)
+    assert measures.contrast(_flat((77, 77, 77))) < 1e-6
 
 
 def test_sharpness_does_not_depend_on_resolution_and_drops_with_blur():
