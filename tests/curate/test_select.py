@@ -206,22 +206,29 @@ def test_bucket_source_draws_by_the_manifests_weights(selection):
     assert sum(seen.values()) == 12 and records[0].id not in seen and set(seen) == {r.id for r in records[1:]}
 
 
+TRAIN = ("model: {preset: tiny, vae: tiny, text_encoder: tiny, tokenizer: byt5}\n"
+         "stages:\n  - {name: phase, steps: 4, batch_size: 1, buckets: [[5, 32, 48]]}\n"
+         "optim: {lr: 1.0e-3}\nschedule: {kind: constant}\ncheckpoint: {every: 3}\nlog: {progress: false}\n")
+
+
 @pytest.mark.slow
-def test_openwan_train_runs_on_the_selection(selection, tmp_path):
+def test_openwan_train_runs_on_the_selection_and_resumes_exactly(selection, tmp_path):
     from openwan.cli.main import main
     from openwan.train import read_metrics
 
     _, manifest, _ = selection
     config = tmp_path / "train.yaml"
-    config.write_text("model: {preset: tiny, vae: tiny, text_encoder: tiny, tokenizer: byt5}\n"
-                      "stages:\n  - {name: phase, steps: 3, batch_size: 2, buckets: [[5, 32, 48]]}\n"
-                      "optim: {lr: 1.0e-3}\nschedule: {kind: constant}\nlog: {progress: false}\n")
-    out = tmp_path / "run"
-    assert main(["train", "--config", str(config), f"data.manifest={manifest}", f"output_dir={out}"]) == 0
-    metrics = read_metrics(out / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == [1, 2, 3] and all(np.isfinite(m["loss"]) for m in metrics)
-    assert metrics[0]["latent_shape"] == [2, 4, 6]  # 5 frames -> 2 latent frames, 32x48 -> 4x6
-
+    config.write_text(TRAIN)
+    common = ["train", "--config", str(config), f"data.manifest={manifest}"]
+    assert main([*common, f"output_dir={tmp_path / 'a'}"]) == 0
+    # The same run in two parts: 3 steps (mid-epoch: 4 draws per epoch), then resumed to 4; the weighted draws
+    # continue where they stopped.
+    assert main([*common, f"output_dir={tmp_path / 'b'}", "stages.0.steps=3"]) == 0
+    assert main([*common, f"output_dir={tmp_path / 'b'}"]) == 0
+    a, b = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("a", "b"))
+    assert [m["step"] for m in a] == [1, 2, 3, 4] and all(np.isfinite(m["loss"]) for m in a)
+    assert [m["loss"] for m in a] == [m["loss"] for m in b] and len({m["loss"] for m in a}) == 4
+    assert a[0]["latent_shape"] == [2, 4, 6]  # 5 frames -> 2 latent frames, the crop's 32x48 -> 4x6
 
 def test_a_phase_manifest_selects_and_weights_a_latent_cache(selection):
     import torch
