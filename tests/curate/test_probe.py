@@ -64,18 +64,41 @@ def test_probe_refuses_broken_files(tmp_path, good):
         assert str(path) in str(err.value)
 
 
+def _tone(container, stream, seconds: float, rate: int = 16000) -> None:
+    """Mux ``seconds`` of a sine tone into ``stream`` (AAC at ``rate``)."""
+    samples = (np.sin(np.arange(int(seconds * rate)) / 5.0) * 0.2).astype(np.float32)[None]
+    for i in range(0, samples.shape[1], 1024):
+        frame = av.AudioFrame.from_ndarray(samples[:, i:i + 1024], format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = rate, i
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
 def test_probe_refuses_audio_only(tmp_path):
     path = tmp_path / "tone.m4a"
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        samples = (np.sin(np.arange(16000) / 5.0) * 0.2).astype(np.float32)[None]
-        for i in range(0, 16000, 1024):
-            frame = av.AudioFrame.from_ndarray(samples[:, i:i + 1024], format="fltp", layout="mono")
-            frame.sample_rate = 16000
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+        _tone(container, container.add_stream("aac", rate=16000), 1.0)
     with pytest.raises(ValueError, match="no video stream"):
         probe(path)
+
+
+def test_probe_mkv_with_longer_audio(tmp_path):
+    """Matroska declares no video duration; the container's is the longer audio track's, which is not a
+    truncation: the video's duration is where its data ends. Cut short, the file is refused."""
+    path = tmp_path / "a.mkv"
+    frames = footage("carphone", 0, 50)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 176, 144, "yuv420p"
+        audio = container.add_stream("aac", rate=16000)  # every stream before the first packet
+        for frame in frames:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(video.encode(None))
+        _tone(container, audio, 3.0)
+    info = probe(path)
+    assert info["duration"] == pytest.approx(2.0) and info["frames"] == 50 and info["has_audio"] is True
+    with pytest.raises(ValueError, match="truncated"):
+        probe(corrupt_copy(path, tmp_path / "cut.mkv", keep=0.8))
 
 
 def test_probe_faststart_whole_file_passes(tmp_path):

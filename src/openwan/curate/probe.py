@@ -19,29 +19,25 @@ from openwan.data.video import _check_frame_size, _open_video
 TAIL_S = 1.0  # seconds of packets demuxed at the end of the stream to check it is complete
 
 
-def _duration(container, stream) -> float:
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    if container.duration:
-        return container.duration / av.time_base
-    return 0.0
-
-
-def _data_end(container, stream, duration: float) -> float | None:
-    """The end time (s, from the stream's start) of the last video packet present in the file, demuxing only
-    the last :data:`TAIL_S` seconds; None when the container cannot seek (then the whole stream is demuxed)."""
-    start = stream.start_time or 0
-    end = None
+def _data_ends(container, video, declared: float) -> tuple[float | None, float | None]:
+    """(end of the last video packet, end of the last packet of any stream) in seconds from each stream's start,
+    demuxing only from the video keyframe before ``declared`` - :data:`TAIL_S` seconds (the whole file when the
+    container cannot seek). None where no packet is there."""
     try:
-        container.seek(start + int(max(duration - TAIL_S, 0) / stream.time_base), stream=stream, backward=True)
+        container.seek((video.start_time or 0) + int(max(declared - TAIL_S, 0) / video.time_base), stream=video,
+                       backward=True)
     except av.error.FFmpegError:
         container.seek(0)
-    for packet in container.demux(stream):
+    video_end = any_end = None
+    for packet in container.demux():
         if packet.pts is None or not packet.size:
             continue
-        packet_end = float((packet.pts - start + (packet.duration or 0)) * stream.time_base)
-        end = packet_end if end is None else max(end, packet_end)
-    return end
+        stream = packet.stream
+        end = float((packet.pts - (stream.start_time or 0) + (packet.duration or 0)) * stream.time_base)
+        any_end = end if any_end is None else max(any_end, end)
+        if stream.index == video.index:
+            video_end = end if video_end is None else max(video_end, end)
+    return video_end, any_end
 
 
 def _mp4_without_index(path: Path) -> bool:
@@ -68,8 +64,8 @@ def probe(path: str | Path) -> dict:
         container = _open_video(path)  # refuses folders, missing files, unreadable files, no video stream
     except ValueError as err:
         if "not a readable video" in str(err) and _mp4_without_index(path):
-            raise ValueError(f"{path} starts as an mp4 but its index (moov box) cannot be read; the file is "
-                             "probably truncated, re-copy or remove it.") from None
+            raise ValueError(f"{path} starts as an MP4/QuickTime file but its index (moov box) cannot be read; "
+                             "the file is probably truncated, re-copy or remove it.") from None
         raise err from None
     try:
         stream = container.streams.video[0]
@@ -79,9 +75,22 @@ def probe(path: str | Path) -> dict:
         fps = float(stream.average_rate or stream.guessed_rate or 0)
         if fps <= 0:
             raise ValueError(f"{path} declares no frame rate; the file is probably corrupt.")
-        duration = _duration(container, stream)
-        if duration <= 0:
-            raise ValueError(f"{path} declares a duration of {duration:g} s; give a video with frames in it.")
+        # the video stream's own duration, else the container's (which may be a longer audio track's)
+        own = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
+        declared = own or (container.duration or 0) / av.time_base
+        if declared <= 0:
+            raise ValueError(f"{path} declares a duration of {declared:g} s; give a video with frames in it.")
+        try:
+            video_end, any_end = _data_ends(container, stream, declared)
+        except av.error.FFmpegError as err:
+            raise ValueError(f"{path} cannot be read to its end ({err}); the file is probably truncated.") from None
+        # the data must reach the declared end, give or take two frames (edit lists, rounding)
+        reached = video_end if own else any_end
+        if video_end is None or reached < declared - 2.0 / fps:
+            found = "no video data" if video_end is None else f"data up to {reached:.2f} s"
+            raise ValueError(f"{path} declares {declared:.2f} s but holds {found}; the file is truncated, "
+                             "re-copy or remove it.")
+        duration = own or video_end
         frames = int(stream.frames or math.floor(duration * fps + 0.5))
         size = path.stat().st_size
         info = {
@@ -96,15 +105,6 @@ def probe(path: str | Path) -> dict:
             "bytes": size,
             "bit_rate": int(container.bit_rate or round(size * 8 / duration)),
         }
-        try:
-            end = _data_end(container, stream, duration)
-        except av.error.FFmpegError as err:
-            raise ValueError(f"{path} cannot be read to its end ({err}); the file is probably truncated.") from None
-        # the last packet must reach the declared end, give or take two frames (edit lists, rounding)
-        if end is None or end < duration - 2.0 / fps:
-            found = "no video data" if end is None else f"video data up to {end:.2f} s"
-            raise ValueError(f"{path} declares {duration:.2f} s but holds {found}; the file is truncated, "
-                             "re-copy or remove it.")
     finally:
         container.close()
     return info
