@@ -7,6 +7,7 @@ overlays, borders, camera moves), so every detector is shown on real pictures.
 from __future__ import annotations
 
 import functools
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -47,7 +48,7 @@ def write_video(frames: np.ndarray, path: str | Path, fps: float = 25, crf: int 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=round(fps) if float(fps).is_integer() else fps)
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": str(crf), "preset": "veryfast"}
