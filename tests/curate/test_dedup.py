@@ -16,6 +16,7 @@ from openwan.curate.dedup import (
     DedupHashStage,
     DedupStage,
     hash_matches,
+    semantic_matches,
 )
 from openwan.curate.embed import EmbedConfig, EmbedStage
 
@@ -103,6 +104,18 @@ def test_hash_index_equals_brute_force(monkeypatch):
             if sum(v <= 8 for v in d) >= min(2, len(d)):
                 expected.add((a, b))
     assert found == expected and len(expected) >= 10
+
+
+def test_semantic_blocks_equal_all_pairs(monkeypatch):
+    monkeypatch.setattr(dedup, "_BLOCK", 16)
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(100, 6))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    cosine = v @ v.T
+    expected = {(a, b) for a, b in zip(*np.nonzero(cosine >= 0.9)) if a < b}
+    found = semantic_matches(v, 0.9)
+    assert {(a, b) for a, b, _ in found} == expected and len(expected) >= 5
+    assert all(abs(c - cosine[a, b]) < 1e-6 for a, b, c in found)
 
 
 def test_clusters_group_sources(corpus):

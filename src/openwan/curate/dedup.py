@@ -11,11 +11,11 @@
 - :class:`ClusterStage` (global, section ``clusters``): k-means on ``embed_vector`` (the paper uses 100 clusters)
   -> ``cluster_id`` and ``cluster_size``, so sampling can balance the long tail.
 
-Cost: the hash comparison is exact and vectorised (XOR and popcount of uint64 hashes in row blocks): O(n² F / 2)
-word operations for n clips of F key frames, O(block n F) memory; 20,000 clips take seconds. An index of hash
-bands (the pigeonhole bound) does not help at this radius: 8 bits of 64 need 9 bands of 7 bits, and a 7-bit band
-collides for 1 in 128 random pairs, so the candidates are still a fixed share of all n² pairs. The embedding
-comparison is scikit-learn's radius query (brute force in chunks, BLAS): O(n² D).
+Cost: both comparisons are exact and vectorised in row blocks, each pair once. Hashes: XOR and popcount of uint64
+words, O(n² F / 2) for n clips of F key frames. Embeddings: float32 matrix products, O(n² D / 2) for D numbers.
+Memory O(block x n). An index of hash bands (the pigeonhole bound) does not help at this radius: 8 bits of 64 need
+9 bands of 7 bits, and a 7-bit band collides for 1 in 128 random pairs, so its candidates are still a fixed share
+of all n² pairs. Measured numbers are in docs/curation.md.
 """
 
 from __future__ import annotations
@@ -108,37 +108,39 @@ def hash_matches(hashes: np.ndarray, valid: np.ndarray, max_distance: int, min_f
     """Pairs of near-duplicate clips: (i, j, worst distance among the matching key frames, matching frames,
     compared frames), i < j. Key frames are compared position by position; a pair needs
     ``min(min_frames, compared frames)`` matches."""
-    n = len(hashes)
+    n, frames = hashes.shape
     out = []
     for start in range(0, n, _BLOCK):
         stop = min(n, start + _BLOCK)
-        a, av = hashes[start:stop, None, :], valid[start:stop, None, :]  # [b, 1, F]
-        dist = np.bitwise_count(a ^ hashes[None, :, :]).astype(np.int16)  # [b, n, F]
-        both = av & valid[None, :, :]
-        close = both & (dist <= max_distance)
-        count = close.sum(-1)  # [b, n]
-        compared = both.sum(-1)
+        cols = slice(start, n)  # each pair once: the block's rows against themselves and every later row
+        count = np.zeros((stop - start, n - start), dtype=np.uint8)
+        compared = np.zeros_like(count)
+        for f in range(frames):
+            both = valid[start:stop, f, None] & valid[None, cols, f]  # [b, m]
+            close = np.bitwise_count(hashes[start:stop, f, None] ^ hashes[None, cols, f]) <= max_distance
+            count += close & both
+            compared += both
         ok = (count >= np.minimum(min_frames, compared)) & (compared > 0)
-        ok &= np.arange(n)[None, :] > np.arange(start, stop)[:, None]  # each pair once, never a clip with itself
-        for bi, j in zip(*np.nonzero(ok)):
-            worst = int(np.where(close[bi, j], dist[bi, j], -1).max())
-            out.append((start + int(bi), int(j), worst, int(count[bi, j]), int(compared[bi, j])))
+        ok &= np.arange(start, n)[None, :] > np.arange(start, stop)[:, None]  # never a clip with itself
+        for bi, bj in zip(*np.nonzero(ok)):
+            i, j = start + int(bi), start + int(bj)
+            dist = np.bitwise_count(hashes[i] ^ hashes[j]).astype(np.int64)
+            matched = valid[i] & valid[j] & (dist <= max_distance)
+            out.append((i, j, int(dist[matched].max()), int(count[bi, bj]), int(compared[bi, bj])))
     return out
 
 
 def semantic_matches(vectors: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """Pairs (i, j, cosine), i < j, of unit vectors [n, D] whose cosine is at least ``threshold``."""
-    from sklearn.neighbors import NearestNeighbors
-
-    if len(vectors) < 2:
-        return []
-    index = NearestNeighbors(radius=1.0 - threshold + 1e-9, metric="cosine", algorithm="brute").fit(vectors)
-    distances, neighbours = index.radius_neighbors(vectors, sort_results=True)
+    """Pairs (i, j, cosine), i < j, of unit vectors [n, D] whose cosine is at least ``threshold`` (float32
+    products in row blocks)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = len(vectors)
     out = []
-    for i, (dist, idx) in enumerate(zip(distances, neighbours)):
-        for d, j in zip(dist, idx):
-            if j > i:
-                out.append((i, int(j), float(1.0 - d)))
+    for start in range(0, n, _BLOCK):
+        stop = min(n, start + _BLOCK)
+        cosine = vectors[start:stop] @ vectors[start:].T  # [b, n - start]
+        ok = (cosine >= threshold) & (np.arange(start, n)[None, :] > np.arange(start, stop)[:, None])
+        out += [(start + int(bi), start + int(bj), float(cosine[bi, bj])) for bi, bj in zip(*np.nonzero(ok))]
     return out
 
 
