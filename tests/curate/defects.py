@@ -30,11 +30,28 @@ def fit(frames: np.ndarray, size: tuple[int, int] = SIZE) -> np.ndarray:
 
 
 @functools.cache
+def source(name: str) -> np.ndarray:
+    """All frames of a bundled video with the short side at most 360 px (read-only, decoded once)."""
+    frames = footage(name)
+    h, w = frames.shape[1:3]
+    if min(h, w) > 360:
+        s = 360 / min(h, w)
+        frames = np.stack([cv2.resize(f, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA) for f in frames])
+    frames.flags.writeable = False
+    return frames
+
+
+def shot(name: str, start: int, count: int = 24, step: int = 3, size: tuple[int, int] = SIZE) -> np.ndarray:
+    """Every ``step``-th frame of ``start:start+count`` of a bundled video, centre-cropped and resized to ``size``."""
+    return fit(source(name)[start:start + count:step], size)
+
+
+@functools.cache
 def _clean(size: tuple[int, int], step: int) -> tuple[tuple[str, np.ndarray], ...]:
     out = []
     for name, n in SEGMENTS:
         for start in range(0, n - 24 + 1, step):
-            frames = fit(footage(name, start, 24)[::3], size)
+            frames = shot(name, start, size=size)
             frames.flags.writeable = False
             out.append((f"{name}{start}", frames))
     return tuple(out)
@@ -139,14 +156,14 @@ def logo(frames: np.ndarray, i: int) -> np.ndarray:
     t, h, w = frames.shape[:3]
     size = round((0.16, 0.2, 0.24)[i % 3] * h)
     mark = np.zeros((size, 2 * size, 3), np.uint8)
-    alpha = np.zeros((size, 2 * size), np.float32)
+    alpha = np.zeros((size, 2 * size), np.uint8)
     c, r = (size // 2, size // 2), size // 2 - 2
-    for img, val in ((mark, (250, 250, 250)), (alpha, 1.0)):
+    for img, val in ((mark, (250, 250, 250)), (alpha, 255)):
         cv2.circle(img, c, r, val, max(1, size // 10), cv2.LINE_AA)
         cv2.line(img, (c[0] - r // 2, c[1] + r // 2), (c[0] + r // 2, c[1] - r // 2), val, max(1, size // 10))
         cv2.putText(img, ("TV", "HD", "CH")[i % 3], (size, int(0.75 * size)), cv2.FONT_HERSHEY_SIMPLEX,
                     size / 32, val, max(1, size // 12), cv2.LINE_AA)
-    alpha *= 0.55 if i % 2 else 1.0
+    alpha = alpha.astype(np.float32) / 255 * (0.55 if i % 2 else 1.0)
     corner = i % 4
     margin = max(4, round(0.04 * h))
     x0 = margin if corner in (0, 3) else w - margin - 2 * size
@@ -164,3 +181,17 @@ def rates(name: str, flagged_defects: list[bool], flagged_clean: list[bool]) -> 
     print(f"{name}: recall {recall:.2f} ({sum(flagged_defects)}/{len(flagged_defects)}), false positives {fp:.2f} "
           f"({sum(flagged_clean)}/{len(flagged_clean)})")
     return recall, fp
+
+
+def pan(name: str, start: int, count: int = 48, step: int = 3, size: tuple[int, int] = SIZE,
+        direction: int = 1) -> np.ndarray:
+    """A simulated camera pan across frames ``start:start+count`` of a bundled video (every ``step``-th frame): a
+    16:9 window of 55% of the width sweeping 40% of the width, left to right (``direction`` 1) or back."""
+    from curate.footage import window
+
+    frames = source(name)[start:start + count:step]
+    h, w = frames.shape[1:3]
+    bw = 0.55 * w
+    bh = min(h, bw * size[1] / size[0])
+    xs = np.linspace(0.3, 0.7, len(frames))[::direction] * w
+    return window(frames, [(x, h / 2, bw, bh) for x in xs], size)
