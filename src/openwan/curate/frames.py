@@ -28,6 +28,29 @@ def _check_range(path: Path, start: float, end: float) -> None:
         raise ValueError(f"{path}: a clip must end after it starts; got start={start} s, end={end} s.")
 
 
+def _decode_from(container, stream, start: float) -> Iterator[av.VideoFrame]:
+    """Decoded frames from the keyframe at or before ``start`` seconds on. Where a container's seek lands after
+    ``start`` (MPEG-TS seeks by bytes), it seeks again further back (1 s, 4 s, 16 s ... before), down to the
+    first frame."""
+    origin, base = stream.start_time or 0, stream.time_base
+    back = 0.0
+    while True:
+        target = max(0.0, start - back)
+        if target > 0:
+            container.seek(origin + int(target / base), stream=stream, backward=True)
+        elif back > 0:
+            container.seek(0)  # the file's beginning, in the container's clock
+        frames = container.decode(stream)
+        first = next(frames, None)
+        landed = None if first is None or first.pts is None else float((first.pts - origin) * base)
+        if target == 0 or (landed is not None and landed <= start + EPS):
+            if first is not None:
+                yield first
+                yield from frames
+            return
+        back = 1.0 if back == 0 else back * 4
+
+
 def iter_frames(path: str | Path, start: float = 0.0, end: float = math.inf) -> Iterator[tuple[float, av.VideoFrame]]:
     """Every decoded frame of ``path`` whose time is in ``[start, end)`` (source seconds), in order, as
     ``(time, frame)``. ValueError naming the file when it cannot be opened or decoded."""
@@ -39,15 +62,13 @@ def iter_frames(path: str | Path, start: float = 0.0, end: float = math.inf) -> 
         stream.thread_type = "AUTO"  # frame threads: the output is the same, only faster
         _check_frame_size(path, stream.codec_context.width, stream.codec_context.height)
         origin = stream.start_time or 0
-        base = stream.time_base
         rate = float(stream.average_rate or stream.guessed_rate or 25)
-        if start > 0:
-            container.seek(origin + int(start / base), stream=stream, backward=True)
-        previous = None
         try:
-            for frame in container.decode(stream):
+            frames = _decode_from(container, stream, start)
+            previous = None
+            for frame in frames:
                 if frame.pts is not None:
-                    time = float((frame.pts - origin) * base)
+                    time = float((frame.pts - origin) * stream.time_base)
                 else:  # a frame without a timestamp follows the one before it
                     time = 0.0 if previous is None else previous + 1.0 / rate
                 previous = time
