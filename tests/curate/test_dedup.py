@@ -57,7 +57,7 @@ def test_copies_and_reencodes_are_near_duplicates(corpus):
     out, found = _check(corpus, DedupConfig(semantic_threshold=None))
     assert len(found) == 2 * len(EDITS)  # every edit of every original, by hashes alone
     reasons = {r["clip_id"]: o.reasons for r, o in zip(corpus, out)}
-    assert reasons["bikes1_copy"] == ["near-duplicate of bikes1 (hash distance 0 <= 8 in 3 of 3 key frames)"]
+    assert reasons["bikes1_copy"] == ["near-duplicate of bikes1 (hash distance 0 <= 10 in 3 of 3 key frames)"]
     assert all(reasons[f"car0_{e}"][0].startswith("near-duplicate of car0 (hash distance ") for e in EDITS)
 
 

@@ -13,9 +13,9 @@
 
 Cost: both comparisons are exact and vectorised in row blocks, each pair once. Hashes: XOR and popcount of uint64
 words, O(n² F / 2) for n clips of F key frames. Embeddings: float32 matrix products, O(n² D / 2) for D numbers.
-Memory O(block x n). An index of hash bands (the pigeonhole bound) does not help at this radius: 8 bits of 64 need
-9 bands of 7 bits, and a 7-bit band collides for 1 in 128 random pairs, so its candidates are still a fixed share
-of all n² pairs. Measured numbers are in docs/curation.md.
+Memory O(block x n). An index of hash bands (the pigeonhole bound) does not help at this radius: 10 bits of 64
+need 11 bands of about 6 bits, and a 6-bit band collides for 1 in 64 random pairs, so its candidates are still a
+fixed share of all n² pairs. Measured numbers are in docs/curation.md.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class DedupConfig:
 
     enabled: bool = True
     frames: int = 3
-    max_hash_distance: int = 8
+    max_hash_distance: int = 10
     min_matching_frames: int = 2
     semantic_threshold: float | None = 0.97
     keep: Literal["quality", "longest", "first"] = "quality"
