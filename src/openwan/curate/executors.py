@@ -21,7 +21,7 @@ from typing import Any
 
 from openwan.curate.config import RunConfig
 
-_WORKER_STEPS: dict[int, list[Any]] = {}  # chain id -> its steps, in a pool worker
+_WORKER_STEPS: dict[int, list[Any]] = {}  # chain id -> its steps (set up), in a pool worker
 
 
 def run_chain(steps: Sequence[Any], task: dict) -> dict:
@@ -32,19 +32,22 @@ def run_chain(steps: Sequence[Any], task: dict) -> dict:
     return task
 
 
-def _init_worker(chains: dict[int, bytes]) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    for chain_id, blob in chains.items():
+def _run_in_worker(chain_id: int, blob: bytes, task: dict) -> dict:
+    if chain_id not in _WORKER_STEPS:  # first task of this chain in this worker: unpickle its steps once
+        _WORKER_STEPS.clear()
         _WORKER_STEPS[chain_id] = pickle.loads(blob)
-
-
-def _run_in_worker(chain_id: int, task: dict) -> dict:
     return run_chain(_WORKER_STEPS[chain_id], task)
+
+
+def _init_worker() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 class LocalExecutor:
     """Steps run in this process: one task after another (``workers`` 1), or ``workers`` tasks at a time in a pool
-    of processes (each sets its stages up once) or threads (the stages are shared and must be thread-safe)."""
+    of processes (started once, with ``spawn``; each sets a chain's stages up once) or threads (the stages are
+    shared and must be thread-safe). A script that uses a process pool needs the ``if __name__ == "__main__":``
+    guard, as every ``spawn`` pool does."""
 
     def __init__(self, workers: int = 1, pool: str = "process"):
         if workers < 1:
@@ -52,8 +55,21 @@ class LocalExecutor:
         if pool not in ("process", "thread"):
             raise ValueError(f"pool must be 'process' or 'thread'; got {pool!r}.")
         self.workers, self.pool = workers, pool
-        self.name = "local" if workers == 1 else f"local ({workers} {pool}es)" if pool == "process" else \
-            f"local ({workers} threads)"
+        self.name = "local" if workers == 1 else f"local ({workers} {pool}{'es' if pool == 'process' else 's'})"
+        self._pool: Executor | None = None
+        self._chains = 0
+
+    def _get_pool(self) -> Executor:
+        if self._pool is None:
+            if self.pool == "thread":
+                self._pool = ThreadPoolExecutor(self.workers)
+            else:
+                import multiprocessing
+
+                # spawn: a fresh interpreter per worker, so no lock or thread pool of this process is inherited
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_init_worker)
+        return self._pool
 
     def map(self, steps: Sequence[Any], tasks: Sequence[dict]) -> Iterator[dict]:
         """Each task through ``steps``; finished tasks as they complete."""
@@ -63,22 +79,19 @@ class LocalExecutor:
             for task in tasks:
                 yield run_chain(steps, task)
             return
+        pool = self._get_pool()
         if self.pool == "thread":
             for step in steps:
                 step.setup()
-            pool: Executor = ThreadPoolExecutor(self.workers)
             submit = lambda task: pool.submit(run_chain, steps, task)
         else:
-            import multiprocessing
-
-            # spawn: a fresh interpreter per worker, so no lock or thread pool of this process is inherited
-            pool = ProcessPoolExecutor(min(self.workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init_worker, initargs=({0: pickle.dumps(list(steps))},))
-            submit = lambda task: pool.submit(_run_in_worker, 0, task)
+            self._chains += 1
+            chain_id, blob = self._chains, pickle.dumps(list(steps))
+            submit = lambda task: pool.submit(_run_in_worker, chain_id, blob, task)
+        pending = set()
+        queue = iter(tasks)
         try:
-            pending = set()
-            queue = iter(tasks)
-            for task in queue:  # keep at most 2 tasks per worker in flight
+            for task in queue:  # at most 2 tasks per worker in flight
                 pending.add(submit(task))
                 if len(pending) >= 2 * self.workers:
                     break
@@ -90,10 +103,14 @@ class LocalExecutor:
                     if nxt is not None:
                         pending.add(submit(nxt))
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for future in pending:
+                future.cancel()
 
     def close(self) -> None:
-        """Nothing to release (pools live for one map)."""
+        """Shut the worker pool down (if one was started)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 class _RayStep:
@@ -131,8 +148,12 @@ class RayExecutor:
                 ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, runtime_env=env,
                          configure_logging=False)
             self.started = True
+        import logging
+
         import ray.data
 
+        for name in ("ray", "ray.data"):  # the run's own bars say how far it is; Ray's info lines would interleave
+            logging.getLogger(name).setLevel(logging.WARNING)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
@@ -157,8 +178,10 @@ class RayExecutor:
         wanted = sum(s.resources.num_cpus for s in steps) or 1.0
         scale = min(1.0, cpus / wanted)
         for step in steps:
-            ds = ds.map(_RayStep, fn_constructor_args=(pickle.dumps(step),), concurrency=(1, self.workers),
-                        num_cpus=step.resources.num_cpus * scale, num_gpus=step.resources.num_gpus)
+            ds = ds.map(_RayStep, fn_constructor_args=(pickle.dumps(step),),
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.workers),
+                        num_cpus=step.resources.num_cpus * scale, num_gpus=step.resources.num_gpus,
+                        max_restarts=0)  # a lost actor fails the run rather than rerunning setup silently
         for row in ds.iter_rows():
             yield pickle.loads(row["blob"])
 

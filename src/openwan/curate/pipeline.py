@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 from openwan.curate.base import ClipFrames, Resources, StageOutput
 from openwan.curate.config import SECTIONS, CurateConfig, config_hash
+from openwan.curate.executors import LocalExecutor, make_executor
 from openwan.curate.report import reason_kind, write_report
 from openwan.fileio import atomic_write
 
@@ -538,8 +539,6 @@ def curate(cfg: CurateConfig, out_dir: str | Path, executor: Any = None, paths: 
     docstring. ``executor``: an :mod:`openwan.curate.executors` executor (None: the one ``cfg.run`` names).
     Bad config or inputs raise ValueError before any compute; unreadable sources and failing stages are recorded.
     """
-    from openwan.curate.executors import make_executor
-
     sources, out = check_inputs(cfg, out_dir, paths)
     bar = progress or _progress(cfg)
     own = executor is None
@@ -685,8 +684,10 @@ def _run(cfg: CurateConfig, out: Path, sources: list[Source], executor: Any, bar
                 results[row["clip_id"]] = cached
             else:
                 todo.append({"row": dict(row), "key": key})
+        # keep mode reads no frame and loads no model: it runs here rather than on the workers
+        runner = LocalExecutor() if cfg.captions.mode == "keep" else executor
         with bar(len(todo), "captions") as pbar:
-            for task in executor.map([CaptionStep(cfg)], todo):
+            for task in runner.map([CaptionStep(cfg)], todo):
                 result = _plain({k: task[k] for k in ("values", "reasons", "errors")})
                 if not result["errors"] and not result["reasons"]:  # a failed request is tried again next run
                     _write_json(cache / "captions" / f"{task['key']}.json", result)
