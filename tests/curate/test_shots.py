@@ -234,3 +234,15 @@ def test_cut_clip_reencodes_the_range(tmp_path):
     assert not list(out.parent.glob(".*"))  # no temporary file left
     with pytest.raises(ValueError, match="no frames between"):
         cut_clip(source, 5.0, 6.0, tmp_path / "none.mp4")
+
+
+def test_cut_clip_crops_odd_sizes_to_even(tmp_path):
+    source = tmp_path / "odd.mp4"
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 99, 61, "yuv444p"  # 4:4:4 allows odd sizes
+        for image in footage("carphone", 0, 30, (99, 61)):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    info = probe(cut_clip(source, 0.2, 0.7, tmp_path / "even.mp4"))
+    assert (info["width"], info["height"], info["frames"], info["pix_fmt"]) == (98, 60, 15, "yuv420p")
