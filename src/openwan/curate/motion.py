@@ -49,7 +49,7 @@ class MotionConfig:
     Tier rules, first match wins (speeds in frame diagonals per second, ``jitter`` in frame diagonals):
     ``low_quality`` when ``flicker > max_flicker`` or ``warp_error > max_warp_error``; ``static`` when ``magnitude <
     static_magnitude``; ``shaky`` when ``jitter > shaky_jitter``; ``camera`` when ``camera_share >=
-    camera_share_min`` and ``object < optimal_object_min``; ``optimal`` when ``optimal_object_min <= object <=
+    camera_share_min`` (the camera explains most of the motion); ``optimal`` when ``optimal_object_min <= object <=
     optimal_object_max`` and ``magnitude <= optimal_magnitude_max``; ``medium`` otherwise. Clips whose tier is in
     ``reject_tiers`` get a reason (default: shaky only, as the paper excludes shaky footage and samples the other
     tiers by weight).
@@ -201,7 +201,7 @@ def motion_tier(values: dict[str, float], cfg: MotionConfig) -> str:
         return "static"
     if values["jitter"] > cfg.shaky_jitter:
         return "shaky"
-    if values["camera_share"] >= cfg.camera_share_min and values["object"] < cfg.optimal_object_min:
+    if values["camera_share"] >= cfg.camera_share_min:
         return "camera"
     if (cfg.optimal_object_min <= values["object"] <= cfg.optimal_object_max
             and values["magnitude"] <= cfg.optimal_magnitude_max):
