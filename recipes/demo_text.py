@@ -14,7 +14,13 @@ of the data. The vocabulary objective (``vocabulary_weight``) gives the encoder 
 brings: linear heads read each caption's colour, shape and motion from its mean state (:func:`synonym_gap`
 measures it). docs/demo_model.md gives what each objective does to the DiT.
 
-    python recipes/demo_text.py OUT_DIR [--steps N] [--vocabulary-weight W] [--probe]
+The corpus is phrased as the DiT's training data is (``captions``: the dataset's templates, or its varied grammar,
+as ``openwan data synth --captions`` writes them), so that the heads see every verb, direction phrase and way of
+not moving that the DiT will; :func:`openwan.data.synthetic.parse_caption` gives each caption its labels. Where
+no kind is given, the ``CAPTIONS`` environment variable (as ``recipes/demo_model.sh`` sets it) names it, else the
+templates; the kind is recorded in the encoder's folder (``captions.txt``) and a folder of another kind is refused.
+
+    python recipes/demo_text.py OUT_DIR [--steps N] [--vocabulary-weight W] [--captions templates|varied] [--probe]
     # writes OUT_DIR/model.safetensors + config
 """
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import sys
 import time
@@ -33,6 +40,7 @@ from transformers import ByT5Tokenizer, UMT5EncoderModel, UMT5ForConditionalGene
 
 from openwan.configs import TEXT_ENCODER_PRESETS
 from openwan.data.synthetic import (
+    CAPTION_KINDS,
     COLOURS,
     MOTIONS,
     SHAPE_NOUNS,
@@ -55,11 +63,21 @@ def random_demo_text_encoder(seed: int = TEXT_SEED):
     return UMT5EncoderModel(TEXT_ENCODER_PRESETS["demo"].to_hf()).eval(), ByT5Tokenizer()
 
 
-def caption_corpus(num: int, seed: int = 0, split: str = "train") -> list[str]:
-    """``num`` captions of ``split``'s combinations, phrasing drawn as the dataset draws it."""
+def caption_corpus(num: int, seed: int = 0, split: str = "train", captions: str = "templates") -> list[str]:
+    """``num`` captions of ``split``'s combinations, phrasing drawn as the dataset draws it (``captions``:
+    "templates" or "varied", as :func:`make_caption` takes it)."""
     rng = np.random.default_rng(seed)
     combos = split_combinations(split)
-    return [make_caption(*combos[int(rng.integers(len(combos)))], rng) for _ in range(num)]
+    return [make_caption(*combos[int(rng.integers(len(combos)))], rng, captions) for _ in range(num)]
+
+
+def caption_kind(captions: str | None = None) -> str:
+    """``captions``, else the ``CAPTIONS`` environment variable, else "templates"; checked."""
+    kind = captions or os.environ.get("CAPTIONS") or "templates"
+    if kind not in CAPTION_KINDS:
+        raise ValueError(f"captions (or the CAPTIONS environment variable) must be one of {', '.join(CAPTION_KINDS)}; "
+                         f"got {kind!r}.")
+    return kind
 
 
 def attribute_labels(captions: list[str]) -> torch.Tensor:
@@ -114,13 +132,15 @@ def _pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pretrain_text_encoder(steps: int = 2000, batch_size: int = 128, lr: float = 2e-3, seed: int = TEXT_SEED,
-                          corpus_size: int = 50_000, log_every: int = 200, vocabulary_weight: float = 0.0):
+                          corpus_size: int = 50_000, log_every: int = 200, vocabulary_weight: float = 0.0,
+                          captions: str = "templates"):
     """Span-corruption pre-training of the ``demo`` umT5 (encoder + a 1-layer decoder, the decoder is dropped).
 
     ``vocabulary_weight`` > 0 adds the vocabulary objective: three linear heads read the colour, the shape and the
     motion from the mean of the encoder's states on the whole caption (cross-entropy each, heads dropped after).
     Span corruption teaches each byte its word, but not that "box" means what "square" means — a pre-trained umT5
-    knows that from its text; this small one learns it from which captions share an attribute.
+    knows that from its text; this small one learns it from which captions share an attribute. ``captions``: the
+    corpus's phrasing, "templates" or "varied" (:func:`caption_corpus`).
     Returns (encoder in eval mode, tokenizer, per-step losses: span corruption plus the weighted vocabulary term)."""
     hf = TEXT_ENCODER_PRESETS["demo"].to_hf()
     hf.is_encoder_decoder, hf.num_decoder_layers, hf.decoder_start_token_id = True, 1, PAD
@@ -128,11 +148,11 @@ def pretrain_text_encoder(steps: int = 2000, batch_size: int = 128, lr: float = 
     model = UMT5ForConditionalGeneration(hf).train()
     tokenizer = ByT5Tokenizer()
     rng = np.random.default_rng(seed)
-    captions = caption_corpus(corpus_size, seed)
-    corpus = [tokenizer(c, add_special_tokens=False).input_ids for c in captions]
+    texts = caption_corpus(corpus_size, seed, captions=captions)
+    corpus = [tokenizer(c, add_special_tokens=False).input_ids for c in texts]
     heads = torch.nn.ModuleList()
     if vocabulary_weight > 0:  # the labels (50,000 captions parsed) only when the heads read them
-        labels = attribute_labels(captions)
+        labels = attribute_labels(texts)
         heads.extend(torch.nn.Linear(hf.d_model, len(names)) for names in ATTRIBUTES.values())
     optim = torch.optim.AdamW([*model.parameters(), *heads.parameters()], lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -167,16 +187,25 @@ def pretrain_text_encoder(steps: int = 2000, batch_size: int = 128, lr: float = 
     return encoder.eval(), tokenizer, losses
 
 
-def pretrained_text_encoder(folder: str | Path, steps: int = 2000, vocabulary_weight: float = 0.0):
+def pretrained_text_encoder(folder: str | Path, steps: int = 2000, vocabulary_weight: float = 0.0,
+                            captions: str | None = None):
     """(encoder, tokenizer) from ``folder`` (a transformers folder), pre-training and writing it there first when
-    it is not there yet. The folder appears whole or not at all (written beside it, then renamed)."""
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        encoder, _, losses = pretrain_text_encoder(steps, vocabulary_weight=vocabulary_weight)
+    it is not there yet, on captions of the kind :func:`caption_kind` gives for ``captions``. The folder appears
+    whole or not at all (written beside it, then renamed); one pre-trained on another kind of captions is refused
+    (a folder that records none holds the templates')."""
+    folder, kind = Path(folder), caption_kind(captions)
+    if (folder / "config.json").is_file():
+        recorded = (folder / "captions.txt").read_text().strip() if (folder / "captions.txt").is_file() else "templates"
+        if recorded != kind:
+            raise ValueError(f"the text encoder in {folder} was pre-trained on {recorded} captions, not {kind}; "
+                             "move it away (and the caches and DiT built on it) or use another work folder.")
+    else:
+        encoder, _, losses = pretrain_text_encoder(steps, vocabulary_weight=vocabulary_weight, captions=kind)
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         encoder.save_pretrained(partial)
         (partial / "losses.txt").write_text("".join(f"{x:.5f}\n" for x in losses))
+        (partial / "captions.txt").write_text(kind + "\n")
         shutil.rmtree(folder, ignore_errors=True)
         partial.rename(folder)
     return UMT5EncoderModel.from_pretrained(folder).eval(), ByT5Tokenizer()
@@ -257,11 +286,14 @@ def main(argv=None) -> int:
                         help="weight of the vocabulary objective (heads read colour, shape and motion from the mean "
                              "state) beside span corruption; 0: span corruption alone (default: the recipe's, "
                              "%(default)s)")
+    parser.add_argument("--captions", default=None, choices=list(CAPTION_KINDS),
+                        help="the corpus's phrasing, as `openwan data synth --captions` (default: the CAPTIONS "
+                             "environment variable, else templates)")
     parser.add_argument("--probe", action="store_true",
                         help="then compare how fast a DiT-like cross-attention reads the motion and the shape from "
                              "its states and from the random encoder's")
     args = parser.parse_args(argv)
-    encoder, tokenizer = pretrained_text_encoder(args.out, args.steps, args.vocabulary_weight)
+    encoder, tokenizer = pretrained_text_encoder(args.out, args.steps, args.vocabulary_weight, args.captions)
     print(f"text encoder: {args.out}")
     if args.probe:
         for name, (enc, tok) in (("random", random_demo_text_encoder()), ("pre-trained", (encoder, tokenizer))):

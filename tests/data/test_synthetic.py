@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
+import re
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -16,11 +18,18 @@ from openwan.cli import data as data_cmd
 from openwan.data.manifest import read_manifest
 from openwan.data.synthetic import (
     COLOURS,
+    DIRECTED_VERBS,
+    DIRECTION_FORMS,
     DIRECTION_PHRASES,
+    MAX_CAPTION_CHARS,
+    MOTION_VERBS,
     MOTIONS,
     SHAPE_NOUNS,
     SHAPES,
+    UNWRITTEN_PAIRS,
+    VARIED_GRAMMAR,
     VERBS,
+    can_generate,
     combinations,
     dataset_combinations,
     heldout_prompts,
@@ -78,6 +87,64 @@ def test_thousands_of_captions_parse_back_to_their_attributes():
     assert vocabulary <= words
 
 
+# The templates' captions as the code that made the bundled model wrote them: the first of them for dataset seeds 1
+# (train) and 0 (held out), and a digest of 3,000 drawn from one generator.
+TEMPLATE_CAPTIONS = {
+    ("train", 1): ["white box that drifts to the left", "the blue box that slides leftwards",
+                   "red triangle drifts upward", "white triangle that is not moving", "the green disc slides leftwards",
+                   "the box in white sliding downwards", "the box in green moving rightwards",
+                   "the ball in white sliding downwards"],
+    ("heldout", 0): ["the square in blue traveling right", "white triangle that glides upwards",
+                     "purple ball, moving left", "red box that glides downwards",
+                     "the green circle that is not moving", "yellow box slides left",
+                     "the yellow circle that drifts towards the top", "a triangle in purple moving rightwards"],
+}
+TEMPLATE_DIGEST = "29abe68f65d1539bc6d97e94ba8b24d0b30f6e9afcbe834b10ad37549072c96d"
+
+
+def test_template_captions_are_unchanged():
+    rng = np.random.default_rng(0)
+    captions = [make_caption(*combinations()[i % 90], rng) for i in range(3000)]
+    assert hashlib.sha256("\n".join(captions).encode()).hexdigest() == TEMPLATE_DIGEST
+    rng = np.random.default_rng(0)
+    assert [make_caption(*combinations()[i % 90], rng, captions="templates") for i in range(3000)] == captions
+
+
+def test_thousands_of_varied_captions_parse_back_to_their_attributes():
+    rng = np.random.default_rng(1)
+    combos = combinations()
+    captions = [make_caption(*combos[i % 90], rng, captions="varied") for i in range(6000)]
+    for i, caption in enumerate(captions):
+        assert parse_caption(caption) == combos[i % 90], caption
+    assert len(set(captions)) > 5500 and max(map(len, captions)) <= MAX_CAPTION_CHARS
+    text = " ".join(c.lower() for c in captions)
+    words = set(text.replace(",", " ").replace(".", " ").split())
+    for lemma, (v3, ving) in [*MOTION_VERBS.items(), *(p for verbs in DIRECTED_VERBS.values() for p in verbs.items())]:
+        assert set(v3) | set(ving) <= words, lemma
+    for phrases in (p for forms in DIRECTION_FORMS.values() for p in forms.values()):
+        assert any(p in text for p in phrases), phrases
+    for symbol in ("still_phrase", "still_comma", "still_before", "adverb", "moving_where", "tone", "size"):
+        assert all(option in text for option in VARIED_GRAMMAR[symbol]), symbol
+    assert sum(c.endswith(".") for c in captions) > 600  # the formal style
+    # the pairs left unwritten are absent, the others present
+    assert {("float", "adverb"), ("rise", "alone")} <= UNWRITTEN_PAIRS
+    assert "floating upwards" not in text and "rising steadily" not in text
+    assert re.search(r"floating towards? the", text) and re.search(r"rising (up|to|towards?) ", text)
+
+
+def test_varied_captions_need_a_known_kind():
+    with pytest.raises(ValueError, match="captions must be one of templates, varied"):
+        make_caption("red", "circle", "left", np.random.default_rng(0), captions="fancy")
+
+
+def test_can_generate_reads_the_templates():
+    assert can_generate("a red circle moving to the left") and can_generate("Purple disc, not moving.")
+    assert not can_generate("a red circle moving to the left slowly")
+    assert can_generate("a red circle moving to the left slowly", "varied")
+    assert not can_generate("a red circle moving left slowly", "varied")  # ("move", "adverb") is unwritten
+    assert can_generate("a red circle moving slowly left", "varied")
+
+
 @pytest.mark.parametrize(("caption", "attrs"), [
     ("a red circle moving to the left", ("red", "circle", "left")),
     ("red ball sliding leftward", ("red", "circle", "left")),
@@ -86,6 +153,14 @@ def test_thousands_of_captions_parse_back_to_their_attributes():
     ("The purple disc is not moving.", ("purple", "circle", "still")),
     ("a stationary white box", ("white", "square", "still")),
     ("yellow ball glides towards the bottom", ("yellow", "circle", "down")),
+    ("a blue circle moving from right to left", ("blue", "circle", "left")),
+    ("white disc heading from the bottom to the top", ("white", "circle", "up")),
+    ("a blue square that does not move", ("blue", "square", "still")),
+    ("a blue disc that doesn't move", ("blue", "circle", "still")),
+    ("a box that never moves, green", ("green", "square", "still")),
+    ("the purple square stays put", ("purple", "square", "still")),
+    ("red balls sinking", ("red", "circle", "down")),
+    ("a bright green disk ascending", ("green", "circle", "up")),
 ])
 def test_issue_phrasings_parse(caption, attrs):
     assert parse_caption(caption) == attrs
@@ -206,6 +281,25 @@ def test_dataset_is_deterministic(dataset):
     assert [r.caption for r in read_manifest(other)] != [r.caption for r in read_manifest(a)]
 
 
+def test_dataset_captions_are_the_templates_by_default(dataset):
+    manifest, _, _ = dataset
+    assert [r.caption for r in read_manifest(manifest)] == TEMPLATE_CAPTIONS[("train", 1)]
+
+
+def test_varied_dataset_has_the_same_clips_and_other_captions(tmp_path):
+    plain = read_manifest(make_dataset(tmp_path / "plain", 4, seed=0, split="heldout", frames=5))
+    varied = read_manifest(make_dataset(tmp_path / "varied", 4, seed=0, split="heldout", frames=5,
+                                        captions="varied"))
+    assert [r.caption for r in plain] == TEMPLATE_CAPTIONS[("heldout", 0)][:4]
+    assert [r.caption for r in varied] != [r.caption for r in plain]
+    for a, b in zip(plain, varied):
+        assert parse_caption(a.caption) == parse_caption(b.caption)
+        assert Path(a.path).read_bytes() == Path(b.path).read_bytes()
+    with pytest.raises(ValueError, match="captions must be one of"):
+        make_dataset(tmp_path / "x", 1, captions="fancy")
+    assert not (tmp_path / "x").exists()
+
+
 def test_heldout_split_dataset_and_parquet(tmp_path):
     manifest = make_dataset(tmp_path, 4, seed=0, split="heldout", size=(48, 32), frames=5,
                             manifest="clips.parquet")
@@ -229,8 +323,51 @@ def test_cli_synth(tmp_path, capsys):
     assert _cli("synth", "--out", str(tmp_path / "rev"), "--num", "1", "--seed", "7", "--frames", "9",
                 "--paths", "reversible") == 0
     assert (tmp_path / "rev" / "videos" / "000000.mp4").read_bytes() != Path(records[0].path).read_bytes()
+    assert _cli("synth", "--out", str(tmp_path / "varied"), "--num", "3", "--seed", "7", "--frames", "9",
+                "--captions", "varied") == 0
+    assert "(varied captions)" in capsys.readouterr().out
+    varied = read_manifest(tmp_path / "varied" / "manifest.jsonl")
+    assert [parse_caption(r.caption) for r in varied] == [parse_caption(r.caption) for r in records]
+    with pytest.raises(SystemExit):
+        _cli("synth", "--out", str(tmp_path / "x"), "--num", "1", "--captions", "fancy")
     with pytest.raises(ValueError, match="jsonl or"):
         _cli("synth", "--out", str(tmp_path / "x"), "--num", "1", "--manifest", "m.csv")
     with pytest.raises(ValueError, match="--size"):
         _cli("synth", "--out", str(tmp_path / "x"), "--num", "1", "--size", "big")
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------------ the text encoder's corpus
+
+
+def test_text_pretraining_labels_the_varied_vocabulary(tmp_path, monkeypatch):
+    """recipes/demo_text.py: its corpus follows the data's phrasing, and its vocabulary heads' labels name what
+    each new verb, direction phrase and way of not moving means."""
+    from demo_text import ATTRIBUTES, attribute_labels, caption_corpus, caption_kind, pretrained_text_encoder
+
+    corpus = caption_corpus(400, seed=3, captions="varied")
+    assert not any(is_held_out(*parse_caption(c)) for c in corpus) and len(set(corpus)) > 380
+    assert caption_corpus(400, seed=3) != corpus and caption_corpus(400, seed=3, captions="varied") == corpus
+    combos, rng = split_combinations("train"), np.random.default_rng(0)
+    captions = [make_caption(*combos[i % 72], rng, "varied") for i in range(720)]
+    expected = [[list(values).index(v) for values, v in zip(ATTRIBUTES.values(), combos[i % 72])] for i in range(720)]
+    assert attribute_labels(captions).tolist() == expected
+    motion = list(ATTRIBUTES).index("motion")
+    for direction, verbs in DIRECTED_VERBS.items():
+        for v3, ving in verbs.values():
+            labels = attribute_labels([f"a red ball {v}" for v in (*v3, *ving)])[:, motion]
+            assert labels.tolist() == [MOTIONS.index(direction)] * len(v3 + ving)
+    stills = [f"a red ball {phrase}" for phrase in VARIED_GRAMMAR["still_phrase"] + VARIED_GRAMMAR["poetic_still"]]
+    assert attribute_labels(stills)[:, motion].tolist() == [MOTIONS.index("still")] * len(stills)
+    # the kind: given, else CAPTIONS, else the templates; an encoder folder of another kind is refused
+    monkeypatch.delenv("CAPTIONS", raising=False)
+    assert caption_kind() == "templates"
+    monkeypatch.setenv("CAPTIONS", "varied")
+    assert caption_kind() == "varied" and caption_kind("templates") == "templates"
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="pre-trained on templates captions, not varied"):
+        pretrained_text_encoder(tmp_path / "text")
+    monkeypatch.setenv("CAPTIONS", "fancy")
+    with pytest.raises(ValueError, match="CAPTIONS environment variable"):
+        caption_kind()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from openwan.data.synthetic import PATHS
+from openwan.data.synthetic import CAPTION_KINDS, PATHS
 
 HELP = "dataset tools (synth: write the synthetic captioned shapes dataset)"
 SYNTH_HELP = "write synthetic clips of a coloured shape moving over a background, with captions and a manifest"
@@ -37,6 +37,10 @@ def add_parser(sub) -> None:
     s.add_argument("--paths", default="long", choices=list(PATHS),
                    help="long: 40-60%% of the frame, the start gives the direction away; reversible: shorter, from "
                         "a start the reverse path would also fit from")
+    s.add_argument("--captions", default="templates", choices=list(CAPTION_KINDS),
+                   help="templates: the dataset's caption templates; varied: a quarter of those and the rest from a "
+                        "richer grammar (more verbs, direction phrases, adverbs, trailing phrases, word orders, ways "
+                        "of not moving, short/long/formal/poetic styles); the clips are the same either way")
     s.set_defaults(run=run_synth)
 
 
@@ -44,6 +48,7 @@ def run_synth(args: argparse.Namespace) -> int:
     from openwan.data.synthetic import make_dataset
 
     manifest = make_dataset(args.out, args.num, seed=args.seed, split=args.split, size=parse_size(args.size),
-                            frames=args.frames, fps=args.fps, manifest=args.manifest, paths=args.paths)
-    print(f"wrote {args.num} {args.split} clips and {manifest}")
+                            frames=args.frames, fps=args.fps, manifest=args.manifest, paths=args.paths,
+                            captions=args.captions)
+    print(f"wrote {args.num} {args.split} clips ({args.captions} captions) and {manifest}")
     return 0
