@@ -9,10 +9,9 @@ from openwan.cli.common import parse_dtype, parse_size
 from openwan.data.synthetic import PATHS
 
 HELP = "measure a model: prompt following (prompts) or VAE reconstruction PSNR/SSIM (vae)"
-PROMPTS_HELP = "generate held-out prompts of the synthetic shapes data and measure how often the video matches"
+PROMPTS_HELP = ("generate held-out prompts of the synthetic shapes data (the held-out combinations, or reworded "
+                "prompts never trained on) and measure how often the video matches")
 VAE_HELP = "VAE reconstruction PSNR and SSIM on held-out synthetic clips and on pan/zoom clips of real photos"
-
-
 
 
 def add_parser(sub) -> None:
@@ -23,8 +22,13 @@ def add_parser(sub) -> None:
     q.add_argument("--ckpt-dir", required=True, help="a release folder (e.g. the bundled model's)")
     q.add_argument("--out", required=True, help="report folder: report.json, samples.png, videos/")
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    q.add_argument("--prompts", nargs="+", default=None,
-                   help="prompts to evaluate instead of the held-out ones (in the dataset's vocabulary)")
+    which = q.add_mutually_exclusive_group()
+    which.add_argument("--prompt-set", default="heldout", choices=["heldout", "reworded"],
+                       help="heldout: one plain prompt per held-out combination (the default); reworded: prompts "
+                            "phrased as users phrase them, over training and held-out combinations, never trained "
+                            "on (openwan.eval.rewordings)")
+    which.add_argument("--prompts", nargs="+", default=None,
+                       help="prompts to evaluate instead of a prompt set (in the dataset's vocabulary)")
     q.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts")
     q.add_argument("--size", default=None, help="WIDTH*HEIGHT (default: the model's)")
     q.add_argument("--frame-num", type=int, default=None, help="frames, 4n+1 (default: the model's)")
@@ -59,24 +63,25 @@ def add_parser(sub) -> None:
 
 
 def run_prompts(args: argparse.Namespace) -> int:
-    from openwan.data.synthetic import heldout_prompts, parse_caption
-    from openwan.eval.prompts import evaluate_prompts
+    from openwan.data.synthetic import parse_caption
+    from openwan.eval.prompts import evaluate_prompts, prompt_set
     from openwan.pipelines import WanPipeline
     from openwan.pipelines.conditioning import check_frame_num
 
     if args.frame_num is not None:
         check_frame_num(args.frame_num)
     size = parse_size(args.size) if args.size else None
-    prompts = args.prompts or heldout_prompts()
+    if args.prompts:  # before loading the model: the detector can judge only the dataset's vocabulary
+        prompts, targets = list(args.prompts), [parse_caption(p) for p in args.prompts]
+    else:
+        prompts, targets = prompt_set(args.prompt_set)
     if args.limit is not None:
         if args.limit < 1:
             raise ValueError(f"--limit must be at least 1; got {args.limit}.")
-        prompts = prompts[:args.limit]
-    for prompt in prompts:  # before loading the model: the detector can judge only the dataset's vocabulary
-        parse_caption(prompt)
+        prompts, targets = prompts[:args.limit], targets[:args.limit]
     dtype = parse_dtype(args.dtype) if args.dtype else None
     pipe = WanPipeline.from_pretrained(args.ckpt_dir, device=args.device, dtype=dtype)
-    report = evaluate_prompts(pipe, args.out, prompts=prompts, seeds=args.seeds, size=size,
+    report = evaluate_prompts(pipe, args.out, prompts=prompts, targets=targets, seeds=args.seeds, size=size,
                               frame_num=args.frame_num, sample_steps=args.sample_steps,
                               sample_shift=args.sample_shift, guide_scale=args.sample_guide_scale,
                               negative_prompt=args.negative_prompt, solver=args.sample_solver,
@@ -84,6 +89,9 @@ def run_prompts(args: argparse.Namespace) -> int:
                               checkpoint=str(args.ckpt_dir))
     acc = report["accuracy"]
     print(f"{report['num_videos']} videos: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items()))
+    for split, part in report.get("accuracy_by_split", {}).items():
+        print(f"  {part['num_videos']} videos of {split} combinations: "
+              + ", ".join(f"{k} {100 * part[k]:.1f}%" for k in ("colour", "shape", "motion", "all")))
     print(f"wrote {Path(args.out) / 'report.json'} and {Path(args.out) / 'samples.png'}")
     return 0
 

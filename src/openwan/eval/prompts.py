@@ -1,9 +1,13 @@
 """Prompt following on the synthetic shapes data: generate held-out prompts, detect, count matches.
 
 For each prompt and seed the pipeline makes a video; :func:`openwan.eval.detector.detect` names the object's
-colour, shape and motion, and they are compared with the attributes :func:`parse_caption` reads from the
-prompt. The report gives the fraction of videos matching on each attribute and on all three, a breakdown by
-target value, every sample's detection, and a PNG grid of sample frames with their prompts.
+colour, shape and motion, and they are compared with the prompt's targets: those given, else the attributes
+:func:`parse_caption` reads from the prompt. The report gives the fraction of videos matching on each attribute
+and on all three, a breakdown by target value (and by combination split when the prompts ask for both training
+and held-out combinations), every sample's detection, and a PNG grid of sample frames with their prompts.
+
+Prompt sets (:func:`prompt_set`): ``heldout``, the canonical phrasing of the 18 held-out combinations, and
+``reworded``, the prompts of :mod:`openwan.eval.rewordings` (phrased as users phrase them, never trained on).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from openwan.data.synthetic import heldout_prompts, parse_caption
+from openwan.data.synthetic import COLOURS, MOTIONS, SHAPES, heldout_prompts, is_held_out, parse_caption
 from openwan.data.video import save_image, save_video
 from openwan.eval.detector import detect
 from openwan.fileio import atomic_write
@@ -27,9 +31,39 @@ from openwan.fileio import atomic_write
 ATTRIBUTES = ("colour", "shape", "motion")
 TARGETS = {"colour": 0.95, "motion": 0.90, "shape": 0.80}  # the tiny model's goals (issue 5)
 REPORT_FILE, GRID_FILE = "report.json", "samples.png"
+PROMPT_SETS = ("heldout", "reworded")
+
+
+def prompt_set(name: str) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """(prompts, their (colour, shape, motion) targets) of the named set (:data:`PROMPT_SETS`)."""
+    if name == "heldout":
+        prompts = heldout_prompts()
+        return prompts, [parse_caption(p) for p in prompts]
+    if name == "reworded":
+        from openwan.eval.rewordings import reworded_prompts, reworded_targets
+
+        return reworded_prompts(), reworded_targets()
+    raise ValueError(f"unknown prompt set {name!r}; use one of {', '.join(PROMPT_SETS)}.")
+
+
+def check_targets(prompts: list[str], targets: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """``targets`` as tuples, checked: one per prompt, each a known (colour, shape, motion)."""
+    if len(targets) != len(prompts):
+        raise ValueError(f"give one target per prompt; got {len(targets)} targets for {len(prompts)} prompts.")
+    out = []
+    for prompt, target in zip(prompts, targets):
+        target = tuple(target)
+        known = len(target) == 3 and target[0] in COLOURS and target[1] in SHAPES and target[2] in MOTIONS
+        if not known:
+            raise ValueError(f"the target of prompt {prompt!r} is {target!r}; give (colour, shape, motion) with a "
+                             f"colour of {', '.join(COLOURS)}, a shape of {', '.join(SHAPES)} and a motion of "
+                             f"{', '.join(MOTIONS)}.")
+        out.append(target)
+    return out
 
 
 def evaluate_prompts(pipe, out_dir: str | Path, *, prompts: list[str] | None = None,
+                     targets: list[tuple[str, str, str]] | None = None,
                      seeds: tuple[int, ...] | list[int] = (0, 1, 2), size: tuple[int, int] | None = None,
                      frame_num: int | None = None, sample_steps: int | None = None,
                      sample_shift: float | None = None, guide_scale: float | None = None,
@@ -38,13 +72,17 @@ def evaluate_prompts(pipe, out_dir: str | Path, *, prompts: list[str] | None = N
                      progress: bool = True) -> dict:
     """Generate every prompt (default: :func:`heldout_prompts`) with every seed through ``pipe`` (a
     :class:`~openwan.pipelines.WanPipeline`), detect, and write ``report.json``, ``samples.png`` and (when
-    ``save_videos``) ``videos/*.mp4`` under ``out_dir``. Returns the report. ``None`` settings take the
-    pipeline's defaults."""
+    ``save_videos``) ``videos/*.mp4`` under ``out_dir``. Returns the report. ``targets``: the (colour, shape,
+    motion) each prompt asks for, one per prompt (default: what :func:`parse_caption` reads from it). ``None``
+    settings take the pipeline's defaults."""
+    if prompts is None and targets is not None:
+        raise ValueError("targets were given without their prompts; give prompts too (one per target).")
     prompts = list(heldout_prompts() if prompts is None else prompts)
     seeds = [int(s) for s in seeds]
     if not prompts or not seeds:
         raise ValueError("give at least one prompt and one seed to evaluate.")
-    targets = [parse_caption(p) for p in prompts]  # fails early on a prompt the detector cannot judge
+    # Fails early on a prompt the detector cannot judge.
+    targets = [parse_caption(p) for p in prompts] if targets is None else check_targets(prompts, list(targets))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     samples, videos = [], []
@@ -74,6 +112,8 @@ def evaluate_prompts(pipe, out_dir: str | Path, *, prompts: list[str] | None = N
                 "guide_scale": defaults.guide_scale if guide_scale is None else guide_scale,
                 "negative_prompt": negative_prompt, "solver": solver, "still_threshold": still_threshold}
     report = summarize(samples)
+    if len({is_held_out(*t) for t in targets}) > 1:
+        report["accuracy_by_split"] = split_accuracy(samples)
     report = {"checkpoint": checkpoint, "settings": settings, "prompts": prompts, "seeds": seeds, **report,
               "files": {"report": REPORT_FILE, "grid": GRID_FILE},
               "seconds": round(time.perf_counter() - started, 2), "samples": samples}
@@ -95,6 +135,19 @@ def summarize(samples: list[dict]) -> dict:
         by_target[attribute] = {value: sum(hits) / len(hits) for value, hits in sorted(groups.items())}
     return {"num_videos": n, "accuracy": accuracy, "accuracy_by_target": by_target, "targets": TARGETS,
             "meets_targets": {k: accuracy[k] >= v for k, v in TARGETS.items()}}
+
+
+def split_accuracy(samples: list[dict]) -> dict[str, dict]:
+    """Accuracy per attribute and for all three over the samples whose target is a training combination
+    ("train") and over those whose target is held out of training ("heldout"), with their counts."""
+    out = {}
+    for split in ("train", "heldout"):
+        group = [s for s in samples
+                 if is_held_out(*(s["target"][k] for k in ATTRIBUTES)) == (split == "heldout")]
+        if group:
+            out[split] = {"num_videos": len(group),
+                          **{k: sum(s["match"][k] for s in group) / len(group) for k in (*ATTRIBUTES, "all")}}
+    return out
 
 
 def _title(report: dict) -> str:
@@ -197,4 +250,5 @@ def _grid_rows(samples: list[dict], videos: list[torch.Tensor]) -> list[GridRow]
     return list(rows.values())
 
 
-__all__ = ["evaluate_prompts", "summarize", "write_grid", "GridRow", "GridCell", "strip_frames", "TARGETS"]
+__all__ = ["evaluate_prompts", "summarize", "split_accuracy", "prompt_set", "check_targets", "PROMPT_SETS",
+           "write_grid", "GridRow", "GridCell", "strip_frames", "TARGETS"]
