@@ -11,7 +11,7 @@ import pytest
 
 from curate.footage import footage, window
 from openwan.curate.base import ClipFrames
-from openwan.curate.motion import TIERS, MotionConfig, MotionStage, measure_motion
+from openwan.curate.motion import TIERS, MotionConfig, MotionStage, measure_motion, motion_tier
 
 FPS = 8.0
 STILLS = {"bunny": 10, "bikes": 205, "carphone": 30}  # frame index of each source used as a still picture
@@ -217,3 +217,23 @@ def test_tier_sweep_over_sources_speeds_and_seeds():
                 if got != want:
                     wrong.append((name, size, move, want, got))
     assert not wrong, f"{len(wrong)} of {total} wrong: {wrong}"
+
+
+@pytest.mark.parametrize("frames,fps,match", [(np.zeros((4, 10, 40, 3), np.uint8), FPS, "at least 16x16"),
+                                              (np.zeros((4, 32, 32, 3), np.float32), FPS, "uint8 RGB"),
+                                              (np.zeros((32, 32, 3), np.uint8), FPS, "uint8 RGB"),
+                                              (np.zeros((4, 32, 32, 3), np.uint8), 0.0, "fps > 0")])
+def test_bad_frames_are_refused_before_flow(frames, fps, match):
+    with pytest.raises(ValueError, match=match):
+        measure_motion(frames, fps)
+
+
+def test_tier_rules_in_order():
+    cfg = MotionConfig()
+    base = {"magnitude": 0.2, "camera_share": 0.3, "object": 0.1, "jitter": 0.0, "flicker": 0.0, "warp_error": 0.01}
+    cases = [({}, "optimal"), ({"object": 0.8}, "medium"), ({"object": 0.005}, "medium"),
+             ({"magnitude": 1.5}, "medium"), ({"camera_share": 0.9}, "camera"), ({"jitter": 0.01}, "shaky"),
+             ({"magnitude": 0.001, "jitter": 0.01}, "static"), ({"flicker": 0.5, "magnitude": 0.0}, "low_quality"),
+             ({"warp_error": 0.05}, "low_quality")]
+    for change, want in cases:
+        assert motion_tier({**base, **change}, cfg) == want, (change, want)

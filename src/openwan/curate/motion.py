@@ -38,6 +38,7 @@ from openwan.curate.measures import luma
 
 Tier = Literal["optimal", "medium", "static", "camera", "low_quality", "shaky"]
 TIERS: tuple[str, ...] = ("optimal", "medium", "static", "camera", "low_quality", "shaky")
+MIN_SIDE = 16  # pixels: the smallest frame side optical flow is measured on (DIS needs 12)
 _DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                 "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
 
@@ -101,14 +102,14 @@ class MotionConfig:
 
 
 def _flow_frames(frames: np.ndarray, fps: float, cfg: MotionConfig) -> tuple[np.ndarray, float]:
-    """Luma as uint8 ``[T', h, w]`` at the flow's size and rate, and that rate (frames per second)."""
+    """Luma as uint8 ``[T', h, w]`` at the flow's size and rate (short side at least ``MIN_SIDE``), and that rate."""
     stride = max(1, round(fps / cfg.flow_fps))
     y = luma(frames[::stride])  # [T', H, W] in [0, 1]
     h, w = y.shape[1:]
-    s = min(1.0, cfg.flow_short_side / min(h, w))
+    s = min(1.0, max(cfg.flow_short_side, MIN_SIDE) / min(h, w))
     planes = [(p * 255.0 + 0.5).astype(np.uint8) for p in y]
     if s < 1.0:
-        size = (max(16, round(w * s)), max(16, round(h * s)))
+        size = (max(MIN_SIDE, round(w * s)), max(MIN_SIDE, round(h * s)))
         planes = [cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in planes]
     return np.stack(planes), fps / stride
 
@@ -142,8 +143,16 @@ def measure_motion(frames: np.ndarray, fps: float, cfg: MotionConfig | None = No
     ``object``, ``jitter``, ``flicker``, ``warp_error`` (meanings and units in the module docstring). Fewer than
     two frames show no motion: every value is 0."""
     cfg = cfg or MotionConfig()
-    if not fps > 0:
-        raise ValueError(f"measure_motion needs fps > 0; got {fps}.")
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"measure_motion needs uint8 RGB frames [T, H, W, 3]; got {frames.dtype} "
+                         f"{tuple(frames.shape)}. Decode the clip to RGB24 first.")
+    if min(frames.shape[1:3]) < MIN_SIDE:
+        raise ValueError(f"measure_motion needs frames of at least {MIN_SIDE}x{MIN_SIDE} pixels for optical flow; got "
+                         f"{frames.shape[2]}x{frames.shape[1]}. Raise run.analysis_size or drop such small sources "
+                         "with the limits stage.")
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"measure_motion needs a finite fps > 0; got {fps}.")
     planes, rate = _flow_frames(frames, fps, cfg)
     out = dict.fromkeys(("magnitude", "camera_share", "object", "jitter", "flicker", "warp_error"), 0.0)
     if len(planes) < 2:
@@ -246,4 +255,4 @@ class MotionStage:
         return StageOutput(values=out, reasons=reasons)
 
 
-__all__ = ["MotionConfig", "MotionStage", "measure_motion", "motion_tier", "fit_camera", "TIERS", "Tier"]
+__all__ = ["MotionConfig", "MotionStage", "measure_motion", "motion_tier", "fit_camera", "TIERS", "Tier", "MIN_SIDE"]
