@@ -3,7 +3,8 @@
 #   synthetic data -> VAE (2D, then inflated 3D, then its decoder alone) -> latent/text caches -> DiT with flow
 #   matching -> release folder. docs/demo_model.md gives each stage's time and the model's evaluation.
 # Usage: bash recipes/demo_model.sh [WORK_DIR]   (default: runs/demo-model). Override sizes with env variables;
-# OUT=DIR writes the release folder there instead of the bundled model's folder.
+# OUT=DIR writes the release folder there instead of the bundled model's folder. CAPTIONS=varied captions the
+# training clips from the dataset's richer grammar (`openwan data synth --captions varied`) instead of its templates.
 set -euo pipefail
 OPENWAN=${OPENWAN:-".venv/bin/python -m openwan"}
 PY=${PY:-.venv/bin/python}
@@ -15,16 +16,33 @@ VAE_DECODER_STEPS=${VAE_DECODER_STEPS:-200}
 VAE_WIDE_DIM=${VAE_WIDE_DIM:-24}
 VAE_WIDE_STEPS=${VAE_WIDE_STEPS:-0}
 VAE_COLOUR_WEIGHT=${VAE_COLOUR_WEIGHT:-10}
+# templates: the captions the bundled model was trained on; varied: a quarter of those, the rest from a grammar of
+# other verbs, direction phrases, adverbs, word orders and styles (the clips themselves are the same). Exported: the
+# text encoder's pre-training (demo_text.py, run by demo_model.py) reads its corpus's phrasing from it.
+CAPTIONS=${CAPTIONS:-templates}
+case "$CAPTIONS" in
+  templates|varied) ;;
+  *) echo "CAPTIONS must be templates or varied; got '$CAPTIONS'." >&2; exit 2 ;;
+esac
+export CAPTIONS
 # torch.compile on a CPU builds C++ against Python's headers: on by default only where both are found.
 DIT_COMPILE=${DIT_COMPILE-$(command -v c++ >/dev/null && $PY -c "import os, sysconfig
 print(1 if os.path.isfile(os.path.join(sysconfig.get_paths()['include'], 'Python.h')) else '')" || true)}
 mkdir -p "$WORK"
 
 # Reversible paths: where an object starts never tells which way it goes, so only the prompt can.
+# WORK/data/captions records the captions' kind (none recorded: templates); data of another kind is refused.
+DATA_CAPTIONS=$(cat "$WORK/data/captions" 2>/dev/null || echo templates)
+if [ -f "$WORK/data/train/manifest.jsonl" ] && [ "$DATA_CAPTIONS" != "$CAPTIONS" ]; then
+  echo "$WORK/data holds $DATA_CAPTIONS captions, not $CAPTIONS: use another work folder (the clips are the same," \
+    "so vae1/, vae2/ and vae-decoder/ may be copied into it)." >&2
+  exit 2
+fi
 [ -f "$WORK/data/train/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/train" --num "$NUM_CLIPS" --seed 0 \
-  --paths reversible
+  --paths reversible --captions "$CAPTIONS"
 [ -f "$WORK/data/heldout/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/heldout" --num 72 --seed 1 \
-  --split heldout --paths reversible
+  --split heldout --paths reversible --captions "$CAPTIONS"
+echo "$CAPTIONS" > "$WORK/data/captions"
 
 # Every VAE step trains on the squared error alone (--l1-weight 0): PSNR is what it is measured by.
 # Stages 1 and 2 also train a latent colour probe (--colour-weight): a linear map must read each latent cell's mean
