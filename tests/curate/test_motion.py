@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 
@@ -177,7 +178,13 @@ def test_stage_output_reasons_and_config():
         "motion_magnitude", "motion_camera_share", "motion_object", "motion_jitter", "motion_flicker",
         "motion_warp_error", "motion_tier"}
     assert len(out.reasons) == 1 and "shakes" in out.reasons[0] and "0.002" in out.reasons[0]
-    assert MotionStage(MotionConfig())({}, frames) == out  # deterministic
+    assert MotionStage(MotionConfig())({}, frames) == out  # deterministic, whatever OpenCV's thread count
+    threads = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(1)
+        assert MotionStage(MotionConfig())({}, frames) == out
+    finally:
+        cv2.setNumThreads(threads)
     kept = MotionStage(MotionConfig(reject_tiers=()))({}, frames)
     assert kept.reasons == [] and kept.values == out.values
     still_frames = ClipFrames(camera_clip(bunny, count=8), np.arange(8) / FPS, FPS, (320, 180))

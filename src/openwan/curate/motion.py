@@ -249,7 +249,7 @@ class MotionStage:
     def __call__(self, clip: dict[str, Any], frames: ClipFrames) -> StageOutput:
         values = measure_motion(frames.frames, frames.fps, self.cfg)
         tier = motion_tier(values, self.cfg)
-        out = {f"motion_{k}": round(v, 6) for k, v in values.items()}
+        out: dict[str, Any] = {f"motion_{k}": float(f"{v:.6g}") for k, v in values.items()}  # six significant digits
         out["motion_tier"] = tier
         reasons = [_why(tier, values, self.cfg)] if tier in self.cfg.reject_tiers else []
         return StageOutput(values=out, reasons=reasons)

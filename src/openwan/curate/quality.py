@@ -133,7 +133,7 @@ class QualityStage:
 
     def __call__(self, clip: dict[str, Any], frames: ClipFrames) -> StageOutput:
         v = quality_components(frames.frames, self.cfg)
-        values = {f"quality_{k}": round(float(x), 6) for k, x in v.items()}
+        values = {f"quality_{k}": float(f"{x:.6g}") for k, x in v.items()}  # six significant digits
         reasons = []
         if v["score"] < self.cfg.min_score:
             weakest = min(COMPONENTS, key=lambda c: v[f"score_{c}"])
