@@ -244,3 +244,22 @@ def test_tier_rules_in_order():
              ({"warp_error": 0.05}, "low_quality")]
     for change, want in cases:
         assert motion_tier({**base, **change}, cfg) == want, (change, want)
+
+
+def test_uneven_and_repeated_source_frames_are_timed_by_their_times():
+    """The core samples the nearest source frame at each analysis time: a 25 fps source gives gaps of 3 and 4 source
+    frames, a 5 fps source repeats frames. A steady pan must still read as a steady camera at its real speed."""
+    bikes = still("bikes")
+    for source_fps in (25.0, 5.0):
+        count = int(source_fps * 3)
+        rng = np.random.default_rng(0)
+        boxes = _boxes(bikes, count, rng, pan=(0.3, 0), frac=0.5)  # one box per source frame
+        shown = window(bikes, boxes, (320, 180))
+        idx = np.minimum(np.floor(np.arange(24) / FPS * source_fps + 0.5).astype(int), count - 1)
+        frames, times = shown[idx], idx / source_fps
+        v = measure_motion(frames, FPS, times=times)
+        truth = 0.3 * 320 / np.hypot(320, 180) * source_fps / FPS  # the boxes advance per source frame
+        assert abs(v["magnitude"] - truth) < 0.05 * truth, (source_fps, v, truth)
+        assert v["jitter"] < 0.0005 and v["camera_share"] > 0.95, (source_fps, v)
+        cf = ClipFrames(frames, times, FPS, (320, 180))
+        assert MotionStage(MotionConfig())({}, cf).values["motion_tier"] == "camera"

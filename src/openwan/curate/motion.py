@@ -101,17 +101,31 @@ class MotionConfig:
                 raise ValueError(f"motion.reject_tiers holds {tier!r}; the tiers are {', '.join(TIERS)}.")
 
 
-def _flow_frames(frames: np.ndarray, fps: float, cfg: MotionConfig) -> tuple[np.ndarray, float]:
-    """Luma as uint8 ``[T', h, w]`` at the flow's size and rate (short side at least ``MIN_SIDE``), and that rate."""
-    stride = max(1, round(fps / cfg.flow_fps))
-    y = luma(frames[::stride])  # [T', H, W] in [0, 1]
+def _flow_frames(frames: np.ndarray, fps: float, times: np.ndarray | None,
+                 cfg: MotionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Luma as uint8 ``[T', h, w]`` at the flow's size and rate (short side at least ``MIN_SIDE``), and the seconds
+    between consecutive kept frames ``[T' - 1]``. With ``times``, a frame shown at the same source time as the one
+    before (a source slower than the analysis rate repeats frames) is dropped and the real gaps are used (sampling the
+    nearest frame of a 25 fps source at 8 fps gives gaps of 3 and 4 source frames)."""
+    keep = np.arange(len(frames))
+    if times is not None:
+        t = np.asarray(times, dtype=np.float64)
+        keep = keep[np.concatenate([[True], np.diff(t) > 1e-6])]
+    keep = keep[::max(1, round(fps / cfg.flow_fps))]
+    nominal = (keep[1:] - keep[:-1]) / fps
+    if times is None:
+        gaps = nominal
+    else:
+        gaps = np.diff(t[keep])
+        gaps = np.where(np.isfinite(gaps) & (gaps > 0), gaps, nominal)
+    y = luma(frames[keep])  # [T', H, W] in [0, 1]
     h, w = y.shape[1:]
     s = min(1.0, max(cfg.flow_short_side, MIN_SIDE) / min(h, w))
     planes = [(p * 255.0 + 0.5).astype(np.uint8) for p in y]
     if s < 1.0:
         size = (max(MIN_SIDE, round(w * s)), max(MIN_SIDE, round(h * s)))
         planes = [cv2.resize(p, size, interpolation=cv2.INTER_AREA) for p in planes]
-    return np.stack(planes), fps / stride
+    return np.stack(planes), gaps
 
 
 def _flow(a: np.ndarray, b: np.ndarray, cfg: MotionConfig, dis: Any) -> np.ndarray:
@@ -138,10 +152,13 @@ def fit_camera(points: np.ndarray, flow: np.ndarray, model: str = "similarity", 
     return m.astype(np.float64)
 
 
-def measure_motion(frames: np.ndarray, fps: float, cfg: MotionConfig | None = None) -> dict[str, float]:
+def measure_motion(frames: np.ndarray, fps: float, cfg: MotionConfig | None = None,
+                   times: np.ndarray | None = None) -> dict[str, float]:
     """The motion values of uint8 RGB frames ``[T, H, W, 3]`` sampled at ``fps``: ``magnitude``, ``camera_share``,
-    ``object``, ``jitter``, ``flicker``, ``warp_error`` (meanings and units in the module docstring). Fewer than
-    two frames show no motion: every value is 0."""
+    ``object``, ``jitter``, ``flicker``, ``warp_error`` (meanings and units in the module docstring). ``times`` (the
+    frames' source times in seconds, optional) give the real gaps between frames: speeds are per real second, each
+    camera step is rescaled to the nominal gap before the jitter, and repeated frames are dropped. Fewer than two
+    distinct frames show no motion: every value is 0."""
     cfg = cfg or MotionConfig()
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -153,7 +170,9 @@ def measure_motion(frames: np.ndarray, fps: float, cfg: MotionConfig | None = No
                          "with the limits stage.")
     if not (math.isfinite(fps) and fps > 0):
         raise ValueError(f"measure_motion needs a finite fps > 0; got {fps}.")
-    planes, rate = _flow_frames(frames, fps, cfg)
+    if times is not None and len(times) != len(frames):
+        raise ValueError(f"measure_motion got {len(frames)} frames but {len(times)} times; give one time per frame.")
+    planes, gaps = _flow_frames(frames, fps, times, cfg)
     out = dict.fromkeys(("magnitude", "camera_share", "object", "jitter", "flicker", "warp_error"), 0.0)
     if len(planes) < 2:
         return out
@@ -168,21 +187,25 @@ def measure_motion(frames: np.ndarray, fps: float, cfg: MotionConfig | None = No
     if cfg.method == "dis":
         dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[cfg.dis_preset])
 
-    flow_sum = resid_sum = 0.0
+    nominal = float(np.median(gaps))  # seconds between analysis frames, for the jitter's per-frame steps
+    flow_sum = resid_sum = speed_sum = object_sum = 0.0
     motions, flicker, warp = [], [], []  # per pair
-    for a, b in zip(planes[:-1], planes[1:], strict=True):
+    for a, b, gap in zip(planes[:-1], planes[1:], gaps.tolist(), strict=True):
         f = _flow(a, b, cfg, dis)  # [h, w, 2]
         fg = f[gy.ravel(), gx.ravel()].astype(np.float64)  # [N, 2]
         m = fit_camera(centred, fg, cfg.camera_model, cfg.ransac_threshold)
         cam = centred @ m[:, :2].T + m[:, 2] - centred  # camera flow at the grid, [N, 2]
-        flow_sum += float(np.hypot(fg[:, 0], fg[:, 1]).mean())
+        moved = float(np.hypot(fg[:, 0], fg[:, 1]).mean())
         miss = np.hypot(*(fg - cam).T)  # [N]
         # Points the camera model explains within the inlier threshold are explained: flow is not more precise.
-        resid_sum += float(np.where(miss > cfg.ransac_threshold, miss, 0.0).mean())
+        missed = float(np.where(miss > cfg.ransac_threshold, miss, 0.0).mean())
+        flow_sum, resid_sum = flow_sum + moved, resid_sum + missed
+        speed_sum, object_sum = speed_sum + moved / gap, object_sum + missed / gap
         scale = math.hypot((m[0, 0] + m[1, 1]) / 2, (m[1, 0] - m[0, 1]) / 2)
         angle = math.atan2((m[1, 0] - m[0, 1]) / 2, (m[0, 0] + m[1, 1]) / 2)
         # Camera step as displacements in frame diagonals: the centre's, and rotation and zoom at half a diagonal.
-        motions.append((m[0, 2] / diag, m[1, 2] / diag, angle / 2, math.log(max(scale, 1e-6)) / 2))
+        step = np.array([m[0, 2] / diag, m[1, 2] / diag, angle / 2, math.log(max(scale, 1e-6)) / 2])
+        motions.append(step * (nominal / gap))  # as if the frames were evenly spaced
         ma, mb = float(a.mean()), float(b.mean())
         flicker.append(abs(mb - ma) / max((ma + mb) / 2, 5.0))
         warped = cv2.remap(b, mapx + f[..., 0], mapy + f[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -190,8 +213,8 @@ def measure_motion(frames: np.ndarray, fps: float, cfg: MotionConfig | None = No
         warp.append(float(np.median(diff)) / 255.0)
 
     pairs = len(motions)
-    out["magnitude"] = flow_sum / pairs / diag * rate
-    out["object"] = resid_sum / pairs / diag * rate
+    out["magnitude"] = speed_sum / pairs / diag
+    out["object"] = object_sum / pairs / diag
     out["camera_share"] = min(1.0, max(0.0, 1.0 - resid_sum / flow_sum)) if flow_sum / pairs > 1e-3 else 0.0
     if pairs >= 2:
         steps = np.diff(np.asarray(motions), axis=0)  # second differences of the trajectory, [pairs - 1, 4]
@@ -247,7 +270,7 @@ class MotionStage:
         """Nothing to load: optical flow needs no weights."""
 
     def __call__(self, clip: dict[str, Any], frames: ClipFrames) -> StageOutput:
-        values = measure_motion(frames.frames, frames.fps, self.cfg)
+        values = measure_motion(frames.frames, frames.fps, self.cfg, frames.times)
         tier = motion_tier(values, self.cfg)
         out: dict[str, Any] = {f"motion_{k}": float(f"{v:.6g}") for k, v in values.items()}  # six significant digits
         out["motion_tier"] = tier
