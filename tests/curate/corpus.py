@@ -54,3 +54,15 @@ def build_corpus(root: Path) -> Path:
     (raw / "folder.mp4").mkdir()
     (raw / "folder.mp4" / "notes.md").write_text("not a video\n")
     return raw
+
+
+def build_small_corpus(root: Path) -> Path:
+    """Three good videos and one unreadable file in ``root/raw``, for the command-line tests; returns the folder."""
+    raw = root / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    write_video(footage("carphone", 0, 100, (176, 144)), raw / "carphone.mp4")
+    (raw / "carphone.txt").write_text("a man talks on a phone in a car\n")
+    write_video(letterbox(footage("bikes", 187, 55), (320, 180)), raw / "bikes_letterbox.mp4")
+    write_video(np.repeat(footage("bunny", 40, 1, (160, 90)), 75, axis=0), raw / "frozen.mp4")
+    garbage(raw / "noise.mp4")
+    return raw

@@ -202,6 +202,7 @@ def test_bad_config_is_refused_naming_the_field(override, match):
         fast_config(override)
 
 
+@pytest.mark.slow  # builds and steps a tiny model: ~10 s
 def test_openwan_train_runs_on_the_curated_manifest(fast_run, tmp_path, one_thread):
     """The manifest is a training manifest as written: a tiny random-weight DiT trains two steps on it, reading
     the kept clips' ranges and crops through the data layer."""

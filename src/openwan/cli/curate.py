@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
                                                "(default 1, or run.workers)")
     r.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.set_defaults(run=run_curate)
+    r.set_defaults(run=run_curate, extra_items=[])
 
     s = tools.add_parser("select", help=SELECT_HELP, description=SELECT_HELP + ".")
     s.add_argument("--clips", required=True, help="a run's clips.parquet")
@@ -104,7 +104,7 @@ def _split_items(items: list[str]) -> tuple[list[str], list[str]]:
 def run_curate(args: argparse.Namespace) -> int:
     from openwan.curate import curate, load_config
 
-    inputs, overrides = _split_items(args.items)
+    inputs, overrides = _split_items(args.items + args.extra_items)
     if args.executor or args.ray_address:
         overrides.append(f"run.executor={'ray' if args.ray_address else args.executor}")
     if args.ray_address:

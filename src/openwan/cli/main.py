@@ -27,7 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # positionals after an option (`curate run IN --out D k=v`) go to a command that takes them anywhere
+        if not hasattr(args, "extra_items") or any(item.startswith("-") for item in extra):
+            parser.parse_args(argv)  # argparse's own usage error, exit 2
+        args.extra_items = extra
     try:
         return int(args.run(args) or 0)
     except ValueError as err:  # user errors: one sentence, no traceback

@@ -23,6 +23,7 @@ from openwan.curate.dedup import ClusterConfig, DedupConfig
 from openwan.curate.embed import EmbedConfig
 from openwan.curate.filters import BlurConfig, BordersConfig, ExposureConfig, LimitsConfig
 from openwan.curate.motion import MotionConfig
+from openwan.curate.overlays import OverlayConfig
 from openwan.curate.scorer import ScorerConfig
 from openwan.curate.shots import SplitConfig
 from openwan.curate.subsets import SubsetConfig
@@ -98,6 +99,7 @@ class CurateConfig:
     borders: BordersConfig = field(default_factory=BordersConfig)
     exposure: ExposureConfig = field(default_factory=ExposureConfig)
     blur: BlurConfig = field(default_factory=BlurConfig)
+    overlay: OverlayConfig = field(default_factory=OverlayConfig)
     motion: MotionConfig = field(default_factory=MotionConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     aesthetic: AestheticConfig = field(default_factory=AestheticConfig)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from openwan.curate.config import ReportConfig
@@ -80,12 +81,18 @@ def histograms(rows: Sequence[dict], columns: Sequence[str]) -> bytes | None:
     lines = math.ceil(len(columns) / cols)
     fig, axes = plt.subplots(lines, cols, figsize=(4 * cols, 2.6 * lines), squeeze=False)
     for ax, name in zip(axes.flat, columns):
-        kept = [float(r[name]) for r in rows if r.get("kept") and _finite(r.get(name))]
-        rejected = [float(r[name]) for r in rows if not r.get("kept") and _finite(r.get(name))]
-        ax.hist([kept, rejected], bins=HIST_BINS, stacked=True, label=["kept", "rejected"],
-                color=["tab:green", "tab:red"])
+        kept = np.array([float(r[name]) for r in rows if r.get("kept") and _finite(r.get(name))])
+        rejected = np.array([float(r[name]) for r in rows if not r.get("kept") and _finite(r.get(name))])
+        both = np.concatenate([kept, rejected])
+        low, high = (float(both.min()), float(both.max())) if len(both) else (0.0, 1.0)
+        edges = np.linspace(low, high if high > low else low + 1.0, HIST_BINS + 1)
+        kept_counts, _ = np.histogram(kept, edges)
+        all_counts, _ = np.histogram(both, edges)
+        ax.stairs(all_counts, edges, fill=True, color="tab:red", label="rejected")  # kept stacked under rejected
+        ax.stairs(kept_counts, edges, fill=True, color="tab:green", label="kept")
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
+        ax.locator_params(nbins=4)
     for ax in list(axes.flat)[len(columns):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
