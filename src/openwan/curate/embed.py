@@ -3,9 +3,9 @@
 Embedders:
 
 - ``wan-clip``: the CLIP ViT-H/14 image tower of a Wan i2v release (``models_clip_open-clip-xlm-roberta-large-vit-
-  huge-14.pth``), loaded and preprocessed exactly as the i2v pipeline does (:func:`openwan.models.load_clip_encoder`,
-  :func:`openwan.models.image_encoder.encode_images`); the vector is the class token of the features Wan feeds the
-  DiT (the penultimate block's output), 1280 numbers.
+  huge-14.pth``), loaded and preprocessed as the i2v pipeline does (:func:`openwan.models.load_clip_encoder`,
+  :func:`openwan.models.image_encoder.encode_images` on frames in [-1, 1]); the vector is the class token of the
+  features Wan feeds the DiT (the penultimate block's output), 1280 numbers.
 - ``open-clip``: an ``open_clip`` model (``embed.model``, e.g. ``ViT-H-14``) with its pretrained file
   (``embed.path``), when the ``open_clip_torch`` package is installed; the vector is ``encode_image``.
 - ``pixels``: no weights. Per key frame: a small Lab thumbnail (layout and colour, mean removed per channel), a
@@ -167,10 +167,9 @@ class EmbedStage:
         with torch.no_grad():
             if self.kind == "wan-clip":
                 from openwan.models.image_encoder import encode_images
-                from openwan.pipelines.conditioning import to_model_range
 
-                x = torch.from_numpy(np.ascontiguousarray(frames)).float().div(255)  # [N, H, W, 3] in [0, 1]
-                images = to_model_range(x)[0].transpose(0, 1).to(self.cfg.device)  # [N, 3, H, W] in [-1, 1]
+                x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.cfg.device)  # [N, H, W, 3] uint8
+                images = x.permute(0, 3, 1, 2).float().div(127.5).sub(1)  # [N, 3, H, W] in [-1, 1], as i2v's frames
                 out = encode_images(self._model, images)[:, 0]  # class token, [N, width]
             else:
                 from PIL import Image
