@@ -224,3 +224,52 @@ output_dir: {run}
     argv = ["train", "--config", str(config)]
     assert main(argv) == 0
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
+
+
+KILL_CHILD = """
+import sys, time
+from pathlib import Path
+from openwan.curate import curate, load_config, pipeline
+from openwan.fileio import atomic_write
+
+config, raw, out, mode = sys.argv[1:5]
+cfg = load_config(config, {overrides!r})
+if mode == "kill":  # freeze half-way through writing the third clip's cache entry, for the parent to SIGKILL
+    written = []
+    write_json = pipeline._write_json
+
+    def write(path, data):
+        if path.parent.name == "clips":
+            written.append(path)
+            if len(written) == 3:
+                def half(tmp):
+                    Path(tmp).write_text('{{"values": {{"half')
+                    print("READY", flush=True)
+                    time.sleep(600)
+                atomic_write(path, half)
+        write_json(path, data)
+
+    pipeline._write_json = write
+curate(cfg, out, paths=[raw])
+print("DONE")
+"""
+
+
+@pytest.mark.slow
+def test_a_sigkilled_run_rerun_writes_what_an_uninterrupted_run_writes(corpus, tmp_path):
+    """SIGKILL in the middle of writing a clip's cache entry (a half-written temporary file left behind), then a
+    rerun: the same manifest.parquet and clips.parquet bytes as a run never interrupted, and no temporary file."""
+    from train.test_train_resume import _run_child
+
+    script = tmp_path / "child.py"
+    script.write_text(KILL_CHILD.format(overrides=QUIET))
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _run_child([str(script), str(FAST), str(corpus), str(whole), "run"], kill_on_ready=False)
+    _run_child([str(script), str(FAST), str(corpus), str(killed), "kill"], kill_on_ready=True)
+    assert len(list((killed / "cache" / "clips").glob("*.json"))) == 2
+    assert list((killed / "cache" / "clips").glob(".*~*"))  # the killed writer's temporary file
+    assert not (killed / "manifest.parquet").exists()
+    _run_child([str(script), str(FAST), str(corpus), str(killed), "run"], kill_on_ready=False)
+    for name in TABLES:
+        assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
+    assert not list((killed / "cache").rglob(".*~*"))
