@@ -1,6 +1,6 @@
 """The LAION aesthetic predictor's loading and scoring, on a small random-weight CLIP saved as a transformers folder
-and random heads in the released key layouts; the score is checked against the predictor's recipe written out
-with PIL and plain torch ops."""
+(text and vision towers, as the OpenAI release is saved) and random heads in the released key layouts; the score is
+checked against the predictor's recipe written out with PIL, CLIP's get_image_features and plain torch ops."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from curate.footage import footage
 from openwan.curate.aesthetic import NOT_MEASURED, AestheticConfig, AestheticStage, load_head
@@ -24,11 +24,13 @@ SHAPES = [(768, 1024), (1024, 128), (128, 64), (64, 16), (16, 1)]  # (in, out) o
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
+    """A whole CLIP (text and vision towers, as openai/clip-vit-large-patch14 is saved) with random weights."""
     folder = tmp_path_factory.mktemp("clip-vit-l-14")
-    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=SIZE, patch_size=8, projection_dim=768)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=SIZE,
+                  patch_size=8)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=99)
     torch.manual_seed(0)
-    CLIPVisionModelWithProjection(cfg).save_pretrained(folder)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=768)).save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}).save_pretrained(folder)
     return folder
 
@@ -55,9 +57,10 @@ def _reference(frames: np.ndarray, clip_folder, head: dict, indices, relu: bool)
         left, top = (w - SIZE) // 2, (h - SIZE) // 2
         x = np.asarray(image.crop((left, top, left + SIZE, top + SIZE)), dtype=np.float32) / 255
         pixels.append((x - np.array(OPENAI_MEAN, np.float32)) / np.array(OPENAI_STD, np.float32))
-    model = CLIPVisionModelWithProjection.from_pretrained(clip_folder).eval()
-    with torch.no_grad():
-        e = model(pixel_values=torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)).image_embeds
+    model = CLIPModel.from_pretrained(clip_folder).eval()
+    with torch.no_grad():  # CLIP's encode_image
+        e = model.get_image_features(pixel_values=torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2))
+        e = getattr(e, "pooler_output", e)  # transformers 5 returns the output object, projected pooler inside
     x = e / e.norm(dim=-1, keepdim=True)
     for k, i in enumerate(indices):
         x = F.linear(x, head[f"layers.{i}.weight"], head[f"layers.{i}.bias"])
@@ -107,3 +110,19 @@ def test_missing_weights_are_refused(clip_folder, tmp_path):
     stage = AestheticStage(cfg)
     with pytest.raises(ValueError, match="takes 512-d embeddings"):
         stage.setup()
+
+
+def test_a_vision_only_folder_scores_the_same(clip_folder, tmp_path):
+    """A CLIPVisionModelWithProjection folder (the vision tower and projection alone) gives the same scores."""
+    from transformers import CLIPVisionModelWithProjection
+
+    config = CLIPConfig.from_pretrained(clip_folder)
+    config.vision_config.projection_dim = config.projection_dim
+    CLIPVisionModelWithProjection.from_pretrained(clip_folder, config=config.vision_config).save_pretrained(
+        tmp_path / "vision")
+    CLIPImageProcessor.from_pretrained(clip_folder).save_pretrained(tmp_path / "vision")
+    torch.save(_head((0, 2, 4, 6, 7)), tmp_path / "head.pth")
+    frames = footage("carphone", 0, 3, size=(88, 72))
+    scores = [AestheticStage(AestheticConfig(enabled=True, clip_path=str(folder), head_path=str(tmp_path / "head.pth")))
+              .score_frames(frames) for folder in (clip_folder, tmp_path / "vision")]
+    assert np.allclose(scores[0], scores[1], rtol=0, atol=1e-6) and np.ptp(scores[0]) > 0

@@ -114,9 +114,15 @@ class AestheticStage:
         """Load CLIP, its image processor and the head once."""
         if self._clip is not None:
             return
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+        from transformers import AutoConfig, CLIPImageProcessor, CLIPVisionModelWithProjection
 
-        clip = CLIPVisionModelWithProjection.from_pretrained(self.cfg.clip_path).eval().requires_grad_(False)
+        config = AutoConfig.from_pretrained(self.cfg.clip_path)
+        if config.model_type == "clip":  # a whole CLIP (text and vision): its projection size is the top-level one
+            vision = config.vision_config
+            vision.projection_dim = config.projection_dim
+            config = vision
+        clip = CLIPVisionModelWithProjection.from_pretrained(self.cfg.clip_path, config=config)
+        clip = clip.eval().requires_grad_(False)
         head = load_head(self.cfg.head_path)
         if head[0].in_features != clip.config.projection_dim:
             raise ValueError(f"the head {self.cfg.head_path} takes {head[0].in_features}-d embeddings but the CLIP "
