@@ -46,18 +46,18 @@ def chat_completion(url: str, body: dict[str, Any], api_key: str = "", timeout: 
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     data = json.dumps(body).encode()
-    for attempt in range(retries + 1):
+    for tries in range(1, retries + 2):
         try:
             request = urllib.request.Request(endpoint, data=data, headers=headers, method="POST")
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 raw = response.read()
             break
-        except Exception as err:  # noqa: BLE001 — every failure becomes the clip's error, never the run's
-            if attempt < retries and _retryable(err):
-                time.sleep(retry_wait_s * 2**attempt)
+        except Exception as err:  # noqa: BLE001 — every failure becomes an EndpointError that says what happened
+            if tries <= retries and _retryable(err):
+                time.sleep(retry_wait_s * 2 ** (tries - 1))
                 continue
-            tries = f" after {attempt + 1} tries" if attempt else ""
-            raise EndpointError(_describe(err, endpoint) + tries) from None
+            after = f" after {tries} tries" if tries > 1 else ""
+            raise EndpointError(_describe(err, endpoint) + after) from None
     try:
         answer = json.loads(raw)
         text = answer["choices"][0]["message"]["content"]
