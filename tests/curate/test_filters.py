@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curate.defects import as_clip, bars, blur, clean_clips, darken, night, overexpose, rates, roundtrip
+from curate.defects import as_clip, bars, blur, clean_clips, darken, night, overexpose, pan, rates, roundtrip
 from openwan.configio import parse
 from openwan.curate.filters import (
     BlurConfig,
@@ -23,23 +23,37 @@ from openwan.curate.filters import (
 )
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """name -> list of (clip name, decoded frames) for the clean clips and each defect."""
-    tmp = tmp_path_factory.mktemp("filters")
-    clean = clean_clips()
+def build(tmp, step: int = 48, size: tuple[int, int] = (320, 180)) -> dict[str, list]:
+    """name -> list of (clip name, decoded frames) for the clean clips and each defect. Step 48: 11 clips of each
+    (3 bunny, 5 bikes, 3 carphone); step 24: 20."""
+    clean = clean_clips(size, step)
     out: dict[str, list] = {"clean": [], "dark": [], "dim": [], "night": [], "over": [], "blur": [], "bars": []}
     kinds = ("letterbox", "pillarbox", "window")
+    sigma = size[1] / 180  # blur of 1.5 to 3 px at 180 px high, the same share of the frame at other sizes
     for i, (name, frames) in enumerate(clean):
         out["clean"].append((name, roundtrip(frames, tmp, name)))
         out["dark"].append((name, roundtrip(darken(frames), tmp, f"dark-{name}")))
         out["dim"].append((name, roundtrip(darken(frames, 0.45), tmp, f"dim-{name}")))
         out["night"].append((name, roundtrip(night(frames), tmp, f"night-{name}")))
         out["over"].append((name, roundtrip(overexpose(frames), tmp, f"over-{name}")))
-        out["blur"].append((name, roundtrip(blur(frames, (1.5, 2.0, 3.0)[i % 3]), tmp, f"blur-{name}")))
-        boxed, size = bars(frames, kinds[i % 3], (0.1, 0.14, 0.2)[i % 3])
-        out["bars"].append((name, roundtrip(boxed, tmp, f"bars-{name}"), size))
+        out["blur"].append((name, roundtrip(blur(frames, (1.5, 2.0, 3.0)[i % 3] * sigma), tmp, f"blur-{name}")))
+        boxed, bar = bars(frames, kinds[i % 3], (0.1, 0.14, 0.2)[i % 3])
+        out["bars"].append((name, roundtrip(boxed, tmp, f"bars-{name}"), bar))
     return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("filters"))
+
+
+@pytest.mark.slow
+def test_all_detectors_on_the_full_corpus_at_the_analysis_size(tmp_path):
+    """20 clips of each kind at 456x256, the default analysis size (short side 256)."""
+    corpus = build(tmp_path, step=24, size=(456, 256))
+    check_borders(corpus, analysis_short=128)
+    check_exposure(corpus)
+    check_blur(corpus)
 
 
 # --------------------------------------------------------------------------------------------------- limits
@@ -81,10 +95,14 @@ def test_limits_config_and_missing_columns():
 
 
 def test_borders_found_and_cropped_in_source_pixels(corpus):
+    check_borders(corpus, analysis_short=90)  # analysis at half the source's size
+
+
+def check_borders(corpus, analysis_short):
     stage = BordersStage(BordersConfig())
     found, exact = [], []
     for name, frames, (bx, by) in corpus["bars"]:
-        clip, cf = as_clip(frames, name, analysis_short=90)  # analysis at half the source's size
+        clip, cf = as_clip(frames, name, analysis_short=analysis_short)
         out = stage(clip, cf)
         found.append(out.crop is not None)
         if out.crop is None:
@@ -103,7 +121,7 @@ def test_borders_found_and_cropped_in_source_pixels(corpus):
     flagged_clean, flagged_dark = [], []
     for group, flags in (("clean", flagged_clean), ("dark", flagged_dark), ("night", flagged_dark)):
         for name, frames in corpus[group]:
-            out = stage(*as_clip(frames, name, analysis_short=90))
+            out = stage(*as_clip(frames, name, analysis_short=analysis_short))
             flags.append(out.crop is not None)
     recall, fp = rates("borders (letterbox/pillarbox/window)", found, flagged_clean)
     _, fp_dark = rates("borders on dark-but-textured scenes", found, flagged_dark)
@@ -127,6 +145,10 @@ def test_borders_reject_when_little_is_left_and_blank_frames(corpus):
 
 
 def test_exposure_recall_and_false_positives(corpus):
+    check_exposure(corpus)
+
+
+def check_exposure(corpus):
     stage = ExposureStage(ExposureConfig())
     groups = ("clean", "dim", "dark", "over")
     flagged = {g: [bool(stage(*as_clip(f, n)).reasons) for n, f in corpus[g]] for g in groups}
@@ -143,6 +165,10 @@ def test_exposure_recall_and_false_positives(corpus):
 
 
 def test_blur_recall_and_false_positives(corpus):
+    check_blur(corpus)
+
+
+def check_blur(corpus):
     stage = BlurStage(BlurConfig())
     clean = [stage(*as_clip(f, n)) for n, f in corpus["clean"]]
     blurred = [stage(*as_clip(f, n)) for n, f in corpus["blur"]]
@@ -152,3 +178,37 @@ def test_blur_recall_and_false_positives(corpus):
     assert recall >= 0.9 and fp <= 0.1
     assert "below the minimum focus of 0.00025" in blurred[0].reasons[0]
 
+
+
+@pytest.mark.slow
+def test_every_filter_on_5_second_pans_at_the_analysis_size(tmp_path):
+    """Every filter stage on 5 clean 5-second clips (40 frames at 8 fps, 456x256: the default analysis rate and
+    size), each clip passing; prints each stage's setup time and median time per clip."""
+    import os
+    import time
+
+    from openwan.curate.nsfw import NSFWConfig, NSFWStage
+    from openwan.curate.ocr import OCRConfig, OCRStage
+    from openwan.curate.overlays import OverlayConfig, OverlayStage
+
+    clips = [roundtrip(pan(name, start, count=120, size=(456, 256)), tmp_path, f"{name}{start}")
+             for name, start in (("bunny", 0), ("bunny", 12), ("bikes", 0), ("bikes", 100), ("bikes", 130))]
+    stages = [LimitsStage(LimitsConfig()), BordersStage(BordersConfig()), ExposureStage(ExposureConfig()),
+              BlurStage(BlurConfig()), OverlayStage(OverlayConfig()), OCRStage(OCRConfig()),
+              NSFWStage(NSFWConfig(model="opennsfw")), NSFWStage(NSFWConfig(model="nudenet"))]
+    print(f"\n{len(clips[0])} frames of {clips[0].shape[2]}x{clips[0].shape[1]} per clip; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    for stage in stages:
+        start = time.perf_counter()
+        stage.setup()
+        setup = time.perf_counter() - start
+        times = []
+        for i, frames in enumerate(clips):
+            row, cf = as_clip(frames, f"pan{i}")
+            row |= {"duration": 5.0, "fps": 24.0}  # the source's rate, not the analysis rate
+            start = time.perf_counter()
+            out = stage(row, cf)
+            times.append(time.perf_counter() - start)
+            assert out.reasons == [], (stage.name, i, out.reasons)
+        label = stage.name + (f" ({stage.cfg.model})" if stage.name == "nsfw" else "")
+        print(f"{label:18s} setup {setup:5.2f} s   per clip {np.median(times):6.3f} s")

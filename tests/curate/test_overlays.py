@@ -13,23 +13,38 @@ PANS = [("bunny", 0), ("bunny", 42), ("bunny", 84), ("bikes", 0), ("bikes", 42),
         ("bikes", 168), ("carphone", 0), ("carphone", 42)]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """Clean 2-second shots (every 3rd frame of 48) as filmed, clean simulated pans, and the pans with logos."""
-    tmp = tmp_path_factory.mktemp("overlays")
+def build(tmp, step: int = 48, logos_per_pan: int = 1) -> dict[str, list]:
+    """Clean 2-second shots (every 3rd frame of 48, every ``step`` frames) as filmed, clean simulated pans, and the
+    pans with logos in every corner and size, opaque and 55% opaque."""
     shots, pans, logos = [], [], []
     for name, n in (("bunny", 132), ("bikes", 250), ("carphone", 120)):
-        for start in range(0, n - 48 + 1, 24):
+        for start in range(0, n - 48 + 1, step):
             shots.append((f"{name}{start}", roundtrip(shot(name, start, 48), tmp, f"{name}{start}")))
     for i, (name, start) in enumerate(PANS):
         frames = pan(name, start, direction=1 if i % 2 else -1)
         pans.append((f"pan-{name}{start}", roundtrip(frames, tmp, f"pan-{name}{start}")))
-        for j in (2 * i, 2 * i + 1):  # every corner and size, opaque (even j) and 55% opaque (odd j)
+        for j in range(logos_per_pan * i, logos_per_pan * (i + 1)):
             logos.append((f"pan-{name}{start}-logo{j}", roundtrip(logo(frames, j), tmp, f"logo-{name}{start}-{j}"), j))
     return {"shots": shots, "pans": pans, "logos": logos}
 
 
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("overlays"))
+
+
+@pytest.mark.slow
+def test_logos_found_and_clean_clips_pass_full(tmp_path):
+    """17 shots and 10 pans clean, 20 logos (two per pan)."""
+    check(build(tmp_path, step=24, logos_per_pan=2))
+
+
 def test_logos_found_and_clean_clips_pass(corpus):
+    """9 shots and 10 pans clean, 10 logos (one per pan)."""
+    check(corpus)
+
+
+def check(corpus):
     stage = OverlayStage(OverlayConfig())
     found = []
     for name, frames, j in corpus["logos"]:
