@@ -134,7 +134,8 @@ def _run_length(mask: np.ndarray) -> int:
 
 def find_borders(frames: np.ndarray, cfg: BordersConfig) -> tuple[int, int, int, int]:
     """Bar widths (left, top, right, bottom) in pixels of ``frames`` (uint8 ``[T, H, W, 3]``): the lines from each
-    edge inward that are border lines in every frame. Bars under ``cfg.min_bar`` of the frame count as 0."""
+    edge inward that are border lines in every frame. Bars under ``cfg.min_bar`` of the frame count as 0. A clip
+    whose every row is a border line (no picture at all) gives ``(0, H, 0, 0)``."""
     y = measures.luma(frames)  # [T, H, W]
     _, h, w = y.shape
     rows = _bar_lines(y, cfg.flat_std, cfg.max_luma)
