@@ -273,3 +273,36 @@ def test_a_sigkilled_run_rerun_writes_what_an_uninterrupted_run_writes(corpus, t
     for name in TABLES:
         assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
     assert not list((killed / "cache").rglob(".*~*"))
+
+
+@pytest.mark.slow
+def test_the_default_config_runs_every_stage_on_the_corpus(corpus, tmp_path):
+    """TransNetV2, OCR, NSFW, the quality score, embeddings, subsets, dedup and clusters, on the corpus: each
+    stage's columns are in the table and the planted defects come out as planted. (The overlay stage and the
+    shake limit stay out of the way here, so the duplicate pair both reach deduplication.)"""
+    cfg = load_config(REPO / "configs" / "curate-default.yaml",
+                      [*QUIET, "overlay.enabled=false", "motion.reject_tiers=[]"])
+    assert cfg.split.detector == "transnetv2" and cfg.ocr.enabled and cfg.nsfw.enabled
+    result = curate(cfg, tmp_path / "out", paths=[corpus])
+    clips = {Path(c["source"]).stem + "#" + str(round(c["start"], 1)): c for c in _rows(result.clips)}
+    for column in ("limits_short_side", "borders_bars", "exposure_mean_luma", "blur_focus", "ocr_text_coverage",
+                   "nsfw_score", "motion_tier", "quality_score", "embed_vector", "subset_i2v", "dedup_phash",
+                   "dedup_group", "cluster_id", "captions_missing"):
+        assert all(column in c for c in clips.values()), column
+    assert set(clips) >= {"bunny_cut#0.0", "bunny_cut#2.4", "carphone#0.0", "carphone_copy#0.0",
+                          "carphone_dark#0.0", "bikes_letterbox#0.0", "frozen#0.0"}
+    assert clips["bikes_letterbox#0.0"]["crop"] == [0, 22, 320, 158]  # the 22 px bars of the letterbox
+    assert any(r.startswith("Underexposed") for r in clips["carphone_dark#0.0"]["reasons"])
+    assert clips["frozen#0.0"]["motion_tier"] == "static"
+    pair = [clips["carphone#0.0"], clips["carphone_copy#0.0"]]
+    duplicate = [c for c in pair if c["dedup_of"]]
+    assert len(duplicate) == 1 and duplicate[0]["decision"] == "rejected"
+    assert duplicate[0]["dedup_of"] in {c["clip_id"] for c in pair}
+    assert all(c["ocr_text_coverage"] < 0.05 and c["nsfw_score"] < 0.5 for c in clips.values())
+    print({k: round(v, 1) for k, v in result.seconds.items()}, result.counts)
+
+
+def test_the_ready_configs_load_and_the_default_one_lists_the_defaults():
+    assert load_config(REPO / "configs" / "curate-default.yaml") == load_config(None)
+    fast = load_config(FAST)
+    assert fast.split.detector == "content" and not fast.ocr.enabled and not fast.nsfw.enabled

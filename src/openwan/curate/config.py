@@ -23,7 +23,10 @@ from openwan.curate.dedup import ClusterConfig, DedupConfig
 from openwan.curate.embed import EmbedConfig
 from openwan.curate.filters import BlurConfig, BordersConfig, ExposureConfig, LimitsConfig
 from openwan.curate.motion import MotionConfig
+from openwan.curate.nsfw import NSFWConfig
+from openwan.curate.ocr import OCRConfig
 from openwan.curate.overlays import OverlayConfig
+from openwan.curate.quality import QualityConfig
 from openwan.curate.scorer import ScorerConfig
 from openwan.curate.shots import SplitConfig
 from openwan.curate.subsets import SubsetConfig
@@ -100,7 +103,10 @@ class CurateConfig:
     exposure: ExposureConfig = field(default_factory=ExposureConfig)
     blur: BlurConfig = field(default_factory=BlurConfig)
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    ocr: OCRConfig = field(default_factory=OCRConfig)
+    nsfw: NSFWConfig = field(default_factory=NSFWConfig)
     motion: MotionConfig = field(default_factory=MotionConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
