@@ -212,3 +212,16 @@ def test_every_filter_on_5_second_pans_at_the_analysis_size(tmp_path):
             assert out.reasons == [], (stage.name, i, out.reasons)
         label = stage.name + (f" ({stage.cfg.model})" if stage.name == "nsfw" else "")
         print(f"{label:18s} setup {setup:5.2f} s   per clip {np.median(times):6.3f} s")
+
+
+def test_a_clip_without_frames_is_refused_naming_it():
+    from openwan.curate.base import ClipFrames
+    from openwan.curate.nsfw import NSFWConfig, NSFWStage
+    from openwan.curate.ocr import OCRConfig, OCRStage
+    from openwan.curate.overlays import OverlayConfig, OverlayStage
+
+    empty = ClipFrames(np.zeros((0, 90, 160, 3), np.uint8), np.zeros(0), 8.0, (160, 90))
+    for stage in (BordersStage(BordersConfig()), ExposureStage(ExposureConfig()), BlurStage(BlurConfig()),
+                  OverlayStage(OverlayConfig()), OCRStage(OCRConfig()), NSFWStage(NSFWConfig())):
+        with pytest.raises(ValueError, match=f"the {stage.name} stage needs at least one frame of clip 'c7'"):
+            stage({"clip_id": "c7"}, empty)

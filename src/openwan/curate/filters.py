@@ -24,6 +24,13 @@ def _need(clip: dict[str, Any], keys: tuple[str, ...], stage: str) -> None:
                          f"{clip.get('clip_id', '?')!r} has none. Probe the source before running the stages.")
 
 
+def need_frames(clip: dict[str, Any], frames: ClipFrames, stage: str) -> None:
+    """ValueError naming the clip when ``frames`` holds no frame (a clip that decoded to nothing)."""
+    if len(frames) == 0:
+        raise ValueError(f"the {stage} stage needs at least one frame of clip {clip.get('clip_id', '?')!r}; it "
+                         "decoded to none. Check the clip's start and end against the source's duration.")
+
+
 def _check_range(section: str, name: str, value: float, lo: float, hi: float) -> None:
     if not (lo <= value <= hi) or math.isnan(value):
         raise ValueError(f"{section}.{name} must be in [{lo}, {hi}]; got {value}.")
@@ -166,6 +173,7 @@ class BordersStage:
         """Nothing to load."""
 
     def __call__(self, clip: dict[str, Any], frames: ClipFrames) -> StageOutput:
+        need_frames(clip, frames, "borders")
         src_w, src_h = frames.source_size
         base = (0, 0, src_w, src_h) if frames.crop is None else frames.crop
         h, w = frames.frames.shape[1:3]
@@ -227,6 +235,7 @@ class ExposureStage:
         """Nothing to load."""
 
     def __call__(self, clip: dict[str, Any], frames: ClipFrames) -> StageOutput:
+        need_frames(clip, frames, "exposure")
         cfg = self.cfg
         e = measures.exposure(frames.frames)
         mean, dark, bright = e["mean_luma"], e["dark_share"], e["bright_share"]
@@ -301,6 +310,7 @@ class BlurStage:
         """Nothing to load."""
 
     def __call__(self, clip: dict[str, Any], frames: ClipFrames) -> StageOutput:
+        need_frames(clip, frames, "blur")
         t = len(frames.frames)
         picked = frames.frames[np.unique(np.linspace(0, t - 1, min(t, self.cfg.frames)).round().astype(int))]
         f = focus(picked, self.cfg.grid)
@@ -313,4 +323,4 @@ class BlurStage:
 
 
 __all__ = ["LimitsConfig", "LimitsStage", "BordersConfig", "BordersStage", "find_borders", "ExposureConfig",
-           "ExposureStage", "BlurConfig", "BlurStage", "focus"]
+           "ExposureStage", "BlurConfig", "BlurStage", "focus", "need_frames"]

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from openwan.curate.base import ClipFrames, Resources, StageOutput
+from openwan.curate.filters import need_frames
 
 # NudeNet 3.x's class order in 320n.onnx's output (after the 4 box coordinates).
 NUDENET_LABELS = (
@@ -122,6 +123,7 @@ class NSFWStage:
         return out
 
     def __call__(self, clip: dict[str, Any], frames: ClipFrames) -> StageOutput:
+        need_frames(clip, frames, "nsfw")
         t = len(frames.frames)
         picks = np.unique(np.linspace(0, t - 1, min(t, self.cfg.frames)).round().astype(int))
         score = max(self.scores(frames.frames[picks]))

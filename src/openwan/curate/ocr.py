@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from openwan.curate.base import ClipFrames, Resources, StageOutput
+from openwan.curate.filters import need_frames
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class OCRStage:
                 if any(ch.isalnum() for ch in str(text))]
 
     def __call__(self, clip: dict[str, Any], frames: ClipFrames) -> StageOutput:
+        need_frames(clip, frames, "ocr")
         cfg = self.cfg
         t, h, w = frames.frames.shape[:3]
         picks = np.unique(np.linspace(0, t - 1, min(t, cfg.frames)).round().astype(int))

@@ -19,6 +19,7 @@ import numpy as np
 
 from openwan.curate import measures
 from openwan.curate.base import ClipFrames, Resources, StageOutput
+from openwan.curate.filters import need_frames
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class OverlayStage:
         """Nothing to load."""
 
     def __call__(self, clip: dict[str, Any], frames: ClipFrames) -> StageOutput:
+        need_frames(clip, frames, "overlay")
         h, w = frames.frames.shape[1:3]
         boxes, moving = find_overlays(frames.frames, self.cfg)
         share = _union_area(boxes, h, w) / (h * w)
