@@ -27,7 +27,8 @@ def build(tmp, step: int = 48, size: tuple[int, int] = (320, 180)) -> dict[str, 
     """name -> list of (clip name, decoded frames) for the clean clips and each defect. Step 48: 11 clips of each
     (3 bunny, 5 bikes, 3 carphone); step 24: 20."""
     clean = clean_clips(size, step)
-    out: dict[str, list] = {"clean": [], "dark": [], "dim": [], "night": [], "over": [], "blur": [], "bars": []}
+    out: dict[str, list] = {"clean": [], "dark": [], "dim": [], "night": [], "over": [], "blur": [], "bars": [],
+                            "night_bars": []}
     kinds = ("letterbox", "pillarbox", "window")
     sigma = size[1] / 180  # blur of 1.5 to 3 px at 180 px high, the same share of the frame at other sizes
     for i, (name, frames) in enumerate(clean):
@@ -39,6 +40,8 @@ def build(tmp, step: int = 48, size: tuple[int, int] = (320, 180)) -> dict[str, 
         out["blur"].append((name, roundtrip(blur(frames, (1.5, 2.0, 3.0)[i % 3] * sigma), tmp, f"blur-{name}")))
         boxed, bar = bars(frames, kinds[i % 3], (0.1, 0.14, 0.2)[i % 3])
         out["bars"].append((name, roundtrip(boxed, tmp, f"bars-{name}"), bar))
+        boxed, bar = bars(night(frames), kinds[(i + 1) % 3], 0.12)  # a dark scene with black bars
+        out["night_bars"].append((name, roundtrip(boxed, tmp, f"night-bars-{name}"), bar))
     return out
 
 
@@ -101,7 +104,7 @@ def test_borders_found_and_cropped_in_source_pixels(corpus):
 def check_borders(corpus, analysis_short):
     stage = BordersStage(BordersConfig())
     found, exact = [], []
-    for name, frames, (bx, by) in corpus["bars"]:
+    for name, frames, (bx, by) in corpus["bars"] + corpus["night_bars"]:
         clip, cf = as_clip(frames, name, analysis_short=analysis_short)
         out = stage(clip, cf)
         found.append(out.crop is not None)
@@ -123,11 +126,22 @@ def check_borders(corpus, analysis_short):
         for name, frames in corpus[group]:
             out = stage(*as_clip(frames, name, analysis_short=analysis_short))
             flags.append(out.crop is not None)
-    recall, fp = rates("borders (letterbox/pillarbox/window)", found, flagged_clean)
+    recall, fp = rates("borders (letterbox/pillarbox/window, on day and night scenes)", found, flagged_clean)
     _, fp_dark = rates("borders on dark-but-textured scenes", found, flagged_dark)
     print(f"borders: crop error at most {max(exact)} source px")
     assert recall >= 0.9 and fp <= 0.1 and fp_dark <= 0.1
     assert max(exact) <= 6  # a few source pixels: the analysis frames are half size, and crops are even-aligned
+
+
+def test_borders_of_any_colour_when_asked(corpus, tmp_path):
+    """Grey bars are picture by default (bars are dark) and are found with borders.max_luma = 1."""
+    name, frames = clean_clips()[0]
+    boxed, (bx, by) = bars(frames, "letterbox", 0.12, colour=128)
+    clip = as_clip(roundtrip(boxed, tmp_path), name, analysis_short=90)
+    assert BordersStage(BordersConfig())(*clip).crop is None
+    crop = BordersStage(BordersConfig(max_luma=1.0))(*clip).crop
+    assert crop is not None and np.abs(np.subtract(crop, (0, by, 320, 180 - by))).max() <= 4, crop
+    assert BordersStage(BordersConfig(max_luma=1.0))(*as_clip(corpus["clean"][0][1], analysis_short=90)).crop is None
 
 
 def test_borders_reject_when_little_is_left_and_blank_frames(corpus):
