@@ -101,7 +101,7 @@ FORMAL_SHARE = 0.25  # of the grammar's captions, capitalised and ended with a f
 # Longest caption the grammar writes, in characters: the demo DiTs read 64 byte tokens, the EOS included, and a longer
 # caption would lose its end (often its direction) to truncation.
 MAX_CAPTION_CHARS = 63
-# lemma: (third person forms, -ing forms); the last four carry their direction
+# lemma: (third person forms, -ing forms). The verbs of DIRECTED_VERBS say the direction themselves.
 MOTION_VERBS = {
     "move": (("moves",), ("moving",)), "slide": (("slides",), ("sliding",)), "drift": (("drifts",), ("drifting",)),
     "travel": (("travels",), ("traveling", "travelling")), "glide": (("glides",), ("gliding",)),
@@ -176,12 +176,12 @@ VARIED_GRAMMAR: dict[str, tuple[str, ...]] = {
     "poetic_np": ("a lone {c} {n}", "a solitary {c} {n}", "a little {c} {n}"),
     "poetic_vp": ("{ving} {adverb_poetic} {d}", "{vd_ing} {adverb_poetic}"),
     "adverb_poetic": ("lazily", "softly", "quietly", "dreamily"),
-    "still_phrase": ("staying still", "that stays still", "keeping still", "remaining still", "remaining motionless",
-              "that is motionless", "that remains stationary", "which does not move", "which doesn't move",
-              "that never moves", "not moving", "that is not moving", "without moving", "at rest",
-              "resting in place", "staying in place", "that stays put", "sitting motionless",
-              "standing motionless", "holding perfectly still", "perfectly still", "that is static",
-              "that is unmoving", "staying stationary"),
+    "still_phrase": ("staying still", "that stays still", "keeping still", "remaining still",
+                     "remaining motionless", "that is motionless", "that remains stationary", "which does not move",
+                     "which doesn't move", "that never moves", "not moving", "that is not moving", "without moving",
+                     "at rest", "resting in place", "staying in place", "that stays put", "sitting motionless",
+                     "standing motionless", "holding perfectly still", "perfectly still", "that is static",
+                     "that is unmoving", "staying stationary"),
     "still_comma": ("motionless", "unmoving", "at rest", "perfectly still", "staying still", "static",
                     "remaining in place"),
     "still_before": ("stationary", "still", "resting"),
@@ -198,9 +198,8 @@ _SHAPE_OF_NOUN |= {"circles": "circle", "balls": "circle", "discs": "circle", "d
 _DIRECTION_WORDS = {"left": "left", "leftward": "left", "leftwards": "left", "right": "right",
                     "rightward": "right", "rightwards": "right", "up": "up", "upward": "up", "upwards": "up",
                     "top": "up", "down": "down", "downward": "down", "downwards": "down", "bottom": "down"}
-_DIRECTION_WORDS |= {word: "up" for word in ("rising", "rises", "ascending", "ascends", "climbing", "climbs")}
-_DIRECTION_WORDS |= {word: "down" for word in ("sinking", "sinks", "descending", "descends", "falling", "falls",
-                                               "dropping", "drops")}
+_DIRECTION_WORDS |= {form: direction for direction, verbs in DIRECTED_VERBS.items() for forms in verbs.values()
+                     for group in forms for form in group}
 _STILL_WORDS = {"still", "stationary", "motionless", "static", "unmoving", "resting"}
 _STILL_PHRASES = re.compile(r"\b(?:not|never|without|[a-z]*n t) (?:moving|move|moves)\b|\bin place\b|\bat rest\b"
                             r"|\bstays? put\b")
