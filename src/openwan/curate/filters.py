@@ -265,7 +265,7 @@ class BlurConfig:
     depth of field with one subject in focus passes while a clip blurred all over does not."""
 
     enabled: bool = True
-    min_focus: float = 0.00025  # squared luma units
+    min_focus: float = 0.00028  # squared luma units
     grid: int = 4
     frames: int = 8
 
