@@ -22,16 +22,7 @@ from torch.utils.data import Dataset
 
 from openwan.data.buckets import Bucket, clip_frames_at
 from openwan.data.manifest import ClipRecord
-from openwan.data.video import (
-    IMAGE_SUFFIXES,
-    MAX_READ_PIXELS,
-    frames_at_fps,
-    iter_video_frames,
-    read_header,
-    read_image,
-    read_video,
-    resize_crop,
-)
+from openwan.data.video import IMAGE_SUFFIXES, read_image, read_video
 
 logger = logging.getLogger(__name__)
 
@@ -50,55 +41,18 @@ def load_clip(record: ClipRecord, bucket: Bucket, fps: float = 16) -> torch.Tens
     if record.is_image:
         if bucket.frames != 1:
             raise ValueError(f"{record.path} is an image but its bucket has {bucket.frames} frames.")
-        if record.crop is None:
-            frames = read_image(record.path, size=size)  # [1, H, W, 3]
-        else:
-            frames = resize_crop(_cut(read_image(record.path), record.crop, record.path), size)
+        frames = read_image(record.path, size=size, crop=record.crop)  # [1, H, W, 3]
     else:
         if clip_frames_at(record, fps) < bucket.frames:
             raise ValueError(f"{record.path}: the clip's bounds hold {clip_frames_at(record, fps)} frames at {fps} "
                              f"fps; its bucket needs {bucket.frames} (assign buckets with assign_bucket).")
         start = math.ceil((record.start or 0.0) * fps - 1e-6)  # output frame k is at time k / fps
-        if record.crop is None:
-            frames = read_video(record.path, fps=fps, size=size, max_frames=bucket.frames, start_frame=start)
-        else:
-            frames = _read_cropped(record.path, record.crop, fps, size, bucket.frames, start)
+        frames = read_video(record.path, fps=fps, size=size, max_frames=bucket.frames, start_frame=start,
+                            crop=record.crop)
         if frames.shape[0] < bucket.frames:
             raise ValueError(f"{record.path} gives {frames.shape[0]} frames at {fps} fps from "
                              f"{record.start or 0.0:.3f} s; its bucket needs {bucket.frames}.")
     return frames.permute(3, 0, 1, 2).mul(2).sub(1).contiguous()  # [3, T, H, W] in [-1, 1]
-
-
-def _cut(frames: torch.Tensor, crop: tuple[int, int, int, int], path: str) -> torch.Tensor:
-    """``[T, H, W, 3]`` frames cut to ``crop`` (left, top, right, bottom); refuses a box outside the frame."""
-    left, top, right, bottom = crop
-    height, width = frames.shape[1:3]
-    if right > width or bottom > height:
-        raise ValueError(f"{path}: the crop {list(crop)} reaches outside the file's {width}x{height} frames; fix the "
-                         "manifest's crop or its width/height.")
-    return frames[:, top:bottom, left:right]
-
-
-def _read_cropped(path: str, crop: tuple[int, int, int, int], fps: float, size: tuple[int, int], max_frames: int,
-                  start_frame: int) -> torch.Tensor:
-    """As ``read_video(path, fps=, size=, max_frames=, start_frame=)``, each frame cut to ``crop`` before its
-    resize: frames are decoded, cut and resized one at a time, so memory holds the kept frames at bucket size."""
-    header = read_header(path)
-    expected = min(max(0, frames_at_fps(header, fps) - start_frame), max_frames)
-    if expected * size[0] * size[1] > MAX_READ_PIXELS:
-        raise ValueError(f"{path}: {expected} frames of {size[0]}x{size[1]} exceed the {MAX_READ_PIXELS} pixels of "
-                         "one read; use a smaller bucket.")
-    frames = []
-    for i, frame in enumerate(iter_video_frames(path, fps)):
-        if i < start_frame:
-            continue
-        cut = _cut(frame[None], crop, path)  # uint8 [1, h, w, 3]
-        frames.append(resize_crop(cut.float().div(255), size))
-        if len(frames) >= max_frames:
-            break
-    if not frames:
-        raise ValueError(f"{path} has no frames to read (from frame {start_frame}); give a longer video.")
-    return torch.cat(frames)
 
 
 def _reason(err: Exception) -> str:

@@ -190,8 +190,20 @@ def resize_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[:, :, top:top + height, left:left + width].permute(0, 2, 3, 1).contiguous()
 
 
-def read_image(path: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """An image as ``[1, H, W, 3]`` in [0, 1], optionally resized and center-cropped to (width, height)."""
+def cut_frames(frames: torch.Tensor, crop: tuple[int, int, int, int], path: str | Path) -> torch.Tensor:
+    """``[T, H, W, 3]`` frames cut to ``crop`` (left, top, right, bottom, in pixels); refuses a box outside them."""
+    left, top, right, bottom = crop
+    height, width = frames.shape[1:3]
+    if right > width or bottom > height:
+        raise ValueError(f"{path}: the crop {list(crop)} reaches outside the file's {width}x{height} frames; fix the "
+                         "manifest's crop or its width/height.")
+    return frames[:, top:bottom, left:right]
+
+
+def read_image(path: str | Path, size: tuple[int, int] | None = None,
+               crop: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """An image as ``[1, H, W, 3]`` in [0, 1]: cut to ``crop`` (left, top, right, bottom) when given, then
+    optionally resized and center-cropped to ``size`` = (width, height)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give an image file (e.g. {path / 'first.png'}).")
@@ -203,6 +215,8 @@ def read_image(path: str | Path, size: tuple[int, int] | None = None) -> torch.T
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path} is not a readable image ({err}); give a PNG or JPEG file.") from None
     frames = torch.from_numpy(array.copy()).float().div(255)[None]
+    if crop is not None:
+        frames = cut_frames(frames, crop, path)
     return resize_crop(frames, size) if size else frames
 
 
@@ -287,9 +301,10 @@ def _over_budget(path: Path, frames: int, pixels: int, max_pixels: int) -> Value
 
 
 def read_video(path: str | Path, *, fps: float | None = None, size: tuple[int, int] | None = None,
-               max_frames: int | None = None, start_frame: int = 0,
+               max_frames: int | None = None, start_frame: int = 0, crop: tuple[int, int, int, int] | None = None,
                max_pixels: int = MAX_READ_PIXELS) -> torch.Tensor:
-    """A video as ``[T, H, W, 3]`` float in [0, 1]: sampled at ``fps``, resized/cropped to (width, height).
+    """A video as ``[T, H, W, 3]`` float in [0, 1]: sampled at ``fps``, each frame cut to ``crop`` (left, top, right,
+    bottom in source pixels) when given, then resized/cropped to ``size`` = (width, height).
 
     Decoding stops after ``max_frames``; each frame is resized as it is decoded (the same bicubic resize and crop
     as :func:`resize_crop` on the whole clip), so memory holds the kept frames at their final size. A read whose
@@ -297,7 +312,8 @@ def read_video(path: str | Path, *, fps: float | None = None, size: tuple[int, i
     """
     path = Path(path)
     header = read_header(path)
-    pixels = size[0] * size[1] if size else header["width"] * header["height"]
+    width, height = (crop[2] - crop[0], crop[3] - crop[1]) if crop else (header["width"], header["height"])
+    pixels = size[0] * size[1] if size else width * height
     expected = max(0, frames_at_fps(header, fps) - start_frame)
     if max_frames is not None:
         expected = min(expected, max_frames)
@@ -307,7 +323,8 @@ def read_video(path: str | Path, *, fps: float | None = None, size: tuple[int, i
     for i, frame in enumerate(iter_video_frames(path, fps)):
         if i < start_frame:
             continue
-        frame = frame.float().div(255)[None]  # [1, H, W, 3]
+        frame = frame[None] if crop is None else cut_frames(frame[None], crop, path)  # uint8 [1, H, W, 3]
+        frame = frame.float().div(255)
         frames.append(resize_crop(frame, size) if size else frame)
         if len(frames) * frames[-1][0].numel() // 3 > max_pixels:  # a header that undercounts its frames
             raise _over_budget(path, len(frames), frames[-1][0].numel() // 3, max_pixels)
