@@ -104,6 +104,8 @@ def test_every_source_and_clip_is_accounted_for(fast_run, corpus):
     assert captions["carphone.mp4"] == "a man talks on a phone in a car"  # sidecar NAME.txt
     assert captions["bikes_letterbox.mp4"] == "cyclists ride past a crowd"  # sidecar NAME.mp4.txt
     assert captions["frozen.mp4"] == ""
+    assert fast_run.notes["aesthetic"].startswith("not measured: give aesthetic.clip_path")  # no weights given
+    assert fast_run.notes["scorer"].startswith("not measured")
 
 
 def test_the_cut_splits_the_source_into_its_shots(fast_run):

@@ -123,6 +123,8 @@ def run_curate(args: argparse.Namespace) -> int:
           f"{c['kept']} kept, {c['rejected']} rejected, {c['errors']} errors; wrote {result.manifest}, "
           f"{result.clips.name}, {result.errors.name}, {result.sources.name}"
           + (f" and {result.report.name}" if result.report else "") + f" in {result.out_dir}")
+    for section, note in result.notes.items():
+        print(f"{section}: {note}")
     if result.rejections:
         top = sorted(result.rejections.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
         print("rejected: " + "; ".join(f"{n} x {reason}" for reason, n in top))

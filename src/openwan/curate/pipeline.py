@@ -497,6 +497,29 @@ def clip_id(source: str, source_hash: str, start: float, end: float) -> str:
 # ------------------------------------------------------------------------------------------ the run
 
 
+def not_measured(cfg: CurateConfig) -> dict[str, str]:
+    """What this config leaves unmeasured, by section, and what to give or install to measure it: the model stages
+    that need weights no package ships (LAION aesthetics, the expert scorer, a semantic embedder, a captioning
+    model)."""
+    notes = {}
+    if not stage_enabled(cfg, "aesthetic"):
+        from openwan.curate.aesthetic import NOT_MEASURED
+
+        notes["aesthetic"] = NOT_MEASURED
+    if not stage_enabled(cfg, "scorer"):
+        notes["scorer"] = ("not measured: train an expert scorer (openwan curate label-sheet, then train-scorer) "
+                           "and give scorer.path")
+    if stage_enabled(cfg, "embed") and cfg.embed.resolved == "pixels":
+        notes["embed"] = ("weight-free pixel features (colour, layout, texture); for semantic embeddings give "
+                          "embed.path (a Wan i2v release's CLIP) or embed.embedder=open-clip")
+    if stage_enabled(cfg, "captions") and cfg.captions.mode == "keep":
+        notes["captions"] = ("kept from the input; to write captions give captions.mode=vlm with "
+                             "captions.model_dir, or captions.mode=endpoint with captions.url")
+    return notes
+
+
+
+
 @dataclass
 class CurateResult:
     """What a run wrote and counted. ``counts``: sources, processed and failed sources, clips, kept, rejected,
@@ -513,6 +536,7 @@ class CurateResult:
     computed: dict[str, int]
     seconds: dict[str, float]
     rejections: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 def check_inputs(cfg: CurateConfig, out_dir: str | Path, paths: Sequence[str | Path] = ()) -> tuple[list[Source], Path]:
@@ -741,14 +765,15 @@ def _run(cfg: CurateConfig, out: Path, sources: list[Source], executor: Any, bar
     report = None
     if cfg.report.enabled:
         t0 = time.perf_counter()
-        report = write_report(out, cfg.report, rows, source_rows, errors)
+        report = write_report(out, cfg.report, rows, source_rows, errors, not_measured(cfg))
         seconds["report"] = time.perf_counter() - t0
     rejections = Counter(reason_kind(r) for row in rows for r in row["reasons"])
     kept = sum(r["kept"] for r in rows)
     counts = {"sources": len(sources), "processed": sum(e["status"] == "processed" for e in source_rows),
               "failed": sum(e["status"] == "error" for e in source_rows), "clips": len(rows), "kept": kept,
               "rejected": len(rows) - kept, "errors": len(errors)}
-    return CurateResult(out, *paths, report, counts, computed, seconds, dict(sorted(rejections.items())))
+    return CurateResult(out, *paths, report, counts, computed, seconds, dict(sorted(rejections.items())),
+                        not_measured(cfg))
 
 
 def _clip_row(source: Source, key: str, info: dict, start: float, end: float) -> dict:
@@ -891,4 +916,4 @@ def _empty(columns: Sequence[str], types: dict[str, pa.DataType] | None = None) 
 __all__ = ["curate", "CurateResult", "Source", "list_sources", "check_inputs", "check_out_dir", "build_stage",
            "stage_enabled", "clip_stages", "global_stages", "clip_steps", "SplitStep", "ClipStep",
            "CaptionStep", "decode_clip", "clip_id", "source_key", "table_of", "write_table", "write_outputs",
-           "check_accounting", "CLIP_STAGES", "GLOBAL_STAGES"]
+           "check_accounting", "not_measured", "CLIP_STAGES", "GLOBAL_STAGES"]

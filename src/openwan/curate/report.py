@@ -154,8 +154,10 @@ def _thumbnail_groups(rows: Sequence[dict], per_group: int) -> list[tuple[str, l
     return [(title, clips[:per_group]) for title, clips in sorted(groups.items()) if clips]
 
 
-def render_html(rows: Sequence[dict], sources: Sequence[dict], errors: Sequence[dict], cfg: ReportConfig) -> str:
-    """The report page as HTML text (self-contained: images are embedded)."""
+def render_html(rows: Sequence[dict], sources: Sequence[dict], errors: Sequence[dict], cfg: ReportConfig,
+                notes: dict[str, str] | None = None) -> str:
+    """The report page as HTML text (self-contained: images are embedded). ``notes``: section -> what it did not
+    measure and what to give to measure it."""
     kept = sum(bool(r.get("kept")) for r in rows)
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>openwan curate report</title><style>"
              "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
@@ -166,6 +168,8 @@ def render_html(rows: Sequence[dict], sources: Sequence[dict], errors: Sequence[
     parts.append(_table(["sources", "processed", "failed", "clips", "kept", "rejected", "errors"],
                         [[len(sources), processed, len(sources) - processed, len(rows), kept, len(rows) - kept,
                           len(errors)]]))
+    if notes:
+        parts.append("<h2>Not measured</h2>" + _table(["section", "note"], sorted(notes.items())))
     reasons = Counter(reason_kind(r) for row in rows for r in row.get("reasons") or [])
     parts.append("<h2>Rejections by reason</h2>")
     parts.append(_table(["reason", "clips"], reasons.most_common()) if reasons else "<p>No clip was rejected.</p>")
@@ -199,9 +203,9 @@ def render_html(rows: Sequence[dict], sources: Sequence[dict], errors: Sequence[
 
 
 def write_report(out_dir: str | Path, cfg: ReportConfig, rows: Sequence[dict], sources: Sequence[dict],
-                 errors: Sequence[dict]) -> Path:
+                 errors: Sequence[dict], notes: dict[str, str] | None = None) -> Path:
     """``report.html`` (or ``report.png``: the histograms alone) in ``out_dir``, atomically; returns its path.
-    ``rows`` are clip rows with ``kept`` and ``reasons``."""
+    ``rows`` are clip rows with ``kept`` and ``reasons``; ``notes`` what the run did not measure (HTML only)."""
     out = Path(out_dir)
     if cfg.format == "png":
         png = histograms(rows, score_columns(rows))
@@ -218,7 +222,7 @@ def write_report(out_dir: str | Path, cfg: ReportConfig, rows: Sequence[dict], s
         path = out / "report.png"
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(png), suffix=".png")
         return path
-    text = render_html(rows, sources, errors, cfg)
+    text = render_html(rows, sources, errors, cfg, notes)
     path = out / "report.html"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), suffix=".html")
     return path
