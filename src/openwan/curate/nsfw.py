@@ -90,7 +90,7 @@ class NSFWStage:
         self._model = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_model": None}  # sessions do not pickle; each worker runs setup()
+        return {**self.__dict__, "_model": None}  # ONNX Runtime objects do not pickle; each worker runs setup()
 
     def setup(self) -> None:
         """Loads the chosen model (once)."""

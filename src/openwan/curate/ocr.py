@@ -68,7 +68,7 @@ class OCRStage:
         self._engine = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_engine": None}  # sessions do not pickle; each worker runs setup()
+        return {**self.__dict__, "_engine": None}  # ONNX Runtime objects do not pickle; each worker runs setup()
 
     def setup(self) -> None:
         """Loads the detector and recogniser (once)."""
