@@ -73,7 +73,7 @@ Spec = tuple[str, str, str]
 CORE_COLUMNS = ("clip_id", "source", "source_hash", "start", "end", "duration", "frames", "fps", "width", "height",
                 "codec", "has_audio", "caption")
 MANIFEST_SUFFIXES = (".parquet", ".jsonl")
-SPLIT_VERSION = 1  # bump when the split cache's content changes meaning
+SPLIT_VERSION = 2  # bump when the split cache's content changes meaning
 CLIP_VERSION = 1
 
 
@@ -291,7 +291,7 @@ class SplitStep:
         try:
             shots = detect_shots(task["path"], self.cfg.split)
             clips = split_shots(shots, info["fps"], self.cfg.split)
-            dropped = sum(b - a for a, b in short_shots(shots, info["fps"], self.cfg.split))
+            dropped = round(sum(b - a for a, b in short_shots(shots, info["fps"], self.cfg.split)), 6)
         except Exception as err:  # noqa: BLE001
             return {**task, "probe": info, "error": {"stage": "split", "error": _error_text(err)}}
         return {**task, "probe": info, "clips": [[a, b] for a, b in clips], "dropped_seconds": dropped}

@@ -52,14 +52,12 @@ def cluster_columns(rows: Sequence[dict]) -> list[str]:
 
 
 def reason_kind(reason: str) -> str:
-    """A rejection reason without its measured numbers: the text before the first parenthesis or digit, so
-    "blur: sharpness 12.3 (limit 40)" and "blur: sharpness 8.1 (limit 40)" count as one kind."""
-    cut = len(reason)
-    for i, ch in enumerate(reason):
-        if ch == "(" or ch.isdigit():
-            cut = i
-            break
-    return reason[:cut].strip().rstrip(":;,.-") or reason
+    """A rejection reason without its particulars, for counting reasons by kind: the text before its first
+    parenthesis, each word holding a digit (a measured value, a limit, a clip id) written ``N``. So "the camera
+    shakes: jitter 0.0027 ... (limit 0.002)" and "... jitter 0.0031 ..." count as one kind."""
+    head = reason.split("(")[0]
+    words = ["N" if any(c.isdigit() for c in w) else w for w in head.split()]
+    return " ".join(words).rstrip(" :;,.-") or reason
 
 
 def _figure_png(fig) -> bytes:
