@@ -8,6 +8,7 @@ choices (content shot detector, no OCR or NSFW models); the full default config 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -308,3 +309,25 @@ def test_the_ready_configs_load_and_the_default_one_lists_the_defaults():
     assert load_config(REPO / "configs" / "curate-default.yaml") == load_config(None)
     fast = load_config(FAST)
     assert fast.split.detector == "content" and not fast.ocr.enabled and not fast.nsfw.enabled
+
+
+def test_caches_are_keyed_by_content_or_by_path_size_and_time(corpus, tmp_path):
+    from openwan.curate.pipeline import source_key
+
+    copy = tmp_path / "renamed.mp4"
+    copy.write_bytes((corpus / "frozen.mp4").read_bytes())
+    by_content, by_stat = fast_config(), fast_config("run.hash_content=false")
+    assert source_key(str(copy), by_content) == source_key(str(corpus / "frozen.mp4"), by_content)
+    assert source_key(str(copy), by_stat) != source_key(str(corpus / "frozen.mp4"), by_stat)
+    before = source_key(str(copy), by_stat)
+    stat = copy.stat()
+    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert source_key(str(copy), by_stat) != before
+
+
+def test_rejections_are_counted_by_kind():
+    from openwan.curate.report import reason_kind
+
+    assert reason_kind("the camera shakes: jitter 0.0027 frame diagonals per frame (limit 0.002).") == reason_kind(
+        "the camera shakes: jitter 0.0031 frame diagonals per frame (limit 0.002).")
+    assert reason_kind("near-duplicate of a-1f2e3d4c#0.000-2.000 (hash distance 2 <= 10)") == "near-duplicate of N"
