@@ -331,3 +331,21 @@ def test_rejections_are_counted_by_kind():
     assert reason_kind("the camera shakes: jitter 0.0027 frame diagonals per frame (limit 0.002).") == reason_kind(
         "the camera shakes: jitter 0.0031 frame diagonals per frame (limit 0.002).")
     assert reason_kind("near-duplicate of a-1f2e3d4c#0.000-2.000 (hash distance 2 <= 10)") == "near-duplicate of N"
+
+
+def test_reencoded_clips_are_their_own_files_in_the_manifest(corpus, tmp_path):
+    from openwan.curate.probe import probe
+
+    out = tmp_path / "out"
+    paths = [corpus / "frozen.mp4", corpus / "bunny_cut.mp4"]
+    result = curate(fast_config("split.reencode=true", "overlay.enabled=false"), out, paths=paths)
+    kept = [c for c in _rows(result.clips) if c["decision"] == "kept"]
+    records = read_manifest(result.manifest)
+    assert len(records) == len(kept) >= 2
+    for record, clip in zip(records, kept):
+        assert record.start is None and record.end is None
+        assert Path(record.path) == out / clip["clip_path"] and record.path.startswith(str(out / "clips"))
+        assert abs(probe(record.path)["frames"] - clip["frames"]) <= 1  # the clip's frames, re-encoded
+    assert result.computed["reencode"] == len(kept)
+    assert curate(fast_config("split.reencode=true", "overlay.enabled=false"), out, paths=paths).computed == {
+        "split": 0, "clips": 0, "captions": 0, "reencode": 0}
