@@ -152,8 +152,9 @@ class RayExecutor:
 
         import ray.data
 
-        for name in ("ray", "ray.data"):  # the run's own bars say how far it is; Ray's info lines would interleave
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # the run's own bars say how far it is; Ray's info lines and bars would interleave with them
+        logging.getLogger("ray").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
