@@ -114,16 +114,24 @@ class LocalExecutor:
 
 
 class _RayStep:
-    """A step as a Ray Data callable class: unpickles the step once per actor, sets it up, and maps rows
-    ``{"blob": pickled task}``."""
+    """A step as a Ray Data callable class: unpickles its step (:attr:`BLOB`, set by :func:`_ray_step_class`) once
+    per actor, sets it up, and maps rows ``{"blob": pickled task}``."""
 
-    def __init__(self, step_blob: bytes):
-        self.step = pickle.loads(step_blob)
+    BLOB = b""
+
+    def __init__(self):
+        self.step = pickle.loads(self.BLOB)
         self.step.setup()
 
     def __call__(self, row: dict) -> dict:
         task = pickle.loads(row["blob"])
         return {"blob": pickle.dumps(self.step(task), protocol=pickle.HIGHEST_PROTOCOL)}
+
+
+def _ray_step_class(step: Any) -> type:
+    """A :class:`_RayStep` subclass carrying ``step`` pickled in the class itself, so the actors take no
+    constructor arguments (Ray keeps those in its object store and warns about restarting such actors)."""
+    return type(f"RayStep_{step.name.replace('+', '_')}", (_RayStep,), {"BLOB": pickle.dumps(step)})
 
 
 class RayExecutor:
@@ -179,10 +187,8 @@ class RayExecutor:
         wanted = sum(s.resources.num_cpus for s in steps) or 1.0
         scale = min(1.0, cpus / wanted)
         for step in steps:
-            ds = ds.map(_RayStep, fn_constructor_args=(pickle.dumps(step),),
-                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.workers),
-                        num_cpus=step.resources.num_cpus * scale, num_gpus=step.resources.num_gpus,
-                        max_restarts=0)  # a lost actor fails the run rather than rerunning setup silently
+            ds = ds.map(_ray_step_class(step), compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.workers),
+                        num_cpus=step.resources.num_cpus * scale, num_gpus=step.resources.num_gpus)
         for row in ds.iter_rows():
             yield pickle.loads(row["blob"])
 
