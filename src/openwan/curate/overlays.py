@@ -29,7 +29,8 @@ class OverlayConfig:
     ``frames``: at most this many frames, evenly spaced, are analysed. ``edge``: luma step (in [0, 1]) that counts as
     an edge. ``persist``: share of the frames in which a pixel must be an edge to be a persistent edge. ``change``:
     temporal standard deviation of luma above which a pixel counts as changing. ``min_moving``: clips with fewer
-    changing pixels than this share are not judged. A region of persistent edges is an overlay when its edge pixels
+    changing pixels than this share are not judged (under a still camera a fixed object in front of moving content
+    persists as a logo does). A region of persistent edges is an overlay when its edge pixels
     cover at least ``min_area`` of the frame and are edges in at least ``min_mean_persist`` of the frames on average,
     its box covers at most ``max_box`` of the frame and is at least ``min_side`` of the frame's short side in both
     directions, and at least ``min_change`` of the pixels in each band just outside the box change (bands at the
@@ -43,7 +44,7 @@ class OverlayConfig:
     persist: float = 0.8
     min_mean_persist: float = 0.9
     change: float = 0.04
-    min_moving: float = 0.2
+    min_moving: float = 0.75
     min_area: float = 0.004
     max_box: float = 0.15
     min_side: float = 0.08
