@@ -13,7 +13,8 @@ from openwan.configs import VAE_PRESETS
 from openwan.train import load_config, load_vae_config, read_metrics
 from test_docs import REPO, Scratch, fast_argv
 
-CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("vae-"))  # openwan train
+# openwan train (configs/vae-*: train-vae; configs/curate-*: curate, loaded by tests/curate)
+CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith(("vae-", "curate-")))
 VAE_CONFIGS = sorted((REPO / "configs").glob("vae-*.yaml"))  # openwan train-vae
 MODEL_PATHS = ("path", "vae", "text_encoder", "tokenizer")
 
