@@ -44,7 +44,12 @@ import pyarrow.parquet as pq
 from openwan.curate.base import ClipFrames, Resources, StageOutput
 from openwan.curate.config import SECTIONS, CurateConfig, config_hash
 from openwan.curate.executors import LocalExecutor, make_executor
+from openwan.curate.frames import read_clip_frames
+from openwan.curate.probe import content_hash, probe
 from openwan.curate.report import reason_kind, write_report
+from openwan.curate.select import clip_record
+from openwan.curate.shots import cut_clip, detect_shots, short_shots, split_shots
+from openwan.data.manifest import write_manifest
 from openwan.fileio import atomic_write
 
 # (config section, module in openwan.curate, stage class), in run order. A section may have a per-clip part and a
@@ -281,8 +286,6 @@ class SplitStep:
         pass  # the shot detector's network is loaded once per process on first use (shots._transnet)
 
     def __call__(self, task: dict) -> dict:
-        from openwan.curate.probe import probe
-        from openwan.curate.shots import detect_shots, short_shots, split_shots
 
         try:
             info = probe(task["path"])
@@ -359,8 +362,6 @@ def _merge_resources(resources: Sequence[Resources]) -> Resources:
 
 def decode_clip(row: dict, cfg: CurateConfig) -> ClipFrames:
     """A clip's analysis frames: ``run.analysis_fps`` from its start, short side ``run.analysis_size``."""
-    from openwan.curate.frames import read_clip_frames
-
     return read_clip_frames(row["source"], row["start"], row["end"], fps=cfg.run.analysis_fps,
                             short_side=cfg.run.analysis_size)
 
@@ -434,7 +435,6 @@ class ReencodeStep:
         pass
 
     def __call__(self, task: dict) -> dict:
-        from openwan.curate.shots import cut_clip
 
         task["errors"] = []
         try:
@@ -463,7 +463,6 @@ def source_key(path: str, cfg: CurateConfig) -> str:
     """What a source's caches are keyed by: the SHA-256 of its bytes (``run.hash_content``), else of its path,
     size and modification time. ValueError for a file that cannot be read."""
     if cfg.run.hash_content:
-        from openwan.curate.probe import content_hash
 
         return content_hash(path)
     try:
@@ -887,9 +886,6 @@ def _is_long_vector(value: Any) -> bool:
 def write_outputs(cfg: CurateConfig, out: Path, rows: list[dict], errors: list[dict],
                   source_rows: list[dict]) -> tuple[Path, Path, Path, Path]:
     """manifest.parquet, clips.parquet, errors.parquet and sources.parquet in ``out``."""
-    from openwan.curate.select import clip_record
-    from openwan.data.manifest import write_manifest
-
     kept = [r for r in rows if r["kept"]]
     records = [clip_record(r, out) for r in kept]
     manifest = write_manifest(records, out / "manifest.parquet", extra=[_manifest_extra(r) for r in kept])

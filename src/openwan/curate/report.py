@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from openwan.curate.config import ReportConfig
+from openwan.curate.frames import read_clip_frames
 from openwan.fileio import atomic_write
 
 NOT_SCORES = {"start", "end", "duration", "frames", "fps", "width", "height", "has_audio", "kept"}
@@ -109,7 +110,6 @@ def thumbnail(row: dict) -> bytes | None:
     cannot be read."""
     from PIL import Image
 
-    from openwan.curate.frames import read_clip_frames
 
     middle = (row["start"] + row["end"]) / 2
     try:

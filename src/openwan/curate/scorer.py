@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from openwan.curate.base import ClipFrames, Resources, StageOutput
+from openwan.fileio import atomic_write
 
 SHEET_COLUMNS = ("clip_id", "cluster_id", "source", "start", "end", "score")
 WEIGHTS_FILE = "scorer.safetensors"
@@ -83,8 +84,6 @@ def label_sample(rows: list[dict[str, Any]], per_cluster: int, seed: int = 0) ->
 def write_label_sheet(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Write the clips to label (from :func:`label_sample`) as a CSV with an empty ``score`` column; returns the
     path. Written atomically."""
-    from openwan.fileio import atomic_write
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SHEET_COLUMNS, lineterminator="\n")
     writer.writeheader()

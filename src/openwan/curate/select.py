@@ -26,15 +26,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from openwan.configio import apply_overrides, parse, read_config_file, to_plain
-
-if TYPE_CHECKING:
-    from openwan.data.manifest import ClipRecord
+from openwan.data.manifest import ClipRecord, write_manifest
 
 Tier = Literal["optimal", "medium", "static", "camera", "low_quality", "shaky"]  # openwan.curate.motion.TIERS
 Subset = Literal["i2v", "continuation", "flf2v"]
@@ -294,8 +292,6 @@ def write_selection(rows: list[dict], path: str | Path, clips_path: str | Path |
     :class:`~openwan.data.manifest.ClipRecord` per row (the clip's source range, or its re-encoded file, its crop
     and weight) with the row's scores beside. ``clips_path``: the clips table the rows came from, against whose
     folder relative paths resolve. Returns the path."""
-    from openwan.data.manifest import write_manifest
-
     folder = Path(clips_path).absolute().parent if clips_path is not None else Path.cwd()
     records = [clip_record(row, folder) for row in rows]
     return write_manifest(records, path, extra=_extra_columns(rows))
@@ -308,8 +304,6 @@ def clip_record(row: dict, folder: str | Path = ".") -> ClipRecord:
     A record's ``frames`` counts the frames of the *file* (the dataset reads up to ``end`` within it), while the
     table's ``frames`` counts the clip's own: a source range gets ``max(frames, ceil(end * fps))``, the frames up
     to the clip's end, so a clip that starts late in its source keeps all its frames."""
-    from openwan.data.manifest import ClipRecord
-
     own_file = bool(row.get("clip_path"))
     media = os.path.normpath(Path(folder) / (row["clip_path"] if own_file else row["source"]))
     fps, frames = float(row["fps"]), int(row["frames"])

@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 
 from openwan.curate.frames import iter_frames
+from openwan.curate.probe import probe
 
 TRANSNET_SIZE = (48, 27)  # (width, height) of the frames TransNetV2 was trained on
 TRANSNET_WINDOW, TRANSNET_CONTEXT = 100, 25  # frames per window; context frames each side of the scored middle
@@ -208,8 +209,6 @@ def _content_cuts(path: str | Path, threshold: float, fps: float) -> tuple[list[
 def detect_shots(path: str | Path, cfg: SplitConfig) -> list[tuple[int, int]]:
     """The shots of the video at ``path`` as ``[first_frame, end_frame)`` source frame indices, in order, found by
     ``cfg.detector`` (the whole video as one shot when ``cfg.enabled`` is False)."""
-    from openwan.curate.probe import probe
-
     info = probe(path)
     if not cfg.enabled:
         return [(0, info["frames"])]
