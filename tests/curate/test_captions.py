@@ -260,30 +260,38 @@ _TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['conte
              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def _tiny_vlm(folder) -> None:
-    """A random-weight LLaVA (CLIP vision tower, Qwen2 language model, hidden size 32, one layer each) with a
-    byte-level BPE tokenizer trained here on the style instructions, its image processor and chat template,
-    saved like a downloaded model folder. Built offline: nothing touches a hub."""
-    import torch
+def _tiny_tokenizer(special: list[str]):
+    """A byte-level BPE tokenizer trained offline on the style instructions, with ``special`` tokens: (the
+    transformers tokenizer, {special token: id})."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(list(STYLE_INSTRUCTIONS.values()), trainers.BpeTrainer(
-        vocab_size=512, special_tokens=_SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=512, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
-    ids = {s: tok.token_to_id(s) for s in _SPECIAL}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    ids = {s: tok.token_to_id(s) for s in special}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>"), ids
+
+
+def _tiny_vlm(folder) -> None:
+    """A random-weight LLaVA (CLIP vision tower, Qwen2 language model, hidden size 32, one layer each) with a
+    byte-level BPE tokenizer trained here on the style instructions, its image processor and chat template,
+    saved like a downloaded model folder. Built offline: nothing touches a hub."""
+    import torch
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer, ids = _tiny_tokenizer(_SPECIAL)
     images = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=8, chat_template=_TEMPLATE,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1)
     config = LlavaConfig(
         vision_config={"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64,
                        "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        text_config={"model_type": "qwen2", "vocab_size": tok.get_vocab_size(), "hidden_size": 32,
+        text_config={"model_type": "qwen2", "vocab_size": len(tokenizer), "hidden_size": 32,
                      "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
                      "num_key_value_heads": 2, "max_position_embeddings": 2048, "bos_token_id": ids["<|endoftext|>"],
                      "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"]},
@@ -343,9 +351,7 @@ def _tiny_qwen25_vl(folder) -> None:
     template in Qwen's form, saved like a downloaded Qwen2.5-VL-Instruct folder. Needs torchvision (transformers'
     Qwen video processor imports it)."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
-        PreTrainedTokenizerFast,
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
@@ -355,20 +361,13 @@ def _tiny_qwen25_vl(folder) -> None:
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
                "<|video_pad|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(list(STYLE_INSTRUCTIONS.values()), trainers.BpeTrainer(
-        vocab_size=512, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    ids = {s: tok.token_to_id(s) for s in special}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer, ids = _tiny_tokenizer(special)
     pixels = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 16}
     template = _TEMPLATE.replace("<image>", "<|vision_start|><|image_pad|><|vision_end|>")
     processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
                                     video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=template)
     config = Qwen2_5_VLConfig(
-        text_config={"vocab_size": tok.get_vocab_size(), "hidden_size": 32, "intermediate_size": 64,
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
                      "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
                      "max_position_embeddings": 4096, "bos_token_id": ids["<|endoftext|>"],
                      "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
