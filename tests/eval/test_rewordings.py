@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 import torch
+from test_prompts import _cli
 
 from openwan.checkpoints.release import save_release
-from openwan.cli import eval as eval_cmd
 from openwan.data.synthetic import (
     COLOURS,
     MAX_CAPTION_CHARS,
@@ -128,13 +127,6 @@ def test_evaluate_prompts_scores_against_the_given_targets(tmp_path):
 def test_bad_targets_are_user_errors(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         evaluate_prompts(TargetPipe(), tmp_path, seeds=[0], progress=False, **kwargs)
-
-
-def _cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    eval_cmd.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["eval", *argv])
-    return args.run(args)
 
 
 def test_cli_reworded_prompt_set(tmp_path, capsys):
