@@ -44,7 +44,9 @@ FORBIDDEN: dict[str, set[str]] = {
 # included) is inference, whatever the CLI around it may import.
 MODULE_FORBIDDEN = {"openwan.cli.generate": {"train"}}
 CLI_USERS = {"cli", "__main__"}  # the only modules that may import the CLI
-CURATE_USERS = {"cli"}  # curation is a tool beside the model stack: only its command imports it
+# curation is a tool beside the model stack: only its command and the bench (which reuses its measures, OCR and
+# embedders) import it
+CURATE_USERS = {"cli", "eval"}
 
 
 @dataclass(frozen=True)
