@@ -17,7 +17,8 @@ import pytest
 from curate.corpus import BAD, GOOD, UNREADABLE, build_corpus
 from openwan.curate import curate, load_config
 from openwan.curate import pipeline as pipeline_mod
-from openwan.curate.pipeline import check_inputs, clip_id, list_sources
+from openwan.curate.pipeline import check_inputs, clip_id
+from openwan.curate.sources import list_sources
 from openwan.data.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,8 @@ report. ``openwan curate`` is its command line; docs/curation.md describes the s
 
 from openwan.curate.config import CurateConfig, config_hash, load_config
 from openwan.curate.executors import LocalExecutor, RayExecutor, make_executor
-from openwan.curate.pipeline import CurateResult, curate, list_sources
+from openwan.curate.pipeline import CurateResult, curate
+from openwan.curate.sources import list_sources
 
 __all__ = ["CurateConfig", "CurateResult", "LocalExecutor", "RayExecutor", "config_hash", "curate", "list_sources",
            "load_config", "make_executor"]

@@ -25,21 +25,18 @@ them. A rerun, after a finished run or a killed one, computes only what is missi
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import importlib
 import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from openwan.curate.base import ClipFrames, Resources, StageOutput
 from openwan.curate.config import SECTIONS, CurateConfig, config_hash
@@ -47,9 +44,9 @@ from openwan.curate.executors import LocalExecutor, make_executor
 from openwan.curate.frames import read_clip_frames
 from openwan.curate.probe import content_hash, probe
 from openwan.curate.report import reason_kind, write_report
-from openwan.curate.select import clip_record
 from openwan.curate.shots import cut_clip, detect_shots, short_shots, split_shots
-from openwan.data.manifest import write_manifest
+from openwan.curate.sources import Source, check_out_dir, list_sources
+from openwan.curate.tables import write_outputs
 from openwan.fileio import atomic_write
 
 # (config section, module in openwan.curate, stage class), in run order. A section may have a per-clip part and a
@@ -75,9 +72,6 @@ GLOBAL_STAGES: tuple[tuple[str, str, str], ...] = (("dedup", "dedup", "DedupStag
 CAPTION_STAGE = ("captions", "captions", "CaptionStage")
 Spec = tuple[str, str, str]
 
-CORE_COLUMNS = ("clip_id", "source", "source_hash", "start", "end", "duration", "frames", "fps", "width", "height",
-                "codec", "has_audio", "caption")
-MANIFEST_SUFFIXES = (".parquet", ".jsonl")
 SPLIT_VERSION = 2  # bump when the split cache's content changes meaning
 CLIP_VERSION = 1
 
@@ -106,146 +100,6 @@ def clip_stages(cfg: CurateConfig) -> list[Spec]:
 def global_stages(cfg: CurateConfig) -> list[Spec]:
     """The enabled global stages, in run order."""
     return [spec for spec in GLOBAL_STAGES if stage_enabled(cfg, spec[0])]
-
-
-# ------------------------------------------------------------------------------------------ inputs
-
-
-@dataclass(frozen=True)
-class Source:
-    """One input: ``path`` (absolute), the ``caption`` its manifest row or sidecar file gives ("" when none), and
-    ``error`` when it is known unusable before any work (a folder named like a video)."""
-
-    path: str
-    caption: str = ""
-    error: str | None = None
-
-
-def _has_glob(text: str) -> bool:
-    return any(c in text for c in "*?[")
-
-
-def _is_video_name(path: Path, extensions: Sequence[str]) -> bool:
-    return path.suffix.lower() in {e.lower() for e in extensions}
-
-
-def _walk(folder: Path, extensions: Sequence[str]) -> list[Source]:
-    found = []
-    for root, dirs, files in os.walk(folder):
-        root_path = Path(root)
-        for name in sorted(dirs):
-            if _is_video_name(Path(name), extensions):  # a folder named like a video: recorded, not searched
-                found.append(Source(str(root_path / name), error=f"{root_path / name} is a folder named like a "
-                                    "video; rename it or move the videos out of it."))
-        dirs[:] = sorted(d for d in dirs if not _is_video_name(Path(d), extensions) and not d.startswith("."))
-        found += [Source(str(root_path / f)) for f in sorted(files) if _is_video_name(Path(f), extensions)]
-    return found
-
-
-def _manifest_sources(path: Path) -> list[Source]:
-    """The videos a manifest names, with their captions (the first caption given for a path is kept)."""
-    folder = path.absolute().parent
-    if path.suffix.lower() == ".parquet":
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except Exception as err:  # pyarrow raises several kinds (ArrowInvalid, OSError) for a bad file
-            raise ValueError(f"{path} is not a readable Parquet manifest ({err}); rewrite it.") from None
-    else:
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"line {number} of {path} is not valid JSON ({err.msg}); fix that line.") from None
-    out: dict[str, Source] = {}
-    for number, row in enumerate(rows, 1):
-        if not isinstance(row, dict) or not isinstance(row.get("path"), str) or not row["path"]:
-            raise ValueError(f"row {number} of {path} has no 'path' string; every row must name a video.")
-        video = os.path.normpath(folder / row["path"])
-        caption = row.get("caption") if isinstance(row.get("caption"), str) else ""
-        if video not in out or (caption and not out[video].caption):
-            out[video] = Source(video, caption)
-    return list(out.values())
-
-
-def list_sources(cfg: CurateConfig, paths: Sequence[str | Path] = ()) -> list[Source]:
-    """Every source video the inputs name (``cfg.input.paths`` and ``paths``), sorted by absolute path, each once.
-
-    A folder is searched recursively for ``input.extensions``; a glob is expanded (``**`` recursive); a manifest
-    (``.parquet``/``.jsonl``) gives its rows' videos and captions; any other file is a source as given.
-    ValueError for an input that does not exist, a glob that matches nothing, or no video at all.
-    """
-    exts = cfg.input.extensions
-    found: list[Source] = []
-    inputs = [str(p) for p in (*cfg.input.paths, *paths)]
-    if not inputs:
-        raise ValueError("no inputs given; name video folders, globs, files or a manifest (e.g. openwan curate "
-                         "run raw/ --out curated/), or set input.paths in the config.")
-    for text in inputs:
-        path = Path(text).expanduser()
-        if _has_glob(text) and not path.exists():
-            matches = sorted(glob.glob(str(path), recursive=True))
-            if not matches:
-                raise ValueError(f"input {text!r} matches no file; check the pattern (quote it so the shell does "
-                                 "not expand it).")
-            for match in map(Path, matches):
-                if match.is_dir() and not _is_video_name(match, exts):
-                    found += _walk(match, exts)
-                else:
-                    found.append(Source(str(match)))
-        elif path.is_dir():
-            if _is_video_name(path, exts):
-                found.append(Source(str(path)))
-            else:
-                found += _walk(path, exts)
-        elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
-            found += _manifest_sources(path)
-        elif path.exists():
-            found.append(Source(str(path)))
-        else:
-            raise ValueError(f"input {text} does not exist; give a video folder, glob, file or manifest.")
-    unique: dict[str, Source] = {}
-    for source in found:
-        key = os.path.abspath(source.path)
-        source = Source(key, source.caption, source.error)
-        if key not in unique or (source.caption and not unique[key].caption):
-            unique[key] = source
-    if not unique:
-        raise ValueError(f"no videos found in {', '.join(inputs)} (looked for {', '.join(exts)}); give folders, "
-                         "globs or files of videos, or set input.extensions.")
-    sources = [unique[k] for k in sorted(unique)]
-    if cfg.input.sidecar_captions:
-        sources = [_with_sidecar(s) for s in sources]
-    return sources
-
-
-def _with_sidecar(source: Source) -> Source:
-    """``source`` with the caption of its sidecar file (``NAME.mp4.txt`` or ``NAME.txt``) when it has none; a
-    sidecar that cannot be read makes the source an error."""
-    from openwan.curate.captions import sidecar_caption
-
-    if source.caption or source.error:
-        return source
-    try:
-        return Source(source.path, sidecar_caption(source.path) or "")
-    except (ValueError, OSError) as err:
-        return Source(source.path, "", str(err))
-
-
-def check_out_dir(out_dir: str | Path) -> Path:
-    """``out_dir`` created and writable, or ValueError naming it."""
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder for the curated outputs.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-check-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"--out {out} is not a writable folder ({err.strerror}); choose another folder.") from None
-    return out.absolute()
 
 
 # ------------------------------------------------------------------------------------------ tasks
@@ -800,116 +654,6 @@ def check_accounting(sources: Sequence[Source], source_rows: Sequence[dict], row
             raise RuntimeError(f"clip {row['clip_id']} is neither kept nor rejected with a reason")
 
 
-# ------------------------------------------------------------------------------------------ tables
-
-
-def _arrow_type(values: Iterable[Any]) -> pa.DataType:
-    """One Arrow type for a column's values (nulls allowed): bool, int64, float64, string or a list of those;
-    mixed kinds are written as JSON strings."""
-    kinds = set()
-    items: list[Any] = []
-    for v in values:
-        if v is None:
-            continue
-        if isinstance(v, bool):
-            kinds.add("bool")
-        elif isinstance(v, int):
-            kinds.add("int")
-        elif isinstance(v, float):
-            kinds.add("float")
-        elif isinstance(v, str):
-            kinds.add("str")
-        elif isinstance(v, list):
-            kinds.add("list")
-            items += v
-        else:
-            kinds.add("other")
-    if not kinds:
-        return pa.null()
-    if kinds == {"bool"}:
-        return pa.bool_()
-    if kinds == {"int"}:
-        return pa.int64()
-    if kinds <= {"int", "float"}:
-        return pa.float64()
-    if kinds == {"str"}:
-        return pa.string()
-    if kinds == {"list"}:
-        inner = _arrow_type(items)
-        if inner != pa.string() or all(isinstance(i, str) or i is None for i in items):
-            return pa.list_(inner if inner != pa.null() else pa.float64())
-    return pa.large_string()  # mixed: JSON text
-
-
-def table_of(rows: Sequence[dict], columns: Sequence[str] | None = None) -> pa.Table:
-    """An Arrow table of ``rows`` with one deterministic type per column (see :func:`_arrow_type`); ``columns``
-    fixes the order (default: first seen)."""
-    if columns is None:
-        seen: dict[str, None] = {}
-        for row in rows:
-            seen.update(dict.fromkeys(row))
-        columns = list(seen)
-    arrays = {}
-    for name in columns:
-        values = [row.get(name) for row in rows]
-        tp = _arrow_type(values)
-        if tp == pa.large_string() and any(not isinstance(v, str) and v is not None for v in values):
-            values = [None if v is None else json.dumps(v, sort_keys=True) for v in values]
-        if tp == pa.float64() or (pa.types.is_list(tp) and tp.value_type == pa.float64()):
-            values = [_floats(v) for v in values]
-        arrays[name] = pa.array(values, type=tp)
-    return pa.table(arrays) if arrays else pa.table({"empty": pa.array([], pa.null())})
-
-
-def _floats(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_floats(v) for v in value]
-    return None if value is None else float(value)
-
-
-def write_table(table: pa.Table, path: Path) -> Path:
-    """``table`` as Parquet at ``path``, atomically; the same table always gives the same bytes."""
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", write_statistics=False),
-                 suffix=".parquet")
-    return path
-
-
-def _manifest_extra(row: dict) -> dict:
-    skip = {*CORE_COLUMNS, "crop", "reasons", "kept"}
-    return {k: v for k, v in row.items() if k not in skip and not _is_long_vector(v)}
-
-
-def _is_long_vector(value: Any) -> bool:
-    return isinstance(value, list) and len(value) > 16 and all(isinstance(v, (int, float)) for v in value)
-
-
-def write_outputs(cfg: CurateConfig, out: Path, rows: list[dict], errors: list[dict],
-                  source_rows: list[dict]) -> tuple[Path, Path, Path, Path]:
-    """manifest.parquet, clips.parquet, errors.parquet and sources.parquet in ``out``."""
-    kept = [r for r in rows if r["kept"]]
-    records = [clip_record(r, out) for r in kept]
-    manifest = write_manifest(records, out / "manifest.parquet", extra=[_manifest_extra(r) for r in kept])
-    clip_rows = [{**r, "decision": "kept" if r["kept"] else "rejected"} for r in rows]
-    for r in clip_rows:
-        r.pop("kept")
-    first = [*CORE_COLUMNS, "crop", "decision", "reasons"]
-    rest = list(dict.fromkeys(k for r in clip_rows for k in r if k not in first))
-    clips = write_table(table_of(clip_rows, first + rest) if clip_rows else _empty(first, {"reasons": pa.list_(
-        pa.string()), "crop": pa.list_(pa.int64())}), out / "clips.parquet")
-    err_cols = ["source", "clip_id", "stage", "error"]
-    errs = write_table(table_of(errors, err_cols) if errors else _empty(err_cols), out / "errors.parquet")
-    src_cols = ["source", "source_hash", "status", "clips", "kept", "duration", "dropped_seconds", "codec",
-                "width", "height", "fps", "error"]
-    srcs = write_table(table_of(source_rows, src_cols), out / "sources.parquet")
-    return manifest, clips, errs, srcs
-
-
-def _empty(columns: Sequence[str], types: dict[str, pa.DataType] | None = None) -> pa.Table:
-    types = types or {}
-    return pa.table({c: pa.array([], types.get(c, pa.string())) for c in columns})
-
-
-__all__ = ["curate", "CurateResult", "Source", "list_sources", "check_inputs", "check_out_dir", "build_stage",
-           "stage_enabled", "clip_stages", "global_stages", "clip_steps", "SplitStep", "ClipStep",
-           "CaptionStep", "decode_clip", "clip_id", "source_key", "table_of", "write_table", "write_outputs",
+__all__ = ["curate", "CurateResult", "check_inputs", "build_stage", "stage_enabled", "clip_stages", "global_stages",
+           "clip_steps", "SplitStep", "ClipStep", "CaptionStep", "decode_clip", "clip_id", "source_key",
            "check_accounting", "not_measured", "CLIP_STAGES", "GLOBAL_STAGES"]
