@@ -159,7 +159,7 @@ def test_sigkill_during_checkpoint_write_keeps_previous_and_resumes(tmp_path, re
 VAE_CHILD = textwrap.dedent("""
     import sys, time
     import torch
-    from openwan.train.config import VAETrainConfig
+    from openwan.train.vae_config import VAETrainConfig
     from openwan.train import vae_trainer
 
     out, mode = sys.argv[1], sys.argv[2]

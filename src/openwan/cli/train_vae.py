@@ -99,7 +99,7 @@ def add_parser(sub) -> None:
 def resolve_config(args: argparse.Namespace):  # -> openwan.train.VAETrainConfig
     """The config file (if any) with the CLI's device defaults under it, the flags given and the overrides on top."""
     # Loaded on use: openwan.train brings torch and the models, and every other openwan command should start fast.
-    from openwan.train.config import VAETrainConfig
+    from openwan.train.vae_config import VAETrainConfig
 
     data: dict[str, Any] = {"device": "auto", "precision": "auto"}
     config = getattr(args, "config", None)

@@ -28,10 +28,8 @@ from openwan.train.config import (
     StageConfig,
     TimestepConfig,
     TrainConfig,
-    VAETrainConfig,
     apply_overrides,
     load_config,
-    load_vae_config,
 )
 from openwan.train.ema import EMA
 from openwan.train.lock import RunLock
@@ -39,6 +37,7 @@ from openwan.train.lora import add_lora, fuse_lora, load_lora, lora_state_dict, 
 from openwan.train.metrics import MetricsLogger, read_metrics
 from openwan.train.optim import lr_at
 from openwan.train.trainer import Trainer, train
+from openwan.train.vae_config import VAETrainConfig, load_vae_config
 
 __all__ = [
     "BatchSource",

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from openwan.train.config import StageConfig, TrainConfig, VAETrainConfig
+from openwan.train.config import StageConfig, TrainConfig
+from openwan.train.vae_config import VAETrainConfig
 
 
 def build_adamw(named_params: Iterable[tuple[str, nn.Parameter]], *, lr: float, betas: Sequence[float],

@@ -10,7 +10,8 @@
 
 Losses (see :mod:`openwan.train.vae_losses`): L1 ×3, KL ×3e-6, perceptual ×3 when local VGG16/AlexNet weights
 are given — otherwise one log line says it is off. The framework is the DiT trainer's: the config system
-(:class:`~openwan.train.config.VAETrainConfig`), AdamW and the warm-up + cosine schedule (:mod:`openwan.train.optim`),
+(:class:`~openwan.train.vae_config.VAETrainConfig`), AdamW and the warm-up + cosine schedule
+(:mod:`openwan.train.optim`),
 atomic ``step-N/`` checkpoint folders with keep-last-N (:mod:`openwan.train.checkpoint`), ``metrics.jsonl``
 (:class:`~openwan.train.metrics.MetricsLogger`) and the run lock. A resume restores model, optimizers,
 discriminator, the posterior-noise generator and the data position, so a resumed run continues with the same
@@ -43,10 +44,10 @@ from openwan.models.image_vae import ImageVAE
 from openwan.models.vae import WanVAE
 from openwan.train import checkpoint as ckpt
 from openwan.train.builders import autocast_dtype, resolve_device
-from openwan.train.config import VAETrainConfig
 from openwan.train.lock import RunLock
 from openwan.train.metrics import MetricsLogger
 from openwan.train.optim import build_adamw, clip_gradients, lr_scale_at, set_lr
+from openwan.train.vae_config import VAETrainConfig
 from openwan.train.vae_losses import (
     PatchDiscriminator3d,
     adaptive_gan_weight,
