@@ -1,14 +1,17 @@
-"""``openwan eval``: prompt following of a model on held-out synthetic prompts, and VAE reconstruction quality."""
+"""``openwan eval``: prompt following of a model on held-out synthetic prompts, VAE reconstruction quality, and the
+bench (:mod:`openwan.cli.eval_bench`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from openwan.cli import eval_bench
 from openwan.cli.common import parse_dtype, parse_size
 from openwan.data.synthetic import PATHS
 
-HELP = "measure a model: prompt following (prompts) or VAE reconstruction PSNR/SSIM (vae)"
+HELP = ("measure a model: prompt following (prompts), VAE reconstruction PSNR/SSIM (vae), or Wan-Bench / VBench-style "
+        "dimensions of any videos (bench, bench-report)")
 PROMPTS_HELP = ("generate held-out prompts of the synthetic shapes data (the held-out combinations, or reworded "
                 "prompts never trained on) and measure how often the video matches")
 VAE_HELP = "VAE reconstruction PSNR and SSIM on held-out synthetic clips and on pan/zoom clips of real photos"
@@ -60,6 +63,8 @@ def add_parser(sub) -> None:
     v.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     v.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
     v.set_defaults(run=run_vae)
+
+    eval_bench.add_parser(kinds)
 
 
 def run_prompts(args: argparse.Namespace) -> int:
