@@ -67,10 +67,19 @@ class SelfAttention(_Attention):
     # The attention kernel, called like layers.attention. openwan.parallel.parallelize_dit sets a
     # context-parallel one per block (an attribute, so the forward below never changes).
     attn_backend = staticmethod(attention)
+    # A diffusion cache's output hook (openwan.runtime.cache sets one per block while it samples):
+    # ``out_cache(module, compute)`` returns this module's output [B, L, D], calling ``compute()`` when it must.
+    out_cache = None
 
     def forward(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_lens: torch.Tensor | None = None
     ) -> torch.Tensor:
+        if self.out_cache is not None:
+            return self.out_cache(self, lambda: self._attend(x, rope, key_lens))
+        return self._attend(x, rope, key_lens)
+
+    def _attend(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], key_lens: torch.Tensor | None
+                ) -> torch.Tensor:
         x = x.to(self.q.weight.dtype)  # [B, L, D]
         cos, sin = rope
         q = apply_rope(self.heads(self.norm_q(self.q(x))), cos, sin)  # [B, L, H, Dh]
@@ -200,6 +209,10 @@ class WanDiT(nn.Module):
         # Context parallelism (openwan.parallel.parallelize_dit) sets a splitter that keeps this rank's share
         # of the tokens from the first block to the head; None runs the whole sequence here.
         self.token_split = None
+        # A diffusion cache (openwan.runtime.cache) sets a hook around the block stack while it samples:
+        # ``cache(model, x, e0, run)`` returns the stack's output, calling ``run(rows, x_rows)`` for the batch rows
+        # (None: all) it computes. None runs the blocks.
+        self.cache = None
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
 
@@ -284,11 +297,16 @@ class WanDiT(nn.Module):
         key_lens = None
         if self.token_split is not None:  # x, per-token e/e0 and rope become this rank's padded shard
             x, e, e0, rope, key_lens = self.token_split.shard(x, e, e0, rope)
-        for block in self.blocks:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, e0, context, rope, key_lens, use_reentrant=False)
-            else:
-                x = block(x, e0, context, rope, key_lens)
+        if self.cache is None:
+            x = self._run_blocks(x, e0, context, rope, key_lens)
+        else:
+            def run(rows, h):  # the block stack on some rows of the batch (None: every row)
+                if rows is None:
+                    return self._run_blocks(h, e0, context, rope, key_lens)
+                lens = None if key_lens is None else key_lens[rows]
+                return self._run_blocks(h, e0[rows], context[rows], rope, lens)
+
+            x = self.cache(self, x, e0, run)
 
         x = self.head(x, e).float()  # [B, L, pt*ph*pw*out_dim]
         f, h, w = grid
@@ -297,6 +315,16 @@ class WanDiT(nn.Module):
         return rearrange(
             x, "b (f h w) (pt ph pw c) -> b c (f pt) (h ph) (w pw)", f=f, h=h, w=w, pt=pt, ph=ph, pw=pw
         )
+
+    def _run_blocks(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor,
+                    rope: tuple[torch.Tensor, torch.Tensor], key_lens: torch.Tensor | None) -> torch.Tensor:
+        """The residual stream [B, L, D] after every block."""
+        for block in self.blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, e0, context, rope, key_lens, use_reentrant=False)
+            else:
+                x = block(x, e0, context, rope, key_lens)
+        return x
 
     def _time_embeddings(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The time embedding e [B, 1|L, D] and its projection e0 [B, 1|L, 6, D], float32.

@@ -22,6 +22,7 @@ from openwan.models.text_encoder import encode_prompts, pad_context
 from openwan.pipelines import conditioning as cond
 from openwan.pipelines.components import load_components
 from openwan.pipelines.defaults import SamplingDefaults
+from openwan.runtime.cache import BRANCHES, CacheRun, resolve
 from openwan.runtime.offload import BlockStreamer, on_device
 
 
@@ -31,6 +32,7 @@ class WanOutput:
     latents: torch.Tensor  # [C, F_lat, H/8, W/8]
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_gb: float | None = None
+    cache: dict[str, int] | None = None  # with cache=: evaluations run and saved (CacheRun.summary)
 
 
 class WanPipeline:
@@ -101,10 +103,12 @@ class WanPipeline:
                  solver: str = "unipc", seed: int = 0, latents: torch.Tensor | None = None,
                  image: torch.Tensor | None = None, last_image: torch.Tensor | None = None,
                  video: torch.Tensor | None = None, strength: float | None = None, cfg_batch: bool = True,
-                 return_video: bool = True, progress: bool = True) -> WanOutput:
+                 return_video: bool = True, progress: bool = True, cache=None) -> WanOutput:
         """Generate. Images/videos are [T, H, W, 3] in [0, 1] (an image may be [H, W, 3]).
 
         ``latents`` (when given) is the initial noise [C, F_lat, H/8, W/8], so runs can be compared step by step.
+        ``cache`` (a preset name of openwan.runtime.cache.PRESETS, a Cache or one cache policy) reuses work
+        between steps (docs/acceleration.md); None or "off" runs the plain loop.
         """
         timings: dict[str, float] = {}
         if torch.cuda.is_available():
@@ -119,10 +123,14 @@ class WanPipeline:
         self._check_inputs(task, frame_num, width, height, image, last_image, video, strength)
         if task == "extend":
             return self._extend(prompt, negative_prompt, video, frame_num, (width, height), steps, shift, guide,
-                                solver, seed, cfg_batch, progress, timings)
+                                solver, seed, cfg_batch, progress, timings, cache)
         if task in ("i2v", "flf2v"):
             first = _as_frames(image)
             width, height = cond.size_for_image(first.shape[1:3], width * height)
+        sigmas = sampling_sigmas(steps, shift, kind=solver)
+        if task == "v2v":  # enter the schedule at the first sigma <= strength
+            sigmas = sigmas[min(int((sigmas[:-1] > strength).sum()), steps - 1):]
+        run = self._cache_run(cache, len(sigmas) - 1, _max_scale(guide) != 1.0)  # refuses before any compute
 
         with _timer(timings, "text"):
             negative = d.negative_prompt if negative_prompt is None else negative_prompt
@@ -140,16 +148,13 @@ class WanPipeline:
                 raise ValueError(f"latents must have shape {shape} for this size and frame count; got "
                                  f"{tuple(latents.shape)}.")
             noise = latents.to(self.device, torch.float32)
-        sigmas = sampling_sigmas(steps, shift, kind=solver)
         x = noise[None]
-        if c.init_latents is not None:  # v2v: enter the schedule at the first sigma <= strength
-            start = min(int((sigmas[:-1] > c.strength).sum()), steps - 1)
-            sigmas = sigmas[start:]
+        if c.init_latents is not None:  # v2v: noise the input to the schedule's first sigma
             s = float(sigmas[0])
             x = (1 - s) * c.init_latents.float() + s * x
         with _timer(timings, "denoise"):
-            x = self.denoise(x, context, c, sigmas, solver, guide, cfg_batch, progress)
-        out = WanOutput(video=None, latents=x[0], timings=timings)
+            x = self.denoise(x, context, c, sigmas, solver, guide, cfg_batch, progress, run)
+        out = WanOutput(video=None, latents=x[0], timings=timings, cache=run.summary() if run else None)
         if return_video:
             with _timer(timings, "decode"):
                 out.video = self.decode(x)
@@ -158,17 +163,29 @@ class WanPipeline:
         return out
 
     def denoise(self, x: torch.Tensor, context: torch.Tensor, c: cond.Conditioning, sigmas: torch.Tensor,
-                solver_name: str, guide, cfg_batch: bool, progress: bool = True) -> torch.Tensor:
-        """The shared loop: one model evaluation (both CFG branches) and one solver step per sigma."""
+                solver_name: str, guide, cfg_batch: bool, progress: bool = True, cache: CacheRun | None = None
+                ) -> torch.Tensor:
+        """The shared loop: one model evaluation (both CFG branches) and one solver step per sigma; with
+        ``cache``, the cache is told each step and expert and decides what the evaluation recomputes."""
         solver = make_solver(solver_name, sigmas)
         timesteps = timesteps_from_sigmas(sigmas).to(self.device)  # integer sigma*1000, as the reference
-        for i in tqdm(range(len(sigmas) - 1), desc="denoising", disable=not progress, leave=False):
-            t = timesteps[i]
-            model, scale = self._expert(t, guide)
-            with on_device(model, self.device, self.offload_model and self.dit_low is not None):
-                v = self._guided(model, x, t, context, c, scale, cfg_batch)
-            x = solver.step(v, x, i)
+        with _attached(cache):
+            for i in tqdm(range(len(sigmas) - 1), desc="denoising", disable=not progress, leave=False):
+                t = timesteps[i]
+                model, scale = self._expert(t, guide)
+                if cache is not None:
+                    cache.begin(i, model)
+                with on_device(model, self.device, self.offload_model and self.dit_low is not None):
+                    v = self._guided(model, x, t, context, c, scale, cfg_batch, cache)
+                x = solver.step(v, x, i)
         return x
+
+    def _cache_run(self, cache, steps: int, guided: bool) -> CacheRun | None:
+        """The run state of ``cache=`` for ``steps`` steps (None: no cache); refuses what does not apply."""
+        policy = resolve(cache)
+        if policy is None:
+            return None
+        return CacheRun(policy, steps, (self.dit, self.dit_low), guided=guided, cfg_parallel=self.cfg_group is not None)
 
     def _expert(self, t: torch.Tensor, guide):
         """Wan2.2 A14B: the high-noise expert while t >= boundary·1000, each with its own guide scale."""
@@ -177,7 +194,8 @@ class WanPipeline:
         low, high = guide if isinstance(guide, tuple) else (guide, guide)
         return (self.dit, high) if float(t) >= self.boundary * 1000 else (self.dit_low, low)
 
-    def _guided(self, model, x, t, context, c: cond.Conditioning, scale: float, cfg_batch: bool) -> torch.Tensor:
+    def _guided(self, model, x, t, context, c: cond.Conditioning, scale: float, cfg_batch: bool,
+                cache: CacheRun | None = None) -> torch.Tensor:
         dtype = self.dtype
         kwargs = {}
         if c.y is not None:
@@ -186,19 +204,33 @@ class WanPipeline:
             kwargs["clip_fea"] = c.clip_fea.to(dtype)
         tt = t.reshape(1).float()
         if context.shape[0] == 1:  # no guidance
+            _branches(cache, "cond")
             return model(x.to(dtype), tt, context, **kwargs).float()
+        if cache is not None and cache.reuse_uncond():  # CFG cache: the conditional branch alone
+            _branches(cache, "cond")
+            v_cond = model(x.to(dtype), tt, context[:1], **kwargs).float()
+            v_uncond = cache.uncond(v_cond)
+            return v_uncond + scale * (v_cond - v_uncond)
         if self.cfg_group is not None:  # one branch per rank of the cfg group
+            import torch.distributed as dist
+
             from openwan.parallel import cfg_parallel_forward
 
+            _branches(cache, BRANCHES[dist.get_rank(self.cfg_group)])
             v_cond, v_uncond = cfg_parallel_forward(model, self.cfg_group, x.to(dtype), tt, context, **kwargs)
             v_cond, v_uncond = v_cond.float(), v_uncond.float()
         elif cfg_batch:  # both branches in one batch of 2
+            _branches(cache, *BRANCHES)
             batched = {k: torch.cat([v, v]) for k, v in kwargs.items()}
             v = model(torch.cat([x, x]).to(dtype), tt.expand(2), context, **batched).float()
             v_cond, v_uncond = v.chunk(2)
         else:
+            _branches(cache, "cond")
             v_cond = model(x.to(dtype), tt, context[:1], **kwargs).float()
+            _branches(cache, "uncond")
             v_uncond = model(x.to(dtype), tt, context[1:], **kwargs).float()
+        if cache is not None:
+            cache.store_guidance(v_cond, v_uncond)
         return v_uncond + scale * (v_cond - v_uncond)
 
     # ------------------------------------------------------------------------------------ conditioning
@@ -255,20 +287,20 @@ class WanPipeline:
         return cond.Conditioning(y=y, clip_fea=clip_fea)
 
     def _extend(self, prompt, negative_prompt, video, frame_num, size, steps, shift, guide, solver, seed,
-                cfg_batch, progress, timings) -> WanOutput:
+                cfg_batch, progress, timings, cache=None) -> WanOutput:
         """Continue ``video`` from its last frame through i2v, ``frame_num`` frames per segment."""
         if video is None:
             raise ValueError("task extend needs an input video: pass video= (CLI: --video).")
         frames = _as_frames(video)
         out = self(prompt, negative_prompt, task="i2v", size=size, frame_num=frame_num, sample_steps=steps,
                    sample_shift=shift, guide_scale=guide, solver=solver, seed=seed, image=frames[-1],
-                   cfg_batch=cfg_batch, progress=progress)
+                   cfg_batch=cfg_batch, progress=progress, cache=cache)
         height, width = out.video.shape[1:3]
         head = resize_crop(frames, (width, height))
         # The new segment's first frame re-creates the conditioning frame: keep the original one.
         video_out = torch.cat([head, out.video[1:]])
         return WanOutput(video=video_out, latents=out.latents, timings={**timings, **out.timings},
-                         peak_memory_gb=out.peak_memory_gb)
+                         peak_memory_gb=out.peak_memory_gb, cache=out.cache)
 
     # ------------------------------------------------------------------------------------ decoding
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -304,6 +336,25 @@ def _check_sampling(steps: int, shift: float, guide, seed: int) -> None:
         raise ValueError(f"guide_scale must be one finite number >= 0, or a (low, high) pair of them; got {guide!r}.")
     if not -2**63 <= seed < 2**64:
         raise ValueError(f"seed must be an integer from -2**63 to 2**64-1 (what torch.Generator takes); got {seed}.")
+
+
+def _branches(cache: CacheRun | None, *names: str) -> None:
+    """Tell the cache which CFG branches (one per batch row) the next forward carries."""
+    if cache is not None:
+        cache.branches = names
+
+
+@contextlib.contextmanager
+def _attached(cache: CacheRun | None):
+    """The cache's hooks on the DiTs for the loop, taken off after (also on an error)."""
+    if cache is None:
+        yield
+        return
+    cache.attach()
+    try:
+        yield
+    finally:
+        cache.detach()
 
 
 def _dtype_of(module) -> torch.dtype:
