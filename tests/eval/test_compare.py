@@ -169,6 +169,9 @@ def test_folders_matched_by_name_with_refusals_recorded_not_fatal(tmp_path, clip
             assert row["not_measured"].startswith("not measured: ")
         else:
             assert pairs["a.mp4"]["bench"][name]["diff"] == 0.0 and row["pairs"] == 2
+    flicker = pairs["b.mp4"].get("bench", {}).get("temporal_flickering", {})
+    if "diff" in flicker:  # noise drawn afresh in every frame flickers
+        assert flicker["diff"] < -0.02
     written = json.loads((out / REPORT_FILE).read_text())
     assert written["pairs"][0]["psnr_db"] == "inf" and written["refused"] == report["refused"]
     with Image.open(out / WORST_FILE) as png:  # the noisy pair: reference, candidate, difference

@@ -552,15 +552,19 @@ def _finish(report: dict, dims, missing, names, worst, out_dir) -> None:
 def write_worst_pair(path, pair: dict, ref: torch.Tensor, cand: torch.Tensor, count: int = 4) -> Path:
     """A PNG: reference, candidate and their difference (x4) at ``count`` frames, the worst frame among them."""
     ref, cand = _frames(ref, "reference"), _frames(cand, "candidate")
-    picks = set(np.linspace(0, ref.shape[0] - 1, count - 1).round().astype(int).tolist()) | {pair["worst_frame"]}
-    index = torch.tensor(sorted(picks))
+    def spread(n):
+        return set(np.linspace(0, ref.shape[0] - 1, n).round().astype(int).tolist())
+
+    picks = spread(count - 1) | {pair["worst_frame"]}
+    index = torch.tensor(sorted(picks if len(picks) == min(count, ref.shape[0]) else spread(count)))
     a, b = ref[index].float(), cand[index].float()
     per = [pair["psnr_db_per_frame"][i] for i in index.tolist()]
     caption = "candidate: " + ", ".join(f"{v:.1f}" for v in per) + " dB"
     cells = [GridCell(a, f"reference, frames {', '.join(map(str, index.tolist()))}"), GridCell(b, caption),
              GridCell(((a - b).abs() * 4).clamp(0, 1), "|difference| x4")]
     title = f"worst pair {pair['name']}: PSNR {pair['psnr_db']:.2f} dB, SSIM {pair['ssim']:.4f}"
-    return write_grid([GridRow(pair["name"], cells)], path, title=title)
+    label = f"{pair['name']}: {pair['prompt']}" if pair.get("prompt") else pair["name"]
+    return write_grid([GridRow(label, cells)], path, title=title)
 
 
 __all__ = ["compare_videos", "compare_dirs", "compare_settings", "latent_rel_error", "lpips_per_frame", "summarize",
