@@ -51,15 +51,20 @@ FPS = 16  # Wan's frame rate, for bench dimensions of generated clips
 
 
 def _frames(frames, side: str) -> torch.Tensor:
-    """uint8 or [0, 1] float frames [T, H, W, 3] (tensor or array) as float64 in [0, 1] on the CPU."""
+    """uint8 or [0, 1] float frames [T, H, W, 3] (tensor or array) on the CPU, checked, as given: they are
+    turned into float64 a frame at a time (:func:`_unit`), so a long clip is never held in float64 whole."""
     x = torch.from_numpy(np.asarray(frames)) if not torch.is_tensor(frames) else frames.detach().cpu()
     if x.ndim != 4 or x.shape[-1] != 3 or x.shape[0] < 1:
         raise ValueError(f"{side} frames must be [T, H, W, 3] with T >= 1; got {tuple(x.shape)}.")
-    x = x.double() / 255 if x.dtype == torch.uint8 else x.double()
-    if not (x.min() >= 0 and x.max() <= 1):
+    if x.dtype != torch.uint8 and not (x.min() >= 0 and x.max() <= 1):
         raise ValueError(f"{side} frames must be uint8 or floats in [0, 1]; got values from {float(x.min()):.3g} to "
                          f"{float(x.max()):.3g}.")
     return x
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Frames as float64 in [0, 1]."""
+    return x.double() / 255 if x.dtype == torch.uint8 else x.double()
 
 
 def to_uint8(frames: torch.Tensor) -> torch.Tensor:
@@ -77,8 +82,9 @@ def latent_rel_error(ref: torch.Tensor, cand: torch.Tensor) -> float:
     return diff / norm if norm > 0 else (0.0 if diff == 0 else math.inf)
 
 
-def _psnr(ref: torch.Tensor, cand: torch.Tensor) -> float:
-    return math.inf if torch.equal(ref, cand) else psnr(ref, cand)
+def _db(mse: float) -> float:
+    """PSNR in dB (peak 1) of a mean squared error: inf at 0, else capped at 100 as reconstruction.psnr is."""
+    return math.inf if mse == 0 else 10 * math.log10(1 / max(mse, 1e-10))
 
 
 def _lpips_weights_file() -> Path:
@@ -105,14 +111,15 @@ def _lpips_net():
 
 @torch.no_grad()
 def lpips_per_frame(ref: torch.Tensor, cand: torch.Tensor, batch: int = 8) -> tuple[list[float] | None, str | None]:
-    """LPIPS (AlexNet) distance of each frame pair ([T, H, W, 3] in [0, 1]; 0: same), or (None, why not)."""
+    """LPIPS (AlexNet) distance of each frame pair ([T, H, W, 3], uint8 or in [0, 1]; 0: same), or (None, why
+    not)."""
     net, missing = _lpips_net()
     if net is None:
         return None, missing
     device = next(net.parameters()).device
     out = []
     for a, b in zip(ref.split(batch), cand.split(batch)):
-        x, y = (v.float().permute(0, 3, 1, 2).mul(2).sub(1).to(device) for v in (a, b))  # [N, 3, H, W] in [-1, 1]
+        x, y = (_unit(v).float().permute(0, 3, 1, 2).mul(2).sub(1).to(device) for v in (a, b))  # [N, 3, H, W]
         out += net(x, y).flatten().cpu().tolist()
     return out, None
 
@@ -130,10 +137,15 @@ def compare_videos(ref_frames, cand_frames, *, ref_latents: torch.Tensor | None 
     if min(ref.shape[1:3]) < SSIM_WINDOW:
         raise ValueError(f"frames of {_shape(ref)} are smaller than SSIM's {SSIM_WINDOW}-pixel window; compare "
                          f"frames at least {SSIM_WINDOW}x{SSIM_WINDOW}.")
-    per_psnr = [_psnr(a, b) for a, b in zip(ref, cand)]
-    per_ssim = [ssim(a[None], b[None]) for a, b in zip(ref, cand)]
-    out = {"frames": ref.shape[0], "width": ref.shape[2], "height": ref.shape[1],
-           "mse": float(((ref - cand) ** 2).mean()), "psnr_db": round(_psnr(ref, cand), 4),
+    per_mse, per_psnr, per_ssim = [], [], []
+    for a, b in zip(ref, cand):
+        a, b = _unit(a), _unit(b)
+        per_mse.append(float(((a - b) ** 2).mean()))
+        per_psnr.append(math.inf if per_mse[-1] == 0 else psnr(a, b))
+        per_ssim.append(ssim(a[None], b[None]))
+    mse = float(np.mean(per_mse))
+    out = {"frames": ref.shape[0], "width": ref.shape[2], "height": ref.shape[1], "mse": mse,
+           "psnr_db": round(_db(mse), 4),
            "ssim": round(float(np.mean(per_ssim)), 6), "worst_frame": int(np.argmin(per_psnr)),
            "psnr_db_per_frame": [round(v, 4) for v in per_psnr], "ssim_per_frame": [round(v, 6) for v in per_ssim]}
     if with_lpips:
@@ -158,7 +170,7 @@ def summarize(pairs: list[dict]) -> dict:
         return {"pairs": 0}
     sizes = [p["frames"] * p["width"] * p["height"] for p in pairs]
     mse = sum(p["mse"] * n for p, n in zip(pairs, sizes)) / sum(sizes)
-    out = {"pairs": len(pairs), "psnr_db": round(10 * math.log10(1 / mse), 4) if mse > 0 else math.inf,
+    out = {"pairs": len(pairs), "psnr_db": round(_db(mse), 4),
            "psnr_db_min": min(p["psnr_db"] for p in pairs),
            "ssim": round(float(np.mean([p["ssim"] for p in pairs])), 6), "ssim_min": min(p["ssim"] for p in pairs)}
     if all("lpips" in p for p in pairs):
@@ -557,7 +569,7 @@ def write_worst_pair(path, pair: dict, ref: torch.Tensor, cand: torch.Tensor, co
 
     picks = spread(count - 1) | {pair["worst_frame"]}
     index = torch.tensor(sorted(picks if len(picks) == min(count, ref.shape[0]) else spread(count)))
-    a, b = ref[index].float(), cand[index].float()
+    a, b = _unit(ref[index]).float(), _unit(cand[index]).float()
     per = [pair["psnr_db_per_frame"][i] for i in index.tolist()]
     caption = "candidate: " + ", ".join(f"{v:.1f}" for v in per) + " dB"
     cells = [GridCell(a, f"reference, frames {', '.join(map(str, index.tolist()))}"), GridCell(b, caption),
