@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from openwan.cli import eval_bench
+from openwan.cli import eval_bench, eval_compare
 from openwan.cli.common import parse_dtype, parse_size
 from openwan.data.synthetic import PATHS
 
 HELP = ("measure a model: prompt following (prompts), VAE reconstruction PSNR/SSIM (vae), or Wan-Bench / VBench-style "
-        "dimensions of any videos (bench, bench-report)")
+        "dimensions of any videos (bench, bench-report), or a candidate against a reference (compare)")
 PROMPTS_HELP = ("generate held-out prompts of the synthetic shapes data (the held-out combinations, or reworded "
                 "prompts never trained on) and measure how often the video matches")
 VAE_HELP = "VAE reconstruction PSNR and SSIM on held-out synthetic clips and on pan/zoom clips of real photos"
@@ -65,6 +65,7 @@ def add_parser(sub) -> None:
     v.set_defaults(run=run_vae)
 
     eval_bench.add_parser(kinds)
+    eval_compare.add_parser(kinds)
 
 
 def run_prompts(args: argparse.Namespace) -> int:

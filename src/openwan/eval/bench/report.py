@@ -68,10 +68,10 @@ def chart_png(runs: list[dict]) -> bytes:
         heights = [m if m is not None else 0.0 for m in means]
         drawn = bars.bar(x - 0.4 + width * (k + 0.5), heights, width, label=run["name"])
         for rect, mean in zip(drawn, means):
-            if mean is None:  # a dimension this run could not measure: marked, not drawn as a zero
-                bars.text(rect.get_x() + rect.get_width() / 2, 0.02, "n/m", ha="center", va="bottom", rotation=90,
-                          fontsize=7)
-    labels = [n if all(_means(r, [n])[0] is not None for r in runs) else f"{n} (n/m)" for n in names]
+            if mean is None:  # no video of this run measured it: marked, not drawn as a zero
+                bars.text(rect.get_x() + rect.get_width() / 2, 0.02, "no value", ha="center", va="bottom",
+                          rotation=90, fontsize=7)
+    labels = [n if all(_means(r, [n])[0] is not None for r in runs) else f"{n} (no value)" for n in names]
     bars.set_xticks(x, labels, rotation=40, ha="right", fontsize=8)
     bars.set_ylim(0, 1.05)
     bars.set_ylabel("mean score (0-1, higher better)")
@@ -86,7 +86,7 @@ def chart_png(runs: list[dict]) -> bytes:
             polar.fill(np.append(angles, angles[0]), np.append(values, values[0]), alpha=0.15)
         polar.set_xticks(angles, measured, fontsize=7)
         polar.set_ylim(0, 1)
-        polar.set_title("measured dimension means")
+        polar.set_title("measured dimension means (a run's missing value at 0)")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
@@ -125,7 +125,7 @@ def _img(data: bytes | None, alt: str) -> str:
 def _cell(part: dict | None) -> str:
     if not part:
         return "<td>-</td>"
-    mean = "n/m" if part.get("mean") is None else f"{part['mean']:.4f}"
+    mean = "no value" if part.get("mean") is None else f"{part['mean']:.4f}"
     notes = [f"{part.get('count', 0)} measured"]
     if part.get("not_applicable"):
         notes.append(f"{part['not_applicable']} n/a")
