@@ -3,6 +3,9 @@ a fixed subject for an orbit): every direction classified right, its speed measu
 
 from __future__ import annotations
 
+import json
+import math
+
 import bench_damage as dmg
 import pytest
 
@@ -27,6 +30,17 @@ def test_known_camera_moves_are_classified(source, move):
     if move.startswith(("pan", "tilt")):
         key = "pan_width_per_s" if move.startswith("pan") else "tilt_height_per_s"
         assert abs(got[key]) == pytest.approx(speed, rel=0.1)  # the window moved `speed` frames per second
+    if move.startswith("zoom"):
+        ratio = dmg.MOVES[move][2]  # the window's size ratio over the 16 frames
+        assert got["zoom_log_per_s"] == pytest.approx(-math.log(ratio) * dmg.FPS / 15, rel=0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("move", MOVES)
+def test_camera_moves_are_classified_on_small_square_frames(move):
+    """17 frames of 64x64 at 16 fps, the smallest videos the bench sees."""
+    frames = dmg.camera(dmg.still("carphone"), move, count=17, speed=0.3, fps=16.0, size=(64, 64))
+    assert camera_motion(Video(frames, 16.0))["camera_class"] == move
 
 
 @pytest.mark.parametrize("source", [pytest.param(s, marks=() if s == "bunny" else pytest.mark.slow)
@@ -88,6 +102,7 @@ def test_not_applicable_without_a_camera_request():
     s = dim.score(Video(frames, dmg.FPS, prompt="two people ride bikes"))
     assert s.value is None and "asks for no camera motion" in s.not_applicable
     assert s.details["camera_class"] == "tilt_up"  # the class is reported all the same
+    json.dumps(s.to_json())
     assert "no prompt" in dim.score(Video(frames, dmg.FPS)).not_applicable
     one = dim.score(Video(frames[:1], dmg.FPS, prompt="pan left"))
     assert one.value is None and "1 frame" in one.not_applicable

@@ -20,6 +20,7 @@ dimensions of one video share it. DIS is deterministic for the same input, so ev
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ class ClipFlow:
 
 _DIS = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
 _CACHE: OrderedDict[int, tuple[weakref.ref, ClipFlow]] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
 
 
 def flow_planes(frames: np.ndarray, short_side: int = FLOW_SHORT_SIDE) -> np.ndarray:
@@ -96,11 +98,6 @@ def flow_planes(frames: np.ndarray, short_side: int = FLOW_SHORT_SIDE) -> np.nda
     return np.stack(planes)
 
 
-def dense_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """DIS optical flow ``[h, w, 2]`` (float32 pixels) from uint8 plane ``a`` to ``b``."""
-    return cv2.DISOpticalFlow_create(_DIS).calc(a, b, None)
-
-
 def warp(plane: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """``plane`` sampled at each pixel plus ``flow`` (bilinear, edges replicated): float32 ``[h, w]``."""
     h, w = plane.shape
@@ -112,17 +109,20 @@ def warp(plane: np.ndarray, flow: np.ndarray) -> np.ndarray:
 def clip_flow(video: Video) -> ClipFlow:
     """The :class:`ClipFlow` of ``video`` (its analysis frames), computed once per video object."""
     key = id(video)
-    if key in _CACHE and _CACHE[key][0]() is video:
-        _CACHE.move_to_end(key)
-        return _CACHE[key][1]
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0]() is video:
+            _CACHE.move_to_end(key)
+            return hit[1]
     planes = flow_planes(video.analysis_frames())
     dis = cv2.DISOpticalFlow_create(_DIS)
     flows = [dis.calc(a, b, None) for a, b in zip(planes[:-1], planes[1:], strict=True)]
     h, w = planes.shape[1:]
     out = ClipFlow(planes, np.stack(flows) if flows else np.zeros((0, h, w, 2), np.float32), float(video.fps))
-    _CACHE[key] = (weakref.ref(video), out)
-    while len(_CACHE) > FLOW_CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    with _CACHE_LOCK:
+        _CACHE[key] = (weakref.ref(video), out)
+        while len(_CACHE) > FLOW_CACHE_SIZE:
+            _CACHE.popitem(last=False)
     return out
 
 
@@ -302,4 +302,4 @@ class PixelStability(Dimension):
 
 
 __all__ = ["TemporalFlickering", "MotionSmoothness", "DynamicDegree", "LargeMotion", "PixelStability", "ClipFlow",
-           "clip_flow", "flow_planes", "dense_flow", "warp", "unmeasurable", "FLOW_SHORT_SIDE", "BORDER"]
+           "clip_flow", "flow_planes", "warp", "unmeasurable", "FLOW_SHORT_SIDE", "BORDER"]
