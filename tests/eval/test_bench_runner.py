@@ -8,6 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from curate.footage import corrupt_copy, footage, garbage, write_video
 from openwan.data.manifest import ClipRecord, write_manifest
@@ -166,6 +167,15 @@ def test_decoding_caps_and_resamples_frames(folder):
     assert half.fps == 12.5 and half.frames.shape[0] == 6
     with pytest.raises(ValueError, match="max_frames"):
         DecodeOptions(max_frames=1)
+
+
+def test_a_gif_is_a_video(tmp_path):
+    frames = footage("carphone", 0, 6, (48, 32))
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(tmp_path / "loop.gif", save_all=True, append_images=images[1:], duration=100, loop=0)
+    video = decode(find_videos(tmp_path)[0])
+    assert video.id == "loop" and video.fps == 10 and video.frames.shape == (6, 32, 48, 3)
+    assert np.abs(video.frames.astype(float) - frames).mean() < 12  # a 256-colour palette, not another picture
 
 
 def test_prompts_come_from_a_file_matched_to_the_videos(folder, tmp_path):
