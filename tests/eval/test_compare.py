@@ -17,12 +17,14 @@ from safetensors.torch import save_file
 
 from curate.footage import footage, garbage, write_video
 from openwan.cli import eval_compare
+from openwan.eval.bench.base import Video
 from openwan.eval.bench.registry import DIMENSIONS
 from openwan.eval.compare import (
     DEFAULT_DIMENSIONS,
     LPIPS_MISSING,
     REPORT_FILE,
     WORST_FILE,
+    build_bench,
     check_setting,
     compare_dirs,
     compare_settings,
@@ -201,7 +203,8 @@ def pipe() -> WanPipeline:
 
 
 def test_identical_settings_give_infinite_psnr_and_equal_evaluation_counts(pipe):
-    report = compare_settings(pipe, ["a red circle moves left", "a blue square"], [0], BASE, dict(BASE))
+    prompts = ["a red circle moves left", "a blue square"]
+    report = compare_settings(pipe, prompts, [0], BASE, dict(BASE), dimensions=["temporal_flickering"])
     ref, cand = report["runs"]["ref"], report["runs"]["cand"]
     # guidance batched: one DiT call per step, every block once per call
     assert ref["dit_evals_per_video"] == cand["dit_evals_per_video"] == 4 and ref["dit_evals"] == 8
@@ -210,6 +213,12 @@ def test_identical_settings_give_infinite_psnr_and_equal_evaluation_counts(pipe)
     s = report["summary"]
     assert s["psnr_db"] == math.inf and s["ssim"] == pytest.approx(1.0) and s["latent_rel_error"] == 0.0
     assert "dit evals 4 -> 4" in report["line"] and "identical videos" in report["line"]
+    row = report["bench"]["temporal_flickering"]
+    if "not_measured" not in row:  # scored on the videos as generated (8-bit), the same on both sides
+        dim = build_bench(["temporal_flickering"])[0][0]
+        video = pipe(prompts[1], seed=0, progress=False, **BASE).video
+        direct = dim.score(Video(to_uint8(video).numpy(), fps=16)).value
+        assert report["pairs"][1]["bench"]["temporal_flickering"] == {"ref": direct, "cand": direct, "diff": 0.0}
 
 
 def test_fewer_steps_give_fewer_evaluations_and_a_finite_psnr(pipe, tmp_path):

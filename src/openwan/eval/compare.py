@@ -68,7 +68,9 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8(frames: torch.Tensor) -> torch.Tensor:
-    """[0, 1] float frames as uint8, rounded as a video file stores them."""
+    """[0, 1] float frames as uint8, rounded as a video file stores them (uint8 frames pass unchanged)."""
+    if frames.dtype == torch.uint8:
+        return frames.detach().cpu()
     return frames.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
 
 
@@ -208,10 +210,14 @@ def build_bench(names, weights: BenchWeights | None = None) -> tuple[list, dict[
             missing[name] = f"not measured: this install has no openwan.eval.bench.{module} ({err})"
             continue
         why = dim.available()
+        if not why:
+            try:
+                dim.setup()
+            except (OSError, ValueError, RuntimeError) as err:
+                why = f"not measured: {name} could not load its model ({err})"
         if why:
             missing[name] = why
         else:
-            dim.setup()
             ready.append(dim)
     return ready, missing
 
@@ -222,7 +228,11 @@ def _bench_pair(dims: list, ref: Video, cand: Video) -> dict:
     for dim in dims:
         row = {}
         for side, video in (("ref", ref), ("cand", cand)):
-            score = dim.score(video)
+            try:
+                score = dim.score(video)
+            except ValueError as err:  # a video this dimension cannot judge (e.g. too few frames)
+                row[side], row[f"{side}_why"] = None, f"not measured: {err}"
+                continue
             row[side] = score.value
             if score.value is None:
                 row[f"{side}_why"] = score.not_measured or score.not_applicable
