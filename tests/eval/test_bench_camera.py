@@ -66,6 +66,7 @@ def test_pan_speed_below_the_threshold_reads_static():
     ("camera pans to the right across a field", [{"pan_right"}]),
     ("the camera pans from left to right", [{"pan_right"}]),
     ("a slow zoom in on a face", [{"zoom_in"}]),
+    ("the camera zooms into the flower", [{"zoom_in"}]),
     ("the camera pulls back to reveal the valley", [{"zoom_out"}]),
     ("tilt up to the sky", [{"tilt_up"}]),
     ("camera tilts downward to the street", [{"tilt_down"}]),
