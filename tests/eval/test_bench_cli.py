@@ -92,6 +92,8 @@ def test_bench_report_compares_runs(videos, tmp_path, capsys):
     (["--suite", "{short}"], "give the model with --ckpt-dir"),
     (["{videos}", "--suite", "{short}", "--ckpt-dir", "x"], "not both"),
     (["--suite", "vbench", "--ckpt-dir", "x"], "--suite vbench needs: pip install vbench"),
+    (["--suite", "{short}", "--ckpt-dir", "x", "--prompts", "{short}"], "leave out --prompts"),
+    (["{videos}", "--ckpt-dir", "x"], "--ckpt-dir belong to --suite"),
 ])
 def test_bad_input_exits_2_with_one_sentence(videos, tmp_path, capsys, argv, message):
     (tmp_path / "empty").mkdir()

@@ -75,6 +75,8 @@ def _suite_videos(args: argparse.Namespace) -> list[Path]:
         raise ValueError("give either DIR_OR_MANIFEST (videos to score) or --suite (prompts to generate), not both.")
     if args.ckpt_dir is None:
         raise ValueError("--suite generates its videos: give the model with --ckpt-dir.")
+    if args.prompts is not None:
+        raise ValueError("--suite videos take their prompts from the suite; leave out --prompts.")
     if args.frame_num is not None:
         check_frame_num(args.frame_num)
     size = parse_size(args.size) if args.size else None
@@ -107,6 +109,10 @@ def run_bench_cmd(args: argparse.Namespace) -> int:
     dimensions = build_dimensions(names, _weights(args))  # unknown names refused before anything runs
     options = DecodeOptions(fps=args.fps, max_frames=args.max_frames)
     if args.suite is None:
+        stray = [flag for flag, value in (("--ckpt-dir", args.ckpt_dir), ("--limit", args.limit)) if value is not None]
+        if stray:
+            raise ValueError(f"{' and '.join(stray)} belong to --suite (generate, then score); give --suite too or "
+                             "leave them out.")
         if args.inputs is None:
             raise ValueError("give the videos to score (a folder, a glob or a manifest), or --suite to generate them.")
         find_videos(args.inputs, args.prompts)  # bad inputs and prompts refused before a model loads
