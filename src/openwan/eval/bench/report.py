@@ -92,11 +92,12 @@ def chart_png(runs: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
-def strip_png(path: str, count: int = STRIP_FRAMES, height: int = STRIP_HEIGHT) -> bytes | None:
-    """``count`` frames spread over the video at ``path`` side by side, ``height`` px tall, as PNG bytes; None
-    when the file cannot be read any more."""
+def strip_png(path: str, count: int = STRIP_FRAMES, height: int = STRIP_HEIGHT,
+              options: DecodeOptions | None = None) -> bytes | None:
+    """``count`` frames spread over the video at ``path`` (over the frames ``options`` keep, as the run scored them)
+    side by side, ``height`` px tall, as PNG bytes; None when the file cannot be read any more."""
     try:
-        frames = decode(VideoSource(path, Path(path).stem), DecodeOptions(max_frames=None)).frames
+        frames = decode(VideoSource(path, Path(path).stem), options or DecodeOptions()).frames
     except Exception:  # a report never fails on a video that vanished or broke since it was scored
         return None
     index = np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int)
@@ -179,7 +180,8 @@ def render_html(runs: list[dict], chart: bytes, strips: bool = True) -> str:
                     value = row["scores"][name]["value"]
                     caption = f"{name} {label}: {row['id']} ({value:.4f})"
                     prompt = f"<br><small>{html.escape(row['prompt'])}</small>" if row.get("prompt") else ""
-                    parts.append(f"<figure>{_img(strip_png(row['path']), caption)}<figcaption>"
+                    options = DecodeOptions(**row["decode"]) if isinstance(row.get("decode"), dict) else None
+                    parts.append(f"<figure>{_img(strip_png(row['path'], options=options), caption)}<figcaption>"
                                  f"{html.escape(caption)}{prompt}</figcaption></figure>")
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
              "padding:4px 8px;text-align:left;vertical-align:top}figure{display:inline-block;margin:0.5em}")
