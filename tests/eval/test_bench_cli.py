@@ -115,3 +115,20 @@ def test_bench_report_refuses_a_folder_that_is_no_bench_run(tmp_path, capsys):
     assert "holds no summary.json" in capsys.readouterr().err
     assert main(["eval", "bench-report", str(tmp_path), "--out", str(tmp_path / "r.pdf")]) == 2
     assert "name the report .html" in capsys.readouterr().err
+
+
+def test_a_dimension_without_its_weights_is_reported_not_measured(videos, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["eval", "bench", str(videos / "call.mp4"), "--dimensions", "prompt_alignment,temporal_flickering",
+                 "--out", str(out), "--no-report"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^  prompt_alignment +not measured: give --clip", printed, re.M), printed
+    summary = json.loads((out / "summary.json").read_text())
+    part = summary["dimensions"]["prompt_alignment"]
+    assert part["mean"] is None and part["count"] == 0 and part["not_measured"] == 1
+    assert part["not_measured_reason"].startswith("not measured: give --clip")
+    # The aggregate is the one measured dimension's mean, its weight renormalised to 1.
+    agg = summary["aggregate"]
+    assert agg["weights"] == {"temporal_flickering": 1.0} and agg["left_out"] == {
+        "prompt_alignment": "not measured on any video"}
+    assert agg["value"] == summary["dimensions"]["temporal_flickering"]["mean"]
