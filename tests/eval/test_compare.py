@@ -7,13 +7,15 @@ import argparse
 import importlib.util
 import json
 import math
+import sys
+import types
 
 import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from curate.footage import footage, garbage, write_video
 from openwan.cli import eval_compare
@@ -29,6 +31,7 @@ from openwan.eval.compare import (
     compare_dirs,
     compare_settings,
     compare_videos,
+    gate,
     latent_rel_error,
     to_json,
     to_uint8,
@@ -243,6 +246,45 @@ def test_unbatched_guidance_counts_two_calls_per_step(pipe):
     report = compare_settings(pipe, ["a red circle"], [0], BASE, {**BASE, "cfg_batch": False}, with_lpips=False)
     assert report["runs"]["cand"]["dit_evals_per_video"] == 8 and report["runs"]["ref"]["dit_evals_per_video"] == 4
     assert report["summary"]["latent_rel_error"] < 1e-4  # the same maths, one branch at a time
+
+
+def test_a_setting_that_changes_the_size_is_refused_per_pair_not_fatal(pipe):
+    report = compare_settings(pipe, ["a red circle"], [0, 1], BASE, {**BASE, "size": (48, 32)}, with_lpips=False)
+    assert report["summary"] == {"pairs": 0} and len(report["refused"]) == 2
+    assert "5 frames of 32x32 but the candidate is 5 frames of 48x32" in report["refused"][0]["reason"]
+    assert report["line"].startswith("nothing compared") and gate(report, min_psnr_db=30) == ["no pair was compared"]
+
+
+def _round_dit_weights_to_8_bits(pipe, quantize=None, attention=None, compile=False) -> dict:
+    """Stands in for openwan.runtime.accel.apply_accelerations: symmetric per-tensor 8-bit rounding of the DiT's
+    matrices (real quantisation error, no speed-up)."""
+    with torch.no_grad():
+        for p in pipe.dit.parameters():
+            if quantize == "int8" and p.ndim == 2:
+                scale = p.abs().max() / 127
+                p.copy_((p / scale).round().clamp(-127, 127) * scale)
+    return {"quantize": quantize, "attention": attention, "compile": compile}
+
+
+def test_load_time_settings_get_a_fresh_pipeline_each(monkeypatch, tmp_path):
+    accel = types.ModuleType("openwan.runtime.accel")
+    accel.apply_accelerations = _round_dit_weights_to_8_bits
+    monkeypatch.setitem(sys.modules, "openwan.runtime.accel", accel)
+    loads = []
+
+    def load():
+        loads.append(1)
+        return WanPipeline(**tiny_components("tiny"), defaults=FAMILY_DEFAULTS["tiny"])
+
+    report = compare_settings(load, ["a red circle"], [0], BASE, {**BASE, "quantize": "int8"}, with_lpips=False,
+                              out_dir=tmp_path, save_videos=True)
+    assert len(loads) == 2 and "accelerations" not in report["runs"]["ref"]
+    assert report["runs"]["cand"]["accelerations"] == {"quantize": "int8", "attention": None, "compile": False}
+    assert 0 < report["summary"]["latent_rel_error"] < 0.2 and math.isfinite(report["summary"]["psnr_db"])
+    plain = load()("a red circle", seed=0, progress=False, **BASE).latents  # the reference's weights were untouched
+    assert torch.equal(load_file(str(tmp_path / "ref" / "p00-seed0.safetensors"))["latents"], plain)
+    with pytest.raises(ValueError, match="fresh pipeline"):
+        compare_settings(load(), ["a red circle"], [0], BASE, {**BASE, "quantize": "int8"})
 
 
 def test_bad_settings_are_refused_before_anything_runs(pipe):
