@@ -18,6 +18,7 @@ when every pair is identical.
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import inspect
 import json
@@ -390,7 +391,7 @@ def _sync(device) -> None:
 
 
 def _run_setting(pipe, prompts, seeds, kwargs: dict, warmup: bool) -> tuple[dict, list]:
-    """Generate every (prompt, seed): (timings and DiT evaluation counts, [(video uint8, latents, stage s)])."""
+    """Generate every (prompt, seed): (timings and DiT evaluation counts, [(uint8 video, float32 latents)])."""
     counts = {"dit": 0, "blocks": 0}
 
     def counter(key):
@@ -468,6 +469,10 @@ def compare_settings(pipe, prompts, seeds, ref: dict, cand: dict, *, out_dir=Non
         if applied is not None:
             report["runs"][label]["accelerations"] = to_json(applied)
         del current
+        if shared is None:  # the next setting loads its own model: free this one's memory first
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     names = [(f"p{i:02d}-seed{seed}", prompt, seed) for i, prompt in enumerate(prompts) for seed in seeds]
     worst = None
     for (name, prompt, seed), (ref_video, ref_lat), (cand_video, cand_lat) in zip(names, outputs["ref"],
