@@ -34,6 +34,7 @@ from openwan.pipelines import conditioning as cond
 from openwan.pipelines.components import BUNDLED, BUNDLED_NOTE, holds_dit
 from openwan.pipelines.defaults import SamplingDefaults, defaults_for
 from openwan.pipelines.prompt_extend import extend_prompt
+from openwan.runtime.cache import PRESETS, resolve
 from openwan.runtime.lora import fuse_lora, load_lora, parse_lora_spec
 
 HELP = "make a video (or image) from a prompt, an image, two frames or a video"
@@ -69,6 +70,9 @@ def add_parser(sub) -> None:
                    help="skip the scan that refuses weights holding NaN or Inf (saves a pass over the weights)")
     p.add_argument("--stream-blocks", action="store_true", help="stream DiT blocks to the GPU one at a time")
     p.add_argument("--no-cfg-batch", action="store_true", help="run the two guidance branches one after another")
+    p.add_argument("--cache", default=None, choices=list(PRESETS),
+                   help="reuse work between denoising steps (docs/acceleration.md): off, safe (the smallest change "
+                        "to the video), fast, fastest (the fewest DiT evaluations); default off")
     p.add_argument("--prompt-extend", default=None, metavar="MODEL_DIR_OR_URL",
                    help="rewrite the prompt with a local causal LM folder or an OpenAI-compatible endpoint")
     p.add_argument("--prompt-extend-model", default="default", help="model name sent to the endpoint")
@@ -124,6 +128,10 @@ def check_args(args: argparse.Namespace) -> Plan:
     """Every check that needs no model: numbers, device, output paths, inputs (video headers first), and the
     release's config for what it decides (one or two experts, default size and frames, working memory)."""
     _check_numbers(args)
+    cache = resolve(args.cache)
+    if cache is not None and cache.cfg is not None and args.cfg_parallel:
+        raise ValueError(f"--cache {args.cache} skips the unconditional branch, which --cfg-parallel computes on its "
+                         "own rank: drop --cfg-parallel, or use --cache safe (no CFG part).")
     size = parse_size(args.size) if args.size else None
     if size:
         cond.check_size(*size)
@@ -141,6 +149,9 @@ def check_args(args: argparse.Namespace) -> Plan:
         _check_task_fits(args.task, facts, root)
     defaults = facts.defaults.for_task(args.task) if facts else None
     guide = _guide(args.sample_guide_scale, facts)
+    steps = args.sample_steps or (defaults.sample_steps if defaults else None)
+    if cache is not None and steps is not None and args.task != "v2v":  # v2v's steps depend on --strength
+        cache.check(steps)
     frame_num = args.frame_num or (defaults.frame_num if defaults else None)
     width_height = size or (defaults.size if defaults else None)
     if facts and frame_num and width_height:
@@ -340,7 +351,7 @@ def _run(args: argparse.Namespace) -> int:
                sample_steps=args.sample_steps, sample_shift=args.sample_shift, guide_scale=plan.guide,
                solver=args.sample_solver, seed=args.base_seed, image=plan.image, last_image=plan.last,
                video=plan.video, strength=args.strength, cfg_batch=not args.no_cfg_batch,
-               return_video=task in ("extend",), progress=main_rank)
+               return_video=task in ("extend",), progress=main_rank, cache=args.cache)
     if not main_rank:  # every rank computed the same latents; rank 0 decodes and writes
         return 0
     if args.save_latents:
@@ -363,6 +374,9 @@ def _run(args: argparse.Namespace) -> int:
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in {"load": load_s, **out.timings}.items())
     print(f"saved {save_file}")
     print(f"time: {stages}; total {time.perf_counter() - t0:.1f}s")
+    if out.cache is not None:
+        print(f"cache {args.cache}: {out.cache['dit_evaluations']} of {out.cache['uncached_dit_evaluations']} DiT "
+              "evaluations run")
     if torch.cuda.is_available():
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 1024**3:.2f} GB")
     return 0

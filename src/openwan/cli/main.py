@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from openwan.cli import calibrate_cache as calibrate_cache_cmd
 from openwan.cli import convert as convert_cmd
 from openwan.cli import curate as curate_cmd
 from openwan.cli import data as data_cmd
@@ -14,7 +15,7 @@ from openwan.cli import train as train_cmd
 from openwan.cli import train_vae as train_vae_cmd
 
 COMMANDS = {"generate": generate_cmd, "train": train_cmd, "train-vae": train_vae_cmd, "data": data_cmd,
-            "curate": curate_cmd, "eval": eval_cmd, "convert": convert_cmd}
+            "curate": curate_cmd, "eval": eval_cmd, "convert": convert_cmd, "calibrate-cache": calibrate_cache_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -171,9 +171,9 @@ class Cache:
 # Chosen from the calibration curve of the bundled model (docs/acceleration.md; `openwan calibrate-cache`).
 PRESETS: dict[str, Cache] = {
     "off": Cache(),
-    "safe": Cache(step=StepCache(threshold=0.1, max_skip=2)),
-    "fast": Cache(step=StepCache(threshold=0.2, max_skip=3), cfg=CFGCache(interval=2, start=0.5)),
-    "fastest": Cache(step=StepCache(threshold=0.35, max_skip=4), cfg=CFGCache(interval=3, start=0.3)),
+    "safe": Cache(step=StepCache(threshold=0.1, max_skip=2, warmup=3)),
+    "fast": Cache(step=StepCache(threshold=0.2, max_skip=3, warmup=3), cfg=CFGCache(interval=2, start=0.5)),
+    "fastest": Cache(step=StepCache(threshold=0.3, max_skip=4, warmup=3), cfg=CFGCache(interval=3, start=0.3)),
 }
 
 
