@@ -39,7 +39,7 @@ from openwan.curate.measures import luma
 Tier = Literal["optimal", "medium", "static", "camera", "low_quality", "shaky"]
 TIERS: tuple[str, ...] = ("optimal", "medium", "static", "camera", "low_quality", "shaky")
 MIN_SIDE = 16  # pixels: the smallest frame side optical flow is measured on (DIS needs 12)
-_DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
                 "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
 
 
@@ -128,6 +128,14 @@ def _flow_frames(frames: np.ndarray, fps: float, times: np.ndarray | None,
     return np.stack(planes), gaps
 
 
+def dis_flow(preset: str = "medium") -> Any:
+    """An OpenCV DIS optical-flow estimator at ``preset`` (a key of :data:`DIS_PRESETS`): ``.calc(a, b, None)``
+    gives the dense flow ``[h, w, 2]`` in pixels from uint8 luma ``a`` to ``b``. One estimator per thread."""
+    if preset not in DIS_PRESETS:
+        raise ValueError(f"unknown DIS preset {preset!r}; use one of: {', '.join(DIS_PRESETS)}.")
+    return cv2.DISOpticalFlow_create(DIS_PRESETS[preset])
+
+
 def _flow(a: np.ndarray, b: np.ndarray, cfg: MotionConfig, dis: Any) -> np.ndarray:
     """Dense flow ``[h, w, 2]`` in pixels from luma ``a`` to ``b`` (where each pixel of ``a`` moved to in ``b``)."""
     if dis is not None:
@@ -185,7 +193,7 @@ def measure_motion(frames: np.ndarray, fps: float, cfg: MotionConfig | None = No
     mapx, mapy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     dis = None
     if cfg.method == "dis":
-        dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[cfg.dis_preset])
+        dis = dis_flow(cfg.dis_preset)
 
     nominal = float(np.median(gaps))  # seconds between analysis frames, for the jitter's per-frame steps
     flow_sum = resid_sum = speed_sum = object_sum = 0.0

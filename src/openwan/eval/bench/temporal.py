@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from openwan.curate.measures import luma
-from openwan.curate.motion import MIN_SIDE
+from openwan.curate.motion import MIN_SIDE, dis_flow
 from openwan.eval.bench.base import Dimension, Score, Video
 
 FLOW_SHORT_SIDE = 160  # pixels: flow is measured with the short side at most this long
@@ -80,7 +80,7 @@ class ClipFlow:
         return slice(my, h - my), slice(mx, w - mx)
 
 
-_DIS = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
+DIS_PRESET = "medium"
 _CACHE: OrderedDict[int, tuple[weakref.ref, ClipFlow]] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 
@@ -115,7 +115,7 @@ def clip_flow(video: Video) -> ClipFlow:
             _CACHE.move_to_end(key)
             return hit[1]
     planes = flow_planes(video.analysis_frames())
-    dis = cv2.DISOpticalFlow_create(_DIS)
+    dis = dis_flow(DIS_PRESET)
     flows = [dis.calc(a, b, None) for a, b in zip(planes[:-1], planes[1:], strict=True)]
     h, w = planes.shape[1:]
     out = ClipFlow(planes, np.stack(flows) if flows else np.zeros((0, h, w, 2), np.float32), float(video.fps))
@@ -205,7 +205,7 @@ class MotionSmoothness(Dimension):
             return na
         cf = clip_flow(video)
         rows, cols = cf.interior()
-        dis = cv2.DISOpticalFlow_create(_DIS)
+        dis = dis_flow(DIS_PRESET)
         errors = []
         for t in range(1, len(cf.planes) - 1):
             f = dis.calc(cf.planes[t - 1], cf.planes[t + 1], None)
