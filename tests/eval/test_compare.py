@@ -209,13 +209,13 @@ def test_identical_settings_give_infinite_psnr_and_equal_evaluation_counts(pipe)
     prompts = ["a red circle moves left", "a blue square"]
     report = compare_settings(pipe, prompts, [0], BASE, dict(BASE), dimensions=["temporal_flickering"])
     ref, cand = report["runs"]["ref"], report["runs"]["cand"]
-    # guidance batched: one DiT call per step, every block once per call
-    assert ref["dit_evals_per_video"] == cand["dit_evals_per_video"] == 4 and ref["dit_evals"] == 8
-    assert ref["dit_block_evals_per_video"] == 4 * pipe.dit.cfg.num_layers
+    # guidance batched: one DiT call per step computing both branches
+    assert ref["dit_calls_per_video"] == cand["dit_calls_per_video"] == 4
+    assert ref["dit_evals_per_video"] == cand["dit_evals_per_video"] == 8 and ref["dit_evals"] == 16
     assert ref["videos"] == 2 and ref["wall_s"] > 0 and set(ref["stage_s"]) >= {"denoise", "decode"}
     s = report["summary"]
     assert s["psnr_db"] == math.inf and s["ssim"] == pytest.approx(1.0) and s["latent_rel_error"] == 0.0
-    assert "dit evals 4 -> 4" in report["line"] and "identical videos" in report["line"]
+    assert "dit evals 8 -> 8" in report["line"] and "identical videos" in report["line"]
     row = report["bench"]["temporal_flickering"]
     if "not_measured" not in row:  # scored on the videos as generated (8-bit), the same on both sides
         dim = build_bench(["temporal_flickering"])[0][0]
@@ -228,10 +228,10 @@ def test_fewer_steps_give_fewer_evaluations_and_a_finite_psnr(pipe, tmp_path):
     out = tmp_path / "cmp"
     report = compare_settings(pipe, ["a red circle moves left"], [0, 1], BASE, {**BASE, "sample_steps": 2},
                               out_dir=out, save_videos=True)
-    assert report["runs"]["ref"]["dit_evals_per_video"] == 4 and report["runs"]["cand"]["dit_evals_per_video"] == 2
+    assert report["runs"]["ref"]["dit_evals_per_video"] == 8 and report["runs"]["cand"]["dit_evals_per_video"] == 4
     s = report["summary"]
     assert math.isfinite(s["psnr_db"]) and s["ssim"] < 1 and 0 < s["latent_rel_error"] < math.inf
-    assert "dit evals 4 -> 2" in report["line"] and f"PSNR {s['psnr_db']:.1f} dB" in report["line"]
+    assert "dit evals 8 -> 4" in report["line"] and f"PSNR {s['psnr_db']:.1f} dB" in report["line"]
     written = json.loads((out / REPORT_FILE).read_text())
     assert written["settings"]["cand"] == {"size": [32, 32], "frame_num": 5, "sample_steps": 2}
     assert (out / WORST_FILE).is_file()
@@ -242,10 +242,22 @@ def test_fewer_steps_give_fewer_evaluations_and_a_finite_psnr(pipe, tmp_path):
         assert pair["latent_rel_error"] == pytest.approx(first["latent_rel_error"], rel=1e-12)
 
 
-def test_unbatched_guidance_counts_two_calls_per_step(pipe):
+def test_unbatched_guidance_makes_two_calls_per_step_for_the_same_evaluations(pipe):
     report = compare_settings(pipe, ["a red circle"], [0], BASE, {**BASE, "cfg_batch": False}, with_lpips=False)
-    assert report["runs"]["cand"]["dit_evals_per_video"] == 8 and report["runs"]["ref"]["dit_evals_per_video"] == 4
+    ref, cand = report["runs"]["ref"], report["runs"]["cand"]
+    assert (ref["dit_calls_per_video"], cand["dit_calls_per_video"]) == (4, 8)
+    assert ref["dit_evals_per_video"] == cand["dit_evals_per_video"] == 8
     assert report["summary"]["latent_rel_error"] < 1e-4  # the same maths, one branch at a time
+
+
+def test_a_diffusion_cache_counts_the_evaluations_it_says_it_ran(pipe):
+    steps = {**BASE, "sample_steps": 12}
+    report = compare_settings(pipe, ["a red circle moves left"], [0, 1], steps, {**steps, "cache": "fast"},
+                              with_lpips=False)
+    ref, cand = report["runs"]["ref"], report["runs"]["cand"]
+    assert ref["dit_evals"] == 2 * 2 * 12 == cand["cache"]["uncached_dit_evaluations"]
+    assert cand["dit_evals"] == cand["cache"]["dit_evaluations"] < ref["dit_evals"]  # blocks and branches skipped
+    assert cand["dit_calls_per_video"] <= 12 and math.isfinite(report["summary"]["psnr_db"])
 
 
 def test_a_setting_that_changes_the_size_is_refused_per_pair_not_fatal(pipe):
@@ -366,9 +378,9 @@ def test_cli_compares_two_settings_of_a_release(monkeypatch, tmp_path, capsys):
                  "--ref", "size=32,32", "frame_num=5", "sample_steps=4", "--cand", "size=32,32", "frame_num=5",
                  "sample_steps=2", "--device", "cpu", "--no-lpips", "--out", str(tmp_path / "out"))
     assert code == 0
-    assert "(dit evals 4 -> 2 per video)" in capsys.readouterr().out
+    assert "(dit evals 8 -> 4 per video)" in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / REPORT_FILE).read_text())
-    assert report["runs"]["cand"]["dit_evals"] == 2 and float(report["summary"]["psnr_db"]) < 100
+    assert report["runs"]["cand"]["dit_evals"] == 4 and float(report["summary"]["psnr_db"]) < 100
 
 
 def test_every_default_dimension_is_registered():

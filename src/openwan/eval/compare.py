@@ -392,20 +392,28 @@ def _sync(device) -> None:
 
 def _run_setting(pipe, prompts, seeds, kwargs: dict, warmup: bool) -> tuple[dict, list]:
     """Generate every (prompt, seed): (timings and DiT evaluation counts, [(uint8 video, float32 latents)])."""
-    counts = {"dit": 0, "blocks": 0}
+    counts = {"calls": 0, "evals": 0.0}
 
-    def counter(key):
-        return lambda *_: counts.__setitem__(key, counts[key] + 1)
+    def count_call(*_):
+        counts["calls"] += 1
+
+    def count_block(share: float):
+        def hook(module, args, output):  # output: the residual stream [B, L, D], one row per guidance branch
+            rows = (output[0] if isinstance(output, (tuple, list)) else output).shape[0]
+            counts["evals"] += rows * share
+        return hook
 
     models = [m for m in (pipe.dit, pipe.dit_low) if m is not None]
-    hooks = [m.register_forward_hook(counter("dit")) for m in models]
-    hooks += [b.register_forward_hook(counter("blocks")) for m in models for b in getattr(m, "blocks", ())]
+    hooks = [m.register_forward_hook(count_call) for m in models]
+    for m in models:
+        blocks = list(getattr(m, "blocks", ()))
+        hooks += [b.register_forward_hook(count_block(1 / len(blocks))) for b in blocks]
     call = {"progress": False, **kwargs}
     try:
         if warmup:  # compile and autotuning costs stay out of the timed runs
             pipe(prompts[0], seed=seeds[0], **call)
-            counts.update(dit=0, blocks=0)
-        outputs, wall, stages, peak = [], 0.0, {}, None
+            counts.update(calls=0, evals=0.0)
+        outputs, wall, stages, peak, cached = [], 0.0, {}, None, {}
         for prompt in prompts:
             for seed in seeds:
                 _sync(pipe.device)
@@ -417,15 +425,17 @@ def _run_setting(pipe, prompts, seeds, kwargs: dict, warmup: bool) -> tuple[dict
                     stages[k] = stages.get(k, 0.0) + v
                 if out.peak_memory_gb is not None:
                     peak = max(peak or 0.0, out.peak_memory_gb)
+                for k, v in (getattr(out, "cache", None) or {}).items():  # what a cache= setting says it saved
+                    cached[k] = cached.get(k, 0) + v
                 outputs.append((to_uint8(out.video), out.latents.detach().float().cpu()))
     finally:
         for h in hooks:
             h.remove()
     n = len(outputs)
     run = {"videos": n, "wall_s": round(wall, 4), "wall_s_per_video": round(wall / n, 4),
-           "stage_s": {k: round(v, 4) for k, v in stages.items()}, "dit_evals": counts["dit"],
-           "dit_evals_per_video": counts["dit"] / n, "dit_block_evals_per_video": counts["blocks"] / n,
-           "peak_memory_gb": peak}
+           "stage_s": {k: round(v, 4) for k, v in stages.items()}, "dit_calls_per_video": counts["calls"] / n,
+           "dit_evals": round(counts["evals"], 3), "dit_evals_per_video": round(counts["evals"] / n, 3),
+           "peak_memory_gb": peak, **({"cache": cached} if cached else {})}
     return run, outputs
 
 
@@ -435,8 +445,10 @@ def compare_settings(pipe, prompts, seeds, ref: dict, cand: dict, *, out_dir=Non
     """Generate ``prompts`` x ``seeds`` under the ``ref`` and the ``cand`` setting (dicts of
     :meth:`WanPipeline.__call__` arguments, plus the load-time keys quantize/attention/compile of
     ``openwan.runtime.accel.apply_accelerations``) and compare them: per setting wall time (s, with ``warmup``
-    one untimed run first), DiT evaluations (forward calls of ``pipe.dit`` and ``pipe.dit_low``) and block
-    evaluations; per pair :func:`compare_videos` of the 8-bit frames and the latents; the speed and quality line.
+    one untimed run first), forward calls of ``pipe.dit`` and ``pipe.dit_low`` (``dit_calls_per_video``) and DiT
+    evaluations (``dit_evals``: the rows the transformer blocks ran, in whole-model passes of one guidance
+    branch, so guidance batched or not counts the same and a cache that skips blocks or a branch counts less);
+    per pair :func:`compare_videos` of the 8-bit frames and the latents; the speed and quality line.
 
     ``pipe`` is a :class:`WanPipeline` (used for both settings) or a function that loads one; load-time keys need
     the function (each setting gets a fresh pipeline). Settings are checked before anything runs. With
