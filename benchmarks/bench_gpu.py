@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
 import inspect
 import json
 import statistics
@@ -111,8 +112,13 @@ def section_dit_step(setup, device, dtype, reps, steps) -> dict:
 def section_end_to_end(setup, device, dtype, reps, steps) -> dict:
     # bench_generate's variants read their configuration from its module-level SMALL, set here for the call.
     saved, bench_generate.SMALL = bench_generate.SMALL, {**setup, "steps": steps}
+    rows = {}
     try:
-        rows = {v: bench_generate._run_variant(v, False, str(device)) for v in ("ours", "diffusers")}
+        for variant in ("ours", "diffusers"):
+            rows[variant] = bench_generate._run_variant(variant, False, str(device))
+            gc.collect()  # the first variant's models gone before the second's peak is measured
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     finally:
         bench_generate.SMALL = saved
     rows["ours_speedup"] = rows["diffusers"]["total_s"] / rows["ours"]["total_s"]
@@ -263,22 +269,45 @@ def run_section(name: str, setup, device, dtype, reps, steps, tiny: bool) -> dic
     return fn(setup, device, dtype, reps, steps, **kwargs)
 
 
-def run_pytest() -> dict:
+def run_pytest(seconds: float) -> dict:
+    """``pytest -m gpu`` within ``seconds``: its summary line, exit status and duration."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"],
-                          cwd=ROOT, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"]
+    try:
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return {"returncode": None, "summary": f"stopped at the suite's budget after {seconds:.0f} s", "s": seconds}
     lines = [ln for ln in done.stdout.splitlines() if ln.strip()]
     return {"returncode": done.returncode, "summary": lines[-1] if lines else "", "s": time.perf_counter() - start}
 
 
+def _child(name: str, args, seconds: float) -> dict:
+    """One section in its own process (its own peak memory; a crash or hang costs only that section)."""
+    cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--reps", str(args.reps)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return {"error": f"stopped at the suite's budget after {seconds:.0f} s"}
+    if done.returncode:
+        return {"error": done.stderr.strip().splitlines()[-1][:300] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _write(path: str, results: dict) -> None:
+    text = json.dumps(results, indent=1, default=str)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the suite (``argv`` as on the command line) and return the figures it wrote."""
+    begun = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="the tiny config on CPU, in this process")
-    parser.add_argument("--out", default="runs/gpu-suite.json", help="the JSON of figures")
+    parser.add_argument("--out", default="runs/gpu-suite.json", help="the JSON of figures (rewritten per section)")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps of the end-to-end and cache runs")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions per figure (median)")
     parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--budget-s", type=float, default=470.0, help="seconds for everything; late parts are cut")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's bf16 peak, if not listed")
     parser.add_argument("--pytest", action="store_true", help="run `pytest -m gpu` last and record its summary")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -297,28 +326,28 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                      "torch": torch.__version__, "tiny": args.tiny, "steps": args.steps, "reps": args.reps,
                      "config": {"dit": "tiny" if args.tiny else "t2v-1.3B", "size": setup["size"],
-                                "frames": setup["frames"], "latent_grid": _grid(setup), "dtype": str(dtype)}}
+                                "frames": setup["frames"], "latent_grid": _grid(setup), "dtype": str(dtype)},
+                     "section_s": {}}
+    left = lambda: args.budget_s - (time.perf_counter() - begun)
     for name in args.sections.split(","):
         start = time.perf_counter()
+        if left() < 10:
+            results[name] = {"skipped": f"not measured: the suite's {args.budget_s:.0f} s budget was spent"}
+            continue
         try:
-            if args.tiny:
-                results[name] = run_section(name, setup, device, dtype, args.reps, args.steps, True)
-            else:
-                cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--reps", str(args.reps)]
-                done = subprocess.run(cmd, capture_output=True, text=True)
-                if done.returncode:
-                    results[name] = {"error": done.stderr.strip().splitlines()[-1][:300] if done.stderr else "failed"}
-                else:
-                    results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+            results[name] = (run_section(name, setup, device, dtype, args.reps, args.steps, True) if args.tiny
+                             else _child(name, args, left()))
         except Exception as err:
             results[name] = {"error": f"{type(err).__name__}: {err}"[:300]}
-        results.setdefault("section_s", {})[name] = time.perf_counter() - start
+        results["section_s"][name] = time.perf_counter() - start
+        results["mfu"] = mfu(results, setup, device)
+        _write(args.out, results)
         print(f"{name}: {time.perf_counter() - start:.1f} s", flush=True)
     results["mfu"] = mfu(results, setup, device)
     if args.pytest and not args.tiny:
-        results["pytest"] = run_pytest()
-    text = json.dumps(results, indent=1, default=str)
-    atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
+        results["pytest"] = run_pytest(max(left(), 0)) if left() > 30 else {
+            "skipped": f"not run: {max(left(), 0):.0f} s of the suite's budget left"}
+    _write(args.out, results)
     print(f"wrote {args.out}", flush=True)
     return results
 
