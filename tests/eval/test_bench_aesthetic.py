@@ -1,8 +1,11 @@
-"""Aesthetic quality through the curate stage's LAION predictor, on the small random-weight CLIP and random head the
-curate tests use; the value is checked against that predictor's recipe written out independently (PIL, CLIPModel,
-plain torch ops) over the same key frames, divided by 10."""
+"""The frame-quality model dimensions. Aesthetic quality through the curate stage's LAION predictor, on the small
+random-weight CLIP and random head the curate tests use; the value is checked against that predictor's recipe written
+out independently (PIL, CLIPModel, plain torch ops) over the same key frames, divided by 10. MUSIQ imaging quality:
+pyiqa cannot be installed here (it pulls a CUDA torch), so its not-measured paths and frame sizing are shown."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from curate.footage import footage
 from openwan.curate.embed import key_frame_indices
 from openwan.eval.bench.aesthetic import NOT_MEASURED, AestheticQuality
 from openwan.eval.bench.base import BenchWeights, Video
+from openwan.eval.bench.musiq import NO_NAME, NO_PYIQA, MusiqQuality, rating_frames
 from openwan.eval.bench.registry import build_dimensions
 
 LINEAR = (0, 2, 4, 6, 7)
@@ -78,3 +82,22 @@ def test_not_measured_without_weights_and_refused_bad_files(clip_folder, tmp_pat
     wrong = AestheticQuality(BenchWeights(aesthetic_clip_path=str(tmp_path), aesthetic_head_path=str(tmp_path)))
     with pytest.raises(ValueError, match="not a transformers CLIP folder"):
         wrong.setup()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyiqa") is not None, reason="pyiqa is installed: MUSIQ is measured")
+def test_musiq_not_measured_without_pyiqa():
+    video = Video(footage("carphone", 0, 2), 25.0)
+    dim = build_dimensions(["imaging_quality_musiq"])[0]  # the default metric name, musiq
+    assert dim.available() == NO_PYIQA == "not measured: pip install pyiqa (and its MUSIQ weights)"
+    score = dim.score(video)
+    assert score.value is None and score.not_measured == NO_PYIQA
+
+
+def test_musiq_metric_names_and_frame_sizes():
+    assert MusiqQuality(BenchWeights(musiq=None)).score(Video(footage("carphone", 0, 1), 25.0)).not_measured == NO_NAME
+    with pytest.raises(ValueError, match="unknown MUSIQ metric 'niqe'; give one of musiq, musiq-koniq"):
+        MusiqQuality(BenchWeights(musiq="niqe"))
+    frames = footage("bikes", 0, 2, size=(1280, 720))
+    assert rating_frames(frames).shape == (2, 288, 512, 3)  # longer side 512, as VBench rates
+    small = footage("carphone", 0, 2)
+    assert rating_frames(small) is small  # never upscaled
