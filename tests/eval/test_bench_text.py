@@ -133,6 +133,7 @@ def test_quoted_texts():
     assert quoted_texts(prompt) == ["OPEN", "SALE", "Hello", "\u4f60\u597d", "\u4e09\u56fd", "\u65e5\u672c"]
     assert quoted_texts("the dog's bowl and the cats' toys") == []
     assert quoted_texts("Joe's sign says 'EAT' and \"JOE'S DINER\"") == ["EAT", "JOE'S DINER"]
+    assert quoted_texts('a 12" pizza with "HOT" on the box') == ["HOT"]  # an inch mark is no quote
     assert quoted_texts(None) == [] and quoted_texts('"..."') == []
 
 

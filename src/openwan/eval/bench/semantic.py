@@ -55,8 +55,8 @@ def clip_unavailable(weights: BenchWeights, text: bool = False) -> str | None:
             return ("not measured: wan-clip has no text tower; give --clip a transformers CLIP folder or an open_clip "
                     "model (pip install open_clip_torch)")
         if not weights.clip_path:
-            return ("not measured: wan-clip needs its weights: give the Wan i2v release folder or its "
-                    "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth as the CLIP path")
+            return ("not measured: wan-clip needs its weights: give --clip-path (the Wan i2v release folder or its "
+                    "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth)")
         return None
     if Path(clip).is_dir():
         return None

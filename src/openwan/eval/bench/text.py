@@ -1,7 +1,8 @@
 """Visual text generation (Wan-Bench's text rendering): does the video show the text its prompt asks for?
 
 The asked-for text is what the prompt quotes: ``"..."``, ``'...'``, ``“...”``, ``‘...’``, ``「...」``, ``『...』``,
-``《...》`` (a single quote counts only where it is not an apostrophe: no letter or digit just outside it). Each
+``《...》`` (straight quotes hold no space just inside them, so an inch mark opens none, and a single quote counts
+only where it is not an apostrophe: no letter or digit just outside it). Each
 quoted text is looked for in a few frames evenly spaced over the video, read by the OCR models
 ``rapidocr-onnxruntime`` ships (PP-OCRv4, Chinese and Latin; :class:`openwan.curate.ocr.OCRStage`), at the video's
 own resolution.
@@ -31,11 +32,13 @@ FRAMES = 8  # frames read per video, evenly spaced (first and last included)
 MIN_CONFIDENCE = 0.3  # OCR lines recognised with less confidence are dropped
 DET_SIZE = 480  # the text detector's short side in pixels (smaller frames are upscaled to it)
 
-# (opening, closing) quote pairs; the straight single quote is matched separately (it doubles as an apostrophe)
-_PAIRS = (('"', '"'), ("\u201c", "\u201d"), ("\u2018", "\u2019"), ("\u300c", "\u300d"), ("\u300e", "\u300f"),
+# (opening, closing) quote pairs that cannot be confused with anything else
+_PAIRS = (("\u201c", "\u201d"), ("\u2018", "\u2019"), ("\u300c", "\u300d"), ("\u300e", "\u300f"),
           ("\u300a", "\u300b"), ("\uff02", "\uff02"))
+# Straight quotes: the text starts and ends with no space inside the quotes (so the inch mark of 12" does not open
+# one), and a single quote must not touch a letter or digit outside (so it is not an apostrophe).
 _QUOTED = re.compile("|".join(f"{re.escape(a)}([^{re.escape(b)}]+?){re.escape(b)}" for a, b in _PAIRS)
-                     + r"|(?<![^\W_])'([^']+?)'(?![^\W_])")
+                     + r'|"(?!\s)([^"]+?)(?<!\s)"' + r"|(?<![^\W_])'(?!\s)([^']+?)(?<!\s)'(?![^\W_])")
 
 
 def quoted_texts(prompt: str | None) -> list[str]:
