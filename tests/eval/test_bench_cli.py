@@ -11,6 +11,7 @@ import re
 
 import pytest
 from PIL import Image
+from test_bench_semantic import clip_folder  # noqa: F401 - the small random CLIP folder fixture
 
 from curate.footage import corrupt_copy, footage, write_video
 from openwan.cli.main import main
@@ -132,3 +133,18 @@ def test_a_dimension_without_its_weights_is_reported_not_measured(videos, tmp_pa
     assert agg["weights"] == {"temporal_flickering": 1.0} and agg["left_out"] == {
         "prompt_alignment": "not measured on any video"}
     assert agg["value"] == summary["dimensions"]["temporal_flickering"]["mean"]
+
+
+
+def test_clip_weights_reach_the_clip_dimensions(videos, clip_folder, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "run"
+    assert main(["eval", "bench", str(videos / "[cs]*.mp4"), "--dimensions", "prompt_alignment,subject_consistency",
+                 "--clip", str(clip_folder), "--device", "cpu", "--out", str(out), "--no-report"]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^  prompt_alignment +[01]\.\d{4}  \(3 measured\)$", printed, re.M), printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dimensions"]["subject_consistency"]["count"] == 3
+    rows = {json.loads(line)["id"]: json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()}
+    # A repeated frame is perfectly consistent, whatever the (random) CLIP makes of it.
+    assert rows["still"]["scores"]["subject_consistency"]["value"] == pytest.approx(1.0, abs=1e-5)
+    assert rows["street"]["scores"]["subject_consistency"]["value"] < 1.0 - 1e-4

@@ -27,13 +27,16 @@ def add_parser(kinds) -> None:
     b.add_argument("--no-resume", action="store_true", help="score every video again instead of reusing scores.jsonl")
     b.add_argument("--no-report", action="store_true", help="write no report.html / report.png")
     w = b.add_argument_group("weights of the model-based dimensions")
-    w.add_argument("--clip", default=None, help='"wan-clip" (the Wan i2v release\'s CLIP at --clip-path) or an '
-                                               "open_clip model name")
+    w.add_argument("--clip", default=None, help="a transformers CLIP folder, wan-clip (the Wan i2v release's CLIP "
+                                               "image tower at --clip-path) or an open_clip model name")
     w.add_argument("--clip-path", default=None, help="the CLIP weights: a file or folder, or open_clip's "
                                                     "pretrained tag")
-    w.add_argument("--aesthetic-clip-path", default=None, help="the LAION aesthetic predictor's CLIP ViT-L/14 folder")
-    w.add_argument("--aesthetic-head-path", default=None, help="the LAION aesthetic predictor's MLP head file")
-    w.add_argument("--musiq", default="musiq", help="the pyiqa metric of imaging_quality_musiq")
+    w.add_argument("--aesthetic-clip-path", "--aesthetic-clip", default=None,
+                   help="the LAION aesthetic predictor's CLIP ViT-L/14 (a transformers folder)")
+    w.add_argument("--aesthetic-head-path", "--aesthetic-head", default=None,
+                   help="the LAION aesthetic predictor's MLP head (sac+logos+ava1-l14-linearMSE.pth)")
+    w.add_argument("--musiq", default="musiq", help="the pyiqa metric of imaging_quality_musiq (musiq-spaq is "
+                                                   "VBench's)")
     w.add_argument("--device", default=None, help="where the models run (default: cuda when available)")
     s = b.add_argument_group("generate first (--suite)")
     s.add_argument("--suite", default=None, help="a prompts file (.txt, one per line) or vbench / vbench:NAME (the "
