@@ -390,53 +390,82 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _run_setting(pipe, prompts, seeds, kwargs: dict, warmup: bool) -> tuple[dict, list]:
-    """Generate every (prompt, seed): (timings and DiT evaluation counts, [(uint8 video, float32 latents)])."""
-    counts = {"calls": 0, "evals": 0.0}
+class _Meter:
+    """Counts, while attached to a pipeline, the forward calls of its DiT(s) and their evaluations: the rows the
+    transformer blocks ran (one per guidance branch), in whole-model passes."""
 
-    def count_call(*_):
-        counts["calls"] += 1
+    def __init__(self, pipe):
+        self.calls, self.evals = 0, 0.0
+        models = [m for m in (pipe.dit, pipe.dit_low) if m is not None]
+        self.hooks = [m.register_forward_hook(self._call) for m in models]
+        for m in models:
+            blocks = list(getattr(m, "blocks", ()))
+            self.hooks += [b.register_forward_hook(self._block(1 / len(blocks))) for b in blocks]
 
-    def count_block(share: float):
-        def hook(module, args, output):  # output: the residual stream [B, L, D], one row per guidance branch
-            rows = (output[0] if isinstance(output, (tuple, list)) else output).shape[0]
-            counts["evals"] += rows * share
+    def _call(self, *_):
+        self.calls += 1
+
+    def _block(self, share: float):
+        def hook(module, args, output):  # output: the residual stream [B, L, D]
+            self.evals += (output[0] if isinstance(output, (tuple, list)) else output).shape[0] * share
         return hook
 
-    models = [m for m in (pipe.dit, pipe.dit_low) if m is not None]
-    hooks = [m.register_forward_hook(count_call) for m in models]
-    for m in models:
-        blocks = list(getattr(m, "blocks", ()))
-        hooks += [b.register_forward_hook(count_block(1 / len(blocks))) for b in blocks]
-    call = {"progress": False, **kwargs}
-    try:
-        if warmup:  # compile and autotuning costs stay out of the timed runs
-            pipe(prompts[0], seed=seeds[0], **call)
-            counts.update(calls=0, evals=0.0)
-        outputs, wall, stages, peak, cached = [], 0.0, {}, None, {}
-        for prompt in prompts:
-            for seed in seeds:
-                _sync(pipe.device)
-                start = time.perf_counter()
-                out = pipe(prompt, seed=seed, return_video=True, **call)
-                _sync(pipe.device)
-                wall += time.perf_counter() - start
-                for k, v in out.timings.items():
-                    stages[k] = stages.get(k, 0.0) + v
-                if out.peak_memory_gb is not None:
-                    peak = max(peak or 0.0, out.peak_memory_gb)
-                for k, v in (getattr(out, "cache", None) or {}).items():  # what a cache= setting says it saved
-                    cached[k] = cached.get(k, 0) + v
-                outputs.append((to_uint8(out.video), out.latents.detach().float().cpu()))
-    finally:
-        for h in hooks:
+    def close(self) -> None:
+        for h in self.hooks:
             h.remove()
-    n = len(outputs)
-    run = {"videos": n, "wall_s": round(wall, 4), "wall_s_per_video": round(wall / n, 4),
-           "stage_s": {k: round(v, 4) for k, v in stages.items()}, "dit_calls_per_video": counts["calls"] / n,
-           "dit_evals": round(counts["evals"], 3), "dit_evals_per_video": round(counts["evals"] / n, 3),
-           "peak_memory_gb": peak, **({"cache": cached} if cached else {})}
-    return run, outputs
+
+
+class _Setting:
+    """One setting's runs on a pipeline: its outputs [(uint8 video, float32 latents)] and what they cost."""
+
+    def __init__(self, call: dict):
+        self.call = {"progress": False, **call}
+        self.outputs, self.wall, self.calls, self.evals = [], 0.0, 0, 0.0
+        self.stages, self.cache, self.peak = {}, {}, None
+
+    def generate(self, pipe, meter: _Meter, prompt: str, seed: int, keep: bool = True) -> None:
+        calls, evals = meter.calls, meter.evals
+        _sync(pipe.device)
+        start = time.perf_counter()
+        out = pipe(prompt, seed=seed, return_video=True, **self.call)
+        _sync(pipe.device)
+        if not keep:  # a warm-up run: compile and autotuning costs stay out
+            return
+        self.wall += time.perf_counter() - start
+        self.calls, self.evals = self.calls + meter.calls - calls, self.evals + meter.evals - evals
+        for k, v in out.timings.items():
+            self.stages[k] = self.stages.get(k, 0.0) + v
+        for k, v in (getattr(out, "cache", None) or {}).items():  # what a cache= setting says it saved
+            self.cache[k] = self.cache.get(k, 0) + v
+        if out.peak_memory_gb is not None:
+            self.peak = max(self.peak or 0.0, out.peak_memory_gb)
+        self.outputs.append((to_uint8(out.video), out.latents.detach().float().cpu()))
+
+    def summary(self) -> dict:
+        n = len(self.outputs)
+        return {"videos": n, "wall_s": round(self.wall, 4), "wall_s_per_video": round(self.wall / n, 4),
+                "stage_s": {k: round(v, 4) for k, v in self.stages.items()}, "dit_calls_per_video": self.calls / n,
+                "dit_evals": round(self.evals, 3), "dit_evals_per_video": round(self.evals / n, 3),
+                "peak_memory_gb": self.peak, **({"cache": self.cache} if self.cache else {})}
+
+
+def _take_turns(pipe, settings: list[_Setting], jobs: list[tuple[str, int]], warmup: bool) -> None:
+    """Every job under each of ``settings`` in turn on ``pipe``, after one untimed run each with ``warmup``."""
+    meter = _Meter(pipe)
+    try:
+        for setting in settings if warmup else ():
+            setting.generate(pipe, meter, *jobs[0], keep=False)
+        for job in jobs:
+            for setting in settings:
+                setting.generate(pipe, meter, *job)
+    finally:
+        meter.close()
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def compare_settings(pipe, prompts, seeds, ref: dict, cand: dict, *, out_dir=None, warmup: bool = False,
@@ -450,8 +479,9 @@ def compare_settings(pipe, prompts, seeds, ref: dict, cand: dict, *, out_dir=Non
     branch, so guidance batched or not counts the same and a cache that skips blocks or a branch counts less);
     per pair :func:`compare_videos` of the 8-bit frames and the latents; the speed and quality line.
 
-    ``pipe`` is a :class:`WanPipeline` (used for both settings) or a function that loads one; load-time keys need
-    the function (each setting gets a fresh pipeline). Settings are checked before anything runs. With
+    ``pipe`` is a :class:`WanPipeline` or a function that loads one. On one pipeline the settings take turns
+    video by video; load-time keys need the function (each setting gets a fresh pipeline, one after the other).
+    Settings are checked before anything runs. With
     ``out_dir``: compare.json, the worst pair's PNG, and with ``save_videos`` every video and its latents under
     ``ref/`` and ``cand/`` (so ``openwan eval compare OUT/ref OUT/cand`` reads them again)."""
     from openwan.pipelines import WanPipeline
@@ -472,19 +502,21 @@ def compare_settings(pipe, prompts, seeds, ref: dict, cand: dict, *, out_dir=Non
     dims, missing = build_bench(list(dimensions), weights)
     report: dict = {"mode": "settings", "prompts": prompts, "seeds": seeds,
                     "settings": {"ref": to_json(ref), "cand": to_json(cand)}, "runs": {}, "pairs": [], "refused": []}
-    outputs = {}
-    shared = pipe if loader is None else (loader() if accelerate is None else None)
-    for label, call, load in (("ref", ref_call, ref_load), ("cand", cand_call, cand_load)):
-        current = shared if shared is not None else loader()
-        applied = accelerate(current, **load) if load else None
-        report["runs"][label], outputs[label] = _run_setting(current, prompts, seeds, call, warmup)
-        if applied is not None:
-            report["runs"][label]["accelerations"] = to_json(applied)
-        del current
-        if shared is None:  # the next setting loads its own model: free this one's memory first
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+    runs, applied = {"ref": _Setting(ref_call), "cand": _Setting(cand_call)}, {}
+    jobs = [(prompt, seed) for prompt in prompts for seed in seeds]
+    if accelerate is None:  # one pipeline: the settings take turns, so a drift in the machine's speed hits both
+        _take_turns(pipe if loader is None else loader(), list(runs.values()), jobs, warmup)
+    else:  # load-time settings change the model: a fresh pipeline each, one after the other
+        for label, load in (("ref", ref_load), ("cand", cand_load)):
+            current = loader()
+            if load:
+                applied[label] = to_json(accelerate(current, **load))
+            _take_turns(current, [runs[label]], jobs, warmup)
+            del current
+            _free_memory()
+    report["runs"] = {label: {**run.summary(), **({"accelerations": applied[label]} if label in applied else {})}
+                      for label, run in runs.items()}
+    outputs = {label: run.outputs for label, run in runs.items()}
     names = [(f"p{i:02d}-seed{seed}", prompt, seed) for i, prompt in enumerate(prompts) for seed in seeds]
     worst = None
     for (name, prompt, seed), (ref_video, ref_lat), (cand_video, cand_lat) in zip(names, outputs["ref"],
