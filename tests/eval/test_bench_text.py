@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from curate.footage import footage
+from curate.footage import footage, write_video
 from openwan.eval.bench.base import Video
 from openwan.eval.bench.registry import build_dimensions
 from openwan.eval.bench.text import TextAccuracy, normalise, quoted_texts, similarity, substring_distance
@@ -109,6 +109,22 @@ def test_chinese_text(dim):
     frame = _chinese(_background()[0], "田中")
     score = _score(dim, frame[None], "招牌上写着「田中」两个字，旁边没有《王土》")
     assert [t["similarity"] for t in score.details["texts"]] == [1.0, 0.0] and score.value == 0.5, score
+
+
+@pytest.mark.slow
+def test_an_81_frame_480p_video_after_h264(dim, tmp_path):
+    """Text shown on part of a Wan-sized clip (832x480, 81 frames), through H.264 and PyAV, reads back exactly."""
+    import av
+
+    frames = footage("bunny", 0, 81, size=(832, 480))
+    frames[30:70] = _sign(frames[30:70], "Happy Birthday 2026", size=36)
+    path = write_video(frames, tmp_path / "cake.mp4", fps=16, crf=23)
+    with av.open(str(path)) as container:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])])
+    score = _score(dim, decoded, 'a birthday cake with "Happy Birthday 2026" piped on it')
+    text = score.details["texts"][0]
+    assert score.value == 1.0 and 30 <= text["best_frame"] < 70 and len(score.details["frames_read"]) == 8, score
+    assert _score(dim, decoded, "a birthday cake that reads \u201cHappy Birthday 2025\u201d").value < 1.0
 
 
 def test_prompts_without_quoted_text_are_not_applicable(dim):
