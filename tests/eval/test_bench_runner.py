@@ -73,6 +73,19 @@ class FailsOnBikes(Dimension):
         return Score(0.5, {"nan_measure": float("nan")})
 
 
+class BrokenWeights(Dimension):
+    """Its weights fail to load: set up once, then not measured with the loader's error."""
+
+    name = "broken_weights"
+
+    def setup(self) -> None:
+        CALLS[self.name, "setup"] += 1
+        raise OSError("weights.pth is truncated")
+
+    def score(self, video: Video) -> Score:
+        raise AssertionError("a dimension that could not load is never scored")
+
+
 def dims() -> list[Dimension]:
     return [Brightness(), SaysBunny(), Uninstalled(), FailsOnBikes()]
 
@@ -260,3 +273,16 @@ def test_the_aggregate_renormalises_over_measured_dimensions():
     assert only_quality["value"] == pytest.approx(quality)  # the semantic group's share goes to quality
     assert aggregate({"prompt_alignment": None})["value"] is None
     assert set(AGGREGATE_WEIGHTS) <= set(DIMENSIONS)  # every weight names a registered dimension
+
+
+def test_a_dimension_that_cannot_load_is_not_measured_and_tried_once(folder, tmp_path):
+    summary = run_bench(folder, tmp_path / "bench", dimensions=[Brightness(), BrokenWeights()])
+    assert CALLS["broken_weights", "setup"] == 1
+    part = summary["dimensions"]["broken_weights"]
+    assert part["not_measured"] == 3 and part["count"] == 0
+    assert part["not_measured_reason"] == ("not measured: broken_weights could not load (OSError: weights.pth is "
+                                           "truncated)")
+    errors = _jsonl(tmp_path / "bench" / "errors.jsonl")
+    assert [e for e in errors if e["dimension"] == "broken_weights"] == [
+        {"id": None, "path": None, "dimension": "broken_weights", "error": "OSError: weights.pth is truncated"}]
+    assert summary["dimensions"]["brightness"]["count"] == 3

@@ -260,27 +260,45 @@ def plain(value):
 
 
 class _Scorer:
-    """The chosen dimensions, each checked once for availability and set up on first use."""
+    """The chosen dimensions, each checked once for availability and set up on first use. A dimension whose check
+    or setup raises is not measured from then on, its sentence naming the error (kept in ``setup_errors``)."""
 
     def __init__(self, dimensions: list[Dimension]):
         self.dimensions = {d.name: d for d in dimensions}
-        self.unavailable = {d.name: d.available() for d in dimensions}
+        self.unavailable: dict[str, str | None] = {}
+        self.setup_errors: dict[str, str] = {}
+        for d in dimensions:
+            try:
+                self.unavailable[d.name] = d.available()
+            except Exception as err:  # a broken check is that dimension's failure, not the run's
+                self._failed(d.name, "could not tell whether it can run", err)
         self.ready: set[str] = set()
+
+    def _failed(self, name: str, what: str, err: Exception) -> None:
+        self.setup_errors[name] = _error_text(err)
+        self.unavailable[name] = f"not measured: {name} {what} ({_error_text(err)})"
 
     def runnable(self, name: str) -> bool:
         return self.unavailable[name] is None
 
+    def _setup(self, name: str) -> None:
+        if name in self.ready or not self.runnable(name):
+            return
+        try:
+            self.dimensions[name].setup()
+            self.ready.add(name)
+        except Exception as err:
+            self._failed(name, "could not load", err)
+
     def score(self, video: Video, names: Iterable[str]) -> tuple[dict[str, dict], dict[str, str]]:
         scores, errors = {}, {}
         for name in names:
-            dim = self.dimensions[name]
+            self._setup(name)
             if self.unavailable[name] is not None:
                 scores[name] = Score(None, not_measured=self.unavailable[name]).to_json()
                 continue
+            dim = self.dimensions[name]
             try:
-                if name not in self.ready:
-                    dim.setup()
-                    self.ready.add(name)
                 score = dim.score(video)
                 if not isinstance(score, Score):
                     raise TypeError(f"{type(dim).__name__}.score returned {type(score).__name__}, not a Score")
@@ -436,6 +454,7 @@ def run_bench(inputs, out_dir: str | Path, *, prompts=None, dimensions: list[str
         _write_text(out_dir / SCORES_FILE, _jsonl(rows))
         if progress:
             print(f"[{k + 1}/{len(sources)}] {source.id}", flush=True)
+    errors += [{"id": None, "path": None, "dimension": n, "error": e} for n, e in scorer.setup_errors.items()]
     summary = {"inputs": str(inputs) if isinstance(inputs, (str, Path)) else [str(i) for i in inputs],
                "videos": len(rows), "videos_failed": sum(1 for e in errors if e["dimension"] is None),
                "videos_reused": reused, "decode": decode_json, **summarize(rows, names, dims, aggregate_weights),
