@@ -90,17 +90,18 @@ class Score:
 class BenchWeights:
     """Weights the user gives for the dimensions that need a model no package ships; None: not given.
 
-    ``clip``: "wan-clip" (openwan's loader of the Wan i2v release's CLIP ViT-H, at ``clip_path``) or an open_clip
-    model name (``clip_path`` its pretrained tag or checkpoint file). ``aesthetic_clip_path`` and
+    ``clip``: a transformers CLIP folder (``CLIPModel.from_pretrained``: image and text towers), "wan-clip" (openwan's
+    loader of the Wan i2v release's CLIP ViT-H image tower, at ``clip_path``) or an open_clip model name
+    (``clip_path`` its pretrained tag or checkpoint file). ``aesthetic_clip_path`` and
     ``aesthetic_head_path``: the LAION predictor's CLIP ViT-L/14 folder and MLP head (as ``openwan curate``'s
-    aesthetic section). ``musiq``: a pyiqa metric name (``musiq``), scored when pyiqa is installed.
-    ``device``: where the models run (None: cuda when available, else cpu)."""
+    aesthetic section). ``musiq``: a pyiqa metric name (``musiq-spaq``, the MUSIQ VBench uses), scored when pyiqa
+    is installed. ``device``: where the models run (None: cuda when available, else cpu)."""
 
     clip: str | None = None
     clip_path: str | None = None
     aesthetic_clip_path: str | None = None
     aesthetic_head_path: str | None = None
-    musiq: str | None = "musiq"
+    musiq: str | None = "musiq-spaq"
     device: str | None = None
 
 
