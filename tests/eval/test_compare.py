@@ -183,6 +183,16 @@ def test_folders_matched_by_name_with_refusals_recorded_not_fatal(tmp_path, clip
         assert png.width >= 3 * 4 * 96 and png.height >= 96
 
 
+def test_images_are_compared_as_one_frame(tmp_path, clip):
+    for folder, frame in (("ref", clip[0]), ("cand", _blurred(clip[:1], 1.0)[0])):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(frame).save(tmp_path / folder / "still.png")
+    report = compare_dirs(tmp_path / "ref", tmp_path / "cand", dimensions=["imaging_quality"], with_lpips=False)
+    pair = report["pairs"][0]
+    assert pair["frames"] == 1 and pair["psnr_db"] == compare_videos(clip[:1], _blurred(clip[:1], 1.0))["psnr_db"]
+    assert "ref" in pair["bench"]["imaging_quality"]
+
+
 def test_folders_without_a_common_name_or_with_unknown_dimensions_are_refused(tmp_path, clip):
     write_video(clip, tmp_path / "ref" / "a.mp4")
     write_video(clip, tmp_path / "cand" / "b.mp4")

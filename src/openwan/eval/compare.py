@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from openwan.data.video import VIDEO_SUFFIXES, read_header, read_video, save_video
+from openwan.data.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_header, read_image, read_video, save_video
 from openwan.eval.bench.base import BenchWeights, Video
 from openwan.eval.bench.registry import DIMENSIONS, dimension_class
 from openwan.eval.prompts import GridCell, GridRow, write_grid
@@ -285,21 +285,31 @@ def _load_latents(path: Path) -> tuple[torch.Tensor | None, str | None]:
 def _videos_in(folder, flag: str) -> dict[str, Path]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"{flag} {folder} is not a folder; give a folder of videos ({', '.join(VIDEO_SUFFIXES)}).")
-    return {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES}
+        raise ValueError(f"{flag} {folder} is not a folder; give a folder of videos ({', '.join(VIDEO_SUFFIXES)}) "
+                         "or images (t2i).")
+    kept = VIDEO_SUFFIXES + IMAGE_SUFFIXES
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in kept}
+
+
+def _read(path: Path) -> tuple[torch.Tensor, float]:
+    """A video's frames [T, H, W, 3] in [0, 1] and its frame rate; an image is one frame at :data:`FPS`."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return read_image(path), FPS
+    return read_video(path), read_header(path)["fps"]
 
 
 def compare_dirs(ref_dir, cand_dir, *, dimensions=DEFAULT_DIMENSIONS, weights: BenchWeights | None = None,
                  with_lpips: bool = True, out_dir=None, progress: bool = False) -> dict:
-    """Each video of ``cand_dir`` against the same-named one of ``ref_dir`` (:func:`compare_videos`, latents from
-    ``STEM.safetensors`` beside each), and the bench ``dimensions`` on both sides with their differences.
+    """Each video (or image) of ``cand_dir`` against the same-named one of ``ref_dir`` (:func:`compare_videos`,
+    latents from ``STEM.safetensors`` beside each), and the bench ``dimensions`` on both sides with their
+    differences.
 
     Names in one folder only are listed (``missing``: in ref only; ``extra``: in cand only); unreadable files and
     pairs of different shapes are recorded in ``refused`` with a sentence, and the rest go on. With ``out_dir``,
     writes compare.json and a PNG of the worst pair there. Returns the report."""
     refs, cands = _videos_in(ref_dir, "REF_DIR"), _videos_in(cand_dir, "CAND_DIR")
     if not refs:
-        raise ValueError(f"REF_DIR {ref_dir} holds no videos ({', '.join(VIDEO_SUFFIXES)}).")
+        raise ValueError(f"REF_DIR {ref_dir} holds no videos ({', '.join(VIDEO_SUFFIXES)}) or images.")
     common = [n for n in refs if n in cands]
     if not common:
         raise ValueError(f"no video of {ref_dir} has a same-named file in {cand_dir}; the folders must hold videos "
@@ -310,8 +320,7 @@ def compare_dirs(ref_dir, cand_dir, *, dimensions=DEFAULT_DIMENSIONS, weights: B
     worst = None
     for name in tqdm(common, desc="compare", disable=not progress):
         try:
-            ref, cand = read_video(refs[name]), read_video(cands[name])
-            fps = read_header(refs[name])["fps"], read_header(cands[name])["fps"]
+            (ref, ref_fps), (cand, cand_fps) = _read(refs[name]), _read(cands[name])
         except ValueError as err:
             report["refused"].append({"name": name, "reason": str(err)})
             continue
@@ -335,7 +344,7 @@ def compare_dirs(ref_dir, cand_dir, *, dimensions=DEFAULT_DIMENSIONS, weights: B
             report["refused"].append({"name": name, "reason": f"{name}: {err}"})
             continue
         if dims:
-            pair["bench"] = _bench_pair(dims, _video(ref, fps[0], stem), _video(cand, fps[1], stem))
+            pair["bench"] = _bench_pair(dims, _video(ref, ref_fps, stem), _video(cand, cand_fps, stem))
         report["pairs"].append(pair)
         if worst is None or pair["mse"] > worst[0]["mse"]:
             worst = (pair, ref, cand)
