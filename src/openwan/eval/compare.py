@@ -632,6 +632,7 @@ def _finish(report: dict, dims, missing, names, worst, out_dir) -> None:
 def write_worst_pair(path, pair: dict, ref: torch.Tensor, cand: torch.Tensor, count: int = 4) -> Path:
     """A PNG: reference, candidate and their difference (x4) at ``count`` frames, the worst frame among them."""
     ref, cand = _frames(ref, "reference"), _frames(cand, "candidate")
+
     def spread(n):
         return set(np.linspace(0, ref.shape[0] - 1, n).round().astype(int).tolist())
 
