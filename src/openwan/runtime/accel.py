@@ -69,6 +69,10 @@ def apply_accelerations(pipe, *, quantize: str | None = None, attention: str | N
         for name, model in targets.items():
             _refuse_quantize(name, model)
         check_runs(quantize, device, dtype)  # torchao present, and its kernels run on this device and dtype
+        text = targets.get("text_encoder")
+        text_device = torch.device(getattr(pipe, "text_device", device))
+        if text is not None and text_device != device:  # --t5-cpu: the encoder runs on the CPU in its own dtype
+            check_runs(quantize, text_device, next(text.parameters()).dtype)
     if attention is not None:
         problem = attention_backend_problem(attention)
         if problem:
