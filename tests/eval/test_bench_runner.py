@@ -286,3 +286,31 @@ def test_a_dimension_that_cannot_load_is_not_measured_and_tried_once(folder, tmp
     assert [e for e in errors if e["dimension"] == "broken_weights"] == [
         {"id": None, "path": None, "dimension": "broken_weights", "error": "OSError: weights.pth is truncated"}]
     assert summary["dimensions"]["brightness"]["count"] == 3
+
+
+def test_an_interrupted_run_keeps_what_it_and_earlier_runs_scored(folder, tmp_path, monkeypatch):
+    from openwan.eval.bench import runner
+
+    class StopsAtBunny(Dimension):
+        name = "stops_at_bunny"
+        stop = True
+
+        def score(self, video: Video) -> Score:
+            CALLS[self.name, video.id] += 1
+            if video.id == "bunny" and self.stop:
+                raise KeyboardInterrupt
+            return Score(1.0)
+
+    out = tmp_path / "bench"
+    run_bench(folder, out, dimensions=[Brightness()])
+    monkeypatch.setattr(runner, "CHECKPOINT_S", 0.0)  # rewrite scores.jsonl after every video
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(folder, out, dimensions=[Brightness(), StopsAtBunny()])
+    rows = {r["id"]: r for r in _jsonl(out / "scores.jsonl")}
+    assert sorted(rows) == ["bikes", "bunny", "carphone"]  # the videos after the interruption keep their scores
+    assert set(rows["bikes"]["scores"]) == {"brightness", "stops_at_bunny"} and set(rows["bunny"]["scores"]) == {
+        "brightness"}
+    CALLS.clear()
+    StopsAtBunny.stop = False
+    run_bench(folder, out, dimensions=[Brightness(), StopsAtBunny()])
+    assert CALLS == Counter({("stops_at_bunny", "bunny"): 1, ("stops_at_bunny", "carphone"): 1})

@@ -35,6 +35,7 @@ from openwan.fileio import atomic_write
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".gif")
 SCORES_FILE, SUMMARY_FILE, ERRORS_FILE = "scores.jsonl", "summary.json", "errors.jsonl"
+CHECKPOINT_S = 30.0  # scores.jsonl is rewritten at most this often during a run, and at its end
 FALLBACK_FPS = 16.0  # for a file whose container declares no frame rate (recorded in the video's meta)
 
 # The aggregate, after VBench's total score: (4 x quality + 1 x semantic) / 5, each group the weighted mean of its
@@ -430,7 +431,7 @@ def run_bench(inputs, out_dir: str | Path, *, prompts=None, dimensions: list[str
     stored = _stored(out_dir) if resume else {}
     scorer, decode_json = _Scorer(dims), asdict(options)
     rows, errors, reused = [], [], 0
-    started = time.perf_counter()
+    started = saved = time.perf_counter()
     for k, source in enumerate(sources):
         try:
             stamp = _stamp(source.path)
@@ -451,7 +452,10 @@ def run_bench(inputs, out_dir: str | Path, *, prompts=None, dimensions: list[str
                    for n, e in kept.items() if e.get("error")]
         rows.append({"id": source.id, "path": source.path, "prompt": source.prompt,
                      "scores": {n: scores[n] for n in names}, "file": stamp, "decode": decode_json})
-        _write_text(out_dir / SCORES_FILE, _jsonl(rows))
+        if time.perf_counter() - saved > CHECKPOINT_S:  # an interrupted run keeps what it scored
+            later = [stored[s.id] for s in sources[k + 1:] if s.id in stored]  # and what earlier runs did
+            _write_text(out_dir / SCORES_FILE, _jsonl(rows + later))
+            saved = time.perf_counter()
         if progress:
             print(f"[{k + 1}/{len(sources)}] {source.id}", flush=True)
     errors += [{"id": None, "path": None, "dimension": n, "error": e} for n, e in scorer.setup_errors.items()]
