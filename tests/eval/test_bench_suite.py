@@ -43,7 +43,12 @@ def test_a_suite_is_generated_scored_and_resumed(release, tmp_path, capsys, monk
     assert [r["prompt"] for r in rows] == ["a red circle moves left"] * 2 + ["a blue square stays still"] * 2
     assert all(0 <= r["scores"][d]["value"] <= 1 for r in rows for d in DIMS.split(","))
     first = (out / "videos" / "0000_seed0.mp4").read_bytes()
-    assert json.loads((out / "suite.json").read_text())["seeds"] == [0, 1]
+    record = json.loads((out / "suite.json").read_text())
+    assert record["seeds"] == [0, 1]
+    assert {k: record["settings"][k] for k in ("size", "frame_num", "sample_steps", "solver")} == {
+        "size": [32, 32], "frame_num": 5, "sample_steps": 2, "solver": "unipc"}
+    assert record["settings"]["guide_scale"] == WanPipeline.from_pretrained(release, device="cpu").defaults.for_task(
+        "t2v").guide_scale  # the model's default, recorded as used
 
     # Nothing left to generate: the model is never loaded, no video is scored again.
     def no_model(*args, **kwargs):
@@ -52,6 +57,7 @@ def test_a_suite_is_generated_scored_and_resumed(release, tmp_path, capsys, monk
     monkeypatch.setattr(WanPipeline, "from_pretrained", no_model)
     assert main(argv) == 0
     assert "suite: 0 videos generated, 4 already there" in capsys.readouterr().out
+    assert json.loads((out / "suite.json").read_text())["settings"] == record["settings"]
     monkeypatch.undo()
 
     # A changed prompt and a new one: only their videos are made; the others keep their bytes.

@@ -109,10 +109,22 @@ def generate_suite(load_pipe: Callable[[], object], prompts: list[str], out_dir:
         atomic_write(video.with_suffix(".txt"), lambda tmp, p=prompt: Path(tmp).write_text(p + "\n", "utf-8"))
         if progress:
             print(f"[{k + 1}/{len(todo)}] generated {video.name}", flush=True)
-    record = {"prompts": prompts, "seeds": seeds, "settings": {
-        "size": list(size) if size else None, "frame_num": frame_num, "sample_steps": sample_steps,
-        "sample_shift": sample_shift, "guide_scale": guide_scale, "negative_prompt": negative_prompt,
-        "solver": solver, "fps": fps}}
+    settings = {"size": list(size) if size else None, "frame_num": frame_num, "sample_steps": sample_steps,
+                "sample_shift": sample_shift, "guide_scale": guide_scale, "negative_prompt": negative_prompt,
+                "solver": solver, "fps": fps}
+    if pipe is not None and hasattr(pipe, "defaults"):  # record the values used, not the None that asked for them
+        d = pipe.defaults.for_task("t2v")
+        settings |= {"size": settings["size"] or list(d.size), "frame_num": frame_num or d.frame_num,
+                     "sample_steps": sample_steps or d.sample_steps,
+                     "sample_shift": d.sample_shift if sample_shift is None else sample_shift,
+                     "guide_scale": d.guide_scale if guide_scale is None else guide_scale}
+    earlier = Path(out_dir) / SUITE_FILE
+    if pipe is None and earlier.is_file():  # nothing generated now: the settings that made the videos stand
+        try:
+            settings = json.loads(earlier.read_text(encoding="utf-8"))["settings"]
+        except (ValueError, KeyError, TypeError):
+            pass
+    record = {"prompts": prompts, "seeds": seeds, "settings": settings}
     text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
     atomic_write(Path(out_dir) / SUITE_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return {"videos": [job[2] for job in jobs], "generated": len(todo), "skipped": len(jobs) - len(todo),
