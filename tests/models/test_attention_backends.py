@@ -114,3 +114,14 @@ def test_sdpa_backend_is_the_plain_sdpa_call_bit_for_bit():
     plain = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
                                                              v.transpose(1, 2), attn_mask=keep).transpose(1, 2)
     assert torch.equal(attention(q, k, v, key_lens=lens), plain)
+
+
+def test_per_sample_key_slicing_equals_masking():
+    """flash and sage take key_lens by slicing each sample's keys (they take no mask): the slicing, around the
+    float32 math kernel here, equals SDPA with the padding masked, for equal and for different lengths."""
+    sliced = layers._per_sample_keys(lambda q, k, v: layers._math(q, k, v, None, None))
+    q, k, v = qkv()
+    for lens in ([29, 11], [17, 17]):
+        lens = torch.tensor(lens)
+        assert max_rel(sliced(q, k, v, lens, None), attention(q, k, v, key_lens=lens)) < 1e-5
+    assert max_rel(sliced(q, k, v, None, None), attention(q, k, v)) < 1e-5

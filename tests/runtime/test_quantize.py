@@ -129,6 +129,12 @@ def test_fp8_on_cpu_runs_or_is_refused_with_what_it_needs():
         assert importlib.util.find_spec("torchao") is not None
 
 
+def test_a_dtype_torchao_has_no_int8_kernel_for_is_refused_before_any_change():
+    with pytest.raises(ValueError, match=r"int8 weight-only linears do not run on cpu in torch.float64 .* they need "
+                                         r"float32, bfloat16 or float16 activations"):
+        check_runs("int8", "cpu", torch.float64)
+
+
 @torch.no_grad()
 def test_quantized_dit_samples_in_the_pipeline():
     parts = tiny_components("tiny")

@@ -89,11 +89,14 @@ def check_runs(mode: str, device: torch.device | str, dtype: torch.dtype) -> Non
         if not torch.isfinite(out).all():
             raise RuntimeError("non-finite output")
     except Exception as err:  # any failure of the probe means the mode cannot run here
-        need = ("a GPU of compute capability 8.9 or newer (L4, RTX 4090, H100) or a torch/torchao pair whose CPU "
-                "kernels take float8") if mode == "fp8" else "a torch/torchao pair with int8 kernels for it"
+        if mode == "fp8":
+            need = ("a GPU of compute capability 8.9 or newer (L4, RTX 4090, H100) or a torch/torchao pair whose "
+                    "CPU kernels take float8 — use int8 or no quantization")
+        else:
+            need = "float32, bfloat16 or float16 activations and a torch/torchao pair with int8 kernels for them"
         reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
         raise ValueError(f"{mode} weight-only linears do not run on {device.type} in {dtype} with this torch and "
-                         f"torchao ({reason}); they need {need} — use int8 or no quantization.") from None
+                         f"torchao ({reason}); they need {need}.") from None
 
 
 # ------------------------------------------------------------------------------------------------ filters
