@@ -7,8 +7,6 @@ import argparse
 import importlib.util
 import json
 import math
-import sys
-import types
 
 import cv2
 import numpy as np
@@ -279,34 +277,38 @@ def test_a_setting_that_changes_the_size_is_refused_per_pair_not_fatal(pipe):
     assert report["line"].startswith("nothing compared") and gate(report, min_psnr_db=30) == ["no pair was compared"]
 
 
-def _round_dit_weights_to_8_bits(pipe, quantize=None, attention=None, compile=False) -> dict:
-    """Stands in for openwan.runtime.accel.apply_accelerations: symmetric per-tensor 8-bit rounding of the DiT's
-    matrices (real quantisation error, no speed-up)."""
-    with torch.no_grad():
-        for p in pipe.dit.parameters():
-            if quantize == "int8" and p.ndim == 2:
-                scale = p.abs().max() / 127
-                p.copy_((p / scale).round().clamp(-127, 127) * scale)
-    return {"quantize": quantize, "attention": attention, "compile": compile}
-
-
-def test_load_time_settings_get_a_fresh_pipeline_each(monkeypatch, tmp_path):
-    accel = types.ModuleType("openwan.runtime.accel")
-    accel.apply_accelerations = _round_dit_weights_to_8_bits
-    monkeypatch.setitem(sys.modules, "openwan.runtime.accel", accel)
-    loads = []
-
+def _counted_loader(loads: list, calls: list):
+    """Loads a fresh tiny pipeline per call, recording each load and every forward call of its DiT."""
     def load():
         loads.append(1)
-        return WanPipeline(**tiny_components("tiny"), defaults=FAMILY_DEFAULTS["tiny"])
+        pipe = WanPipeline(**tiny_components("tiny"), defaults=FAMILY_DEFAULTS["tiny"])
+        pipe.dit.register_forward_hook(lambda *_: calls.append(1))
+        return pipe
+    return load
 
-    report = compare_settings(load, ["a red circle"], [0], BASE, {**BASE, "quantize": "int8"}, with_lpips=False,
-                              out_dir=tmp_path, save_videos=True)
+
+@pytest.mark.skipif(not (HAS_ACCEL and importlib.util.find_spec("torchao")), reason="needs openwan.runtime.accel "
+                    "and torchao (pip install openwan[accel])")
+def test_load_time_settings_get_a_fresh_pipeline_each(tmp_path):
+    from openwan.models.layers import get_attention_backend
+
+    backend, loads, calls = get_attention_backend(), [], []
+    load = _counted_loader(loads, calls)
+    cand = {**BASE, "quantize": "int8", "attention": "math"}
+    report = compare_settings(load, ["a red circle"], [0], BASE, cand, with_lpips=False, out_dir=tmp_path,
+                              save_videos=True)
     assert len(loads) == 2 and "accelerations" not in report["runs"]["ref"]
-    assert report["runs"]["cand"]["accelerations"] == {"quantize": "int8", "attention": None, "compile": False}
-    assert 0 < report["summary"]["latent_rel_error"] < 0.2 and math.isfinite(report["summary"]["psnr_db"])
+    applied = report["runs"]["cand"]["accelerations"]
+    assert applied["quantize"]["dit"]["mode"] == "int8" and applied["attention"] == "math"
+    assert get_attention_backend() == backend  # the process-wide backend is restored
+    s = report["summary"]
+    assert 0 < s["latent_rel_error"] < 0.01 and 40 < s["psnr_db"] < math.inf  # 8-bit weights: close, not equal
     plain = load()("a red circle", seed=0, progress=False, **BASE).latents  # the reference's weights were untouched
     assert torch.equal(load_file(str(tmp_path / "ref" / "p00-seed0.safetensors"))["latents"], plain)
+    loads.clear(), calls.clear()
+    with pytest.raises(ValueError, match="int4"):  # refused by apply_accelerations before any generation
+        compare_settings(load, ["a red circle"], [0], BASE, {**BASE, "quantize": "int4"})
+    assert len(loads) == 1 and calls == []
     with pytest.raises(ValueError, match="fresh pipeline"):
         compare_settings(load(), ["a red circle"], [0], BASE, {**BASE, "quantize": "int8"})
 

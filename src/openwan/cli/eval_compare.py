@@ -115,7 +115,7 @@ def run_compare(args: argparse.Namespace) -> int:
         def load():
             return WanPipeline.from_pretrained(args.ckpt_dir, device=device, dtype=dtype)
 
-        at_load = any(k in compare.LOAD_KEYS for k in (*ref, *cand))
+        at_load = any(k in compare.load_keys() for k in (*ref, *cand))
         report = compare.compare_settings(load if at_load else load(), args.prompts, args.seeds, ref, cand,
                                           out_dir=args.out, warmup=args.warmup, with_lpips=lpips,
                                           dimensions=args.dimensions or (), save_videos=args.save_videos)

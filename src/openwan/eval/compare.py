@@ -40,7 +40,7 @@ from openwan.eval.reconstruction import psnr, ssim
 from openwan.fileio import atomic_write
 
 DEFAULT_DIMENSIONS = ("temporal_flickering", "motion_smoothness", "dynamic_degree", "imaging_quality")
-LOAD_KEYS = ("quantize", "attention", "compile")  # applied to a fresh pipeline by openwan.runtime.accel
+LOAD_KEYS = ("quantize", "attention", "compile")  # openwan.runtime.accel's; load_keys() reads its full list
 RUN_KEYS = ("prompt", "seed", "return_video")  # set by compare_settings itself
 REPORT_FILE, WORST_FILE = "compare.json", "compare_worst.png"
 SSIM_WINDOW = 11  # the Gaussian window (sigma 1.5) of reconstruction.ssim spans 11 pixels
@@ -364,21 +364,37 @@ def call_keys() -> list[str]:
     return [n for n in names if n not in RUN_KEYS]
 
 
+def _accelerations():
+    """openwan.runtime.accel.apply_accelerations, or None where this install lacks it (with the reason)."""
+    try:
+        return importlib.import_module("openwan.runtime.accel").apply_accelerations, None
+    except (ImportError, AttributeError) as err:
+        return None, str(err)
+
+
+def load_keys() -> tuple[str, ...]:
+    """The keys a setting applies when the model loads: the keyword arguments of
+    ``openwan.runtime.accel.apply_accelerations`` (quantize, attention, compile, ...), :data:`LOAD_KEYS` where it is
+    not installed."""
+    accelerate, _ = _accelerations()
+    return LOAD_KEYS if accelerate is None else tuple(list(inspect.signature(accelerate).parameters)[1:])
+
+
 def check_setting(setting: dict, label: str) -> tuple[dict, dict]:
     """(pipeline call arguments, load-time arguments) of ``setting``; ValueError for a key the pipeline does
     not take, naming the allowed ones."""
     if not isinstance(setting, dict):
         raise ValueError(f"the {label} setting must be a dict of WanPipeline arguments; got {type(setting).__name__}.")
-    allowed = call_keys()
+    allowed, at_load = call_keys(), load_keys()
     for key in setting:
         if key in RUN_KEYS:
             raise ValueError(f"the {label} setting sets {key!r}, which the comparison sets itself (prompts and seeds "
                              "are given once for both settings); remove it.")
-        if key not in allowed and key not in LOAD_KEYS:
+        if key not in allowed and key not in at_load:
             raise ValueError(f"the {label} setting has an unknown key {key!r}; allowed: {', '.join(allowed)}, and "
-                             f"at load time {', '.join(LOAD_KEYS)}.")
-    return ({k: v for k, v in setting.items() if k not in LOAD_KEYS},
-            {k: v for k, v in setting.items() if k in LOAD_KEYS})
+                             f"at load time {', '.join(at_load)}.")
+    return ({k: v for k, v in setting.items() if k not in at_load},
+            {k: v for k, v in setting.items() if k in at_load})
 
 
 def _accelerate_fn(loads: dict[str, dict]) -> Callable | None:
@@ -386,12 +402,11 @@ def _accelerate_fn(loads: dict[str, dict]) -> Callable | None:
     keys = sorted({k for load in loads.values() for k in load})
     if not keys:
         return None
-    try:
-        return importlib.import_module("openwan.runtime.accel").apply_accelerations
-    except (ImportError, AttributeError) as err:
+    accelerate, missing = _accelerations()
+    if accelerate is None:
         raise ValueError(f"{', '.join(keys)} act when the model loads and need openwan.runtime.accel "
-                         f"(apply_accelerations), which this install lacks ({err}); drop them from the settings."
-                         ) from None
+                         f"(apply_accelerations), which this install lacks ({missing}); drop them from the settings.")
+    return accelerate
 
 
 def _sync(device) -> None:
@@ -516,11 +531,18 @@ def compare_settings(pipe, prompts, seeds, ref: dict, cand: dict, *, out_dir=Non
     if accelerate is None:  # one pipeline: the settings take turns, so a drift in the machine's speed hits both
         _take_turns(pipe if loader is None else loader(), list(runs.values()), jobs, warmup)
     else:  # load-time settings change the model: a fresh pipeline each, one after the other
-        for label, load in (("ref", ref_load), ("cand", cand_load)):
+        from openwan.models.layers import get_attention_backend, set_attention_backend
+
+        backend = get_attention_backend()  # process-wide: each setting starts from it and it is restored after
+        loads = {"ref": ref_load, "cand": cand_load}
+        for label in sorted(loads, key=lambda k: not loads[k]):  # a refused acceleration stops before any run
             current = loader()
-            if load:
-                applied[label] = to_json(accelerate(current, **load))
-            _take_turns(current, [runs[label]], jobs, warmup)
+            try:
+                if loads[label]:
+                    applied[label] = to_json(accelerate(current, **loads[label]))
+                _take_turns(current, [runs[label]], jobs, warmup)
+            finally:
+                set_attention_backend(backend)
             del current
             _free_memory()
     report["runs"] = {label: {**run.summary(), **({"accelerations": applied[label]} if label in applied else {})}
@@ -649,5 +671,6 @@ def write_worst_pair(path, pair: dict, ref: torch.Tensor, cand: torch.Tensor, co
 
 
 __all__ = ["compare_videos", "compare_dirs", "compare_settings", "latent_rel_error", "lpips_per_frame", "summarize",
-           "build_bench", "check_dimensions", "check_setting", "call_keys", "ratio_line", "gate", "to_json", "to_uint8",
-           "write_worst_pair", "DEFAULT_DIMENSIONS", "LOAD_KEYS", "LPIPS_MISSING", "REPORT_FILE", "WORST_FILE"]
+           "build_bench", "check_dimensions", "check_setting", "call_keys", "load_keys", "ratio_line", "gate",
+           "to_json", "to_uint8", "write_worst_pair", "DEFAULT_DIMENSIONS", "LOAD_KEYS", "LPIPS_MISSING",
+           "REPORT_FILE", "WORST_FILE"]
