@@ -123,7 +123,7 @@ def run_bench_cmd(args: argparse.Namespace) -> int:
     else:
         inputs = _suite_videos(args)
     summary = run_bench(inputs, args.out, prompts=args.prompts, dimensions=dimensions, resume=not args.no_resume,
-                        decode_options=options, progress=False)
+                        decode_options=options, progress=True)
     failed = f", {summary['videos_failed']} unreadable (errors.jsonl)" if summary["videos_failed"] else ""
     print(f"{summary['videos']} videos scored ({summary['videos_reused']} from an earlier run){failed}")
     width = max(len(n) for n in summary["dimensions"])

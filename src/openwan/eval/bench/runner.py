@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from openwan.data.manifest import MANIFEST_SUFFIXES, read_manifest
 from openwan.data.video import iter_video_frames, read_header
@@ -432,7 +433,7 @@ def run_bench(inputs, out_dir: str | Path, *, prompts=None, dimensions: list[str
     scorer, decode_json = _Scorer(dims), asdict(options)
     rows, errors, reused = [], [], 0
     started = saved = time.perf_counter()
-    for k, source in enumerate(sources):
+    for k, source in enumerate(tqdm(sources, desc="bench", unit="video", disable=not progress)):
         try:
             stamp = _stamp(source.path)
             kept, redo = _to_do(stored.get(source.id), source, stamp, decode_json, scorer, names)
@@ -456,8 +457,6 @@ def run_bench(inputs, out_dir: str | Path, *, prompts=None, dimensions: list[str
             later = [stored[s.id] for s in sources[k + 1:] if s.id in stored]  # and what earlier runs did
             _write_text(out_dir / SCORES_FILE, _jsonl(rows + later))
             saved = time.perf_counter()
-        if progress:
-            print(f"[{k + 1}/{len(sources)}] {source.id}", flush=True)
     errors += [{"id": None, "path": None, "dimension": n, "error": e} for n, e in scorer.setup_errors.items()]
     summary = {"inputs": str(inputs) if isinstance(inputs, (str, Path)) else [str(i) for i in inputs],
                "videos": len(rows), "videos_failed": sum(1 for e in errors if e["dimension"] is None),

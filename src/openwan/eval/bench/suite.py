@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from openwan.data.video import save_video
 from openwan.fileio import atomic_write
 
@@ -101,14 +103,12 @@ def generate_suite(load_pipe: Callable[[], object], prompts: list[str], out_dir:
     jobs = suite_jobs(prompts, seeds, out_dir)
     todo = [job for job in jobs if not _done(job[0], job[2])]
     started, pipe = time.perf_counter(), None
-    for k, (prompt, seed, video) in enumerate(todo):
+    for prompt, seed, video in tqdm(todo, desc="suite", unit="video", disable=not progress):
         pipe = pipe or load_pipe()
         out = pipe(prompt, negative_prompt, task="t2v", size=size, frame_num=frame_num, sample_steps=sample_steps,
                    sample_shift=sample_shift, guide_scale=guide_scale, solver=solver, seed=seed, progress=False)
         save_video(out.video, video, fps=fps)
         atomic_write(video.with_suffix(".txt"), lambda tmp, p=prompt: Path(tmp).write_text(p + "\n", "utf-8"))
-        if progress:
-            print(f"[{k + 1}/{len(todo)}] generated {video.name}", flush=True)
     settings = {"size": list(size) if size else None, "frame_num": frame_num, "sample_steps": sample_steps,
                 "sample_shift": sample_shift, "guide_scale": guide_scale, "negative_prompt": negative_prompt,
                 "solver": solver, "fps": fps}
