@@ -395,6 +395,11 @@ def test_cli_compares_two_settings_of_a_release(monkeypatch, tmp_path, capsys):
     assert "(dit evals 8 -> 4 per video)" in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / REPORT_FILE).read_text())
     assert report["runs"]["cand"]["dit_evals"] == 4 and float(report["summary"]["psnr_db"]) < 100
+    if HAS_ACCEL and importlib.util.find_spec("torchao"):  # a load-time key: each setting loads the release afresh
+        code = _main(monkeypatch, "--ckpt-dir", str(release), "--prompts", "a red circle", "--ref", "size=32,32",
+                     "frame_num=5", "sample_steps=2", "--cand", "size=32,32", "frame_num=5", "sample_steps=2",
+                     "quantize=int8", "--device", "cpu", "--no-lpips")
+        assert code == 0 and "(dit evals 4 -> 4 per video)" in capsys.readouterr().out
 
 
 def test_every_default_dimension_is_registered():
