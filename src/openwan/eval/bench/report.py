@@ -166,6 +166,9 @@ def render_html(runs: list[dict], chart: bytes, strips: bool = True) -> str:
     missing = sorted({(n, p["not_measured_reason"]) for r in runs for n, p in r["summary"]["dimensions"].items()
                       if p.get("not_measured_reason")})
     parts = [f"<h1>openwan eval bench: {html.escape(', '.join(r['name'] for r in runs))}</h1>",
+             "<p>" + "<br>".join(f"<b>{html.escape(r['name'])}</b>: {r['summary'].get('videos', 0)} videos scored"
+                                 f", {r['summary'].get('videos_failed', 0)} unreadable; inputs "
+                                 f"{html.escape(str(r['summary'].get('inputs', '?')))}" for r in runs) + "</p>",
              _img(chart, "dimension means"),
              f"<table><tr><th>dimension</th>{head}</tr>{''.join(body)}</table>",
              f"<p><small>{html.escape(runs[0]['summary']['aggregate'].get('rule', ''))}</small></p>"]
