@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob as globlib
 import json
 import math
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -412,6 +413,16 @@ def _to_do(row: dict | None, source: VideoSource, stamp: dict, options: dict, sc
     return {n: e for n, e in kept.items() if n not in redo}, redo
 
 
+def _describe(inputs) -> str | list[str]:
+    """The inputs as summary.json records them: the path or glob, the files, or past a few files their folder."""
+    if isinstance(inputs, (str, Path)):
+        return str(inputs)
+    files = [str(i) for i in inputs]
+    if len(files) <= 8:
+        return files
+    return f"{len(files)} files in {os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])}"
+
+
 def run_bench(inputs, out_dir: str | Path, *, prompts=None, dimensions: list[str] | list[Dimension] | None = None,
               weights: BenchWeights | None = None, resume: bool = True, decode_options: DecodeOptions | None = None,
               aggregate_weights: dict[str, tuple[str, float]] | None = None, progress: bool = False) -> dict:
@@ -458,7 +469,7 @@ def run_bench(inputs, out_dir: str | Path, *, prompts=None, dimensions: list[str
             _write_text(out_dir / SCORES_FILE, _jsonl(rows + later))
             saved = time.perf_counter()
     errors += [{"id": None, "path": None, "dimension": n, "error": e} for n, e in scorer.setup_errors.items()]
-    summary = {"inputs": str(inputs) if isinstance(inputs, (str, Path)) else [str(i) for i in inputs],
+    summary = {"inputs": _describe(inputs),
                "videos": len(rows), "videos_failed": sum(1 for e in errors if e["dimension"] is None),
                "videos_reused": reused, "decode": decode_json, **summarize(rows, names, dims, aggregate_weights),
                "files": {"scores": SCORES_FILE, "summary": SUMMARY_FILE, "errors": ERRORS_FILE},
