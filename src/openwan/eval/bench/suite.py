@@ -101,9 +101,9 @@ def generate_suite(load_pipe: Callable[[], object], prompts: list[str], out_dir:
     if not prompts or not seeds:
         raise ValueError("give at least one prompt and one seed to generate.")
     jobs = suite_jobs(prompts, seeds, out_dir)
-    todo = [job for job in jobs if not _done(job[0], job[2])]
+    missing = [job for job in jobs if not _done(job[0], job[2])]
     started, pipe = time.perf_counter(), None
-    for prompt, seed, video in tqdm(todo, desc="suite", unit="video", disable=not progress):
+    for prompt, seed, video in tqdm(missing, desc="suite", unit="video", disable=not progress):
         pipe = pipe or load_pipe()
         out = pipe(prompt, negative_prompt, task="t2v", size=size, frame_num=frame_num, sample_steps=sample_steps,
                    sample_shift=sample_shift, guide_scale=guide_scale, solver=solver, seed=seed, progress=False)
@@ -127,7 +127,7 @@ def generate_suite(load_pipe: Callable[[], object], prompts: list[str], out_dir:
     record = {"prompts": prompts, "seeds": seeds, "settings": settings}
     text = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
     atomic_write(Path(out_dir) / SUITE_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return {"videos": [job[2] for job in jobs], "generated": len(todo), "skipped": len(jobs) - len(todo),
+    return {"videos": [job[2] for job in jobs], "generated": len(missing), "skipped": len(jobs) - len(missing),
             "seconds": round(time.perf_counter() - started, 2)}
 
 
