@@ -130,8 +130,8 @@ def test_bad_frames_are_refused_with_a_sentence(clip):
 
 
 def _folders(tmp_path, clip):
-    """ref/ and cand/ with: a (identical, latents both sides), b (noisy, latents in ref only), c (ref only),
-    d (cand only), e (different size), f (garbage in cand)."""
+    """ref/ and cand/ with: a (identical, latents both sides), b (noisy, latents in ref only and of another shape
+    in cand), c (ref only), d (cand only), e (different size), f (garbage in cand)."""
     ref, cand = tmp_path / "ref", tmp_path / "cand"
     other = footage("bikes", 0, 9, size=(64, 48))
     for folder in (ref, cand):
@@ -141,6 +141,7 @@ def _folders(tmp_path, clip):
     write_video(other, ref / "b.mp4")
     write_video(_noisy(other, 12), cand / "b.mp4")
     save_file({"latents": torch.ones(3, 4)}, str(ref / "b.safetensors"))
+    save_file({"latents": torch.ones(4, 3)}, str(cand / "b.safetensors"))
     write_video(clip, ref / "c.mp4")
     write_video(clip, ref / "e.mp4")
     write_video(footage("carphone", 0, 9, size=(32, 32)), cand / "e.mp4")
@@ -161,7 +162,7 @@ def test_folders_matched_by_name_with_refusals_recorded_not_fatal(tmp_path, clip
     assert set(pairs) == {"a.mp4", "b.mp4"}
     assert pairs["a.mp4"]["psnr_db"] == math.inf and pairs["a.mp4"]["latent_rel_error"] == 0.0
     assert 15 < pairs["b.mp4"]["psnr_db"] < 35 and "latent_rel_error" not in pairs["b.mp4"]
-    assert "no b.safetensors" in pairs["b.mp4"]["latents_not_measured"]
+    assert "(3, 4) and (4, 3) differ" in pairs["b.mp4"]["latents_not_measured"]
     s = report["summary"]
     assert s["pairs"] == 2 and s["psnr_db_min"] == pairs["b.mp4"]["psnr_db"]
     assert s["psnr_db"] == pytest.approx(pairs["b.mp4"]["psnr_db"] + 10 * math.log10(2), abs=1e-3)  # half the mse
@@ -188,7 +189,7 @@ def test_images_are_compared_as_one_frame(tmp_path, clip):
     report = compare_dirs(tmp_path / "ref", tmp_path / "cand", dimensions=["imaging_quality"], with_lpips=False)
     pair = report["pairs"][0]
     assert pair["frames"] == 1 and pair["psnr_db"] == compare_videos(clip[:1], _blurred(clip[:1], 1.0))["psnr_db"]
-    assert "ref" in pair["bench"]["imaging_quality"]
+    assert "ref" in pair["bench"]["imaging_quality"] and "no still.safetensors" in pair["latents_not_measured"]
 
 
 def test_folders_without_a_common_name_or_with_unknown_dimensions_are_refused(tmp_path, clip):
