@@ -77,6 +77,8 @@ def test_pan_speed_below_the_threshold_reads_static():
     ("pan slowly to the left, then zoom in", [{"pan_left"}, {"zoom_in"}]),
     ("a frying pan on a stove", []),
     ("a still life of fruit; a cat walks left", []),
+    ("a red circle moves left", []),  # a circle is a shape, not a camera circling
+    ("the camera circles around the subject to the right", [{"orbit_right"}]),
     (None, []),
 ])
 def test_prompts_are_read_for_camera_requests(prompt, want):

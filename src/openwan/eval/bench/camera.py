@@ -53,8 +53,10 @@ REQUESTS: tuple[tuple[str, frozenset[str]], ...] = (
      frozenset({"zoom_in"})),
     (r"\bzoom(?:s|ed|ing)?(?:\s+|-)out\b|\b(?:pull(?:s|ing)?\s+(?:back|out)|doll(?:y|ies|ying)\s+out)\b",
      frozenset({"zoom_out"})),
-    (r"\b(?:orbit|circl)\w*(?:\s+\w+){0,3}?\s+(?:to\s+(?:the\s+)?)?left\b", frozenset({"orbit_left"})),
-    (r"\b(?:orbit|circl)\w*(?:\s+\w+){0,3}?\s+(?:to\s+(?:the\s+)?)?right\b", frozenset({"orbit_right"})),
+    (r"\b(?:orbit\w*|circl(?:es|ing)\s+around)(?:\s+\w+){0,3}?\s+(?:to\s+(?:the\s+)?)?left\b",
+     frozenset({"orbit_left"})),
+    (r"\b(?:orbit\w*|circl(?:es|ing)\s+around)(?:\s+\w+){0,3}?\s+(?:to\s+(?:the\s+)?)?right\b",
+     frozenset({"orbit_right"})),
     (r"\b(?:static|still|fixed|locked(?:-off)?|stationary|steady)\s+(?:camera|shot)\b|\bcamera\s+(?:is\s+|stays\s+|"
      r"remains\s+)?(?:static|still|fixed|stationary|motionless)\b|\bno camera (?:motion|movement)\b",
      frozenset({"static"})),
