@@ -28,7 +28,7 @@ class ImagingQuality(Dimension):
     ``mean_luma``, ``dark_share``, ``bright_share``, ``contrast_luma`` and the component scores."""
 
     name = "imaging_quality"
-    stands_for = "VBench imaging quality (weight-free: sharpness, noise, exposure instead of MUSIQ)"
+    stands_for = "VBench imaging quality; Wan-Bench image quality (weight-free: sharpness, noise, exposure)"
 
     def score(self, video: Video) -> Score:
         frames = video.analysis_frames()

@@ -271,7 +271,7 @@ class PromptAlignment(_ClipDimension):
     """CLIPScore of the prompt against the video's key frames: ``min(1, 2.5 * max(0, mean cos))``."""
 
     name = "prompt_alignment"
-    stands_for = "VBench overall consistency; Wan-Bench prompt following (CLIP text-video similarity)"
+    stands_for = "VBench overall consistency (CLIP text-video similarity)"
     needs = ("prompt", "CLIP weights with a text tower")
     needs_text = True
 

@@ -90,7 +90,7 @@ class TextAccuracy(Dimension):
     :func:`similarity` to the OCR reading, in [0, 1]."""
 
     name = "text_accuracy"
-    stands_for = "Wan-Bench visual text generation (bilingual); OCR of the quoted text"
+    stands_for = "the Wan paper's visual text generation (bilingual; not a Wan-Bench dimension): OCR of the quoted text"
     needs = ("prompt", "rapidocr-onnxruntime (bundled OCR models)")
 
     def __init__(self, weights=None):
