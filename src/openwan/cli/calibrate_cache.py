@@ -25,7 +25,7 @@ from openwan.runtime.cache import PRESETS, AttentionCache, Cache, CFGCache, Step
 
 HELP = "sweep the diffusion cache policies' settings on a model and write the speed / quality curve"
 FAMILIES = ("attention", "cfg", "step", "presets")
-DEFAULT_PROMPTS = ("a red circle moving to the right", "a blue square moving up")
+DEFAULT_PROMPTS = ("a red circle moving to the right", "a blue square moving up", "a green triangle moving left")
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Setting:
 
 def sweep(families: tuple[str, ...] = FAMILIES) -> list[Setting]:
     """The settings swept for each family: the interval and window of the attention cache, the interval, start
-    and high-band weight of the CFG cache, the threshold, longest skip and warm-up of the step cache,
+    and high-band weight of the CFG cache, the threshold, longest skip and start of the step cache,
     and the presets."""
     out = []
     if "attention" in families:
@@ -51,10 +51,10 @@ def sweep(families: tuple[str, ...] = FAMILIES) -> list[Setting]:
             out.append(Setting("cfg", f"cfg k={k} from {start:g} hf={hf:g}",
                                Cache(cfg=CFGCache(interval=k, start=start, hf_weight=hf))))
     if "step" in families:
-        for threshold, skip, warmup in ((0.1, 3, 1), (0.05, 3, 3), (0.1, 3, 3), (0.2, 4, 3), (0.3, 4, 3),
-                                        (0.5, 5, 3)):
-            out.append(Setting("step", f"step t={threshold:g} skip={skip} warm-up={warmup}",
-                               Cache(step=StepCache(threshold=threshold, max_skip=skip, warmup=warmup))))
+        for threshold, skip, start in ((0.1, 3, 0.1), (0.2, 3, 0.4), (0.3, 4, 0.3), (0.5, 5, 0.3), (0.5, 5, 0.2),
+                                       (1.0, 8, 0.3)):
+            out.append(Setting("step", f"step t={threshold:g} skip={skip} from {start:g}",
+                               Cache(step=StepCache(threshold=threshold, max_skip=skip, start=start))))
     if "presets" in families:
         out += [Setting("presets", f"preset {name}", cache) for name, cache in PRESETS.items() if cache.active]
     return out

@@ -20,8 +20,9 @@ applies them); a :class:`Cache` combines them, and the presets of :data:`PRESETS
   skipped while the accumulated relative L1 change of block 0's modulated input since the last full evaluation
   stays under ``threshold``; a skipped evaluation returns its input plus the residual (stack output minus stack
   input) of the last full evaluation. Each CFG branch and each expert keeps its own residual and its own
-  accumulator; the first ``warmup`` steps and the last step are always computed, and at most ``max_skip`` steps
-  in a row are skipped.
+  accumulator; the steps before ``start`` (a fraction of the run: the high-noise steps that lay out the scene, where
+  block 0's input changes little while the output changes most) and the last step are always computed, and at most
+  ``max_skip`` steps in a row are skipped.
 
 Every policy with caching disabled by its own settings (interval 1, threshold 0) gives the plain loop's numbers
 bit for bit (tested).
@@ -118,27 +119,32 @@ class CFGCache:
 @dataclass(frozen=True)
 class StepCache:
     """The block stack skipped while the accumulated relative L1 change of block 0's modulated input since the
-    last full evaluation stays under ``threshold``; the first ``warmup`` steps and the last step always run."""
+    last full evaluation stays under ``threshold``; the steps before ``start`` (a fraction of the steps; the first
+    step in any case) and the last step always run."""
 
-    threshold: float = 0.1
-    warmup: int = 1
+    threshold: float = 0.2
+    start: float = 0.3
     max_skip: int = 3
 
     def __post_init__(self) -> None:
         if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold) and self.threshold >= 0):
             raise ValueError(f"StepCache.threshold must be a finite number >= 0 (0 computes every step); "
                              f"got {self.threshold!r}.")
-        if not (isinstance(self.warmup, int) and self.warmup >= 1):
-            raise ValueError(f"StepCache.warmup must be an integer >= 1 (the first step always runs); "
-                             f"got {self.warmup!r}.")
+        _fraction("StepCache.start", self.start)
         if not (isinstance(self.max_skip, int) and self.max_skip >= 1):
             raise ValueError(f"StepCache.max_skip must be an integer >= 1; got {self.max_skip!r}.")
 
+    def first(self, steps: int) -> int:
+        """The first step of a run of ``steps`` steps that may be skipped."""
+        return max(1, _window(self.start, 1.0, steps).start)
+
     def check(self, steps: int) -> None:
         """Refuse a run with no step between the warm-up and the last step."""
-        if self.threshold > 0 and steps < self.warmup + 2:
-            raise ValueError(f"the step cache computes its {self.warmup} warm-up step(s) and the last step, so it "
-                             f"needs at least {self.warmup + 2} steps; got {steps}: sample more steps or drop it.")
+        if self.threshold > 0 and self.first(steps) >= steps - 1:
+            need = next(n for n in range(steps + 1, 10 * steps + 10) if self.first(n) < n - 1)
+            raise ValueError(f"the step cache computes the steps before {self.start:g} of the run and the last "
+                             f"step, so it needs at least {need} steps to skip any; got {steps}: sample more steps "
+                             "or drop it.")
 
 
 @dataclass(frozen=True)
@@ -171,9 +177,9 @@ class Cache:
 # Chosen from the calibration curve of the bundled model (docs/acceleration.md; `openwan calibrate-cache`).
 PRESETS: dict[str, Cache] = {
     "off": Cache(),
-    "safe": Cache(step=StepCache(threshold=0.1, max_skip=2, warmup=3)),
-    "fast": Cache(step=StepCache(threshold=0.2, max_skip=3, warmup=3), cfg=CFGCache(interval=2, start=0.5)),
-    "fastest": Cache(step=StepCache(threshold=0.3, max_skip=4, warmup=3), cfg=CFGCache(interval=3, start=0.3)),
+    "safe": Cache(step=StepCache(threshold=0.2, max_skip=3, start=0.4)),
+    "fast": Cache(step=StepCache(threshold=0.3, max_skip=4, start=0.3), cfg=CFGCache(interval=2, start=0.5)),
+    "fastest": Cache(step=StepCache(threshold=1.0, max_skip=8, start=0.3), cfg=CFGCache(interval=3, start=0.3)),
 }
 
 

@@ -168,7 +168,7 @@ class CacheRun:
         policy, state = self.cache.step, self._step_states.setdefault(name, _StepState())
         modulated, distance = change
         state.previous = modulated
-        forced = (self.step < policy.warmup or self.step == self.steps - 1 or state.residual is None
+        forced = (self.step < policy.first(self.steps) or self.step == self.steps - 1 or state.residual is None
                   or state.skips >= policy.max_skip or distance is None)
         if not forced:
             state.accumulated += distance
