@@ -172,9 +172,10 @@ CSV_COLUMNS = ("steps", "family", "setting", "runs", "dit_evaluations", "uncache
                "latent_rel_error", "latent_rel_error_max", "refused")
 
 
-def write_report(report: dict, out: Path) -> list[Path]:
+def write_report(report: dict, out: str | Path) -> list[Path]:
     """calibration.json (settings, every run, the summary), calibration.csv (the summary) and calibration.png
     (per step count: evaluations saved and wall-time speed-up against PSNR) in ``out``; returns their paths."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "calibration.json", out / "calibration.csv", out / "calibration.png"]
     text = json.dumps(report, indent=1)
