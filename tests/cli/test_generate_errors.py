@@ -75,6 +75,9 @@ CASES = [
     (["--task", "v2v", "--video", "{video}"], "task v2v needs --strength"),
     (["--task", "t2i", "--frame-num", "5"], "--task t2i makes one image"),
     (["--device", "nonsense"], "--device 'nonsense' is not a device"),
+    (["--attention", "flash"], "the flash attention backend"),  # no flash-attn here, or a float32 CPU run
+    (["--quantize", "int8", "--stream-blocks"], "block streaming keeps its own host copies"),
+    (["--compile", "--stream-blocks"], "block streaming keeps its own host copies"),
 ]
 
 

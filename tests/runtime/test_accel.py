@@ -74,3 +74,18 @@ def test_report_names_what_was_applied(pipe):
     assert is_compiled(pipe.dit) == bool(report["compile"])
     text = describe(report)
     assert "dit: 20 linears fp8" in text and "attention backend: math" in text
+
+
+def test_generate_applies_the_flags_to_the_bundled_model(tmp_path, capsys):
+    """openwan generate --quantize int8 --attention math: both applied and reported, the video written."""
+    from openwan.cli.main import main
+
+    out = tmp_path / "v.mp4"
+    try:
+        code = main(["generate", "--prompt", "a red circle moving to the right", "--frame-num", "5", "--sample-steps",
+                     "2", "--quantize", "int8", "--attention", "math", "--save-file", str(out)])
+    finally:
+        set_attention_backend("sdpa")
+    printed = capsys.readouterr().out
+    assert code == 0 and out.is_file()
+    assert "dit: 40 linears int8" in printed and "attention backend: math" in printed, printed

@@ -29,13 +29,16 @@ from openwan.data.video import (
 )
 from openwan.eval.prompts import write_strip
 from openwan.fileio import Terminated, atomic_write, terminate_cleanly
+from openwan.models.layers import ATTENTION_BACKENDS
 from openwan.pipelines import WanPipeline
 from openwan.pipelines import conditioning as cond
 from openwan.pipelines.components import BUNDLED, BUNDLED_NOTE, holds_dit
 from openwan.pipelines.defaults import SamplingDefaults, defaults_for
 from openwan.pipelines.prompt_extend import extend_prompt
+from openwan.runtime.accel import apply_accelerations, check_request, describe
 from openwan.runtime.cache import PRESETS, resolve
 from openwan.runtime.lora import fuse_lora, load_lora, parse_lora_spec
+from openwan.runtime.quantize import QUANT_MODES
 
 HELP = "make a video (or image) from a prompt, an image, two frames or a video"
 SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed takes
@@ -73,6 +76,14 @@ def add_parser(sub) -> None:
     p.add_argument("--cache", default=None, choices=list(PRESETS),
                    help="reuse work between denoising steps (docs/acceleration.md): off, safe (the smallest change "
                         "to the video), fast, fastest (the fewest DiT evaluations); default off")
+    p.add_argument("--quantize", default=None, choices=list(QUANT_MODES),
+                   help="weight-only 8-bit linears in the DiT and umT5 through torchao (pip install openwan[accel]); "
+                        "changes the numbers slightly (docs/acceleration.md)")
+    p.add_argument("--attention", default=None, choices=list(ATTENTION_BACKENDS),
+                   help="the attention kernel: sdpa (default), math (the float32 reference), flash (flash-attn) or "
+                        "sage (SageAttention, 8-bit) — the last two bf16/fp16 on CUDA when installed")
+    p.add_argument("--compile", action="store_true",
+                   help="compile each DiT block with torch.compile (the first step pays the build)")
     p.add_argument("--prompt-extend", default=None, metavar="MODEL_DIR_OR_URL",
                    help="rewrite the prompt with a local causal LM folder or an OpenAI-compatible endpoint")
     p.add_argument("--prompt-extend-model", default="default", help="model name sent to the endpoint")
@@ -135,6 +146,7 @@ def check_args(args: argparse.Namespace) -> Plan:
     size = parse_size(args.size) if args.size else None
     if size:
         cond.check_size(*size)
+    _check_accelerations(args)
     if args.frame_num is not None:
         cond.check_frame_num(args.frame_num)
         if args.task == "t2i" and args.frame_num != 1:
@@ -308,6 +320,18 @@ def _read_inputs(args: argparse.Namespace, plan: Plan, frame_num: int | None, si
         plan.video = read_video(args.video, fps=fps)
 
 
+def _check_accelerations(args: argparse.Namespace) -> None:
+    """--quantize, --attention and --compile checked before any model loads, on the device and dtype the pipeline
+    will take (the defaults: cuda and bfloat16 when CUDA is here, else cpu and float32)."""
+    if not (args.quantize or args.attention or args.compile):
+        return
+    device = torch.device(check_device(args.device) if args.device else ("cuda" if torch.cuda.is_available()
+                                                                          else "cpu"))
+    dtype = parse_dtype(args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    check_request(quantize=args.quantize, attention=args.attention, compile=args.compile, device=device, dtype=dtype,
+                  stream_blocks=args.stream_blocks)
+
+
 def _too_short(path: str, frames: int, fps: float, frame_num: int) -> ValueError:
     return ValueError(f"--video {path} has {frames} frames at {fps:g} fps; v2v needs at least --frame-num "
                       f"{frame_num}: give a longer video or a lower --frame-num (4n+1).")
@@ -342,6 +366,10 @@ def _run(args: argparse.Namespace) -> int:
                 load_lora(model, [parse_lora_spec(spec) for spec in args.lora])
                 if args.fuse_lora:
                     fuse_lora(model)
+    if args.quantize or args.attention or args.compile:
+        report = apply_accelerations(pipe, quantize=args.quantize, attention=args.attention, compile=args.compile)
+        if main_rank:
+            print(describe(report))
     load_s = time.perf_counter() - t0
     prompt = args.prompt
     if args.prompt_extend:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from openwan.cli import calibrate_cache as calibrate_cache_cmd
@@ -26,7 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Loggers that speak when torchao is imported (transformers imports it wherever it is installed): its CUDA-only
+# extensions missing from CPU wheels, and torch's note on the enums torchao registers. Neither concerns a user.
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def main(argv: list[str] | None = None) -> int:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # positionals after an option (`curate run IN --out D k=v`) go to a command that takes them anywhere

@@ -40,6 +40,31 @@ def _half_cuda_backend(name: str, pipe) -> None:
                          f"runs {dtype} on {device.type}; use --attention sdpa there.")
 
 
+def check_request(*, quantize: str | None = None, attention: str | None = None, compile: bool = False,
+                  compile_mode: str | None = None, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32, stream_blocks: bool = False) -> None:
+    """The checks that need no model, for a pipeline that will run in ``dtype`` on ``device``: mode names, packages
+    (torchao, flash-attn, sageattention, a C++ compiler for CPU compile), the device and dtype they run on, and
+    block streaming (which neither 8-bit weights nor compiled blocks go through). ValueError, one sentence."""
+    device = torch.device(device)
+    if stream_blocks and (quantize is not None or compile):
+        raise ValueError("block streaming keeps its own host copies of the DiT's blocks and swaps them in by hooks, "
+                         "which 8-bit weights and compiled blocks do not go through; drop --stream-blocks "
+                         "(--offload-model moves whole models and combines with both).")
+    if quantize is not None:
+        check_runs(quantize, device, dtype)
+    if attention is not None:
+        problem = attention_backend_problem(attention)
+        if problem:
+            raise ValueError(problem)
+        if ATTENTION_BACKENDS[attention].cuda and (device.type != "cuda"
+                                                   or dtype not in (torch.bfloat16, torch.float16)):
+            raise ValueError(f"the {attention} attention backend runs bfloat16/float16 on a CUDA device, but this "
+                             f"pipeline runs {dtype} on {device.type}; use --attention sdpa there.")
+    if compile:
+        check_compile(device, compile_mode)
+
+
 def apply_accelerations(pipe, *, quantize: str | None = None, attention: str | None = None, compile: bool = False,
                         compile_mode: str | None = None, text_encoder: bool = True) -> dict:
     """Apply the requested accelerations to ``pipe`` (a WanPipeline) in place and report them.
@@ -113,4 +138,4 @@ def describe(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["apply_accelerations", "describe"]
+__all__ = ["apply_accelerations", "check_request", "describe"]
