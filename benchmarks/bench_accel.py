@@ -154,10 +154,13 @@ def run_lanes(lanes: list[Lane], jobs: list[tuple[str, int]], warmup: bool = Tru
         lane.meter, lane.run = meters[id(lane.pipe)], compare._Setting(lane.setting)
     start = time.perf_counter()
     try:
-        for job_index, job in enumerate(([jobs[0]] if warmup else []) + jobs):
+        todo = ([jobs[0]] if warmup else []) + jobs
+        for job_index, job in enumerate(todo):
             for lane in live:
                 with _backend(lane.backend):
                     lane.run.generate(lane.pipe, lane.meter, *job, keep=job_index > 0 or not warmup)
+            print(f"  video {job_index + 1}/{len(todo)}{' (warm-up)' if warmup and job_index == 0 else ''} under "
+                  f"{len(live)} settings, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     finally:
         for meter in meters.values():
             meter.close()
@@ -215,12 +218,12 @@ def verdicts(rows: list[dict], steps: int) -> list[str]:
     for name, row in by.items():
         if base is None or not (name.startswith("cache-") or name.endswith("-cache")):
             continue
-        beats = row["psnr_db"] > base["psnr_db"]
+        if row["dit_evals_per_video"] > base["dit_evals_per_video"]:
+            verdict = "no verdict: it spends more evaluations"
+        else:
+            verdict = "beats it" if row["psnr_db"] > base["psnr_db"] else "does not beat it"
         lines.append(f"{name}: {row['dit_evals_per_video']:g} evals at {row['psnr_db']:.2f} dB against fewer steps "
-                     f"({base['dit_evals_per_video']:g} evals) at {base['psnr_db']:.2f} dB: "
-                     f"{'beats it' if beats else 'does not beat it'}"
-                     + ("" if row["dit_evals_per_video"] <= base["dit_evals_per_video"] else
-                        " (with more evaluations)"))
+                     f"({base['dit_evals_per_video']:g} evals) at {base['psnr_db']:.2f} dB: {verdict}")
     presets = [by[n] for n in ("cache-safe", "cache-fast", "cache-fastest") if n in by]
     if steps == ISSUE_TARGET["steps"] and presets:
         met = [r for r in presets if r["evals_ratio"] >= ISSUE_TARGET["evals_ratio"]
@@ -360,8 +363,7 @@ def main(argv=None, loader=None) -> dict:
         print(f"\n== {steps} steps, {len(jobs)} videos per setting, {seconds:.0f} s; load average "
               f"{load[0]:.2f} -> {os.getloadavg()[0]:.2f} ({torch.get_num_threads()} threads)")
         print(text_table(rows))
-        for line in run["lines"]:
-            print(line)
+        print("\n".join(run["lines"]), flush=True)
         del lanes
     report["load_average_end"] = os.getloadavg()
     if args.markdown:
