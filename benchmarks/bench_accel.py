@@ -1,6 +1,7 @@
 """Every acceleration setting against the exact uncached reference: speed, DiT evaluations, drift, prompt following.
 
     python benchmarks/bench_accel.py                      # bundled model, CPU float32, 50 steps and its default 20
+    python benchmarks/bench_accel.py --prompts-count 8 --seeds 0 1   # docs/benchmarks.md's run (about 2 h on 2 cores)
     python benchmarks/bench_accel.py --markdown           # also the tables of docs/benchmarks.md
     python benchmarks/bench_accel.py --steps 50 --settings cache-fast,fewer-steps --json accel.json
     python benchmarks/bench_accel.py --ckpt-dir Wan2.1-T2V-1.3B --device cuda --prompts "a fox in snow" --seeds 0
@@ -37,8 +38,8 @@ import numpy as np
 import torch
 
 from openwan.data.synthetic import parse_caption
-from openwan.eval import compare
 from openwan.eval.compare import compare_videos, summarize, to_json
+from openwan.eval.compare_settings import DitMeter, SettingRun, check_setting
 from openwan.eval.detector import detect
 from openwan.eval.prompts import ATTRIBUTES, prompt_set
 from openwan.eval.prompts import summarize as follow_summary
@@ -122,7 +123,7 @@ def make_lanes(ref_pipe, loader, settings: dict[str, dict], steps: int) -> list[
     lanes = [Lane("reference", {"sample_steps": steps}, ref_pipe)]
     for name, setting in settings.items():
         lane = Lane(name, setting)
-        call, load = compare.check_setting(setting, name)
+        call, load = check_setting(setting, name)
         if not load:
             lane.pipe = ref_pipe
         elif apply is None:
@@ -150,8 +151,8 @@ def run_lanes(lanes: list[Lane], jobs: list[tuple[str, int]], warmup: bool = Tru
     meters = {}
     for lane in live:
         if id(lane.pipe) not in meters:
-            meters[id(lane.pipe)] = compare._Meter(lane.pipe)
-        lane.meter, lane.run = meters[id(lane.pipe)], compare._Setting(lane.setting)
+            meters[id(lane.pipe)] = DitMeter(lane.pipe)
+        lane.meter, lane.run = meters[id(lane.pipe)], SettingRun(lane.setting)
     start = time.perf_counter()
     try:
         todo = ([jobs[0]] if warmup else []) + jobs
@@ -287,8 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt-dir", default=None, help="release folder (default: the bundled demo model)")
     parser.add_argument("--steps", default="50,default",
                         help="comma-separated step counts; 'default' is the model's (default: 50,default)")
-    parser.add_argument("--prompts", nargs="+", default=None, help="default: 8 of openwan eval prompts' held-out set")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--prompts", nargs="+", default=None,
+                        help="default: the first --prompts-count of openwan eval prompts' held-out set")
+    parser.add_argument("--prompts-count", type=int, default=2)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--settings", default=None, help="comma-separated setting names (default: every one)")
     parser.add_argument("--fewer-steps", type=int, default=None,
                         help="the fewer-steps baseline (default: matched to the fastest cache's evaluations)")
@@ -338,7 +341,9 @@ def main(argv=None, loader=None) -> dict:
         def loader():
             return WanPipeline.from_pretrained(ckpt, device=device, dtype=dtype)
     names = _names(args.settings)
-    prompts = args.prompts or default_prompts()
+    if args.prompts_count < 1:
+        raise SystemExit(f"--prompts-count must be at least 1; got {args.prompts_count}.")
+    prompts = args.prompts or default_prompts(args.prompts_count)
     try:
         targets = {p: parse_caption(p) for p in prompts}
     except ValueError:

@@ -25,15 +25,14 @@ from openwan.eval.compare import (
     REPORT_FILE,
     WORST_FILE,
     build_bench,
-    check_setting,
     compare_dirs,
-    compare_settings,
     compare_videos,
     gate,
     latent_rel_error,
     to_json,
     to_uint8,
 )
+from openwan.eval.compare_settings import check_setting, compare_settings
 from openwan.pipelines import WanPipeline
 from openwan.pipelines.defaults import FAMILY_DEFAULTS
 from tiny import tiny_components

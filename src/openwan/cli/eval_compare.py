@@ -88,7 +88,7 @@ def _mode(args: argparse.Namespace) -> str:
 def run_compare(args: argparse.Namespace) -> int:
     from openwan.cli.common import check_device, parse_dtype
     from openwan.data.video import check_writable
-    from openwan.eval import compare
+    from openwan.eval import compare, compare_settings
 
     mode = _mode(args)
     if args.out:
@@ -102,8 +102,8 @@ def run_compare(args: argparse.Namespace) -> int:
         from openwan.pipelines import WanPipeline
 
         ref, cand = parse_setting(args.ref, "--ref"), parse_setting(args.cand, "--cand")
-        compare.check_setting(ref, "ref")  # before the model loads
-        compare.check_setting(cand, "cand")
+        compare_settings.check_setting(ref, "ref")  # before the model loads
+        compare_settings.check_setting(cand, "cand")
         compare.check_dimensions(args.dimensions or ())
         if args.save_videos and not args.out:
             raise ValueError("--save-videos needs --out, the folder to write the videos to.")
@@ -115,8 +115,8 @@ def run_compare(args: argparse.Namespace) -> int:
         def load():
             return WanPipeline.from_pretrained(args.ckpt_dir, device=device, dtype=dtype)
 
-        at_load = any(k in compare.load_keys() for k in (*ref, *cand))
-        report = compare.compare_settings(load if at_load else load(), args.prompts, args.seeds, ref, cand,
+        at_load = any(k in compare_settings.load_keys() for k in (*ref, *cand))
+        report = compare_settings.compare_settings(load if at_load else load(), args.prompts, args.seeds, ref, cand,
                                           out_dir=args.out, warmup=args.warmup, with_lpips=lpips,
                                           dimensions=args.dimensions or (), save_videos=args.save_videos)
     _print(report, args.out)
