@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from openwan.cli.common import check_device, check_number, parse_dtype, parse_size
-from openwan.eval.reconstruction import psnr
 from openwan.fileio import atomic_write
 from openwan.pipelines import WanPipeline
 from openwan.pipelines.components import BUNDLED
@@ -127,6 +126,9 @@ def calibrate(pipe: WanPipeline, settings: list[Setting], prompts, seeds, steps_
 
 
 def _score(ref, out) -> dict:
+    # openwan.eval imports scikit-image (a third of a second): only a calibration run needs it, not `openwan --help`
+    from openwan.eval.reconstruction import psnr
+
     stats = out.cache
     err = float((out.latents - ref.latents).norm() / ref.latents.norm().clamp_min(1e-12))
     attention = stats["attention_computed"] + stats["attention_reused"]
