@@ -127,10 +127,11 @@ def calibrate(pipe: WanPipeline, settings: list[Setting], prompts, seeds, steps_
 
 def _score(ref, out) -> dict:
     # openwan.eval imports scikit-image (a third of a second): only a calibration run needs it, not `openwan --help`
+    from openwan.eval.compare import latent_rel_error
     from openwan.eval.reconstruction import psnr
 
     stats = out.cache
-    err = float((out.latents - ref.latents).norm() / ref.latents.norm().clamp_min(1e-12))
+    err = latent_rel_error(ref.latents, out.latents)
     attention = stats["attention_computed"] + stats["attention_reused"]
     return {"dit_evaluations": stats["dit_evaluations"], "uncached_dit_evaluations": stats["uncached_dit_evaluations"],
             "attention_reused_share": stats["attention_reused"] / attention if attention else 0.0,
