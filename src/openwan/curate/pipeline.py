@@ -26,7 +26,6 @@ them. A rerun, after a finished run or a killed one, computes only what is missi
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import time
@@ -36,266 +35,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from openwan.curate.base import ClipFrames, Resources, StageOutput
 from openwan.curate.config import SECTIONS, CurateConfig, config_hash
 from openwan.curate.executors import LocalExecutor, make_executor
-from openwan.curate.frames import read_clip_frames
-from openwan.curate.probe import content_hash, probe
+from openwan.curate.probe import content_hash
 from openwan.curate.report import reason_kind, write_report
-from openwan.curate.shots import cut_clip, detect_shots, short_shots, split_shots
 from openwan.curate.sources import Source, check_out_dir, list_sources
+from openwan.curate.steps import (
+    CAPTION_STAGE,
+    CLIP_STAGES,
+    GLOBAL_STAGES,
+    CaptionStep,
+    ClipStep,
+    ReencodeStep,
+    SplitStep,
+    build_stage,
+    clip_stages,
+    clip_steps,
+    decode_clip,
+    error_text,
+    global_stages,
+    plain,
+    stage_enabled,
+)
 from openwan.curate.tables import write_outputs
 from openwan.fileio import atomic_write
 
-# (config section, module in openwan.curate, stage class), in run order. A section may have a per-clip part and a
-# global part (dedup: each clip's key-frame hashes, then the comparison of all clips).
-CLIP_STAGES: tuple[tuple[str, str, str], ...] = (
-    ("limits", "filters", "LimitsStage"),
-    ("borders", "filters", "BordersStage"),
-    ("exposure", "filters", "ExposureStage"),
-    ("blur", "filters", "BlurStage"),
-    ("overlay", "overlays", "OverlayStage"),
-    ("ocr", "ocr", "OCRStage"),
-    ("nsfw", "nsfw", "NSFWStage"),
-    ("motion", "motion", "MotionStage"),
-    ("quality", "quality", "QualityStage"),
-    ("embed", "embed", "EmbedStage"),
-    ("aesthetic", "aesthetic", "AestheticStage"),
-    ("scorer", "scorer", "ScorerStage"),
-    ("subsets", "subsets", "SubsetStage"),
-    ("dedup", "dedup", "DedupHashStage"),
-)
-GLOBAL_STAGES: tuple[tuple[str, str, str], ...] = (("dedup", "dedup", "DedupStage"),
-                                                   ("clusters", "dedup", "ClusterStage"))
-CAPTION_STAGE = ("captions", "captions", "CaptionStage")
-Spec = tuple[str, str, str]
-
 SPLIT_VERSION = 2  # bump when the split cache's content changes meaning
 CLIP_VERSION = 1
-
-
-# ------------------------------------------------------------------------------------------ stages
-
-
-def stage_enabled(cfg: CurateConfig, section: str) -> bool:
-    """Whether the config has ``section`` and it is on (``enabled`` true, or no ``enabled`` field)."""
-    return section in SECTIONS and bool(getattr(cfg.section(section), "enabled", True))
-
-
-def build_stage(cfg: CurateConfig, spec: Spec) -> Any:
-    """The stage ``spec`` = (section, module, class) built from its section (cheap: models load in ``setup``).
-    Imports its module only now, so a run imports only the stages it uses."""
-    section, module, cls = spec
-    stage_cls = getattr(importlib.import_module(f"openwan.curate.{module}"), cls)
-    return stage_cls(cfg.section(section))
-
-
-def clip_stages(cfg: CurateConfig) -> list[Spec]:
-    """The enabled per-clip stages, in run order."""
-    return [spec for spec in CLIP_STAGES if stage_enabled(cfg, spec[0])]
-
-
-def global_stages(cfg: CurateConfig) -> list[Spec]:
-    """The enabled global stages, in run order."""
-    return [spec for spec in GLOBAL_STAGES if stage_enabled(cfg, spec[0])]
-
-
-# ------------------------------------------------------------------------------------------ tasks
-#
-# The work of a run is three maps over plain dicts (picklable, so an executor may run them anywhere): split a
-# source, analyse a clip, caption a clip. Each is a chain of steps (a step holds its stages, set up once per
-# worker); the executors decide where the steps run. Results come back to the driver, which caches them.
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as JSON gives it back (tuples -> lists, NumPy scalars -> Python): fresh and cached results
-    are then the same values, so the tables are the same bytes."""
-    return json.loads(json.dumps(value, default=_json_default, allow_nan=True))
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):  # NumPy arrays and scalars
-        return value.tolist()
-    raise TypeError(f"a curation value of type {type(value).__name__} is not JSON-able: {value!r}")
-
-
-def _error_text(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text if isinstance(err, ValueError) else f"{type(err).__name__}: {text}"
-
-
-class SplitStep:
-    """Probe a source and cut it into clips at its shots: ``{"path"}`` -> adds ``probe`` (the container's facts),
-    ``clips`` ([start, end] seconds) and ``dropped_seconds`` (in shots too short to keep), or ``error``."""
-
-    name = "split"
-
-    def __init__(self, cfg: CurateConfig):
-        self.cfg = cfg
-        self.resources = Resources(num_cpus=1.0, num_gpus=1.0 if cfg.split.device.startswith("cuda") else 0.0)
-
-    def setup(self) -> None:
-        pass  # the shot detector's network is loaded once per process on first use (shots._transnet)
-
-    def __call__(self, task: dict) -> dict:
-
-        try:
-            info = probe(task["path"])
-        except Exception as err:  # noqa: BLE001 - any unreadable source is recorded, never fatal
-            return {**task, "error": {"stage": "probe", "error": _error_text(err)}}
-        try:
-            shots = detect_shots(task["path"], self.cfg.split)
-            clips = split_shots(shots, info["fps"], self.cfg.split)
-            dropped = round(sum(b - a for a, b in short_shots(shots, info["fps"], self.cfg.split)), 6)
-        except Exception as err:  # noqa: BLE001
-            return {**task, "probe": info, "error": {"stage": "split", "error": _error_text(err)}}
-        return {**task, "probe": info, "clips": [[a, b] for a, b in clips], "dropped_seconds": dropped}
-
-
-class ClipStep:
-    """One or more per-clip stages run in order on a clip's frames; the first step of a chain decodes them.
-
-    A task is ``{"row": clip row, "values": {}, "reasons": [], "errors": [], "crop": None}``; each stage's values
-    and reasons are added, the border stage's crop cuts the frames the next stages see, and a stage that raises
-    adds an error and a reason and ends the clip's analysis.
-    """
-
-    def __init__(self, cfg: CurateConfig, specs: Sequence[Spec], decode: bool, keep_frames: bool):
-        self.cfg, self.specs, self.decode, self.keep_frames = cfg, list(specs), decode, keep_frames
-        self.name = "+".join(s[0] for s in self.specs) or "decode"
-        self.stages: list[Any] | None = None
-        stages = [build_stage(cfg, s) for s in self.specs]
-        self.resources = _merge_resources([getattr(s, "resources", Resources()) for s in stages])
-
-    def setup(self) -> None:
-        if self.stages is None:
-            stages = [build_stage(self.cfg, s) for s in self.specs]
-            for stage in stages:
-                stage.setup()
-            self.stages = stages
-
-    def __call__(self, task: dict) -> dict:
-        self.setup()
-        frames = task.pop("frames", None)
-        if self.decode and not task["errors"]:
-            try:
-                frames = decode_clip(task["row"], self.cfg)
-            except Exception as err:  # noqa: BLE001 - a clip that cannot be decoded is recorded, never fatal
-                _fail(task, "frames", err)
-        for stage in self.stages:
-            if task["errors"]:
-                break
-            row = {**task["row"], **task["values"], "crop": task["crop"]}
-            try:
-                out: StageOutput = stage(row, frames)
-                task["values"].update(_plain(out.values))
-                task["reasons"] += [str(r) for r in out.reasons]
-                if out.crop is not None:
-                    task["crop"] = [int(v) for v in out.crop]
-                    frames = frames.cropped(tuple(task["crop"]))
-            except Exception as err:  # noqa: BLE001 - recorded with the clip, never fatal
-                _fail(task, stage.name, err)
-        if self.keep_frames and frames is not None and not task["errors"]:
-            task["frames"] = frames
-        return task
-
-
-def _fail(task: dict, stage: str, err: BaseException) -> None:
-    text = _error_text(err)
-    task["errors"].append({"stage": stage, "error": text})
-    task["reasons"].append(f"the {stage} stage failed on this clip ({text})")
-
-
-def _merge_resources(resources: Sequence[Resources]) -> Resources:
-    if not resources:
-        return Resources()
-    return Resources(num_cpus=max(r.num_cpus for r in resources), num_gpus=max(r.num_gpus for r in resources))
-
-
-def decode_clip(row: dict, cfg: CurateConfig) -> ClipFrames:
-    """A clip's analysis frames: ``run.analysis_fps`` from its start, short side ``run.analysis_size``."""
-    return read_clip_frames(row["source"], row["start"], row["end"], fps=cfg.run.analysis_fps,
-                            short_side=cfg.run.analysis_size)
-
-
-def clip_steps(cfg: CurateConfig, specs: Sequence[Spec] | None = None) -> list[ClipStep]:
-    """The per-clip stages as steps: consecutive stages that ask for the same GPUs (none, mostly) share a step,
-    one worker running them on one decode with the most CPUs any of them asks for; a stage asking for a GPU
-    starts a step of its own, so only it holds the GPU."""
-    specs = clip_stages(cfg) if specs is None else list(specs)
-    groups: list[list[Spec]] = []
-    last: float | None = None
-    for spec in specs:
-        gpus = getattr(build_stage(cfg, spec), "resources", Resources()).num_gpus
-        if groups and gpus == last:
-            groups[-1].append(spec)
-        else:
-            groups.append([spec])
-        last = gpus
-    groups = groups or [[]]
-    return [ClipStep(cfg, g, decode=(i == 0), keep_frames=(i < len(groups) - 1)) for i, g in enumerate(groups)]
-
-
-class CaptionStep:
-    """The caption stage on a kept clip: ``{"row": the clip's full row}`` -> adds ``values`` (``caption`` and the
-    ``captions_*`` columns), ``reasons`` and ``errors``. In ``keep`` mode no frame is decoded."""
-
-    name = "captions"
-
-    def __init__(self, cfg: CurateConfig):
-        self.cfg = cfg
-        self.resources = getattr(build_stage(cfg, CAPTION_STAGE), "resources", Resources())
-        self.stage: Any = None
-
-    def setup(self) -> None:
-        if self.stage is None:
-            stage = build_stage(self.cfg, CAPTION_STAGE)
-            stage.setup()
-            self.stage = stage
-
-    def __call__(self, task: dict) -> dict:
-        self.setup()
-        row = task["row"]
-        task.update(values={}, reasons=[], errors=[])
-        try:
-            if self.cfg.captions.mode == "keep":
-                frames = ClipFrames(np.zeros((0, 1, 1, 3), np.uint8), np.zeros(0), self.cfg.run.analysis_fps,
-                                    (row["width"], row["height"]))
-            else:
-                frames = decode_clip(row, self.cfg)
-                if row.get("crop"):
-                    frames = frames.cropped(tuple(row["crop"]))
-            out = self.stage(row, frames)
-            task["values"] = _plain(out.values)
-            task["reasons"] = [str(r) for r in out.reasons]
-        except Exception as err:  # noqa: BLE001 - recorded, and the clip is rejected with the reason
-            _fail(task, "captions", err)
-        return task
-
-
-class ReencodeStep:
-    """A kept clip's range re-encoded as its own H.264 file (``split.reencode``): ``{"source", "start", "end",
-    "file"}`` (``file`` relative to the output folder) -> adds ``errors``."""
-
-    name = "reencode"
-    resources = Resources()
-
-    def __init__(self, out: Path):
-        self.out = out
-
-    def setup(self) -> None:
-        pass
-
-    def __call__(self, task: dict) -> dict:
-
-        task["errors"] = []
-        try:
-            cut_clip(task["source"], task["start"], task["end"], self.out / task["file"])
-        except Exception as err:  # noqa: BLE001 - recorded, and the clip is rejected with the reason
-            task["errors"].append({"stage": "reencode", "error": _error_text(err)})
-        return task
 
 
 # ------------------------------------------------------------------------------------------ caches
@@ -371,8 +137,6 @@ def not_measured(cfg: CurateConfig) -> dict[str, str]:
     return notes
 
 
-
-
 @dataclass
 class CurateResult:
     """What a run wrote and counted. ``counts``: sources, processed and failed sources, clips, kept, rejected,
@@ -421,7 +185,7 @@ def curate(cfg: CurateConfig, out_dir: str | Path, executor: Any = None, paths: 
     own = executor is None
     executor = make_executor(cfg.run) if own else executor
     try:
-        return _run(cfg, out, sources, executor, bar)
+        return _Run(cfg, out, sources, executor, bar)()
     finally:
         if own:
             executor.close()
@@ -436,197 +200,220 @@ def _progress(cfg: CurateConfig) -> Callable[..., Any]:
     return bar
 
 
-def _run(cfg: CurateConfig, out: Path, sources: list[Source], executor: Any, bar) -> CurateResult:
-    cache = out / "cache"
-    seconds: dict[str, float] = {}
-    computed: dict[str, int] = {}
-    errors: list[dict] = []
+class _Run:
+    """One run's phases over its sources, in order; each phase adds to ``rows`` (one per clip), ``errors``, and
+    the ``computed`` counts and ``seconds`` of :class:`CurateResult`."""
+
+    def __init__(self, cfg: CurateConfig, out: Path, sources: list[Source], executor: Any, bar) -> None:
+        self.cfg, self.out, self.sources, self.executor, self.bar = cfg, out, sources, executor, bar
+        self.cache = out / "cache"
+        self.seconds: dict[str, float] = {}
+        self.computed: dict[str, int] = {}
+        self.errors: list[dict] = []
+        self.rows: list[dict] = []
+        self.source_rows: list[dict] = []
+
+    def __call__(self) -> CurateResult:
+        t0 = time.perf_counter()
+        keys, split_results = self.split()
+        self.seconds["split"] = time.perf_counter() - t0
+        self.clip_rows(keys, split_results)
+        for name, phase in (("clips", self.analyse), ("global", self.global_stages), ("captions", self.captions)):
+            t0 = time.perf_counter()
+            phase()
+            self.seconds[name] = time.perf_counter() - t0
+        if self.cfg.split.reencode:
+            t0 = time.perf_counter()
+            self.reencode()
+            self.seconds["reencode"] = time.perf_counter() - t0
+        else:
+            self.computed["reencode"] = 0
+        return self.finish()
 
     # 1. sources: hash, probe, split
-    t0 = time.perf_counter()
-    split_hash = _analysis_hash(cfg, ["split"], SPLIT_VERSION)
-    split_results: dict[str, dict] = {}
-    todo: list[dict] = []
-    keys: dict[str, str] = {}
-    with bar(len(sources), "hash") as pbar:
-        for source in sources:
-            if source.error is None:
-                try:
-                    keys[source.path] = source_key(source.path, cfg)
-                except ValueError as err:
-                    split_results[source.path] = {"error": {"stage": "hash", "error": str(err)}}
+    def split(self) -> tuple[dict[str, str], dict[str, dict]]:
+        """Each source's cache key and its split: ``{"probe", "clips", "dropped_seconds"}`` or ``{"error"}``."""
+        split_hash = _analysis_hash(self.cfg, ["split"], SPLIT_VERSION)
+        results: dict[str, dict] = {}
+        keys: dict[str, str] = {}
+        with self.bar(len(self.sources), "hash") as pbar:
+            for source in self.sources:
+                if source.error is None:
+                    try:
+                        keys[source.path] = source_key(source.path, self.cfg)
+                    except ValueError as err:
+                        results[source.path] = {"error": {"stage": "hash", "error": str(err)}}
+                else:
+                    results[source.path] = {"error": {"stage": "input", "error": source.error}}
+                pbar.update(1)
+        todo: list[dict] = []
+        for source in self.sources:
+            if source.path not in keys:
+                continue
+            cached = _read_json(self.cache / "split" / f"{keys[source.path]}-{split_hash}.json")
+            if cached is not None:
+                results[source.path] = cached
             else:
-                split_results[source.path] = {"error": {"stage": "input", "error": source.error}}
-            pbar.update(1)
-    for source in sources:
-        if source.path not in keys:
-            continue
-        cached = _read_json(cache / "split" / f"{keys[source.path]}-{split_hash}.json")
-        if cached is not None:
-            split_results[source.path] = cached
-        else:
-            todo.append({"path": source.path, "hash": keys[source.path]})
-    with bar(len(todo), "probe+split") as pbar:
-        for task in executor.map([SplitStep(cfg)], todo):
-            result = _plain({k: v for k, v in task.items() if k not in ("path", "hash")})
-            # a probe error follows from the file's bytes (cached with them); a failed split may not (a GPU out of
-            # memory): that source is tried again by the next run
-            if result.get("error", {}).get("stage") != "split":
-                _write_json(cache / "split" / f"{task['hash']}-{split_hash}.json", result)
-            split_results[task["path"]] = result
-            pbar.update(1)
-    computed["split"] = len(todo)
-    seconds["split"] = time.perf_counter() - t0
+                todo.append({"path": source.path, "hash": keys[source.path]})
+        with self.bar(len(todo), "probe+split") as pbar:
+            for task in self.executor.map([SplitStep(self.cfg)], todo):
+                result = plain({k: v for k, v in task.items() if k not in ("path", "hash")})
+                # a probe error follows from the file's bytes (cached with them); a failed split may not (a GPU out
+                # of memory): that source is tried again by the next run
+                if result.get("error", {}).get("stage") != "split":
+                    _write_json(self.cache / "split" / f"{task['hash']}-{split_hash}.json", result)
+                results[task["path"]] = result
+                pbar.update(1)
+        self.computed["split"] = len(todo)
+        return keys, results
 
-    # clip rows
-    rows: list[dict] = []
-    source_rows: list[dict] = []
-    for source in sources:
-        result = split_results[source.path]
-        info = result.get("probe") or {}
-        entry = {"source": source.path, "source_hash": keys.get(source.path), "status": "processed", "clips": 0,
-                 "kept": 0, "duration": info.get("duration"), "dropped_seconds": result.get("dropped_seconds"),
-                 "codec": info.get("codec"), "width": info.get("width"), "height": info.get("height"),
-                 "fps": info.get("fps"), "error": None}
-        if "error" in result:
-            entry.update(status="error", error=f"{result['error']['stage']}: {result['error']['error']}")
-            errors.append({"source": source.path, "clip_id": None, **result["error"]})
-        else:
-            for start, end in result["clips"]:
-                rows.append(_clip_row(source, keys[source.path], info, start, end))
-        source_rows.append(entry)
+    def clip_rows(self, keys: dict[str, str], split_results: dict[str, dict]) -> None:
+        """The source table's rows and a row per clip of every source that split."""
+        for source in self.sources:
+            result = split_results[source.path]
+            info = result.get("probe") or {}
+            entry = {"source": source.path, "source_hash": keys.get(source.path), "status": "processed",
+                     "clips": 0, "kept": 0, "duration": info.get("duration"),
+                     "dropped_seconds": result.get("dropped_seconds"), "codec": info.get("codec"),
+                     "width": info.get("width"), "height": info.get("height"), "fps": info.get("fps"), "error": None}
+            if "error" in result:
+                entry.update(status="error", error=f"{result['error']['stage']}: {result['error']['error']}")
+                self.errors.append({"source": source.path, "clip_id": None, **result["error"]})
+            else:
+                for start, end in result["clips"]:
+                    self.rows.append(_clip_row(source, keys[source.path], info, start, end))
+            self.source_rows.append(entry)
 
     # 2. clips
-    t0 = time.perf_counter()
-    specs = clip_stages(cfg)
-    clip_hash = _analysis_hash(cfg, sorted({s[0] for s in CLIP_STAGES} & set(SECTIONS)), CLIP_VERSION)
-    results: dict[str, dict] = {}
-    todo = []
-    for row in rows:
-        key = _clip_key(row, clip_hash)
-        cached = _read_json(cache / "clips" / f"{key}.json")
-        if cached is not None:
-            results[row["clip_id"]] = cached
-        else:
-            todo.append({"row": row, "key": key, "values": {}, "reasons": [], "errors": [], "crop": None})
-    with bar(len(todo), "clips: " + (", ".join(s[0] for s in specs) or "decode")) as pbar:
-        for task in executor.map(clip_steps(cfg, specs), todo):
-            result = _plain({k: task[k] for k in ("values", "reasons", "errors", "crop")})
-            if not result["errors"]:  # a failed clip is tried again by the next run
-                _write_json(cache / "clips" / f"{task['key']}.json", result)
-            results[task["row"]["clip_id"]] = result
-            pbar.update(1)
-    computed["clips"] = len(todo)
-    seconds["clips"] = time.perf_counter() - t0
-    for row in rows:
-        result = results[row["clip_id"]]
-        row.update(result["values"])
-        row["crop"] = result["crop"]
-        row["reasons"] = list(result["reasons"])
-        errors += [{"source": row["source"], "clip_id": row["clip_id"], **e} for e in result["errors"]]
+    def analyse(self) -> None:
+        """The per-clip stages on every clip (cached results reused)."""
+        specs = clip_stages(self.cfg)
+        clip_hash = _analysis_hash(self.cfg, sorted({s[0] for s in CLIP_STAGES} & set(SECTIONS)), CLIP_VERSION)
+        results: dict[str, dict] = {}
+        todo = []
+        for row in self.rows:
+            key = _clip_key(row, clip_hash)
+            cached = _read_json(self.cache / "clips" / f"{key}.json")
+            if cached is not None:
+                results[row["clip_id"]] = cached
+            else:
+                todo.append({"row": row, "key": key, "values": {}, "reasons": [], "errors": [], "crop": None})
+        with self.bar(len(todo), "clips: " + (", ".join(s[0] for s in specs) or "decode")) as pbar:
+            for task in self.executor.map(clip_steps(self.cfg, specs), todo):
+                result = plain({k: task[k] for k in ("values", "reasons", "errors", "crop")})
+                if not result["errors"]:  # a failed clip is tried again by the next run
+                    _write_json(self.cache / "clips" / f"{task['key']}.json", result)
+                results[task["row"]["clip_id"]] = result
+                pbar.update(1)
+        self.computed["clips"] = len(todo)
+        for row in self.rows:
+            result = results[row["clip_id"]]
+            row.update(result["values"])
+            row["crop"] = result["crop"]
+            row["reasons"] = list(result["reasons"])
+            self.errors += [{"source": row["source"], "clip_id": row["clip_id"], **e} for e in result["errors"]]
 
-    # 3. global stages
-    t0 = time.perf_counter()
-    for spec in global_stages(cfg):
-        stage, name = build_stage(cfg, spec), spec[0]
-        with bar(1, name) as pbar:
-            try:
-                outputs = stage(rows) if rows else []
-            except Exception as err:  # noqa: BLE001 - recorded; the clips keep what they have
-                errors.append({"source": None, "clip_id": None, "stage": name, "error": _error_text(err)})
-                outputs = []
-            pbar.update(1)
-        for row, o in zip(rows, outputs):
-            row.update(_plain(o.values))
-            row["reasons"] += [str(r) for r in o.reasons]
-    seconds["global"] = time.perf_counter() - t0
+    # 3. global stages, then 4. decisions
+    def global_stages(self) -> None:
+        """Deduplication and clustering over all rows; then each clip is kept iff it has no reason."""
+        for spec in global_stages(self.cfg):
+            stage, name = build_stage(self.cfg, spec), spec[0]
+            with self.bar(1, name) as pbar:
+                try:
+                    outputs = stage(self.rows) if self.rows else []
+                except Exception as err:  # noqa: BLE001 - recorded; the clips keep what they have
+                    self.errors.append({"source": None, "clip_id": None, "stage": name, "error": error_text(err)})
+                    outputs = []
+                pbar.update(1)
+            for row, o in zip(self.rows, outputs):
+                row.update(plain(o.values))
+                row["reasons"] += [str(r) for r in o.reasons]
+        for row in self.rows:
+            row["kept"] = not row["reasons"]
 
-    # 4. decisions
-    for row in rows:
-        row["kept"] = not row["reasons"]
-
-    # 5. captions (a caption that fails or is required and missing rejects the clip)
-    t0 = time.perf_counter()
-    computed["captions"] = 0
-    if stage_enabled(cfg, "captions"):
-        caption_hash = _analysis_hash(cfg, ["captions"], CLIP_VERSION)
+    # 5. captions
+    def captions(self) -> None:
+        """Caption every kept clip; a caption that fails, or is required and missing, rejects the clip."""
+        self.computed["captions"] = 0
+        if not stage_enabled(self.cfg, "captions"):
+            return
+        caption_hash = _analysis_hash(self.cfg, ["captions"], CLIP_VERSION)
         results = {}
         todo = []
-        for row in rows:
+        for row in self.rows:
             if not row["kept"]:
                 continue
             key = _clip_key(row, caption_hash)
-            cached = _read_json(cache / "captions" / f"{key}.json")
+            cached = _read_json(self.cache / "captions" / f"{key}.json")
             if cached is not None:
                 results[row["clip_id"]] = cached
             else:
                 todo.append({"row": dict(row), "key": key})
         # keep mode reads no frame and loads no model: it runs here rather than on the workers
-        runner = LocalExecutor() if cfg.captions.mode == "keep" else executor
-        with bar(len(todo), "captions") as pbar:
-            for task in runner.map([CaptionStep(cfg)], todo):
-                result = _plain({k: task[k] for k in ("values", "reasons", "errors")})
+        runner = LocalExecutor() if self.cfg.captions.mode == "keep" else self.executor
+        with self.bar(len(todo), "captions") as pbar:
+            for task in runner.map([CaptionStep(self.cfg)], todo):
+                result = plain({k: task[k] for k in ("values", "reasons", "errors")})
                 if not result["errors"] and not result["reasons"]:  # a failed request is tried again next run
-                    _write_json(cache / "captions" / f"{task['key']}.json", result)
+                    _write_json(self.cache / "captions" / f"{task['key']}.json", result)
                 results[task["row"]["clip_id"]] = result
                 pbar.update(1)
-        computed["captions"] = len(todo)
-        for row in rows:
+        self.computed["captions"] = len(todo)
+        for row in self.rows:
             result = results.get(row["clip_id"])
             if result is not None:
                 row.update(result["values"])
                 row["reasons"] += result["reasons"]
                 row["kept"] = not row["reasons"]
-                errors += [{"source": row["source"], "clip_id": row["clip_id"], **e} for e in result["errors"]]
-    seconds["captions"] = time.perf_counter() - t0
+                self.errors += [{"source": row["source"], "clip_id": row["clip_id"], **e} for e in result["errors"]]
 
-    # re-encoded clips (split.reencode): out/clips/<clip>.mp4, made once
-    t0 = time.perf_counter()
-    computed["reencode"] = 0
-    if cfg.split.reencode:
+    def reencode(self) -> None:
+        """``split.reencode``: each kept clip as its own file, out/clips/<clip>.mp4, made once."""
         todo = []
-        for row in rows:
+        for row in self.rows:
             if row["kept"]:
                 row["clip_path"] = f"clips/{clip_file_name(row)}"
-                if not (out / row["clip_path"]).is_file():
+                if not (self.out / row["clip_path"]).is_file():
                     todo.append({"clip_id": row["clip_id"], "source": row["source"], "start": row["start"],
                                  "end": row["end"], "file": row["clip_path"]})
-        by_id = {row["clip_id"]: row for row in rows}
-        with bar(len(todo), "reencode") as pbar:
-            for task in executor.map([ReencodeStep(out)], todo):
+        by_id = {row["clip_id"]: row for row in self.rows}
+        with self.bar(len(todo), "reencode") as pbar:
+            for task in self.executor.map([ReencodeStep(self.out)], todo):
                 row = by_id[task["clip_id"]]
                 for e in task["errors"]:
-                    errors.append({"source": row["source"], "clip_id": row["clip_id"], **e})
+                    self.errors.append({"source": row["source"], "clip_id": row["clip_id"], **e})
                     row["reasons"].append(f"the clip could not be re-encoded ({e['error']})")
                     row["kept"] = False
                     row["clip_path"] = None
                 pbar.update(1)
-        computed["reencode"] = len(todo)
-        seconds["reencode"] = time.perf_counter() - t0
+        self.computed["reencode"] = len(todo)
 
     # 6. outputs
-    t0 = time.perf_counter()
-    rows.sort(key=lambda r: (r["source"], r["start"], r["end"]))
-    errors.sort(key=lambda e: (e["source"] or "", e["clip_id"] or "", e["stage"], e["error"]))
-    by_source = Counter(r["source"] for r in rows)
-    kept_by_source = Counter(r["source"] for r in rows if r["kept"])
-    for entry in source_rows:
-        entry["clips"], entry["kept"] = by_source[entry["source"]], kept_by_source[entry["source"]]
-    paths = write_outputs(cfg, out, rows, errors, source_rows)
-    check_accounting(sources, source_rows, rows)
-    seconds["outputs"] = time.perf_counter() - t0
-    report = None
-    if cfg.report.enabled:
+    def finish(self) -> CurateResult:
+        """The tables and the report, written; the counts."""
+        cfg, rows, errors, source_rows = self.cfg, self.rows, self.errors, self.source_rows
         t0 = time.perf_counter()
-        report = write_report(out, cfg.report, rows, source_rows, errors, not_measured(cfg))
-        seconds["report"] = time.perf_counter() - t0
-    rejections = Counter(reason_kind(r) for row in rows for r in row["reasons"])
-    kept = sum(r["kept"] for r in rows)
-    counts = {"sources": len(sources), "processed": sum(e["status"] == "processed" for e in source_rows),
-              "failed": sum(e["status"] == "error" for e in source_rows), "clips": len(rows), "kept": kept,
-              "rejected": len(rows) - kept, "errors": len(errors)}
-    return CurateResult(out, *paths, report, counts, computed, seconds, dict(sorted(rejections.items())),
-                        not_measured(cfg))
+        rows.sort(key=lambda r: (r["source"], r["start"], r["end"]))
+        errors.sort(key=lambda e: (e["source"] or "", e["clip_id"] or "", e["stage"], e["error"]))
+        by_source = Counter(r["source"] for r in rows)
+        kept_by_source = Counter(r["source"] for r in rows if r["kept"])
+        for entry in source_rows:
+            entry["clips"], entry["kept"] = by_source[entry["source"]], kept_by_source[entry["source"]]
+        paths = write_outputs(cfg, self.out, rows, errors, source_rows)
+        check_accounting(self.sources, source_rows, rows)
+        self.seconds["outputs"] = time.perf_counter() - t0
+        report = None
+        if cfg.report.enabled:
+            t0 = time.perf_counter()
+            report = write_report(self.out, cfg.report, rows, source_rows, errors, not_measured(cfg))
+            self.seconds["report"] = time.perf_counter() - t0
+        rejections = Counter(reason_kind(r) for row in rows for r in row["reasons"])
+        kept = sum(r["kept"] for r in rows)
+        counts = {"sources": len(self.sources), "processed": sum(e["status"] == "processed" for e in source_rows),
+                  "failed": sum(e["status"] == "error" for e in source_rows), "clips": len(rows), "kept": kept,
+                  "rejected": len(rows) - kept, "errors": len(errors)}
+        return CurateResult(self.out, *paths, report, counts, self.computed, self.seconds,
+                            dict(sorted(rejections.items())), not_measured(cfg))
 
 
 def _clip_row(source: Source, key: str, info: dict, start: float, end: float) -> dict:
@@ -656,4 +443,4 @@ def check_accounting(sources: Sequence[Source], source_rows: Sequence[dict], row
 
 __all__ = ["curate", "CurateResult", "check_inputs", "build_stage", "stage_enabled", "clip_stages", "global_stages",
            "clip_steps", "SplitStep", "ClipStep", "CaptionStep", "decode_clip", "clip_id", "source_key",
-           "check_accounting", "not_measured", "CLIP_STAGES", "GLOBAL_STAGES"]
+           "check_accounting", "not_measured", "CLIP_STAGES", "GLOBAL_STAGES", "CAPTION_STAGE"]
