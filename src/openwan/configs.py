@@ -197,11 +197,28 @@ WAN21_LATENTS_STD = (
     2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
 )
+# The Wan2.2 VAE's 48 latent channels (Wan2.2_VAE.pth; the same values as diffusers' Wan2.2 vae/config.json).
+WAN22_LATENTS_MEAN = (
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891,
+    0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313, -0.1649, 0.0117, 0.0723,
+    -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667,
+)
+WAN22_LATENTS_STD = (
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+    0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+    0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
+)
 
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """The Wan2.1 3D causal VAE (``Wan2.1_VAE.pth`` ships no config; these are its constructor arguments)."""
+    """The Wan 3D causal VAE (the release files ship no config; these are the reference's constructor arguments).
+
+    The defaults are the Wan2.1 VAE; ``patch_size=2, residual=True`` (with ``dim=160, decoder_dim=256, z_dim=48``)
+    is the Wan2.2 VAE, preset ``wan2.2``.
+    """
 
     dim: int = 96
     z_dim: int = 16
@@ -215,6 +232,12 @@ class VAEConfig:
     # Base width of the decoder when it differs from the encoder's ``dim`` (diffusers: decoder_base_dim; Wan2.2's
     # VAE decodes wider than it encodes). None: the same as ``dim``, as in Wan2.1.
     decoder_dim: int | None = None
+    # Wan2.2: frames are cut into patch_size x patch_size pixel patches (3 -> 3·p² channels) before the encoder and
+    # put back after the decoder, so the spatial compression is patch_size · 2^(levels - 1) (diffusers: patch_size).
+    patch_size: int = 1
+    # Wan2.2: every down/up level adds a parameter-free shortcut (channel-averaged space-to-depth going down,
+    # channel-duplicated depth-to-space going up) around its blocks (diffusers: is_residual).
+    residual: bool = False
 
     def __post_init__(self) -> None:
         if self.decoder_dim is not None and (isinstance(self.decoder_dim, bool) or not isinstance(self.decoder_dim, int)
@@ -245,6 +268,24 @@ class VAEConfig:
             _finite(f"latents_mean.{i}", v)
         for i, v in enumerate(self.latents_std):
             _finite(f"latents_std.{i}", v, positive=True)
+        _count("patch_size", self.patch_size, 1, 16)
+        check(isinstance(self.residual, bool), "residual", "true or false", self.residual)
+        if self.residual:
+            self._check_shortcut_widths()
+
+    def _check_shortcut_widths(self) -> None:
+        """The residual shortcuts regroup channels: each level's widths must divide as its pixel regrouping needs."""
+        enc = [self.dim * m for m in (1, *self.dim_mult)]
+        dec = [self.decoder_width * m for m in (self.dim_mult[-1], *self.dim_mult[::-1])]
+        last = len(self.dim_mult) - 1
+        for i in range(last + 1):  # the last encoder level keeps its size: its shortcut only averages channels
+            down = 1 if i == last else 4 * (2 if self.temporal_downsample[i] else 1)
+            check(enc[i] * down % enc[i + 1] == 0, "dim_mult",
+                  f"widths whose encoder level {i} regroups {enc[i]}x{down} channels into {enc[i + 1]}", self.dim_mult)
+        for i in range(last):  # the last decoder level has no shortcut
+            up = 4 * (2 if self.temporal_downsample[::-1][i] else 1)
+            check(dec[i + 1] * up % dec[i] == 0, "dim_mult",
+                  f"widths whose decoder level {i} regroups {dec[i + 1]}x{up} channels from {dec[i]}", self.dim_mult)
 
     @property
     def decoder_width(self) -> int:
@@ -253,7 +294,8 @@ class VAEConfig:
 
     @property
     def spatial_compression(self) -> int:
-        return 2 ** (len(self.dim_mult) - 1)
+        """Pixels per latent along H and W (8 for Wan2.1, 16 for Wan2.2)."""
+        return self.patch_size * 2 ** (len(self.dim_mult) - 1)
 
     @property
     def temporal_compression(self) -> int:
@@ -263,12 +305,15 @@ class VAEConfig:
     def from_dict(cls, data: dict[str, Any]) -> VAEConfig:
         # "temperal_downsample" is the reference's spelling; "base_dim" and "decoder_base_dim" those of diffusers.
         return _from_dict(cls, data, aliases={"temperal_downsample": "temporal_downsample", "base_dim": "dim",
-                                              "decoder_base_dim": "decoder_dim"})
+                                              "decoder_base_dim": "decoder_dim", "is_residual": "residual"})
 
     def to_dict(self) -> dict[str, Any]:
         out = _to_dict(self)
         if out["decoder_dim"] is None:  # the Wan2.1 layout: configs written before the field existed read the same
             del out["decoder_dim"]
+        for name, plain in (("patch_size", 1), ("residual", False)):  # likewise for the Wan2.2 fields
+            if out[name] == plain:
+                del out[name]
         return out
 
     def replace(self, **changes: Any) -> VAEConfig:
@@ -279,6 +324,10 @@ VAE_PRESETS: dict[str, VAEConfig] = {
     "wan2.1": VAEConfig(),
     "tiny": VAEConfig(dim=8, z_dim=16),
     "demo": VAEConfig(dim=16, z_dim=16),
+    "wan2.2": VAEConfig(dim=160, decoder_dim=256, z_dim=48, patch_size=2, residual=True,
+                        latents_mean=WAN22_LATENTS_MEAN, latents_std=WAN22_LATENTS_STD),
+    "tiny-22": VAEConfig(dim=8, decoder_dim=16, z_dim=48, patch_size=2, residual=True,
+                         latents_mean=WAN22_LATENTS_MEAN, latents_std=WAN22_LATENTS_STD),
 }
 
 # ------------------------------------------------------------------------------------- text encoder
@@ -433,5 +482,7 @@ __all__ = [
     "IMAGE_ENCODER_PRESETS",
     "WAN21_LATENTS_MEAN",
     "WAN21_LATENTS_STD",
+    "WAN22_LATENTS_MEAN",
+    "WAN22_LATENTS_STD",
     "get_preset",
 ]
