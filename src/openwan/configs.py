@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from openwan.configio import check, parse
 
@@ -84,8 +84,10 @@ class DiTConfig:
     image_tokens: int = -1  # -1: derive from model_type (i2v 257, flf2v 514, else 0)
     image_dim: int = 1280  # CLIP ViT-H/14 width
 
+    MODEL_TYPES: ClassVar[tuple[str, ...]] = ("t2v", "i2v", "flf2v", "ti2v")
+
     def __post_init__(self) -> None:
-        check(self.model_type in ("t2v", "i2v", "flf2v", "ti2v"), "model_type", "one of: t2v, i2v, flf2v, ti2v",
+        check(self.model_type in self.MODEL_TYPES, "model_type", "one of: " + ", ".join(self.MODEL_TYPES),
               self.model_type)
         self._check_ranges()
         check(self.dim % self.num_heads == 0, "dim", f"a multiple of num_heads ({self.num_heads})", self.dim)
@@ -185,6 +187,48 @@ DIT_PRESETS: dict[str, DiTConfig] = {
                             num_heads=4, num_layers=4, text_len=64),
     "tiny-ti2v": DiTConfig(model_type="ti2v", in_dim=48, out_dim=48, dim=64, ffn_dim=128, freq_dim=32,
                            text_dim=32, num_heads=2, num_layers=2, text_len=32),
+}
+
+# -------------------------------------------------------------------------------------------- VACE
+
+
+@dataclass(frozen=True)
+class VaceConfig(DiTConfig):
+    """Wan2.1 VACE: a text-to-video DiT plus VACE context blocks, one per entry of ``vace_layers``, whose
+    "hints" are added (times a context scale) after those base blocks. Field names are those of the release's
+    config.json (``model_type`` "vace")."""
+
+    MODEL_TYPES: ClassVar[tuple[str, ...]] = ("vace",)
+    model_type: str = "vace"
+    vace_layers: tuple[int, ...] = ()  # (): every second block from 0, the reference's default
+    vace_in_dim: int = 96  # 16 inactive + 16 reactive latent channels + 64 mask channels (8x8 pixels per latent)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        layers = tuple(self.vace_layers) or tuple(range(0, self.num_layers, 2))
+        ok = all(isinstance(i, int) and not isinstance(i, bool) for i in layers) and layers[0] == 0
+        ok = ok and all(a < b for a, b in zip(layers, layers[1:])) and layers[-1] < self.num_layers
+        check(ok, "vace_layers", f"increasing block indices starting at 0, each below num_layers ({self.num_layers})",
+              self.vace_layers)
+        object.__setattr__(self, "vace_layers", layers)
+        _count("vace_in_dim", self.vace_in_dim)
+        check(self.in_dim == self.out_dim and self.image_tokens == 0, "in_dim",
+              f"out_dim ({self.out_dim}) with no image tokens: VACE extends a text-to-video DiT", self.in_dim)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VaceConfig:
+        return _from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Release-style config.json contents (the reference's class name, ``vace_layers`` spelled out)."""
+        return {"_class_name": "VaceWanModel", **_to_dict(self)}
+
+
+VACE_PRESETS: dict[str, VaceConfig] = {
+    "vace-1.3B": VaceConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, vace_layers=tuple(range(0, 30, 2))),
+    "vace-14B": VaceConfig(**_WAN_14B, vace_layers=tuple(range(0, 40, 5))),
+    "tiny-vace": VaceConfig(dim=64, ffn_dim=128, freq_dim=32, text_dim=32, num_heads=2, num_layers=4, text_len=32,
+                            vace_layers=(0, 2)),
 }
 
 # --------------------------------------------------------------------------------------------- VAE
@@ -445,6 +489,7 @@ IMAGE_ENCODER_PRESETS: dict[str, ImageEncoderConfig] = {
 
 _REGISTRIES: dict[str, dict[str, Any]] = {
     "dit": DIT_PRESETS,
+    "vace": VACE_PRESETS,
     "vae": VAE_PRESETS,
     "text_encoder": TEXT_ENCODER_PRESETS,
     "image_encoder": IMAGE_ENCODER_PRESETS,
@@ -477,6 +522,8 @@ __all__ = [
     "TextEncoderConfig",
     "ImageEncoderConfig",
     "DIT_PRESETS",
+    "VaceConfig",
+    "VACE_PRESETS",
     "VAE_PRESETS",
     "TEXT_ENCODER_PRESETS",
     "IMAGE_ENCODER_PRESETS",
