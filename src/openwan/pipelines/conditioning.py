@@ -1,7 +1,8 @@
 """Per-task conditioning builders. Each turns the user's inputs into what the shared denoising loop needs.
 
 A builder returns a :class:`Conditioning`: the DiT's extra inputs (``y``: 4 mask + 16 latent channels, and CLIP
-image tokens) and, for video-to-video, the clean latents to start from and the strength. The loop itself never
+image tokens), for video-to-video the clean latents to start from and the strength, and for Wan2.2 TI2V the latents
+held clean (their tokens get timestep 0, and the loop puts them back after every step). The loop itself never
 looks at the task name.
 """
 
@@ -22,6 +23,25 @@ class Conditioning:
     clip_fea: torch.Tensor | None = None  # [1, 257 | 514, 1280]
     init_latents: torch.Tensor | None = None  # [1, 16, F_lat, h, w] clean latents to noise (v2v)
     strength: float | None = None
+    # Latents held clean through the loop (ti2v: the image as the first latent frame): the values and where.
+    clean_latents: torch.Tensor | None = None  # [1, C, F_lat, h, w]
+    clean_mask: torch.Tensor | None = None  # [1, 1, F_lat, h, w] bool, True where clean_latents hold
+
+    def timesteps(self, t: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
+        """The DiT's t for one batch row: [1], or per token [1, L] (0 on the tokens of clean latents, L = the
+        latent grid in ``patch``-sized tokens, each token judged by its first latent as the reference does)."""
+        t = t.reshape(1).float()
+        if self.clean_mask is None:
+            return t
+        pt, ph, pw = patch
+        clean = self.clean_mask[:, 0, ::pt, ::ph, ::pw].flatten(1).to(t.device)  # [1, L]
+        return torch.where(clean, torch.zeros_like(t), t)
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [1, C, F_lat, h, w] with the clean latents put back where they hold (x itself without any)."""
+        if self.clean_mask is None:
+            return x
+        return torch.where(self.clean_mask.to(x.device), self.clean_latents.to(x), x)
 
 
 def latent_frames(frame_num: int, temporal: int = 4) -> int:
@@ -88,16 +108,18 @@ def image_conditioning(vae, frames: list[torch.Tensor], positions: list[int], fr
     for frame, pos in zip(frames, positions):
         video[:, :, pos] = frame.to(video)
     latents = vae.encode(video)  # [1, 16, F_lat, h, w] normalised
-    mask = frame_mask(frame_num, positions, height // 8, width // 8).to(latents)
+    mask = frame_mask(frame_num, positions, *latents.shape[-2:], vae.cfg.temporal_compression).to(latents)
     return torch.cat([mask, latents], dim=1)
 
 
 def activation_bytes(width: int, height: int, frame_num: int, *, dim: int, ffn_dim: int,
-                     patch: tuple[int, int, int] = (1, 2, 2), elem_bytes: int = 2, batch: int = 2) -> int:
+                     patch: tuple[int, int, int] = (1, 2, 2), elem_bytes: int = 2, batch: int = 2,
+                     stride: int = 8) -> int:
     """A rough lower estimate of the working memory one generation needs beyond the weights: the DiT's widest
     activations over all tokens (the FFN's hidden layer beside the residual stream and q, k, v) for ``batch``
-    guidance branches, plus the VAE decoder's full-resolution feature maps over one 4-frame chunk (float32)."""
-    tokens = (latent_frames(frame_num) // patch[0]) * (height // 8 // patch[1]) * (width // 8 // patch[2])
+    guidance branches, plus the VAE decoder's full-resolution feature maps over one 4-frame chunk (float32).
+    ``stride``: the VAE's spatial compression (8 for Wan2.1's, 16 for Wan2.2's)."""
+    tokens = (latent_frames(frame_num) // patch[0]) * (height // stride // patch[1]) * (width // stride // patch[2])
     dit = batch * tokens * (ffn_dim + 4 * dim) * elem_bytes
     vae = 4 * height * width * 96 * 4 * 4  # 96 channels at full resolution, a few live buffers
     return dit + vae
