@@ -40,6 +40,7 @@ from typing import Any, Literal
 from openwan.configio import apply_overrides, check, parse, read_config_file, to_plain, write_yaml
 from openwan.configs import DIT_PRESETS
 from openwan.fileio import atomic_write
+from openwan.train.distill_config import DistillConfig, validate_distill
 
 DEFAULT_LORA_TARGETS = (
     "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
@@ -258,6 +259,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = CheckpointConfig()
     sample: SampleConfig = SampleConfig()
     lora: LoRAConfig | None = None  # None: full fine-tune
+    distill: DistillConfig | None = None  # None: flow matching; set: consistency distillation of a teacher
     parallel: ParallelConfig = ParallelConfig()
     log: LogConfig = LogConfig()
     text_dropout: float = 0.1
@@ -347,6 +349,8 @@ def _validate(cfg: TrainConfig) -> None:
            "auto, cpu, cuda or cuda:N", cfg.device)
     check(cfg.resume in ("auto", "never") or bool(cfg.resume), "resume", "auto, never or a checkpoint folder",
            cfg.resume)
+    if cfg.distill is not None:
+        validate_distill(cfg.distill, cfg.ema.decay)
 
 
 def _validate_stage(stage: StageConfig, name: str) -> None:
@@ -427,6 +431,7 @@ __all__ = [
     "CheckpointConfig",
     "SampleConfig",
     "LoRAConfig",
+    "DistillConfig",
     "ParallelConfig",
     "LogConfig",
     "DEFAULT_LORA_TARGETS",

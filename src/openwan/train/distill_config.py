@@ -1,0 +1,58 @@
+"""The ``distill`` section of a training config: consistency distillation of a guided teacher into a few-step student.
+
+A run with ``distill`` set trains its DiT (the student) with :mod:`openwan.train.distill` instead of the
+flow-matching loss; everything else (data, optimizer, EMA, checkpoints, resume, LoRA, processes) is the trainer's.
+The run's ``timesteps`` section is not used: the noise levels are the teacher's grid points.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from openwan.configio import check
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """What is distilled into what.
+
+    ``teacher``: a release folder (one DiT, or Wan2.2-style ``high_noise_model/`` + ``low_noise_model/`` switched at
+    the release's boundary), a DiT folder or a weights file — frozen, never saved in checkpoints.
+    ``student_init``: the student's starting weights (None: the teacher's; of a two-expert teacher, the low-noise
+    expert). ``guide_scale``: the teacher's classifier-free guidance scale, folded into the student (which is then
+    sampled at guidance 1). ``negative_prompt``: the teacher's unconditional prompt (None: the empty prompt, as the
+    text cache stores it). ``teacher_steps`` N: the teacher's Euler grid, one guided step per training pair;
+    ``student_steps`` S (dividing N): the student's grid, every (N/S)-th teacher point; both grids use ``shift``.
+    ``target``: ``ema`` (the run's EMA, ``ema.decay``, gives the consistency target) or ``online`` (the student
+    itself without gradients). ``loss``: ``l2`` or ``pseudo_huber`` with ``huber_c``.
+    """
+
+    teacher: str = ""
+    student_init: str | None = None
+    guide_scale: float = 5.0
+    negative_prompt: str | None = None
+    teacher_steps: int = 16
+    student_steps: int = 4
+    shift: float = 3.0
+    target: Literal["ema", "online"] = "ema"
+    loss: Literal["l2", "pseudo_huber"] = "l2"
+    huber_c: float = 0.03
+
+
+def validate_distill(d: DistillConfig, ema_decay: float, name: str = "distill") -> None:
+    """Range checks of a :class:`DistillConfig` (ValueError naming the field); ``ema_decay`` is the run's."""
+    check(bool(d.teacher), f"{name}.teacher", "the teacher's release folder, DiT folder or weights file", d.teacher)
+    check(math.isfinite(d.guide_scale) and d.guide_scale >= 0, f"{name}.guide_scale",
+          "a finite number >= 0 (1: no guidance)", d.guide_scale)
+    check(d.teacher_steps >= 1, f"{name}.teacher_steps", "an integer >= 1", d.teacher_steps)
+    check(1 <= d.student_steps <= d.teacher_steps and d.teacher_steps % d.student_steps == 0, f"{name}.student_steps",
+          f"an integer >= 1 that divides {name}.teacher_steps ({d.teacher_steps})", d.student_steps)
+    check(math.isfinite(d.shift) and d.shift > 0, f"{name}.shift", "a positive number", d.shift)
+    check(d.target == "online" or ema_decay > 0, f"{name}.target",
+          "online when ema.decay is 0 (the ema target is the run's EMA; set ema.decay > 0 to use it)", d.target)
+    check(math.isfinite(d.huber_c) and d.huber_c > 0, f"{name}.huber_c", "a positive number", d.huber_c)
+
+
+__all__ = ["DistillConfig", "validate_distill"]
