@@ -315,6 +315,8 @@ class VAEConfig:
         _count("patch_size", self.patch_size, 1, 16)
         check(isinstance(self.residual, bool), "residual", "true or false", self.residual)
         if self.residual:
+            check(not self.attn_scales, "attn_scales", "empty for a residual (Wan2.2) VAE, whose levels have no "
+                  "attention", self.attn_scales)
             self._check_shortcut_widths()
 
     def _check_shortcut_widths(self) -> None:
@@ -362,6 +364,16 @@ class VAEConfig:
 
     def replace(self, **changes: Any) -> VAEConfig:
         return dataclasses.replace(self, **changes)
+
+
+def default_latent_stats(z_dim: int) -> dict[str, tuple[float, ...]]:
+    """``latents_mean`` / ``latents_std`` for a VAE whose file carries none: the published Wan2.1 values for 16
+    channels, the Wan2.2 values for 48, identity (0, 1) for any other size."""
+    if z_dim == len(WAN21_LATENTS_MEAN):
+        return {"latents_mean": WAN21_LATENTS_MEAN, "latents_std": WAN21_LATENTS_STD}
+    if z_dim == len(WAN22_LATENTS_MEAN):
+        return {"latents_mean": WAN22_LATENTS_MEAN, "latents_std": WAN22_LATENTS_STD}
+    return {"latents_mean": (0.0,) * z_dim, "latents_std": (1.0,) * z_dim}
 
 
 VAE_PRESETS: dict[str, VAEConfig] = {
@@ -531,5 +543,6 @@ __all__ = [
     "WAN21_LATENTS_STD",
     "WAN22_LATENTS_MEAN",
     "WAN22_LATENTS_STD",
+    "default_latent_stats",
     "get_preset",
 ]
