@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-TASKS = ("t2v", "t2i", "i2v", "flf2v", "v2v", "extend")
+TASKS = ("t2v", "t2i", "i2v", "flf2v", "v2v", "extend", "ti2v")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from openwan.diffusion import make_solver, sampling_sigmas, timesteps_from_sigma
 from openwan.models.image_encoder import encode_images
 from openwan.models.text_encoder import encode_prompts, pad_context
 from openwan.pipelines import conditioning as cond
+from openwan.pipelines import ti2v
 from openwan.pipelines.components import load_components
 from openwan.pipelines.defaults import SamplingDefaults
 from openwan.runtime.cache import BRANCHES, CacheRun, resolve
@@ -29,7 +30,7 @@ from openwan.runtime.offload import BlockStreamer, on_device
 @dataclass
 class WanOutput:
     video: torch.Tensor | None  # [T, H, W, 3] in [0, 1]
-    latents: torch.Tensor  # [C, F_lat, H/8, W/8]
+    latents: torch.Tensor  # [C, F_lat, H/s, W/s], s the VAE's spatial compression (8; 16 for the Wan2.2 VAE)
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_gb: float | None = None
     cache: dict[str, int] | None = None  # with cache=: evaluations run and saved (CacheRun.summary)
@@ -44,6 +45,10 @@ class WanPipeline:
                  t5_cpu: bool = False, offload_model: bool = False, stream_blocks: bool = False,
                  mesh=None, dit_fsdp: bool = False, t5_fsdp: bool = False):
         self.dit, self.dit_low, self.boundary = dit, dit_low, boundary
+        z_dim = getattr(getattr(vae, "cfg", None), "z_dim", dit.cfg.out_dim)
+        if z_dim != dit.cfg.out_dim:
+            raise ValueError(f"the VAE makes {z_dim}-channel latents but the DiT denoises {dit.cfg.out_dim} channels; "
+                             "load the VAE of the DiT's release (Wan2.2 TI2V-5B: Wan2.2_VAE.pth).")
         self.vae, self.text_encoder, self.tokenizer, self.image_encoder = vae, text_encoder, tokenizer, image_encoder
         self.defaults = defaults or SamplingDefaults()
         self.device, self.dtype = torch.device(device), dtype
@@ -87,6 +92,18 @@ class WanPipeline:
     def has_image_input(self) -> bool:
         return self.dit.cfg.in_dim > self.dit.cfg.out_dim
 
+    @property
+    def vae_stride(self) -> tuple[int, int, int]:
+        """Pixels per latent along (t, h, w): (4, 8, 8) with the Wan2.1 VAE, (4, 16, 16) with the Wan2.2 VAE."""
+        cfg = self.vae.cfg
+        return cfg.temporal_compression, cfg.spatial_compression, cfg.spatial_compression
+
+    @property
+    def size_multiple(self) -> int:
+        """Width and height must be multiples of this: one DiT patch of latents (16 with Wan2.1, 32 with TI2V-5B)."""
+        _, sh, sw = self.vae_stride
+        return math.lcm(sh * self.dit.cfg.patch_size[1], sw * self.dit.cfg.patch_size[2])
+
     # ------------------------------------------------------------------------------------ text
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """[B, text_len, text_dim] context: each prompt's umT5 output trimmed to its length, zero-padded."""
@@ -106,7 +123,8 @@ class WanPipeline:
                  return_video: bool = True, progress: bool = True, cache=None) -> WanOutput:
         """Generate. Images/videos are [T, H, W, 3] in [0, 1] (an image may be [H, W, 3]).
 
-        ``latents`` (when given) is the initial noise [C, F_lat, H/8, W/8], so runs can be compared step by step.
+        ``latents`` (when given) is the initial noise [C, F_lat, H/s, W/s] (s: the VAE's spatial compression), so
+        runs can be compared step by step.
         ``cache`` (a preset name of openwan.runtime.cache.PRESETS, a Cache or one cache policy) reuses work
         between steps (docs/acceleration.md); None or "off" runs the plain loop.
         """
@@ -126,7 +144,11 @@ class WanPipeline:
                                 solver, seed, cfg_batch, progress, timings, cache)
         if task in ("i2v", "flf2v"):
             first = _as_frames(image)
-            width, height = cond.size_for_image(first.shape[1:3], width * height)
+            width, height = cond.size_for_image(first.shape[1:3], width * height, self.vae_stride[1],
+                                                self.dit.cfg.patch_size[1])
+        elif task == "ti2v" and image is not None:  # the image's aspect ratio at about the asked-for area
+            h, w = _as_frames(image).shape[1:3]
+            width, height = ti2v.best_output_size((w, h), width * height, (self.size_multiple,) * 2)
         sigmas = sampling_sigmas(steps, shift, kind=solver)
         if task == "v2v":  # enter the schedule at the first sigma <= strength
             sigmas = sigmas[min(int((sigmas[:-1] > strength).sum()), steps - 1):]
@@ -139,7 +161,8 @@ class WanPipeline:
         with _timer(timings, "condition"):
             c = self._conditioning(task, frame_num, width, height, image, last_image, video, strength)
 
-        shape = (self.dit.cfg.out_dim, cond.latent_frames(frame_num), height // 8, width // 8)
+        t_stride, h_stride, w_stride = self.vae_stride
+        shape = (self.dit.cfg.out_dim, cond.latent_frames(frame_num, t_stride), height // h_stride, width // w_stride)
         if latents is None:
             generator = torch.Generator(self.device).manual_seed(seed)
             noise = torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
@@ -169,6 +192,7 @@ class WanPipeline:
         ``cache``, the cache is told each step and expert and decides what the evaluation recomputes."""
         solver = make_solver(solver_name, sigmas)
         timesteps = timesteps_from_sigmas(sigmas).to(self.device)  # integer sigma*1000, as the reference
+        x = c.restore(x)  # latents given clean (ti2v's image) start clean
         with _attached(cache):
             for i in tqdm(range(len(sigmas) - 1), desc="denoising", disable=not progress, leave=False):
                 t = timesteps[i]
@@ -178,6 +202,7 @@ class WanPipeline:
                 with on_device(model, self.device, self.offload_model and self.dit_low is not None):
                     v = self._guided(model, x, t, context, c, scale, cfg_batch, cache)
                 x = solver.step(v, x, i)
+                x = c.restore(x)
         return x
 
     def _cache_run(self, cache, steps: int, guided: bool) -> CacheRun | None:
@@ -202,7 +227,7 @@ class WanPipeline:
             kwargs["y"] = c.y.to(dtype)
         if c.clip_fea is not None:
             kwargs["clip_fea"] = c.clip_fea.to(dtype)
-        tt = t.reshape(1).float()
+        tt = c.timesteps(t, model.cfg.patch_size)  # [1], or per token [1, L] where latents are held clean
         if context.shape[0] == 1:  # no guidance
             _branches(cache, "cond")
             return model(x.to(dtype), tt, context, **kwargs).float()
@@ -222,7 +247,7 @@ class WanPipeline:
         elif cfg_batch:  # both branches in one batch of 2
             _branches(cache, *BRANCHES)
             batched = {k: torch.cat([v, v]) for k, v in kwargs.items()}
-            v = model(torch.cat([x, x]).to(dtype), tt.expand(2), context, **batched).float()
+            v = model(torch.cat([x, x]).to(dtype), tt.expand(2, *tt.shape[1:]), context, **batched).float()
             v_cond, v_uncond = v.chunk(2)
         else:
             _branches(cache, "cond")
@@ -237,10 +262,17 @@ class WanPipeline:
     def _check_inputs(self, task, frame_num, width, height, image, last_image, video, strength) -> None:
         if task not in cond.TASKS:
             raise ValueError(f"unknown task {task!r}; use one of: {', '.join(cond.TASKS)}.")
-        cond.check_frame_num(frame_num)
-        cond.check_size(width, height)
+        cond.check_frame_num(frame_num, self.vae_stride[0])
+        cond.check_size(width, height, self.size_multiple)
         if task == "t2i" and frame_num != 1:
             raise ValueError("t2i makes one image; set frame_num to 1 (or use task t2v).")
+        ti2v_model = self.dit.cfg.model_type == "ti2v"
+        if task == "ti2v" and not ti2v_model:
+            raise ValueError("task ti2v needs a Wan2.2 TI2V model (48 latent channels, the Wan2.2 VAE); load a "
+                             "TI2V-5B release, or use task t2v / i2v with this one.")
+        if task in ("i2v", "flf2v", "extend") and ti2v_model:
+            raise ValueError(f"this checkpoint is Wan2.2 TI2V, which takes its image in task ti2v; use task ti2v "
+                             f"with image= (CLI: --task ti2v-5B --image) instead of {task}.")
         if task in ("i2v", "flf2v", "extend"):
             if not self.has_image_input:
                 raise ValueError(f"task {task} needs an image-to-video model (in_dim 36); this checkpoint is "
@@ -258,8 +290,12 @@ class WanPipeline:
                 raise ValueError("task v2v needs strength in (0, 1] (how much of the input to re-noise).")
 
     def _conditioning(self, task, frame_num, width, height, image, last_image, video, strength) -> cond.Conditioning:
-        if task in ("t2v", "t2i"):
+        if task in ("t2v", "t2i") or (task == "ti2v" and image is None):
             return cond.Conditioning()
+        if task == "ti2v":
+            with on_device(self.vae, self.device, self.offload_model):
+                return ti2v.first_frame_conditioning(self.vae, _as_frames(image), width, height, frame_num,
+                                                     self.device)
         if task == "v2v":
             frames = _as_frames(video)
             if frames.shape[0] < frame_num:
