@@ -13,6 +13,7 @@ DEFAULT_NEGATIVE_PROMPT = (
 
 SIZES_480P = ((832, 480), (480, 832))
 SIZES_720P = ((1280, 720), (720, 1280))
+SIZES_TI2V = ((1280, 704), (704, 1280))  # 720p rounded to the TI2V-5B's multiples of 32
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ FAMILY_DEFAULTS: dict[str, SamplingDefaults] = {
                                  size=(1280, 720)),
     "i2v-A14B": SamplingDefaults(sample_steps=40, sample_shift=5.0, guide_scale=(3.5, 3.5), boundary=0.900,
                                  size=(1280, 720)),
+    "ti2v-5B": SamplingDefaults(sample_steps=50, sample_shift=5.0, guide_scale=5.0, frame_num=121, fps=24,
+                                size=(1280, 704), sizes=SIZES_TI2V),
     # Small models (tests, the bundled demo): trained with "" as the unconditional prompt. Guidance 1.5, chosen on
     # the bundled model's training combinations (docs/demo_model.md): at 5 its squares overshoot into cups, wider at
     # the top, as the guided step pushes away from the unconditional mix of shapes and its upward triangles.
@@ -57,6 +60,8 @@ def defaults_for(cfg, two_experts: bool = False) -> SamplingDefaults:
     """The family defaults for a loaded DiT config (by size and kind)."""
     if cfg.dim < 1536:
         return FAMILY_DEFAULTS["tiny"]
+    if cfg.model_type == "ti2v":
+        return FAMILY_DEFAULTS["ti2v-5B"]
     if two_experts:
         return FAMILY_DEFAULTS["i2v-A14B" if cfg.in_dim > cfg.out_dim else "t2v-A14B"]
     if cfg.dim == 1536:
