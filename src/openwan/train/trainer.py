@@ -54,6 +54,7 @@ from openwan.train.builders import (
     training_mesh,
 )
 from openwan.train.config import StageConfig, TrainConfig, save_config
+from openwan.train.distill import Distillation
 from openwan.train.dit_state import DiTCheckpointing
 from openwan.train.ema import EMA
 from openwan.train.lock import RunLock
@@ -108,6 +109,9 @@ class Trainer(DiTCheckpointing):
         self.out = Path(cfg.output_dir)
         self.on_step_end = on_step_end
         seed_everything(cfg.seed)
+        self.distill = Distillation(cfg.distill, self.device) if cfg.distill is not None else None  # frozen teacher
+        if self.distill is not None:
+            dit = self.distill.student(dit)  # given, else distill.student_init, else a copy of the teacher
         self.dit = dit if dit is not None else build_dit(cfg)
         check_trainable_model(self.dit)
         self.dit.to(self.device, torch.float32)  # float32 master weights; bf16 comes from autocast
@@ -281,9 +285,12 @@ class Trainer(DiTCheckpointing):
         x0, context = self.prepare_batch(batch)
         lr = lr_at(self.cfg, self.step)
         set_lr(self.optimizer, lr)
-        sigmas, noise, shift = self.draw_noise(x0)
-        loss = flow_matching_loss(self.dit, x0, context, sigmas.to(self.device), noise.to(self.device),
-                                  self.autocast_dtype, count=self._target_count(sigmas, x0.shape))
+        if self.distill is not None:  # consistency distillation of cfg.distill's teacher (train/distill.py)
+            loss, sigmas, shift = self.distill.loss(self, x0, context, batch)
+        else:
+            sigmas, noise, shift = self.draw_noise(x0)
+            loss = flow_matching_loss(self.dit, x0, context, sigmas.to(self.device), noise.to(self.device),
+                                      self.autocast_dtype, count=self._target_count(sigmas, x0.shape))
         loss.backward()
         params = list(self.params.values())
         if self._all_reduce_grads:
@@ -456,7 +463,7 @@ class Trainer(DiTCheckpointing):
                 for i, prompt in enumerate(s.prompts):
                     out = pipe(prompt, s.negative_prompt, size=tuple(s.size), frame_num=s.frame_num,
                                sample_steps=s.steps, sample_shift=s.shift, guide_scale=s.guide_scale, seed=s.seed + i,
-                               progress=False)
+                               solver="unipc" if self.distill is None else "euler", progress=False)
                     if self.is_main:
                         written.append(save_video(out.video, folder / f"prompt-{i:02d}{suffix}", fps=s.fps))
             finally:

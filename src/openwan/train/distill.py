@@ -1,0 +1,172 @@
+"""Consistency distillation as an objective of the DiT trainer: a frozen guided teacher, the student is the run's DiT.
+
+:class:`~openwan.train.trainer.Trainer` calls :meth:`Distillation.loss` instead of the flow-matching loss when
+``cfg.distill`` is set; the maths is :mod:`openwan.diffusion.consistency`. One training pair per sample:
+
+    n ~ U{0..N−1} on the teacher's grid,  x_n = (1 − σ_n)·x0 + σ_n·ε,
+    v* = consistency_target(teacher (guided), target (EMA or online student), x_n, n, end of n's phase),
+    loss = |student(x_n, σ_n) − v*|²  (or pseudo-Huber)
+
+The draws (n, ε) come from the trainer's per-sample generators (``noise`` stream), so a distillation run resumes
+bit for bit and draws the same at any number of data-parallel processes. The teacher is replicated on every
+process (not sharded), frozen and never written to a checkpoint; the EMA target is the run's EMA, which is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from openwan.diffusion.consistency import (
+    consistency_loss,
+    consistency_target,
+    grid_timesteps,
+    phase_end,
+    teacher_sigmas,
+)
+from openwan.models import WanDiT
+from openwan.train.distill_config import DistillConfig
+
+if TYPE_CHECKING:
+    from openwan.train.trainer import Trainer
+
+EXPERT_DIRS = ("high_noise_model", "low_noise_model")
+DEFAULT_BOUNDARY = 0.875  # Wan2.2 t2v-A14B's, for a two-expert release whose configuration.json names none
+
+
+class Teacher(nn.Module):
+    """A frozen DiT, or Wan2.2-style experts: ``high`` where t >= boundary·1000, ``low`` below (per sample)."""
+
+    def __init__(self, high: WanDiT, low: WanDiT | None = None, boundary: float | None = None):
+        super().__init__()
+        self.high, self.low, self.boundary = high, low, boundary
+        self.requires_grad_(False).eval()
+
+    @property
+    def base(self) -> WanDiT:
+        """The expert that serves every noise level (the only one, or the low-noise one)."""
+        return self.low if self.low is not None else self.high
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Velocity [B, C, F, h, w] at timesteps t [B] (σ·1000)."""
+        if self.low is None:
+            return self.high(x, t, context)
+        high = t >= self.boundary * 1000  # [B]
+        if bool(high.all()) or not bool(high.any()):
+            return (self.high if bool(high.all()) else self.low)(x, t, context)
+        out = torch.empty_like(x)
+        for mask, model in ((high, self.high), (~high, self.low)):
+            out[mask] = model(x[mask], t[mask], context[mask]).to(out.dtype)
+        return out
+
+
+def load_teacher(path: str | Path, device: torch.device) -> Teacher:
+    """The teacher at ``path`` (a release folder, two-expert or not; a DiT folder; a weights file), float32 on
+    ``device``, frozen. ValueError when the path does not exist."""
+    root = Path(path)
+    if not root.exists():
+        raise ValueError(f"distill.teacher={path} does not exist; give the teacher's release folder, DiT folder or "
+                         "weights file.")
+    if all((root / d).is_dir() for d in EXPERT_DIRS):
+        high, low = (WanDiT.from_pretrained(root / d, dtype=torch.float32, device=device) for d in EXPERT_DIRS)
+        return Teacher(high, low, _release_boundary(root))
+    return Teacher(WanDiT.from_pretrained(root, dtype=torch.float32, device=device))
+
+
+def _release_boundary(root: Path) -> float:
+    config = root / "configuration.json"
+    if config.is_file():
+        value = json.loads(config.read_text()).get("boundary")
+        if value is not None:
+            return float(value)
+    return DEFAULT_BOUNDARY
+
+
+class Distillation:
+    """The distillation objective of a run: its teacher, grids and negative prompt; see the module docstring."""
+
+    def __init__(self, cfg: DistillConfig, device: torch.device):
+        self.cfg = cfg
+        self.teacher = load_teacher(cfg.teacher, device)
+        self.sigmas = teacher_sigmas(cfg.teacher_steps, cfg.shift)  # [N + 1] float64, on the CPU
+        self._negative: torch.Tensor | None = None
+
+    def student(self, given: nn.Module | None = None) -> nn.Module:
+        """The model to train: ``given``, else ``student_init``'s weights, else a copy of the teacher's (its
+        low-noise expert when it has two). ValueError when it cannot take the teacher's inputs and outputs."""
+        if given is not None:
+            dit = given
+        elif self.cfg.student_init is not None:
+            init = Path(self.cfg.student_init)
+            if not init.exists():
+                raise ValueError(f"distill.student_init={init} does not exist; give a DiT folder or weights file, "
+                                 "or leave it out to start from the teacher.")
+            if all((init / d).is_dir() for d in EXPERT_DIRS):
+                init = init / EXPERT_DIRS[1]
+            dit = WanDiT.from_pretrained(init, dtype=torch.float32)
+        else:
+            dit = copy.deepcopy(self.teacher.base).requires_grad_(True)
+        mine, theirs = getattr(dit, "cfg", None), self.teacher.base.cfg
+        if mine is None or (mine.in_dim, mine.out_dim, mine.patch_size, mine.text_dim) != (
+                theirs.in_dim, theirs.out_dim, theirs.patch_size, theirs.text_dim):
+            raise ValueError("the student must take the teacher's latents and text states (same in_dim, out_dim, "
+                             "patch_size and text_dim); give a distill.student_init of the teacher's family.")
+        return dit
+
+    def negative_context(self, trainer: Trainer, batch: Any) -> torch.Tensor:
+        """The unconditional text states [L, D]: ``negative_prompt`` encoded once, else the empty prompt's."""
+        if self.cfg.negative_prompt is not None:
+            if self._negative is None:
+                self._negative = trainer.encode_text([self.cfg.negative_prompt])[0]
+            return self._negative
+        if "context_empty" in batch:
+            return batch["context_empty"].to(trainer.device, torch.float32)
+        if "caption" in batch:
+            return trainer.empty_context()
+        raise ValueError("guided distillation needs the unconditional prompt's encoding: batches with 'context' must "
+                         "carry 'context_empty' (the text cache stores it), or set distill.negative_prompt with "
+                         "model.text_encoder, or distill.guide_scale=1.")
+
+    def loss(self, trainer: Trainer, x0: torch.Tensor, context: torch.Tensor, batch: Any
+             ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(the consistency loss of this batch, the start levels σ_n [B], the grids' shift)."""
+        cfg, dit, device = self.cfg, trainer.dit, x0.device
+        n, noise = self._draw(trainer, x0)
+        end = phase_end(n, cfg.teacher_steps, cfg.student_steps)
+        s_n = self.sigmas[n].to(device, torch.float32).view(-1, 1, 1, 1, 1)
+        x_n = (1 - s_n) * x0 + s_n * noise.to(device)
+        negative = context
+        if cfg.guide_scale != 1.0:
+            empty = self.negative_context(trainer, batch).to(context)  # [L', D]
+            negative = empty[None].expand(x0.shape[0], -1, -1)
+        swap = trainer.ema.swapped_in() if cfg.target == "ema" else contextlib.nullcontext()
+        with swap, _autocast(device, trainer.autocast_dtype):
+            v_target = consistency_target(self.teacher, dit, x_n, context, negative, self.sigmas, n, end,
+                                          cfg.guide_scale)
+        t_n = grid_timesteps(self.sigmas)[n].to(device)
+        with _autocast(device, trainer.autocast_dtype):
+            v_pred = dit(x_n, t_n, context)
+        return consistency_loss(v_pred, v_target, cfg.loss, cfg.huber_c), s_n.flatten().cpu(), cfg.shift
+
+    def _draw(self, trainer: Trainer, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each sample's teacher grid index n [B] (int64) and noise ε like x0, on the CPU, from its own generator."""
+        index, noise = [], []
+        for gen in trainer._generators("noise", x0.shape[0]):
+            index.append(torch.randint(self.cfg.teacher_steps, (1,), generator=gen))
+            noise.append(torch.randn(x0.shape[1:], generator=gen, dtype=torch.float32))
+        return torch.cat(index), torch.stack(noise)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
+
+
+__all__ = ["DEFAULT_BOUNDARY", "Distillation", "Teacher", "load_teacher"]
