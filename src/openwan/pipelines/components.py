@@ -3,6 +3,7 @@
 Official (e.g. Wan2.1-T2V-1.3B): config.json + diffusion_pytorch_model*.safetensors, Wan2.1_VAE.pth,
 models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/ (tokenizer); i2v/flf2v add
 models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth. Wan2.2 A14B: high_noise_model/ and low_noise_model/.
+Wan2.2 TI2V-5B: as Wan2.1 T2V, with Wan2.2_VAE.pth (48 latent channels, 16x16 pixels per latent).
 Diffusers ("-Diffusers" releases): transformer/ (transformer_2/), vae/, text_encoder/, tokenizer/, image_encoder/.
 """
 
@@ -24,8 +25,11 @@ BUNDLED_NOTE = ("using the bundled demo model: a small model trained on syntheti
                 "to the left'); pass --ckpt-dir with a Wan release folder for real weights")
 T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+VAE_FILES = ("Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors")
+VAE22_FILE = "Wan2.2_VAE.pth"
 RELEASE_LAYOUT = (
-    "an official release folder holds config.json, diffusion_pytorch_model*.safetensors, Wan2.1_VAE.pth, "
+    "an official release folder holds config.json, diffusion_pytorch_model*.safetensors, Wan2.1_VAE.pth (TI2V-5B: "
+    f"{VAE22_FILE}), "
     f"{T5_FILE} and google/umt5-xxl/ (i2v/flf2v also {CLIP_FILE}); a diffusers release holds transformer/, vae/, "
     "text_encoder/ and tokenizer/"
 )
@@ -77,12 +81,14 @@ def load_components(path: str | Path, *, dtype: torch.dtype = torch.float32,
         dit_dirs = [root]
     dits = [WanDiT.from_pretrained(d, dtype=dtype, device=device) for d in dit_dirs]
     cfg = dits[0].cfg
-    if cfg.model_type == "ti2v":
-        raise CheckpointError(f"{root} is a Wan2.2 ti2v-5B release, which needs the Wan2.2 VAE; openwan does not "
-                              "load that VAE yet.")
     # The VAE stays float32 unless asked otherwise on GPU: it is small and its output is what users see.
-    vae = WanVAE.from_pretrained(_require(root, "VAE", "vae", "Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors"),
-                                 dtype=torch.float32 if dtype == torch.float32 else dtype, device=device)
+    vae_names = (VAE22_FILE, *VAE_FILES) if cfg.model_type == "ti2v" else (*VAE_FILES, VAE22_FILE)
+    vae_path = _require(root, "VAE", "vae", *vae_names)
+    vae = WanVAE.from_pretrained(vae_path, dtype=torch.float32 if dtype == torch.float32 else dtype, device=device)
+    if vae.cfg.z_dim != cfg.out_dim:
+        raise CheckpointError(f"{vae_path} makes {vae.cfg.z_dim}-channel latents but the DiT in {dit_dirs[0]} "
+                              f"denoises {cfg.out_dim}; a release's VAE and DiT go together (TI2V-5B: "
+                              f"{VAE22_FILE}, the others: Wan2.1_VAE.pth).")
     text_encoder = load_umt5_encoder(_require(root, "text encoder", "text_encoder", T5_FILE), dtype=dtype,
                                      device=device)
     tokenizer = load_tokenizer(_require(root, "tokenizer", "tokenizer", "google/umt5-xxl"))
