@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
+from openwan.checkpoints import vae22_keys
 from openwan.configs import DiTConfig, VAEConfig
 
 StateDict = dict[str, torch.Tensor]
@@ -166,11 +167,13 @@ _TOP = [("conv1", "quant_conv"), ("conv2", "post_quant_conv")]
 
 
 def _vae_module_pairs(cfg: VAEConfig) -> list[tuple[str, str]]:
-    """Every (official, diffusers) module-path pair of a Wan2.1 VAE with this architecture."""
+    """Every (official, diffusers) module-path pair of a Wan2.1 or Wan2.2 VAE with this architecture."""
     r, levels = cfg.num_res_blocks, len(cfg.dim_mult)
     pairs = list(_TOP)
     for side in ("encoder", "decoder"):
         pairs += [(f"{side}.{a}", f"{side}.{b}") for a, b in _MIDDLE]
+    if cfg.residual:  # Wan2.2: levels nested per level on both sides
+        return pairs + vae22_keys.level_pairs(cfg, _RES)
     # Encoder: per level r residual blocks, then a resample (not after the last level); flat indices both sides.
     n = 0
     for level in range(levels):
@@ -205,8 +208,8 @@ def _convert_vae(state: Mapping[str, torch.Tensor], cfg: VAEConfig, src: int) ->
             out[new] = value
     if unknown:
         raise ValueError(
-            f"{len(unknown)} keys are not part of a Wan2.1 VAE of this architecture (e.g. {', '.join(unknown[:4])});"
-            " this file is not a Wan2.1 VAE checkpoint."
+            f"{len(unknown)} keys are not part of a Wan VAE of this architecture (e.g. {', '.join(unknown[:4])});"
+            " this file is not a Wan2.1/2.2 VAE checkpoint."
         )
     return out
 
@@ -236,16 +239,14 @@ def vae_config_to_diffusers(cfg: VAEConfig) -> dict:
         "latents_mean": list(cfg.latents_mean),
         "latents_std": list(cfg.latents_std),
         **({"decoder_base_dim": cfg.decoder_dim} if cfg.decoder_dim is not None else {}),
+        **vae22_keys.diffusers_config_fields(cfg),
     }
 
 
 def vae_config_from_diffusers(data: Mapping) -> VAEConfig:
-    """Our config from a diffusers ``vae/config.json`` (keys diffusers adds for other VAEs are ignored)."""
-    if data.get("is_residual") or data.get("patch_size"):
-        raise ValueError(
-            "this is a Wan2.2 VAE (48 channels, patchified); openwan loads the Wan2.1 VAE only — "
-            "use a Wan2.1 release's VAE."
-        )
+    """Our config from a diffusers ``vae/config.json``, Wan2.1 or Wan2.2 (keys diffusers adds for other VAEs are
+    ignored)."""
     known = {"base_dim", "z_dim", "dim_mult", "num_res_blocks", "attn_scales", "temperal_downsample", "dropout",
              "latents_mean", "latents_std", "decoder_base_dim"}
-    return VAEConfig.from_dict({k: v for k, v in data.items() if k in known and v is not None})
+    fields = {k: v for k, v in data.items() if k in known and v is not None}
+    return VAEConfig.from_dict({**fields, **vae22_keys.config_fields_from_diffusers(data)})
