@@ -33,6 +33,13 @@ def tiny_components(preset: str = "tiny", seed: int = 0, **dit_changes) -> dict:
     return parts
 
 
+def tiny_vae22(seed: int = 1, std: float = 0.1) -> WanVAE:
+    """A random Wan2.2-architecture VAE (preset ``tiny-22``: 48 latent channels, 16× spatial, 4× temporal), eval
+    mode, float32. Videos: [B, 3, 4n+1, 16k, 16m] in [-1, 1]."""
+    torch.manual_seed(seed)
+    return randomize(WanVAE(VAE_PRESETS["tiny-22"]), std=std, seed=seed)
+
+
 class PickleBomb:
     """Unpickling this would create ``marker``; a safe loader must refuse it before that can happen."""
 
