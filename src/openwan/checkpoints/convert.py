@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from openwan.checkpoints import keymaps
+from openwan.checkpoints import keymaps, vace_keys
 from openwan.checkpoints.encoders import (
     CLIP_OFFICIAL_FILE,
     UMT5_OFFICIAL_FILE,
@@ -42,7 +42,7 @@ from openwan.checkpoints.encoders import (
 from openwan.checkpoints.infer import infer_vae_config
 from openwan.checkpoints.io import CheckpointError, read_json_config, read_state_dict
 from openwan.checkpoints.loaders import load_dit_state, load_vae_state
-from openwan.configs import DiTConfig, VAEConfig
+from openwan.configs import DiTConfig, VaceConfig, VAEConfig
 from openwan.fileio import atomic_torch_save, atomic_write
 
 log = logging.getLogger(__name__)
@@ -107,10 +107,12 @@ def _write_dit(config: DiTConfig, state: dict, dst: Path, to: str, max_shard_byt
         if config.window_size != (-1, -1):
             raise ValueError(f"this DiT attends in a local window {list(config.window_size)}, which diffusers' "
                              "WanTransformer3DModel cannot express; keep it in the official layout.")
-        state = keymaps.dit_official_to_diffusers(state)
+        vace = isinstance(config, VaceConfig)  # Wan2.1-VACE: diffusers' WanVACETransformer3DModel
+        state = vace_keys.vace_official_to_diffusers(state) if vace else keymaps.dit_official_to_diffusers(state)
+        to_config = vace_keys.vace_config_to_diffusers if vace else keymaps.dit_config_to_diffusers
         # text_len has no diffusers field (WanPipeline pads prompts to its max_sequence_length argument): kept
         # as an extra key, which diffusers ignores and openwan reads back.
-        write_json(dst / "config.json", {**keymaps.dit_config_to_diffusers(config), "text_len": config.text_len})
+        write_json(dst / "config.json", {**to_config(config), "text_len": config.text_len})
     else:
         write_json(dst / "config.json", config.to_dict())
     save_sharded(state, dst, max_shard_bytes=max_shard_bytes)
@@ -346,7 +348,7 @@ def _model_index(release: Release, boundary: float | None, with_scheduler: bool)
     tokenizer = release.tokenizer
     image_input = release.config.in_dim > release.config.out_dim
     clip = release.image_encoder is not None
-    return {
+    index = {
         "_class_name": "WanImageToVideoPipeline" if image_input else "WanPipeline",
         "_diffusers_version": _diffusers_version(),
         "boundary_ratio": boundary,
@@ -360,6 +362,7 @@ def _model_index(release: Release, boundary: float | None, with_scheduler: bool)
         **({"image_encoder": entry(clip, "transformers", "CLIPVisionModel"),
             "image_processor": entry(clip, "transformers", "CLIPImageProcessor")} if image_input else {}),
     }
+    return vace_keys.model_index(index, release.config)
 
 
 def write_release(release: Release, dst: str | Path, to: str, *, dtype: torch.dtype | None = None,

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from openwan.checkpoints import keymaps
+from openwan.checkpoints import keymaps, vace_keys
 from openwan.checkpoints.encoders import read_clip, read_umt5
 from openwan.checkpoints.infer import dit_block_count, dit_image_tokens, infer_dit_config, infer_vae_config
 from openwan.checkpoints.io import CheckpointError, blame, read_json_config, read_state_dict
@@ -58,6 +58,8 @@ def _official_dit_config(data: dict) -> DiTConfig:
 
 
 def _dit_config_from_json(data: dict) -> DiTConfig:
+    if vace_keys.is_vace_config(data):  # Wan2.1-VACE: a VaceConfig, either layout
+        return vace_keys.vace_config_from_json(data)
     if "num_attention_heads" in data:
         return keymaps.dit_config_from_diffusers(data)
     return _official_dit_config(data)
@@ -106,10 +108,11 @@ def load_dit_state(path: str | Path, config: DiTConfig | dict | None = None,
     with blame(weights):
         if any(k.startswith(_COMFY_PREFIX) for k in state):
             state = {k.removeprefix(_COMFY_PREFIX): v for k, v in state.items()}
+        vace = vace_keys.is_vace_state(state)
         if keymaps.is_diffusers_dit(state):
-            state = keymaps.dit_diffusers_to_official(state)
+            state = vace_keys.vace_diffusers_to_official(state) if vace else keymaps.dit_diffusers_to_official(state)
         if config is None:
-            config = infer_dit_config(state)
+            config = vace_keys.infer_vace_config(state) if vace else infer_dit_config(state)
         # Wan2.1 and Wan2.2 i2v configs are identical; only the tensors tell whether CLIP image tokens are used.
         image_tokens = dit_image_tokens(state)
     blocks = dit_block_count(state)
