@@ -43,11 +43,14 @@ from openwan.runtime.quantize import QUANT_MODES
 HELP = "make a video (or image) from a prompt, an image, two frames or a video"
 SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed takes
 MAX_FRAME_NUM = 1001  # one pass; the released models are trained on 81 frames
+# The official generate.py's --task names that name a model rather than a task: the pipeline task each runs.
+TASK_NAMES = {"ti2v-5B": "ti2v"}
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help=HELP, description=HELP + ".")
-    p.add_argument("--task", default="t2v", choices=["t2v", "t2i", "i2v", "flf2v", "v2v", "extend"])
+    p.add_argument("--task", default="t2v", choices=["t2v", "t2i", "i2v", "flf2v", "v2v", "extend", "ti2v-5B", "ti2v"],
+                   help="ti2v-5B (or ti2v): Wan2.2 TI2V-5B, text-to-video, or image-to-video with --image")
     p.add_argument("--size", type=str, default=None, help="WIDTH*HEIGHT, e.g. 832*480 (default: the model's)")
     p.add_argument("--frame-num", type=int, default=None,
                    help="frames, 4n+1 up to 1001 (default: the model's, 81 for a Wan release, 17 for the bundled "
@@ -55,7 +58,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ckpt-dir", default=None, help="a Wan release folder (official or diffusers layout)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None, help="default: the reference's negative prompt")
-    p.add_argument("--image", default=None, help="i2v: the first frame")
+    p.add_argument("--image", default=None,
+                   help="i2v: the first frame; ti2v-5B: optional first frame (the video takes its aspect ratio at "
+                        "about --size's area)")
     p.add_argument("--first-frame", default=None, help="flf2v: the first frame")
     p.add_argument("--last-frame", default=None, help="flf2v: the last frame")
     p.add_argument("--video", default=None,
@@ -69,6 +74,8 @@ def add_parser(sub) -> None:
     p.add_argument("--base-seed", type=int, default=0, help="noise seed, -2**63 to 2**64-1")
     p.add_argument("--offload-model", action="store_true", help="move each model to the CPU when its stage ends")
     p.add_argument("--t5-cpu", action="store_true", help="keep the text encoder on the CPU")
+    p.add_argument("--convert-model-dtype", action="store_true",
+                   help="as in the official generate.py; openwan always holds the DiT in --dtype")
     p.add_argument("--no-weight-check", action="store_true",
                    help="skip the scan that refuses weights holding NaN or Inf (saves a pass over the weights)")
     p.add_argument("--stream-blocks", action="store_true", help="stream DiT blocks to the GPU one at a time")
@@ -138,6 +145,7 @@ class Plan:
 def check_args(args: argparse.Namespace) -> Plan:
     """Every check that needs no model: numbers, device, output paths, inputs (video headers first), and the
     release's config for what it decides (one or two experts, default size and frames, working memory)."""
+    args.task = TASK_NAMES.get(args.task, args.task)
     _check_numbers(args)
     cache = resolve(args.cache)
     if cache is not None and cache.cfg is not None and args.cfg_parallel:
@@ -159,6 +167,8 @@ def check_args(args: argparse.Namespace) -> Plan:
     facts = _release_facts(root) if root is not None else None
     if facts is not None:
         _check_task_fits(args.task, facts, root)
+        if size:
+            cond.check_size(*size, facts.size_multiple)
     defaults = facts.defaults.for_task(args.task) if facts else None
     guide = _guide(args.sample_guide_scale, facts)
     steps = args.sample_steps or (defaults.sample_steps if defaults else None)
@@ -228,6 +238,13 @@ class ReleaseFacts:
     ffn_dim: int
     patch: tuple[int, int, int]
     defaults: SamplingDefaults
+    model_type: str = "t2v"
+    vae_stride: int = 8  # pixels per latent in height and width: 16 for TI2V-5B (the Wan2.2 VAE)
+
+    @property
+    def size_multiple(self) -> int:
+        """Width and height must be multiples of this: one DiT patch of latents."""
+        return self.vae_stride * max(self.patch[1:])
 
 
 def _release_facts(root: Path) -> ReleaseFacts | None:
@@ -248,6 +265,7 @@ def _release_facts(root: Path) -> ReleaseFacts | None:
             ffn, in_dim, out_dim = (int(raw[k]) for k in ("ffn_dim", "in_channels", "out_channels"))
             patch = tuple(int(v) for v in raw.get("patch_size", (1, 2, 2)))
             model_type = "flf2v" if raw.get("pos_embed_seq_len") else ("i2v" if in_dim > out_dim else "t2v")
+            model_type = "ti2v" if in_dim == out_dim == 48 else model_type
             two = (root / "transformer_2").is_dir()
         else:
             return None
@@ -257,12 +275,19 @@ def _release_facts(root: Path) -> ReleaseFacts | None:
         return None
     shape = SimpleNamespace(dim=dim, in_dim=in_dim, out_dim=out_dim, model_type=model_type)
     return ReleaseFacts(two_experts=two, image_to_video=in_dim > out_dim, dim=dim, ffn_dim=ffn, patch=patch,
-                        defaults=defaults_for(shape, two))
+                        defaults=defaults_for(shape, two), model_type=model_type,
+                        vae_stride=16 if model_type == "ti2v" else 8)
 
 
 def _check_task_fits(task: str, facts: ReleaseFacts, root: Path) -> None:
     """A task the release's DiT cannot do is refused before anything is loaded."""
     which = "the bundled demo model" if root == BUNDLED else str(root)
+    if task == "ti2v" and facts.model_type != "ti2v":
+        raise ValueError(f"--task ti2v-5B needs a Wan2.2 TI2V-5B release; {which} is not one: pass --ckpt-dir with "
+                         "a TI2V-5B release, or use --task t2v / i2v.")
+    if task in ("i2v", "flf2v", "extend") and facts.model_type == "ti2v":
+        raise ValueError(f"{which} is Wan2.2 TI2V-5B, which takes its first frame in --task ti2v-5B --image; use "
+                         f"that instead of --task {task}.")
     if task in ("i2v", "flf2v", "extend") and not facts.image_to_video:
         raise ValueError(f"--task {task} needs an image-to-video release (Wan2.1 I2V/FLF2V or Wan2.2 I2V); {which} "
                          "is text-to-video (t2v, t2i, v2v): pass --ckpt-dir with an image-to-video release.")
@@ -290,7 +315,7 @@ def _check_memory(args, facts: ReleaseFacts, defaults: SamplingDefaults, size: t
     scale = defaults.guide_scale if guide is None else guide
     batch = 2 if max(scale if isinstance(scale, tuple) else (scale,)) != 1.0 and not args.no_cfg_batch else 1
     need = cond.activation_bytes(*size, frame_num, dim=facts.dim, ffn_dim=facts.ffn_dim, patch=facts.patch,
-                                 elem_bytes=elem, batch=batch)
+                                 elem_bytes=elem, batch=batch, stride=facts.vae_stride)
     have = device_memory_bytes(device)
     if need > have:
         where = "of RAM" if device.type == "cpu" else f"that {device} holds"
