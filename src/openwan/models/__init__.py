@@ -3,6 +3,7 @@
 from openwan.models.dit import WanDiT
 from openwan.models.image_encoder import load_clip_encoder
 from openwan.models.text_encoder import load_umt5_encoder
+from openwan.models.vace import WanVaceDiT, load_any_dit
 from openwan.models.vae import WanVAE
 
-__all__ = ["WanDiT", "WanVAE", "load_umt5_encoder", "load_clip_encoder"]
+__all__ = ["WanDiT", "WanVaceDiT", "WanVAE", "load_any_dit", "load_umt5_encoder", "load_clip_encoder"]
