@@ -1,5 +1,7 @@
-"""Flow-matching sampling and training maths (pure torch, no models): σ schedules, solvers, guidance."""
+"""Flow-matching sampling and training maths (pure torch, no models): σ schedules, solvers, guidance, consistency
+distillation."""
 
+from openwan.diffusion.consistency import student_sigmas, teacher_sigmas
 from openwan.diffusion.guidance import cfg_combine, guide_scale_for, select_expert
 from openwan.diffusion.schedule import (
     NUM_TRAIN_TIMESTEPS,
@@ -9,11 +11,21 @@ from openwan.diffusion.schedule import (
     shift_sigmas,
     timesteps_from_sigmas,
 )
-from openwan.diffusion.solvers import SOLVER_NAMES, DPMSolverPP2M, Euler, Solver, UniPC, make_solver, sample
+from openwan.diffusion.solvers import (
+    SOLVER_NAMES,
+    Consistency,
+    DPMSolverPP2M,
+    Euler,
+    Solver,
+    UniPC,
+    make_solver,
+    sample,
+)
 
 __all__ = [
     "NUM_TRAIN_TIMESTEPS",
     "SOLVER_NAMES",
+    "Consistency",
     "DPMSolverPP2M",
     "Euler",
     "Solver",
@@ -27,5 +39,7 @@ __all__ = [
     "sampling_sigmas",
     "select_expert",
     "shift_sigmas",
+    "student_sigmas",
+    "teacher_sigmas",
     "timesteps_from_sigmas",
 ]

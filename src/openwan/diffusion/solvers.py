@@ -29,7 +29,7 @@ import torch
 
 from openwan.diffusion.schedule import timesteps_from_sigmas
 
-SOLVER_NAMES = ("unipc", "dpm++", "euler")
+SOLVER_NAMES = ("unipc", "dpm++", "euler", "lcm")
 
 
 def _lambda(sigma: float) -> float:
@@ -199,9 +199,37 @@ def _unic_weights(h: float, r: float) -> tuple[float, float]:
     return rho_prev, g1 - rho_prev
 
 
+class Consistency(Solver):
+    """Multistep consistency sampling (LCM) for a distilled student on its own grid (``consistency.student_sigmas``).
+
+    x0 = x_i − σ_i·v, then x_{i+1} = (1 − σ_{i+1})·x0 + σ_{i+1}·ε', where ε' is the noise the step implies,
+    ε̂ = x_i + (1 − σ_i)·v, mixed with fresh noise z by ``gamma``: ε' = √(1 − γ)·ε̂ + √γ·z. γ = 0 is deterministic
+    and algebraically an Euler step (what a phased-consistency student is trained for); γ = 1 re-noises with fresh
+    noise at every step, as LCM's sampler does. z is drawn on the CPU from ``generator``.
+    """
+
+    name = "lcm"
+
+    def __init__(self, sigmas: torch.Tensor | Sequence[float], gamma: float = 0.0,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(sigmas)
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma is the fraction of fresh noise per step, from 0 to 1; got {gamma!r}.")
+        self.gamma, self.generator = gamma, generator
+
+    def _step(self, v: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
+        sigma, sigma_next = self._sig[i], self._sig[i + 1]
+        x0 = x - sigma * v
+        eps = x + (1.0 - sigma) * v
+        if self.gamma > 0 and sigma_next > 0:
+            z = torch.randn(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)
+            eps = math.sqrt(1.0 - self.gamma) * eps + math.sqrt(self.gamma) * z
+        return (1.0 - sigma_next) * x0 + sigma_next * eps
+
+
 def make_solver(name: str, sigmas: torch.Tensor | Sequence[float]) -> Solver:
-    """A fresh solver of the given kind ("unipc", "dpm++" or "euler") for the σ grid `sigmas`."""
-    solvers = {"unipc": UniPC, "dpm++": DPMSolverPP2M, "euler": Euler}
+    """A fresh solver of the given kind ("unipc", "dpm++", "euler" or "lcm") for the σ grid `sigmas`."""
+    solvers = {"unipc": UniPC, "dpm++": DPMSolverPP2M, "euler": Euler, "lcm": Consistency}
     if name not in solvers:
         raise ValueError(f"Unknown solver {name!r}; use one of {', '.join(SOLVER_NAMES)}.")
     return solvers[name](sigmas)
