@@ -7,7 +7,8 @@ from collections.abc import Mapping
 
 import torch
 
-from openwan.configs import DiTConfig, VAEConfig
+from openwan.checkpoints import vae22_keys
+from openwan.configs import DiTConfig, VAEConfig, default_latent_stats
 
 # Every released DiT uses 128-dim heads; the head count is not visible in the tensor shapes otherwise.
 RELEASED_HEAD_DIM = 128
@@ -68,10 +69,9 @@ def infer_dit_config(state: Mapping[str, torch.Tensor], head_dim: int = RELEASED
 
 
 def infer_vae_config(state: Mapping[str, torch.Tensor]) -> VAEConfig:
-    """A Wan2.1 VAE config from official-layout tensors (the released file ships no config)."""
-    patchified = "encoder.conv1.weight" in state and state["encoder.conv1.weight"].shape[1] == 12
-    if patchified or any(k.startswith("encoder.downsamples.0.downsamples.") for k in state):
-        raise ValueError("this is a Wan2.2 VAE (48 channels, patchified); openwan loads the Wan2.1 VAE only.")
+    """A Wan2.1 or Wan2.2 VAE config from official-layout tensors (the released files ship no config)."""
+    if vae22_keys.is_residual_vae(state):  # Wan2.2: levels nested as encoder.downsamples.{level}.downsamples.{j}
+        return vae22_keys.infer_vae22_config(state)
     dim = int(_need(state, "encoder.conv1.weight", "Wan2.1 VAE").shape[0])
     z_dim = int(_need(state, "conv2.weight", "Wan2.1 VAE").shape[0])
     # Encoder downsamples are flat: per level `r` residual blocks, then a resample (none after the last level).
@@ -100,12 +100,6 @@ def infer_vae_config(state: Mapping[str, torch.Tensor]) -> VAEConfig:
         dim_mult=tuple(dim_mult),
         num_res_blocks=r,
         temporal_downsample=tuple(temporal),
-        **_default_scale(z_dim),
+        patch_size=vae22_keys.patch_size_of(state),
+        **default_latent_stats(z_dim),
     )
-
-
-def _default_scale(z_dim: int) -> dict:
-    """Latent statistics: the published 2.1 constants for 16 channels, identity for other (custom) sizes."""
-    if z_dim == 16:
-        return {}
-    return {"latents_mean": (0.0,) * z_dim, "latents_std": (1.0,) * z_dim}

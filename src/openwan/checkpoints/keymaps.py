@@ -209,7 +209,7 @@ def _convert_vae(state: Mapping[str, torch.Tensor], cfg: VAEConfig, src: int) ->
     if unknown:
         raise ValueError(
             f"{len(unknown)} keys are not part of a Wan VAE of this architecture (e.g. {', '.join(unknown[:4])});"
-            " this file is not a Wan2.1/2.2 VAE checkpoint."
+            f" this file is not a Wan{'2.2' if cfg.residual else '2.1'} VAE checkpoint."
         )
     return out
 
