@@ -2,8 +2,8 @@
 
 Accepted for the DiT: an official release folder (config.json + one or sharded safetensors with an index), a
 diffusers-format folder (the whole "-Diffusers" release or its transformer/ subfolder), or a single
-.safetensors / .pth file in either key layout. For the VAE: the release's Wan2.1_VAE.pth (no config: the
-architecture is read off the tensor shapes), a folder holding it, or a diffusers vae/ folder.
+.safetensors / .pth file in either key layout. For the VAE: the release's Wan2.1_VAE.pth or Wan2.2_VAE.pth (no
+config: the architecture, 2.1 or 2.2, is read off the tensor shapes), a folder holding it, or a diffusers vae/ folder.
 
 Each reader returns (config, state dict in the official key layout); the networks build themselves from that
 (``WanDiT.from_pretrained`` / ``WanVAE.from_pretrained``, through :func:`read`).
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from openwan.checkpoints import keymaps, vace_keys
+from openwan.checkpoints import keymaps, vace_keys, vae22_keys
 from openwan.checkpoints.encoders import read_clip, read_umt5
 from openwan.checkpoints.infer import dit_block_count, dit_image_tokens, infer_dit_config, infer_vae_config
 from openwan.checkpoints.io import CheckpointError, blame, read_json_config, read_state_dict
@@ -31,7 +31,9 @@ DIT_RELEASE_HINT = (
     "diffusion_pytorch_model-0000k-of-0000N.safetensors shards plus diffusion_pytorch_model.safetensors.index.json); "
     "a diffusers-format release holds transformer/ with the same files"
 )
-VAE_RELEASE_HINT = "a Wan2.1 release folder holds Wan2.1_VAE.pth; a diffusers-format release holds vae/"
+VAE_RELEASE_HINT = ("a Wan release folder holds Wan2.1_VAE.pth (Wan2.2 TI2V-5B: Wan2.2_VAE.pth); a diffusers-format "
+                    "release holds vae/")
+VAE_FILES = ("Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors", "Wan2.2_VAE.pth", "Wan2.2_VAE.safetensors")
 _COMFY_PREFIX = "model.diffusion_model."
 
 
@@ -135,18 +137,19 @@ def _vae_weight_file(folder: Path) -> tuple[Path, dict | None]:
         for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
             if (folder / name).is_file():
                 return folder / name, data
-    for name in ("Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors"):
-        if (folder / name).is_file():
-            return folder / name, None
-    if (folder / "Wan2.2_VAE.pth").is_file():
-        raise CheckpointError(
-            f"{folder} holds the Wan2.2 VAE (Wan2.2_VAE.pth), which openwan does not load yet; use a Wan2.1 VAE."
-        )
+    found = [folder / name for name in VAE_FILES if (folder / name).is_file()]
+    if len({f.stem for f in found}) > 1:
+        raise CheckpointError(f"{folder} holds both {found[0].name} and {found[-1].name}; point at the VAE file "
+                              "the model was trained with.")
+    if found:
+        return found[0], None
     raise CheckpointError(f"{folder} holds no VAE weights I can identify; {VAE_RELEASE_HINT}.")
 
 
 def _vae_structure_from_diffusers(state: dict) -> VAEConfig:
     """Enough architecture to rename diffusers keys (levels, blocks per level); shapes decide the rest later."""
+    if vae22_keys.is_residual_diffusers_vae(state):
+        return vae22_keys.structure_from_diffusers(state)
     up = {int(k.split(".")[2]) for k in state if k.startswith("decoder.up_blocks.")}
     resnets = {int(k.split(".")[4]) for k in state if k.startswith("decoder.up_blocks.0.resnets.")}
     if not up or not resnets:
@@ -156,7 +159,7 @@ def _vae_structure_from_diffusers(state: dict) -> VAEConfig:
 
 
 def load_vae_state(path: str | Path, check_finite: bool | None = None) -> tuple[VAEConfig, dict]:
-    """Read a Wan2.1 VAE from any supported layout: (config, official-layout state dict). A config beside the
+    """Read a Wan2.1 or Wan2.2 VAE from any supported layout: (config, official-layout state dict). A config beside the
     weights is checked field by field (a zero or non-finite ``latents_std`` is refused)."""
     path = Path(path)
     if not path.exists():
