@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 
 from openwan.checkpoints.io import CheckpointError, read_json_config
-from openwan.models import WanDiT, WanVAE, load_clip_encoder, load_umt5_encoder
+from openwan.models import WanVAE, load_any_dit, load_clip_encoder, load_umt5_encoder
 from openwan.models.text_encoder import load_tokenizer
 from openwan.pipelines.defaults import defaults_for
+from openwan.pipelines.vace import vace_sampling_defaults
 
 # The bundled demo model is package data (src/openwan/weights/openwan-demo), so a wheel install finds it too.
 BUNDLED = Path(str(resources.files("openwan") / "weights" / "openwan-demo"))
@@ -79,7 +80,7 @@ def load_components(path: str | Path, *, dtype: torch.dtype = torch.float32,
         dit_dirs = [root / "high_noise_model", root / "low_noise_model"]
     else:
         dit_dirs = [root]
-    dits = [WanDiT.from_pretrained(d, dtype=dtype, device=device) for d in dit_dirs]
+    dits = [load_any_dit(d, dtype=dtype, device=device) for d in dit_dirs]  # a WanVaceDiT for a VACE release
     cfg = dits[0].cfg
     # The VAE stays float32 unless asked otherwise on GPU: it is small and its output is what users see.
     vae_names = (VAE22_FILE, *VAE_FILES) if cfg.model_type == "ti2v" else (*VAE_FILES, VAE22_FILE)
@@ -97,7 +98,7 @@ def load_components(path: str | Path, *, dtype: torch.dtype = torch.float32,
         image_encoder = load_clip_encoder(_require(root, "CLIP image encoder", "image_encoder", CLIP_FILE),
                                           dtype=dtype, device=device)
     two = len(dits) == 2
-    defaults = defaults_for(cfg, two_experts=two)
+    defaults = vace_sampling_defaults(defaults_for(cfg, two_experts=two), dits[0])
     boundary = (_boundary(root) or defaults.boundary) if two else None
     return {"dit": dits[0], "dit_low": dits[1] if two else None, "boundary": boundary, "vae": vae,
             "text_encoder": text_encoder, "tokenizer": tokenizer, "image_encoder": image_encoder,

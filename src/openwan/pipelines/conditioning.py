@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-TASKS = ("t2v", "t2i", "i2v", "flf2v", "v2v", "extend", "ti2v")
+TASKS = ("t2v", "t2i", "i2v", "flf2v", "v2v", "extend", "ti2v", "vace")
 
 
 @dataclass
@@ -26,6 +26,11 @@ class Conditioning:
     # Latents held clean through the loop (ti2v: the image as the first latent frame): the values and where.
     clean_latents: torch.Tensor | None = None  # [1, C, F_lat, h, w]
     clean_mask: torch.Tensor | None = None  # [1, 1, F_lat, h, w] bool, True where clean_latents hold
+    # Wan2.1-VACE (pipelines/vace.py): the DiT's vace_context, its scale, and the latent frames in front of the video
+    # (one per reference image) that the noise carries too and the output drops.
+    vace_context: torch.Tensor | None = None  # [1, 96, prefix_frames + F_lat, h, w]
+    vace_scale: float = 1.0
+    prefix_frames: int = 0
 
     def timesteps(self, t: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
         """The DiT's t for one batch row: [1], or per token [1, L] (0 on the tokens of clean latents, L = the

@@ -20,7 +20,7 @@ from openwan.diffusion import make_solver, sampling_sigmas, timesteps_from_sigma
 from openwan.models.image_encoder import encode_images
 from openwan.models.text_encoder import encode_prompts, pad_context
 from openwan.pipelines import conditioning as cond
-from openwan.pipelines import ti2v
+from openwan.pipelines import ti2v, vace
 from openwan.pipelines.components import load_components
 from openwan.pipelines.defaults import SamplingDefaults
 from openwan.runtime.cache import BRANCHES, CacheRun, resolve
@@ -120,7 +120,9 @@ class WanPipeline:
                  solver: str = "unipc", seed: int = 0, latents: torch.Tensor | None = None,
                  image: torch.Tensor | None = None, last_image: torch.Tensor | None = None,
                  video: torch.Tensor | None = None, strength: float | None = None, cfg_batch: bool = True,
-                 return_video: bool = True, progress: bool = True, cache=None) -> WanOutput:
+                 return_video: bool = True, progress: bool = True, cache=None, src_video: torch.Tensor | None = None,
+                 src_mask: torch.Tensor | None = None, src_ref_images=None, vace_context_scale: float = 1.0
+                 ) -> WanOutput:
         """Generate. Images/videos are [T, H, W, 3] in [0, 1] (an image may be [H, W, 3]).
 
         ``latents`` (when given) is the initial noise [C, F_lat, H/s, W/s] (s: the VAE's spatial compression), so
@@ -131,6 +133,7 @@ class WanPipeline:
         timings: dict[str, float] = {}
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        size, frame_num = vace.defaults_from_video(task, size, frame_num, src_video)
         d = self.defaults.for_task(task)
         frame_num = d.frame_num if frame_num is None else frame_num
         width, height = size or d.size
@@ -138,6 +141,8 @@ class WanPipeline:
         shift = d.sample_shift if sample_shift is None else sample_shift
         guide = d.guide_scale if guide_scale is None else guide_scale
         _check_sampling(steps, shift, guide, seed)
+        vace.check_inputs(self.dit, task, frame_num, src_video, src_mask, src_ref_images, vace_context_scale,
+                          self.vae_stride[0])
         self._check_inputs(task, frame_num, width, height, image, last_image, video, strength)
         if task == "extend":
             return self._extend(prompt, negative_prompt, video, frame_num, (width, height), steps, shift, guide,
@@ -159,10 +164,16 @@ class WanPipeline:
             guided = _max_scale(guide) != 1.0
             context = self.encode_text([prompt, negative] if guided else [prompt])
         with _timer(timings, "condition"):
-            c = self._conditioning(task, frame_num, width, height, image, last_image, video, strength)
+            if task == "vace":
+                with on_device(self.vae, self.device, self.offload_model):
+                    c = vace.conditioning(self.vae, self.vae_stride, frame_num, width, height, src_video, src_mask,
+                                          src_ref_images, vace_context_scale, self.device)
+            else:
+                c = self._conditioning(task, frame_num, width, height, image, last_image, video, strength)
 
         t_stride, h_stride, w_stride = self.vae_stride
-        shape = (self.dit.cfg.out_dim, cond.latent_frames(frame_num, t_stride), height // h_stride, width // w_stride)
+        frames = c.prefix_frames + cond.latent_frames(frame_num, t_stride)  # vace: reference frames first
+        shape = (self.dit.cfg.out_dim, frames, height // h_stride, width // w_stride)
         if latents is None:
             generator = torch.Generator(self.device).manual_seed(seed)
             noise = torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
@@ -177,6 +188,7 @@ class WanPipeline:
             x = (1 - s) * c.init_latents.float() + s * x
         with _timer(timings, "denoise"):
             x = self.denoise(x, context, c, sigmas, solver, guide, cfg_batch, progress, run)
+        x = x[:, :, c.prefix_frames:]  # vace: the reference images' frames are not part of the video
         out = WanOutput(video=None, latents=x[0], timings=timings, cache=run.summary() if run else None)
         if return_video:
             with _timer(timings, "decode"):
@@ -227,6 +239,9 @@ class WanPipeline:
             kwargs["y"] = c.y.to(dtype)
         if c.clip_fea is not None:
             kwargs["clip_fea"] = c.clip_fea.to(dtype)
+        if c.vace_context is not None:  # tensors, so that the CFG batch concatenates them like the others
+            kwargs["vace_context"] = c.vace_context.to(dtype)
+            kwargs["vace_context_scale"] = torch.full((1,), c.vace_scale, device=self.device)
         tt = c.timesteps(t, model.cfg.patch_size)  # [1], or per token [1, L] where latents are held clean
         if context.shape[0] == 1:  # no guidance
             _branches(cache, "cond")
