@@ -4,10 +4,11 @@ A whole release converts to a complete folder of the other layout: to diffusers,
 ``diffusers.WanPipeline.from_pretrained`` loads (model_index.json, transformer/ — the high-noise expert of a
 two-expert release — and transformer_2/, vae/, text_encoder/, tokenizer/, scheduler/; an i2v/flf2v release's CLIP
 vision tower as image_encoder/ + image_processor/ for WanImageToVideoPipeline); to official, the release layout
-(config.json + safetensors or high_noise_model/ + low_noise_model/ + configuration.json, Wan2.1_VAE.pth,
-models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/, the CLIP file). What diffusers has no field for is kept as an
-extra key in the config it belongs to and read back by openwan: ``text_len`` in transformer/config.json. The VAE's
-latent statistics travel in vae/config.json one way and in Wan2.1_VAE.json (beside Wan2.1_VAE.pth) the other way.
+(config.json + safetensors or high_noise_model/ + low_noise_model/ + configuration.json, Wan2.1_VAE.pth or
+Wan2.2_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/, the CLIP file). What diffusers has no field
+for is kept as an extra key in the config it belongs to and read back by openwan: ``text_len`` in
+transformer/config.json. The VAE's latent statistics travel in vae/config.json one way and in Wan2.x_VAE.json
+(beside Wan2.x_VAE.pth) the other way.
 What a conversion cannot carry is logged in one line (or refused, where the result would generate differently).
 
 Every file is written to a temporary name and renamed into place, so an interrupted conversion never leaves a
@@ -41,7 +42,7 @@ from openwan.checkpoints.encoders import (
 )
 from openwan.checkpoints.infer import infer_vae_config
 from openwan.checkpoints.io import CheckpointError, read_json_config, read_state_dict
-from openwan.checkpoints.loaders import load_dit_state, load_vae_state
+from openwan.checkpoints.loaders import VAE_FILES, load_dit_state, load_vae_state
 from openwan.configs import DiTConfig, VaceConfig, VAEConfig
 from openwan.fileio import atomic_torch_save, atomic_write
 
@@ -53,6 +54,7 @@ EXPERT_DIRS = ("high_noise_model", "low_noise_model")  # official Wan2.2 A14B: h
 TRANSFORMER_DIRS = ("transformer", "transformer_2")  # diffusers: `transformer` takes t >= boundary_ratio·1000
 TOKENIZER_DIRS = {"official": "google/umt5-xxl", "diffusers": "tokenizer"}
 VAE_FILE = "Wan2.1_VAE.pth"
+VAE22_FILE = "Wan2.2_VAE.pth"  # the residual, 48-channel VAE of Wan2.2 TI2V-5B
 HF_WEIGHTS = "model.safetensors"  # transformers' file name (text_encoder/, image_encoder/)
 _UMT5_TIED = "encoder.embed_tokens.weight"  # the same tensor as shared.weight; safetensors stores it once
 
@@ -129,14 +131,14 @@ def convert_dit(src: str | Path, dst: str | Path, to: str, *, dtype: torch.dtype
 
 
 def write_vae(config: VAEConfig, state: dict, dst: Path, to: str) -> Path:
-    """Write a Wan2.1 VAE (official keys) as a diffusers vae/ folder ``dst``, or as ``dst``/Wan2.1_VAE.pth (``dst``
-    itself when it ends in .pth) with Wan2.1_VAE.json beside it when the latent statistics are not those a
-    config-less .pth is read with."""
+    """Write a Wan VAE (official keys) as a diffusers vae/ folder ``dst``, or as ``dst``/Wan2.1_VAE.pth (a Wan2.2
+    VAE: Wan2.2_VAE.pth; ``dst`` itself when it ends in .pth) with a .json of the same name beside it when the
+    latent statistics are not those a config-less .pth is read with."""
     if to == "diffusers":
         write_json(dst / "config.json", keymaps.vae_config_to_diffusers(config))
         save_safetensors(keymaps.vae_official_to_diffusers(state, config), dst / "diffusion_pytorch_model.safetensors")
         return dst
-    target = dst / VAE_FILE if dst.suffix != ".pth" else dst
+    target = dst / (VAE22_FILE if config.residual else VAE_FILE) if dst.suffix != ".pth" else dst
     atomic_torch_save({k: v.contiguous() for k, v in state.items()}, target)
     read_alone = infer_vae_config(state)
     if (config.latents_mean, config.latents_std) != (read_alone.latents_mean, read_alone.latents_std):
@@ -145,8 +147,8 @@ def write_vae(config: VAEConfig, state: dict, dst: Path, to: str) -> Path:
 
 
 def convert_vae(src: str | Path, dst: str | Path, to: str, *, dtype: torch.dtype | None = None) -> Path:
-    """Write the Wan2.1 VAE at ``src`` to ``dst``: a diffusers vae/ folder, or the release's Wan2.1_VAE.pth (with
-    Wan2.1_VAE.json beside it when its latent statistics are not the released ones)."""
+    """Write the Wan2.1 or Wan2.2 VAE at ``src`` to ``dst``: a diffusers vae/ folder, or the release's
+    Wan2.1_VAE.pth / Wan2.2_VAE.pth (with a .json beside it when its latent statistics are not the released ones)."""
     _check_layout(to)
     config, state = load_vae_state(src)
     return write_vae(config, _cast(state, dtype), Path(dst), to)
@@ -206,12 +208,9 @@ def read_release(src: str | Path) -> Release:
     tokenizer = next((src / d for d in TOKENIZER_DIRS.values() if (src / d).is_dir()), None)
     if tokenizer is None:
         _present(src, "tokenizer", *TOKENIZER_DIRS.values())
-    has_vae = _present(src, "VAE", "vae/config.json", VAE_FILE, "Wan2.1_VAE.safetensors")
+    has_vae = _present(src, "VAE", "vae/config.json", *VAE_FILES)
     has_umt5 = _present(src, "umT5 text encoder", "text_encoder/config.json", "models_t5_*.pth")
     dits = [load_dit_state(d) for d in dit_dirs]
-    if dits[0][0].model_type == "ti2v":
-        raise CheckpointError(f"{src} is a Wan2.2 ti2v-5B release, whose Wan2.2 VAE openwan does not convert; "
-                              "convert its DiT alone with --model dit.")
     if dits[0][0].image_tokens:  # Wan2.1 i2v / flf2v condition on CLIP image features
         _present(src, "CLIP image encoder", CLIP_OFFICIAL_FILE, "image_encoder/config.json")
     return Release(
@@ -352,7 +351,7 @@ def _model_index(release: Release, boundary: float | None, with_scheduler: bool)
         "_class_name": "WanImageToVideoPipeline" if image_input else "WanPipeline",
         "_diffusers_version": _diffusers_version(),
         "boundary_ratio": boundary,
-        "expand_timesteps": False,
+        "expand_timesteps": release.config.model_type == "ti2v",  # diffusers' per-token timesteps of TI2V-5B
         "scheduler": entry(with_scheduler, "diffusers", "UniPCMultistepScheduler"),
         "text_encoder": entry(release.text_encoder is not None, "transformers", "UMT5EncoderModel"),
         "tokenizer": entry(tokenizer is not None, "transformers", _tokenizer_class(tokenizer) if tokenizer else ""),
