@@ -30,7 +30,7 @@ from openwan.data.video import (
 from openwan.eval.prompts import write_strip
 from openwan.fileio import Terminated, atomic_write, terminate_cleanly
 from openwan.models.layers import ATTENTION_BACKENDS
-from openwan.pipelines import WanPipeline
+from openwan.pipelines import WanPipeline, vace
 from openwan.pipelines import conditioning as cond
 from openwan.pipelines.components import BUNDLED, BUNDLED_NOTE, holds_dit
 from openwan.pipelines.defaults import SamplingDefaults, defaults_for
@@ -44,13 +44,15 @@ HELP = "make a video (or image) from a prompt, an image, two frames or a video"
 SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed takes
 MAX_FRAME_NUM = 1001  # one pass; the released models are trained on 81 frames
 # The official generate.py's --task names that name a model rather than a task: the pipeline task each runs.
-TASK_NAMES = {"ti2v-5B": "ti2v"}
+TASK_NAMES = {"ti2v-5B": "ti2v", **vace.CLI_TASKS}
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("generate", help=HELP, description=HELP + ".")
-    p.add_argument("--task", default="t2v", choices=["t2v", "t2i", "i2v", "flf2v", "v2v", "extend", "ti2v-5B", "ti2v"],
-                   help="ti2v-5B (or ti2v): Wan2.2 TI2V-5B, text-to-video, or image-to-video with --image")
+    p.add_argument("--task", default="t2v", choices=["t2v", "t2i", "i2v", "flf2v", "v2v", "extend", "ti2v-5B", "ti2v",
+                                                     "vace-1.3B", "vace-14B", "vace"],
+                   help="ti2v-5B (or ti2v): Wan2.2 TI2V-5B, text-to-video, or image-to-video with --image; vace-1.3B / "
+                        "vace-14B (or vace): Wan2.1-VACE with --src-video / --src-mask / --src-ref-images")
     p.add_argument("--size", type=str, default=None, help="WIDTH*HEIGHT, e.g. 832*480 (default: the model's)")
     p.add_argument("--frame-num", type=int, default=None,
                    help="frames, 4n+1 up to 1001 (default: the model's, 81 for a Wan release, 17 for the bundled "
@@ -66,6 +68,14 @@ def add_parser(sub) -> None:
     p.add_argument("--video", default=None,
                    help="v2v / extend: the input video (frames up to 4096*2304 pixels; v2v reads --frame-num of them)")
     p.add_argument("--strength", type=float, default=None, help="v2v: how much to re-noise the input, in (0, 1]")
+    p.add_argument("--src-video", default=None,
+                   help="vace: the source video, a control signal (depth, pose, flow, grey, scribbles) or the video to "
+                        "edit; the output takes its --frame-num frames at --size")
+    p.add_argument("--src-mask", default=None,
+                   help="vace: a mask video of --src-video's size, white where to generate, black where to keep")
+    p.add_argument("--src-ref-images", default=None, help="vace: reference images, comma-separated")
+    p.add_argument("--vace-context-scale", type=float, default=1.0,
+                   help="vace: how strongly the VACE context steers the video (1: as trained, 0: ignored)")
     p.add_argument("--sample-solver", default="unipc", choices=["unipc", "dpm++", "euler"])
     p.add_argument("--sample-steps", type=int, default=None, help="denoising steps, 1 to 1000")
     p.add_argument("--sample-shift", type=float, default=None, help="sigma schedule shift, in (0, 100]")
@@ -140,6 +150,7 @@ class Plan:
     image: torch.Tensor | None = None
     last: torch.Tensor | None = None
     video: torch.Tensor | None = None
+    vace: dict | None = None  # task vace: src_video, src_mask, src_ref_images as the pipeline takes them
 
 
 def check_args(args: argparse.Namespace) -> Plan:
@@ -163,10 +174,12 @@ def check_args(args: argparse.Namespace) -> Plan:
     device = check_device(args.device) if args.device else None
     save_file = _check_outputs(args)
     _check_tasks(args)
+    vace.check_flags(args.task, args.src_video, args.src_mask, args.src_ref_images, args.vace_context_scale)
     root = Path(args.ckpt_dir) if args.ckpt_dir else (BUNDLED if holds_dit(BUNDLED) else None)
     facts = _release_facts(root) if root is not None else None
     if facts is not None:
         _check_task_fits(args.task, facts, root)
+        vace.check_release(args.task, root, "the bundled demo model" if root == BUNDLED else str(root))
         if size:
             cond.check_size(*size, facts.size_multiple)
     defaults = facts.defaults.for_task(args.task) if facts else None
@@ -180,6 +193,9 @@ def check_args(args: argparse.Namespace) -> Plan:
         _check_memory(args, facts, defaults, width_height, frame_num, dtype, device, guide)
     plan = Plan(size=size, dtype=dtype, device=device, save_file=save_file, guide=guide)
     _read_inputs(args, plan, frame_num, width_height)
+    if args.task == "vace":
+        plan.vace = vace.read_sources(args.src_video, args.src_mask, args.src_ref_images, fps=args.fps or 16,
+                                      size=width_height, frame_num=frame_num)
     return plan
 
 
@@ -404,7 +420,8 @@ def _run(args: argparse.Namespace) -> int:
                sample_steps=args.sample_steps, sample_shift=args.sample_shift, guide_scale=plan.guide,
                solver=args.sample_solver, seed=args.base_seed, image=plan.image, last_image=plan.last,
                video=plan.video, strength=args.strength, cfg_batch=not args.no_cfg_batch,
-               return_video=task in ("extend",), progress=main_rank, cache=args.cache)
+               return_video=task in ("extend",), progress=main_rank, cache=args.cache,
+               vace_context_scale=args.vace_context_scale, **(plan.vace or {}))
     if not main_rank:  # every rank computed the same latents; rank 0 decodes and writes
         return 0
     if args.save_latents:

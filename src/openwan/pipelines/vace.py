@@ -33,8 +33,8 @@ from openwan.pipelines.conditioning import Conditioning, latent_frames, to_model
 # A bound against a mistaken glob or list: each reference image adds a latent frame of tokens to every step, and the
 # release's examples give one to three.
 MAX_REF_IMAGES = 8
-CLI_TASKS = ("vace", "vace-1.3B", "vace-14B")  # the official generate.py names the size; the pipeline task is vace
-_RELEASE_DIMS = {"vace-1.3B": 1536, "vace-14B": 5120}
+# The official generate.py's --task names of the VACE releases: both run the pipeline task vace.
+CLI_TASKS = {"vace-1.3B": "vace", "vace-14B": "vace"}
 
 
 def is_vace_model(dit) -> bool:
@@ -184,19 +184,28 @@ def release_is_vace(root: Path) -> bool | None:
     return None
 
 
-def check_release(task: str, root: Path, dim: int | None, which: str) -> None:
-    """Task vace needs a VACE release, and ``--task vace-1.3B``/``vace-14B`` one of that size."""
-    vace = release_is_vace(root)
-    if vace is None:
-        return
-    if task in CLI_TASKS and not vace:
-        raise ValueError(f"--task {task} needs a Wan2.1-VACE release; {which} has no VACE blocks: pass --ckpt-dir "
-                         "with a Wan2.1-VACE-1.3B or -14B release.")
-    want = _RELEASE_DIMS.get(task)
-    if want is not None and dim is not None and dim in _RELEASE_DIMS.values() and dim != want:
-        other = next(k for k, v in _RELEASE_DIMS.items() if v == dim)
-        raise ValueError(f"--task {task} names a different model from {which}, which is {other}; use --task {other} "
-                         "or --task vace.")
+def check_release(task: str, root: Path, which: str) -> None:
+    """Task vace needs a VACE release (read from its config.json before anything loads)."""
+    if task == "vace" and release_is_vace(root) is False:
+        raise ValueError(f"--task vace needs a Wan2.1-VACE release; {which} has no VACE blocks: pass --ckpt-dir with "
+                         "a Wan2.1-VACE-1.3B or -14B release.")
+
+
+def check_flags(task: str, src_video, src_mask, src_ref_images, context_scale: float) -> None:
+    """The CLI's VACE flags, before any file is read: only with --task vace, a mask only with a video, a bounded
+    reference list, a finite scale."""
+    given = [f for f, v in (("--src-video", src_video), ("--src-mask", src_mask),
+                            ("--src-ref-images", src_ref_images)) if v]
+    if given and task != "vace":
+        raise ValueError(f"{' / '.join(given)} go with --task vace (or vace-1.3B / vace-14B) and a Wan2.1-VACE "
+                         "release.")
+    if not (math.isfinite(context_scale) and context_scale >= 0):
+        raise ValueError(f"--vace-context-scale must be a finite number >= 0 (1: as trained); got {context_scale}.")
+    if src_mask and not src_video:
+        raise ValueError("--src-mask needs --src-video: the mask marks which pixels of that video to generate.")
+    paths = [p for p in (src_ref_images or "").split(",") if p.strip()]
+    if len(paths) > MAX_REF_IMAGES:
+        raise ValueError(f"--src-ref-images lists {len(paths)} images; give at most {MAX_REF_IMAGES}.")
 
 
 def read_sources(src_video: str | None, src_mask: str | None, src_ref_images: str | None, *, fps: float,
@@ -204,11 +213,7 @@ def read_sources(src_video: str | None, src_mask: str | None, src_ref_images: st
     """The CLI's VACE files as pipeline inputs: video and mask read at ``fps``, ``frame_num`` frames at ``size``
     (mask and video must share their source size); reference images comma-separated. Headers are checked first."""
     out: dict = {}
-    if src_mask and not src_video:
-        raise ValueError("--src-mask needs --src-video: the mask marks which pixels of that video to generate.")
     paths = [p for p in (src_ref_images or "").split(",") if p.strip()]
-    if len(paths) > MAX_REF_IMAGES:
-        raise ValueError(f"--src-ref-images lists {len(paths)} images; give at most {MAX_REF_IMAGES}.")
     if src_video:
         videos = [("--src-video", src_video)] + ([("--src-mask", src_mask)] if src_mask else [])
         headers = {flag: read_header(path) for flag, path in videos}
@@ -243,5 +248,5 @@ def vace_sampling_defaults(defaults, dit):
 
 
 __all__ = ["MAX_REF_IMAGES", "CLI_TASKS", "check_inputs", "conditioning", "fold_mask", "fit_on_canvas",
-           "defaults_from_video", "is_vace_model", "read_sources", "release_is_vace", "check_release",
+           "defaults_from_video", "is_vace_model", "read_sources", "release_is_vace", "check_release", "check_flags",
            "vace_sampling_defaults"]
