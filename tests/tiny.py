@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import ByT5Tokenizer, CLIPVisionModel, UMT5EncoderModel
 
-from openwan.configs import DIT_PRESETS, IMAGE_ENCODER_PRESETS, TEXT_ENCODER_PRESETS, VAE_PRESETS
-from openwan.models import WanDiT, WanVAE
+from openwan.configs import DIT_PRESETS, IMAGE_ENCODER_PRESETS, TEXT_ENCODER_PRESETS, VACE_PRESETS, VAE_PRESETS
+from openwan.models import WanDiT, WanVaceDiT, WanVAE
 
 
 def randomize(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
@@ -23,7 +23,10 @@ def randomize(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torc
 def tiny_components(preset: str = "tiny", seed: int = 0, **dit_changes) -> dict:
     """DiT, VAE, umT5, tokenizer (and CLIP for image presets): what WanPipeline(**parts) takes."""
     torch.manual_seed(seed)
-    dit = randomize(WanDiT(DIT_PRESETS[preset].replace(**dit_changes)), std=0.05, seed=seed)
+    if preset in VACE_PRESETS:  # e.g. "tiny-vace": a WanVaceDiT
+        dit = randomize(WanVaceDiT(VACE_PRESETS[preset].replace(**dit_changes)), std=0.05, seed=seed)
+    else:
+        dit = randomize(WanDiT(DIT_PRESETS[preset].replace(**dit_changes)), std=0.05, seed=seed)
     vae = randomize(WanVAE(VAE_PRESETS["tiny"]), std=0.1, seed=seed + 1)
     text_encoder = randomize(UMT5EncoderModel(TEXT_ENCODER_PRESETS["tiny"].to_hf()), std=0.1, seed=seed + 2)
     parts = {"dit": dit, "vae": vae, "text_encoder": text_encoder, "tokenizer": ByT5Tokenizer()}
