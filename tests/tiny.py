@@ -27,7 +27,10 @@ def tiny_components(preset: str = "tiny", seed: int = 0, **dit_changes) -> dict:
         dit = randomize(WanVaceDiT(VACE_PRESETS[preset].replace(**dit_changes)), std=0.05, seed=seed)
     else:
         dit = randomize(WanDiT(DIT_PRESETS[preset].replace(**dit_changes)), std=0.05, seed=seed)
-    vae = randomize(WanVAE(VAE_PRESETS["tiny"]), std=0.1, seed=seed + 1)
+    if dit.cfg.out_dim == 48:  # Wan2.2 TI2V (e.g. "tiny-ti2v"): the 48-channel Wan2.2 VAE
+        vae = tiny_vae22(seed=seed + 1)
+    else:
+        vae = randomize(WanVAE(VAE_PRESETS["tiny"]), std=0.1, seed=seed + 1)
     text_encoder = randomize(UMT5EncoderModel(TEXT_ENCODER_PRESETS["tiny"].to_hf()), std=0.1, seed=seed + 2)
     parts = {"dit": dit, "vae": vae, "text_encoder": text_encoder, "tokenizer": ByT5Tokenizer()}
     if dit.cfg.image_tokens:
