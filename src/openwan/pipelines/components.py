@@ -28,6 +28,7 @@ T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"
 CLIP_FILE = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 VAE_FILES = ("Wan2.1_VAE.pth", "Wan2.1_VAE.safetensors")
 VAE22_FILE = "Wan2.2_VAE.pth"
+VAE22_FILES = (VAE22_FILE, "Wan2.2_VAE.safetensors")
 RELEASE_LAYOUT = (
     "an official release folder holds config.json, diffusion_pytorch_model*.safetensors, Wan2.1_VAE.pth (TI2V-5B: "
     f"{VAE22_FILE}), "
@@ -83,7 +84,7 @@ def load_components(path: str | Path, *, dtype: torch.dtype = torch.float32,
     dits = [load_any_dit(d, dtype=dtype, device=device) for d in dit_dirs]  # a WanVaceDiT for a VACE release
     cfg = dits[0].cfg
     # The VAE stays float32 unless asked otherwise on GPU: it is small and its output is what users see.
-    vae_names = (VAE22_FILE, *VAE_FILES) if cfg.model_type == "ti2v" else (*VAE_FILES, VAE22_FILE)
+    vae_names = (*VAE22_FILES, *VAE_FILES) if cfg.model_type == "ti2v" else (*VAE_FILES, *VAE22_FILES)
     vae_path = _require(root, "VAE", "vae", *vae_names)
     vae = WanVAE.from_pretrained(vae_path, dtype=torch.float32 if dtype == torch.float32 else dtype, device=device)
     if vae.cfg.z_dim != cfg.out_dim:
