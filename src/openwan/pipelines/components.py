@@ -99,7 +99,7 @@ def load_components(path: str | Path, *, dtype: torch.dtype = torch.float32,
         image_encoder = load_clip_encoder(_require(root, "CLIP image encoder", "image_encoder", CLIP_FILE),
                                           dtype=dtype, device=device)
     two = len(dits) == 2
-    defaults = vace_sampling_defaults(defaults_for(cfg, two_experts=two), dits[0])
+    defaults = vace_sampling_defaults(defaults_for(cfg, two_experts=two), cfg)
     boundary = (_boundary(root) or defaults.boundary) if two else None
     return {"dit": dits[0], "dit_low": dits[1] if two else None, "boundary": boundary, "vae": vae,
             "text_encoder": text_encoder, "tokenizer": tokenizer, "image_encoder": image_encoder,

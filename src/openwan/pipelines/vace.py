@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from openwan.configs import VaceConfig
 from openwan.data.video import frames_at_fps, read_header, read_image, read_video, resize_crop
 from openwan.pipelines.conditioning import Conditioning, latent_frames, to_model_range
 
@@ -240,9 +241,9 @@ def _too_short(flag: str, path: str, frames: int, fps: float, frame_num: int) ->
                       "give a longer video or a lower --frame-num (4n+1).")
 
 
-def vace_sampling_defaults(defaults, dit):
-    """The family defaults for a VACE release: the reference samples VACE with shift 16."""
-    if not is_vace_model(dit) or dit.cfg.dim < 1536:
+def vace_sampling_defaults(defaults, cfg):
+    """The family defaults for a DiT config: a released-size VACE model samples with shift 16, as the reference."""
+    if not isinstance(cfg, VaceConfig) or cfg.dim < 1536:
         return defaults
     return dataclasses.replace(defaults, sample_shift=16.0)
 
