@@ -86,10 +86,10 @@ def consistency_target(teacher: Model, target_model: Model, x_n: torch.Tensor, c
         v_g = guided_velocity(teacher, x_n, t[n].to(x_n.device), context, context_negative, scale)
         x_m = jump(x_n, v_g.float(), s_n, s_m)
         inside = (n + 1 < end).to(x_n.device)  # samples whose teacher step stops short of the phase end
-        f_target = x_m
-        if bool(inside.any()):
-            v_t = target_model(x_m, t[n + 1].to(x_n.device), context).float()
-            f_target = torch.where(inside.view(-1, *([1] * (x_n.ndim - 1))), jump(x_m, v_t, s_m, s_e), x_m)
+        # Evaluated for every batch, even one of boundary pairs only: under FSDP a forward is collective, and
+        # another rank's batch may need it.
+        v_t = target_model(x_m, t[n + 1].to(x_n.device), context).float()
+        f_target = torch.where(inside.view(-1, *([1] * (x_n.ndim - 1))), jump(x_m, v_t, s_m, s_e), x_m)
         return (f_target - x_n) / (s_e - s_n).to(x_n).view(-1, *([1] * (x_n.ndim - 1)))
 
 
