@@ -6,6 +6,7 @@ from __future__ import annotations
 import av
 import pytest
 import torch
+from diffusers import WanVACEPipeline
 from safetensors.torch import load_file
 
 from openwan.checkpoints.convert import convert_release
@@ -67,8 +68,16 @@ def test_control_video_and_masked_edit(files, tmp_path):
 
 
 def test_a_diffusers_layout_release(files, tmp_path):
-    converted = convert_release(files["release"], tmp_path / "diffusers", "diffusers")
-    assert (converted / "transformer" / "config.json").is_file()
+    converted = convert_release(files["release"], tmp_path / "diffusers", "diffusers", flow_shift=16.0)
+    theirs = WanVACEPipeline.from_pretrained(str(converted)).transformer  # diffusers reads the converted folder
+    ours = WanVaceDiT.from_pretrained(files["release"])
+    g = torch.Generator().manual_seed(1)
+    x, vace_context, context = (torch.randn(1, 16, 2, 4, 4, generator=g), torch.randn(1, 96, 2, 4, 4, generator=g),
+                                torch.randn(1, 32, 32, generator=g))
+    with torch.no_grad():
+        ref = theirs(x, torch.tensor([500.0]), context, control_hidden_states=vace_context, return_dict=False)[0]
+        out = ours(x, torch.tensor([500.0]), context, vace_context=vace_context)
+    assert ((out - ref).abs().max() / ref.abs().max()) < 1e-4
     out = tmp_path / "out.mp4"
     assert main(["generate", "--prompt", "x", "--ckpt-dir", str(converted), "--task", "vace", "--src-ref-images",
                  str(files["dir"] / "ref1.png"), *FAST, "--frame-num", "5", "--save-file", str(out)]) == 0
