@@ -1,4 +1,5 @@
-"""One pipeline for every Wan task: text / image / first-last-frame / video to video, and video extension.
+"""One pipeline for every Wan task: text / image / first-last-frame / video to video, video extension, and Wan2.2
+TI2V's text-or-image to video.
 
 Tasks differ only in their conditioning (``conditioning.py``); the denoising loop below is shared and short.
 """
@@ -129,6 +130,8 @@ class WanPipeline:
         runs can be compared step by step.
         ``cache`` (a preset name of openwan.runtime.cache.PRESETS, a Cache or one cache policy) reuses work
         between steps (docs/acceleration.md); None or "off" runs the plain loop.
+        ``task="ti2v"`` (a Wan2.2 TI2V model): text-to-video without ``image``; with it, the image is the clean first
+        frame and the video takes its aspect ratio at about the area of ``size``.
         """
         timings: dict[str, float] = {}
         if torch.cuda.is_available():
