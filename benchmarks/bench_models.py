@@ -3,6 +3,7 @@
     python benchmarks/bench_models.py                 # CPU configuration of docs/benchmarks.md
     python benchmarks/bench_models.py --device cuda --full   # t2v-1.3B, 480x832, 81 frames, bf16 (GPU)
     python benchmarks/bench_models.py --memory        # peak memory of decode_stream vs diffusers' decode
+    python benchmarks/bench_models.py --vae22 --reps 1   # the released Wan2.2 VAE, 5 frames at 128x128 (CPU)
 
 Prints seconds (median of --reps alternating runs), ours/theirs time ratios and achieved GFLOP/s. On CPU it also
 times the demo VAE with its conv weights in channels-last layout (ours) against the ordinary layout (same code and
@@ -48,8 +49,9 @@ def _flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def compare(name: str, ours, theirs, device, reps: int, peer: str = "diffusers") -> dict:
-    ours(), theirs()  # warm-up (allocator, kernels, RoPE tables)
+def compare(name: str, ours, theirs, device, reps: int, peer: str = "diffusers", warmup: bool = True) -> dict:
+    if warmup:  # allocator, kernels, RoPE tables; runs of minutes each (--vae22 on CPU) skip it
+        ours(), theirs()
     t_ours, t_theirs = [], []
     for _ in range(reps):  # alternate so drift (thermal, other load) hits both alike
         t_ours.append(_time(ours, device))
@@ -92,29 +94,30 @@ def vae_pair(cfg: VAEConfig, device, dtype):
 
 
 def bench_vae(cfg: VAEConfig, latent: tuple[int, int, int], device, dtype, reps: int, batch: int = 1,
-              label: str = "") -> list[dict]:
+              label: str = "", warmup: bool = True) -> list[dict]:
     """Decode of a ``latent`` (frames, height, width) and encode of the clip it stands for, ``batch`` at once."""
     ours, theirs = vae_pair(cfg, device, dtype)
     f, h, w = latent
     z = torch.randn(batch, cfg.z_dim, f, h, w, device=device, dtype=dtype)
-    x = torch.rand(batch, 3, 1 + 4 * (f - 1), 8 * h, 8 * w, device=device, dtype=dtype) * 2 - 1
+    s = cfg.spatial_compression
+    x = torch.rand(batch, 3, 1 + 4 * (f - 1), s * h, s * w, device=device, dtype=dtype) * 2 - 1
     mean = torch.tensor(cfg.latents_mean, device=device, dtype=dtype).view(1, -1, 1, 1, 1)
     std = torch.tensor(cfg.latents_std, device=device, dtype=dtype).view(1, -1, 1, 1, 1)
     name = f"{label}VAE %s {batch}x{f}x{h}x{w} latent"
     with torch.no_grad():
         return [compare(name % "decode", lambda: ours.decode(z),
-                        lambda: theirs.decode(z * std + mean, return_dict=False)[0], device, reps),
+                        lambda: theirs.decode(z * std + mean, return_dict=False)[0], device, reps, warmup=warmup),
                 compare(name % "encode", lambda: ours.encode(x),
-                        lambda: theirs.encode(x, return_dict=False)[0].mode(), device, reps)]
+                        lambda: theirs.encode(x, return_dict=False)[0].mode(), device, reps, warmup=warmup)]
 
 
 def bench_vae_layout(cfg: VAEConfig, frames: int, size: int, batch: int, reps: int, label: str = "demo",
                      train: bool = True) -> list[dict]:
     """Our VAE on CPU with its small convs' weights handed to oneDNN in channels-last layout (the default:
-    ``openwan.models.vae.cpu_conv_weight``) against the ordinary layout, same weights: a training step (encode,
+    ``openwan.models.vae_layers.cpu_conv_weight``) against the ordinary layout, same weights: a training step (encode,
     decode, squared error, backward), as ``openwan train-vae --stage 2`` takes on the demo VAE, and an encode
     without gradients, as building a latent cache."""
-    from openwan.models import vae as vae_module
+    from openwan.models import vae_layers as vae_module
 
     model = WanVAE(cfg)
     x = torch.rand(batch, 3, frames, size, size) * 2 - 1
@@ -189,6 +192,8 @@ def main() -> None:
     parser.add_argument("--memory-size", type=int, default=64, help="pixel size of the memory benchmark")
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--vae-only", action="store_true", help="skip the DiT rows")
+    parser.add_argument("--vae22", action="store_true", help="only the released Wan2.2 VAE (160/256 wide, 48 "
+                        "latent channels) on 5 frames at 128x128, no warm-up run")
     args = parser.parse_args()
     if args.memory_child:
         which, frames, size = args.memory_child
@@ -197,6 +202,9 @@ def main() -> None:
     device = torch.device(args.device)
     if args.memory:
         bench_memory(args.memory_size)
+        return
+    if args.vae22:
+        bench_vae(VAE_PRESETS["wan2.2"], (2, 8, 8), device, torch.float32, args.reps, label="Wan2.2 ", warmup=False)
         return
     if args.full:
         from openwan.configs import DIT_PRESETS
