@@ -1,4 +1,5 @@
-"""The Wan networks: the DiT, the Wan2.1 VAE, and loaders for the umT5 and CLIP encoders (transformers models)."""
+"""The Wan networks: the DiT, the Wan2.1 and Wan2.2 VAEs (one class, :class:`WanVAE`), and loaders for the umT5
+and CLIP encoders (transformers models)."""
 
 from openwan.models.dit import WanDiT
 from openwan.models.image_encoder import load_clip_encoder
