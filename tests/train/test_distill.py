@@ -182,3 +182,17 @@ def test_missing_teacher_or_student_init_is_refused_before_any_compute(tmp_path,
     batches = [{k: v for k, v in b.items() if k != "context_empty"} for b in _batches(2)]
     with pytest.raises(ValueError, match="context_empty"):
         Trainer(_cfg(out, teacher_dir, "stages.0.steps=1"), data=ListBatches(batches)).fit()
+
+
+def test_the_demo_config_distils_the_bundled_model_at_its_sampling_defaults():
+    from openwan.pipelines.components import BUNDLED
+    from openwan.pipelines.defaults import FAMILY_DEFAULTS
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(repo / "configs" / "demo-distill.yaml")
+    assert (repo / cfg.distill.teacher).resolve() == Path(BUNDLED).resolve()
+    defaults = FAMILY_DEFAULTS["tiny"]  # what the bundled model samples with
+    assert (cfg.distill.guide_scale, cfg.distill.shift) == (defaults.guide_scale, defaults.sample_shift)
+    student = (cfg.distill.student_steps, cfg.distill.shift, 1.0)
+    assert (cfg.sample.steps, cfg.sample.shift, cfg.sample.guide_scale) == student
+    assert cfg.data.cache_dir == "runs/demo-model/cache"  # where recipes/demo_model.sh writes its caches
