@@ -15,7 +15,6 @@ process (not sharded), frozen and never written to a checkpoint; the EMA target 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,17 +65,18 @@ class Teacher(nn.Module):
         return out
 
 
-def load_teacher(path: str | Path, device: torch.device) -> Teacher:
-    """The teacher at ``path`` (a release folder, two-expert or not; a DiT folder; a weights file), float32 on
-    ``device``, frozen. ValueError when the path does not exist."""
+def load_teacher(path: str | Path, device: torch.device, dtype: torch.dtype | None = None) -> Teacher:
+    """The teacher at ``path`` (a release folder, two-expert or not; a DiT folder; a weights file), in ``dtype``
+    (None: float32) on ``device``, frozen. ValueError when the path does not exist."""
     root = Path(path)
     if not root.exists():
         raise ValueError(f"distill.teacher={path} does not exist; give the teacher's release folder, DiT folder or "
                          "weights file.")
+    dtype = dtype or torch.float32
     if all((root / d).is_dir() for d in EXPERT_DIRS):
-        high, low = (WanDiT.from_pretrained(root / d, dtype=torch.float32, device=device) for d in EXPERT_DIRS)
+        high, low = (WanDiT.from_pretrained(root / d, dtype=dtype, device=device) for d in EXPERT_DIRS)
         return Teacher(high, low, _release_boundary(root))
-    return Teacher(WanDiT.from_pretrained(root, dtype=torch.float32, device=device))
+    return Teacher(WanDiT.from_pretrained(root, dtype=dtype, device=device))
 
 
 def _release_boundary(root: Path) -> float:
@@ -91,9 +91,10 @@ def _release_boundary(root: Path) -> float:
 class Distillation:
     """The distillation objective of a run: its teacher, grids and negative prompt; see the module docstring."""
 
-    def __init__(self, cfg: DistillConfig, device: torch.device):
+    def __init__(self, cfg: DistillConfig, device: torch.device, dtype: torch.dtype | None = None):
+        """Loads the teacher on ``device`` in ``dtype``: the run's autocast dtype (bf16 on GPU), None for float32."""
         self.cfg = cfg
-        self.teacher = load_teacher(cfg.teacher, device)
+        self.teacher = load_teacher(cfg.teacher, device, dtype)
         self.sigmas = teacher_sigmas(cfg.teacher_steps, cfg.shift)  # [N + 1] float64, on the CPU
         self._negative: torch.Tensor | None = None
 
@@ -102,16 +103,14 @@ class Distillation:
         low-noise expert when it has two). ValueError when it cannot take the teacher's inputs and outputs."""
         if given is not None:
             dit = given
-        elif self.cfg.student_init is not None:
-            init = Path(self.cfg.student_init)
+        else:  # read again in float32 (the teacher may be held in bf16)
+            init = Path(self.cfg.student_init or self.cfg.teacher)
             if not init.exists():
                 raise ValueError(f"distill.student_init={init} does not exist; give a DiT folder or weights file, "
                                  "or leave it out to start from the teacher.")
             if all((init / d).is_dir() for d in EXPERT_DIRS):
                 init = init / EXPERT_DIRS[1]
             dit = WanDiT.from_pretrained(init, dtype=torch.float32)
-        else:
-            dit = copy.deepcopy(self.teacher.base).requires_grad_(True)
         mine, theirs = getattr(dit, "cfg", None), self.teacher.base.cfg
         if mine is None or (mine.in_dim, mine.out_dim, mine.patch_size, mine.text_dim) != (
                 theirs.in_dim, theirs.out_dim, theirs.patch_size, theirs.text_dim):

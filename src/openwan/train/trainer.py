@@ -109,7 +109,8 @@ class Trainer(DiTCheckpointing):
         self.out = Path(cfg.output_dir)
         self.on_step_end = on_step_end
         seed_everything(cfg.seed)
-        self.distill = Distillation(cfg.distill, self.device) if cfg.distill is not None else None  # frozen teacher
+        self.distill = (Distillation(cfg.distill, self.device, self.autocast_dtype)  # loads the frozen teacher
+                        if cfg.distill is not None else None)
         if self.distill is not None:
             dit = self.distill.student(dit)  # given, else distill.student_init, else a copy of the teacher
         self.dit = dit if dit is not None else build_dit(cfg)
