@@ -50,6 +50,7 @@ RELEASES = {
     "Wan2.1-I2V-14B-720P": ("tiny-i2v", "official"),
     "Wan2.1-FLF2V-14B-720P": ("tiny-flf2v", "official"),
     "Wan2.2-T2V-A14B": ("tiny", "experts"),
+    "Wan2.1-VACE-1.3B": ("tiny-vace", "official"),
 }
 DATASETS = {"my-clips"}  # /data/<name>/manifest.jsonl: a few synthetic clips and images
 LORAS = {"my-lora.safetensors"}  # a random LoRA of the stand-in T2V DiT, in the official (ComfyUI) format
