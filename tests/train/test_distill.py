@@ -196,3 +196,15 @@ def test_the_demo_config_distils_the_bundled_model_at_its_sampling_defaults():
     student = (cfg.distill.student_steps, cfg.distill.shift, 1.0)
     assert (cfg.sample.steps, cfg.sample.shift, cfg.sample.guide_scale) == student
     assert cfg.data.cache_dir == "runs/demo-model/cache"  # where recipes/demo_model.sh writes its caches
+
+
+def test_a_negative_prompt_is_encoded_once_and_replaces_the_empty_one(tmp_path, teacher_dir):
+    overrides = ("stages.0.steps=1", "stages.0.batch_size=2", "model.text_encoder=tiny", "model.tokenizer=byt5",
+                 "distill.negative_prompt=blurry, still")
+    trainer = Trainer(_cfg(tmp_path, teacher_dir, *overrides), data=ListBatches(_batches(2)))
+    batch = _batches(2)[0]
+    negative = trainer.distill.negative_context(trainer, batch)
+    assert torch.equal(negative, trainer.encode_text(["blurry, still"])[0])
+    assert not torch.equal(negative[: batch["context_empty"].shape[0]], batch["context_empty"])
+    assert trainer.distill.negative_context(trainer, batch) is negative  # encoded once
+    trainer.fit()
