@@ -3,6 +3,8 @@ temporary folder: text-to-video, image-to-video from a real picture, the diffuse
 
 from __future__ import annotations
 
+import json
+
 import av
 import pytest
 import torch
@@ -11,6 +13,7 @@ from safetensors.torch import load_file
 from curate.footage import footage, garbage
 from openwan.checkpoints.release import save_release
 from openwan.cli.main import main
+from openwan.configs import DIT_PRESETS
 from openwan.data.video import read_image, resize_crop, save_image
 from openwan.models import WanVAE
 from tiny import tiny_components
@@ -107,3 +110,13 @@ def test_a_release_that_is_not_ti2v_is_refused(tmp_path, capsys):
     code = _run("--ckpt-dir", str(t2v), *FAST, "--save-file", str(tmp_path / "never.mp4"))
     err = capsys.readouterr().err
     assert code == 2 and "needs a Wan2.2 TI2V-5B release" in err and "Traceback" not in err
+
+
+def test_the_5b_release_refuses_a_720p_size_before_loading(tmp_path, capsys):
+    # Only the release's config.json: the size is refused from it, before any weight would be read.
+    folder = tmp_path / "Wan2.2-TI2V-5B"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(DIT_PRESETS["ti2v-5B"].to_dict()))
+    code = _run("--ckpt-dir", str(folder), "--size", "1280*720", "--save-file", str(tmp_path / "never.mp4"))
+    err = capsys.readouterr().err
+    assert code == 2 and "multiples of 32" in err and "1280*704" in err and "Traceback" not in err

@@ -10,10 +10,12 @@ import torch
 from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
 
 from openwan.checkpoints import keymaps
+from openwan.configs import DIT_PRESETS
 from openwan.data.video import resize_crop
 from openwan.diffusion import sampling_sigmas
 from openwan.pipelines import WanPipeline
 from openwan.pipelines import conditioning as cond
+from openwan.pipelines.defaults import defaults_for
 from openwan.pipelines.ti2v import best_output_size
 from tiny import tiny_components
 
@@ -171,3 +173,9 @@ def test_bad_input_is_refused(pipe, image, kwargs, message):
 def test_ti2v_needs_a_ti2v_model():
     with pytest.raises(ValueError, match="needs a Wan2.2 TI2V model"):
         WanPipeline(**tiny_components("tiny"))("a cat", task="ti2v", size=(32, 32), frame_num=5, progress=False)
+
+
+def test_ti2v_5b_samples_with_the_reference_defaults():
+    d = defaults_for(DIT_PRESETS["ti2v-5B"])
+    assert (d.sample_steps, d.sample_shift, d.guide_scale, d.frame_num, d.fps) == (50, 5.0, 5.0, 121, 24)
+    assert d.size == (1280, 704) and set(d.sizes) == {(1280, 704), (704, 1280)}
