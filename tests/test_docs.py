@@ -51,6 +51,7 @@ RELEASES = {
     "Wan2.1-FLF2V-14B-720P": ("tiny-flf2v", "official"),
     "Wan2.2-T2V-A14B": ("tiny", "experts"),
     "Wan2.1-VACE-1.3B": ("tiny-vace", "official"),
+    "Wan2.2-TI2V-5B": ("tiny-ti2v", "official"),
 }
 DATASETS = {"my-clips"}  # /data/<name>/manifest.jsonl: a few synthetic clips and images
 LORAS = {"my-lora.safetensors"}  # a random LoRA of the stand-in T2V DiT, in the official (ComfyUI) format
@@ -196,7 +197,8 @@ def scratch(tmp_path_factory):
 
 def _fast_generate(argv: list[str]) -> list[str]:
     task = argv[argv.index("--task") + 1] if "--task" in argv else "t2v"
-    fast = ["--sample-steps", "2", "--size", "32*32"]
+    # ti2v's image sets the aspect ratio at multiples of 32: an area of 64*64 leaves room for one of 32x32 and more
+    fast = ["--sample-steps", "2", "--size", "64*64" if task.startswith("ti2v") else "32*32"]
     if task != "t2i":
         fast += ["--frame-num", "5"]
     return argv + fast

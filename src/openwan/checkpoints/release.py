@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from openwan.checkpoints.convert import VAE_FILE, save_sharded, write_json, write_vae
+from openwan.checkpoints.convert import save_sharded, write_json, write_vae
 from openwan.checkpoints.encoders import (
     CLIP_OFFICIAL_FILE,
     UMT5_OFFICIAL_FILE,
@@ -71,7 +71,7 @@ def save_release(folder: str | Path, *, dit, vae, text_encoder, tokenizer, image
         save_sharded(state, where)
     if boundary is not None:
         write_json(folder / "configuration.json", {"boundary": float(boundary)})
-    write_vae(vae.cfg, _placed(vae.state_dict(), vae_dtype), folder / VAE_FILE, "official")  # + its statistics
+    write_vae(vae.cfg, _placed(vae.state_dict(), vae_dtype), folder, "official")  # Wan2.{1,2}_VAE.pth + its statistics
     _save_pth(umt5_hf_to_official(text_encoder.state_dict()), folder / UMT5_OFFICIAL_FILE, dtype)
     tokenizer.save_pretrained(str(folder / TOKENIZER_DIR))
     if image_encoder is not None:

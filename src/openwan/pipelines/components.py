@@ -18,7 +18,6 @@ from openwan.checkpoints.io import CheckpointError, read_json_config
 from openwan.models import WanVAE, load_any_dit, load_clip_encoder, load_umt5_encoder
 from openwan.models.text_encoder import load_tokenizer
 from openwan.pipelines.defaults import defaults_for
-from openwan.pipelines.vace import vace_sampling_defaults
 
 # The bundled demo model is package data (src/openwan/weights/openwan-demo), so a wheel install finds it too.
 BUNDLED = Path(str(resources.files("openwan") / "weights" / "openwan-demo"))
@@ -99,7 +98,7 @@ def load_components(path: str | Path, *, dtype: torch.dtype = torch.float32,
         image_encoder = load_clip_encoder(_require(root, "CLIP image encoder", "image_encoder", CLIP_FILE),
                                           dtype=dtype, device=device)
     two = len(dits) == 2
-    defaults = vace_sampling_defaults(defaults_for(cfg, two_experts=two), cfg)
+    defaults = defaults_for(cfg, two_experts=two)
     boundary = (_boundary(root) or defaults.boundary) if two else None
     return {"dit": dits[0], "dit_low": dits[1] if two else None, "boundary": boundary, "vae": vae,
             "text_encoder": text_encoder, "tokenizer": tokenizer, "image_encoder": image_encoder,

@@ -46,6 +46,9 @@ FAMILY_DEFAULTS: dict[str, SamplingDefaults] = {
                                  size=(1280, 720)),
     "i2v-A14B": SamplingDefaults(sample_steps=40, sample_shift=5.0, guide_scale=(3.5, 3.5), boundary=0.900,
                                  size=(1280, 720)),
+    # VACE: its base's defaults with shift 16, as the reference's generate.py samples it.
+    "vace-1.3B": SamplingDefaults(sample_shift=16.0, sizes=SIZES_480P),
+    "vace-14B": SamplingDefaults(sample_shift=16.0, size=(1280, 720)),
     "ti2v-5B": SamplingDefaults(sample_steps=50, sample_shift=5.0, guide_scale=5.0, frame_num=121, fps=24,
                                 size=(1280, 704), sizes=SIZES_TI2V),
     # Small models (tests, the bundled demo): trained with "" as the unconditional prompt. Guidance 1.5, chosen on
@@ -62,6 +65,8 @@ def defaults_for(cfg, two_experts: bool = False) -> SamplingDefaults:
         return FAMILY_DEFAULTS["tiny"]
     if cfg.model_type == "ti2v":
         return FAMILY_DEFAULTS["ti2v-5B"]
+    if cfg.model_type == "vace":
+        return FAMILY_DEFAULTS["vace-1.3B" if cfg.dim == 1536 else "vace-14B"]
     if two_experts:
         return FAMILY_DEFAULTS["i2v-A14B" if cfg.in_dim > cfg.out_dim else "t2v-A14B"]
     if cfg.dim == 1536:

@@ -18,7 +18,6 @@ The result is the DiT's ``vace_context`` [1, 96, refs + F_lat, h, w]; the loop i
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -27,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from openwan.configs import VaceConfig
 from openwan.data.video import frames_at_fps, read_header, read_image, read_video, resize_crop
 from openwan.pipelines.conditioning import Conditioning, latent_frames, to_model_range
 
@@ -241,13 +239,5 @@ def _too_short(flag: str, path: str, frames: int, fps: float, frame_num: int) ->
                       "give a longer video or a lower --frame-num (4n+1).")
 
 
-def vace_sampling_defaults(defaults, cfg):
-    """The family defaults for a DiT config: a released-size VACE model samples with shift 16, as the reference."""
-    if not isinstance(cfg, VaceConfig) or cfg.dim < 1536:
-        return defaults
-    return dataclasses.replace(defaults, sample_shift=16.0)
-
-
 __all__ = ["MAX_REF_IMAGES", "CLI_TASKS", "check_inputs", "conditioning", "fold_mask", "fit_on_canvas",
-           "defaults_from_video", "is_vace_model", "read_sources", "release_is_vace", "check_release", "check_flags",
-           "vace_sampling_defaults"]
+           "defaults_from_video", "is_vace_model", "read_sources", "release_is_vace", "check_release", "check_flags"]
