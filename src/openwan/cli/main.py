@@ -12,11 +12,13 @@ from openwan.cli import curate as curate_cmd
 from openwan.cli import data as data_cmd
 from openwan.cli import eval as eval_cmd
 from openwan.cli import generate as generate_cmd
+from openwan.cli import stream as stream_cmd
 from openwan.cli import train as train_cmd
 from openwan.cli import train_vae as train_vae_cmd
 
 COMMANDS = {"generate": generate_cmd, "train": train_cmd, "train-vae": train_vae_cmd, "data": data_cmd,
-            "curate": curate_cmd, "eval": eval_cmd, "convert": convert_cmd, "calibrate-cache": calibrate_cache_cmd}
+            "curate": curate_cmd, "eval": eval_cmd, "convert": convert_cmd, "calibrate-cache": calibrate_cache_cmd,
+            "stream": stream_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -184,6 +184,7 @@ class VideoStream:
         self.joined = 0  # latent frames that have joined the queue
         self.steps = 0  # queue steps done
         self.emitted = 0  # video frames handed out
+        self.extra: dict[str, torch.Tensor] = {}  # the caller's tensors read back by resume
 
     # ------------------------------------------------------------------------------------ text
     def _encode(self, schedule: PromptSchedule, cfg: StreamConfig) -> list[torch.Tensor]:
@@ -292,13 +293,15 @@ class VideoStream:
         return {"latents": self.latents, "pending": self.pending, "generator": self.generator.get_state(), **tensors}
 
     # ------------------------------------------------------------------------------------ save / resume
-    def save(self, path: str | Path) -> Path:
-        """Write the stream's state to ``path`` atomically (a safetensors file); :meth:`resume` continues it."""
+    def save(self, path: str | Path, extra: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write the stream's state to ``path`` atomically (a safetensors file); :meth:`resume` continues it.
+        ``extra``: the caller's own tensors stored beside it (the resumed stream's :attr:`extra`)."""
         _, decoder_info = self.decoder.export()
         info = {"config": self.config.to_dict(), "schedule": [list(e) for e in self.schedule.entries],
                 "levels": self.levels, "joined": self.joined, "steps": self.steps, "emitted": self.emitted,
                 "decoder": decoder_info, "model": _model_signature(self.pipe)}
-        return write_state(path, self.held_tensors(), info)
+        extra = {f"extra.{k}": v for k, v in (extra or {}).items()}
+        return write_state(path, {**self.held_tensors(), **extra}, info)
 
     @classmethod
     def resume(cls, pipe, path: str | Path) -> VideoStream:
@@ -315,6 +318,7 @@ class VideoStream:
         self.levels = [int(i) for i in info["levels"]]
         self.joined, self.steps, self.emitted = int(info["joined"]), int(info["steps"]), int(info["emitted"])
         self.decoder.restore(tensors, info["decoder"])
+        self.extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
         return self
 
 
