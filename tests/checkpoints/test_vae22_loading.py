@@ -107,3 +107,22 @@ def test_convert_both_ways(model, video, tmp_path):
     assert state.keys() == model.state_dict().keys()
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     _same_numbers(model, WanVAE.from_pretrained(back), video)
+
+
+def test_a_ti2v_release_converts_both_ways(model, tmp_path):
+    from diffusers import WanPipeline as DiffusersWanPipeline
+
+    from openwan.checkpoints.release import save_release
+    from openwan.cli.main import main
+    from tiny import tiny_components
+
+    parts = tiny_components("tiny-ti2v")
+    parts["vae"] = model
+    save_release(tmp_path / "ti2v", **parts)
+    assert main(["convert", str(tmp_path / "ti2v"), str(tmp_path / "diffusers"), "--to", "diffusers"]) == 0
+    pipe = DiffusersWanPipeline.from_pretrained(tmp_path / "diffusers")
+    assert pipe.config.expand_timesteps and pipe.vae.config.is_residual and pipe.vae.config.z_dim == 48
+    assert main(["convert", str(tmp_path / "diffusers"), str(tmp_path / "official"), "--to", "official"]) == 0
+    state = torch.load(tmp_path / "official" / "Wan2.2_VAE.pth", weights_only=True)
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
