@@ -93,6 +93,23 @@ def test_outputs_drop_reference_frames_and_scale_zero_is_t2v(pipe, sources):
     assert (steered.latents - t2v.latents).abs().max() > 1e-3  # the context steers the video
 
 
+def test_block_streaming_streams_the_context_blocks_too(sources):
+    """stream_blocks keeps the VACE context blocks off the device as well as the base blocks, numbers unchanged."""
+    common = {"size": (48, 32), "frame_num": 9, "sample_steps": 2, "seed": 5, "progress": False}
+    parts = tiny_components()
+    parts["dit"] = randomize(WanVaceDiT(VACE_PRESETS["tiny-vace"]), std=0.05)
+    plain = WanPipeline(**parts)("a red ball", task="vace", **sources, **common)
+    streamed_pipe = WanPipeline(**parts, stream_blocks=True)
+    streamer = streamed_pipe._streamers[0]
+    dit = streamed_pipe.dit
+    assert len(streamer.blocks) == len(dit.vace_blocks) + len(dit.blocks)
+    streamed = streamed_pipe("a red ball", task="vace", **sources, **common)
+    assert torch.equal(plain.latents, streamed.latents)
+    assert streamer.max_resident == 2  # the running block and the prefetched next one, never more
+    for i, block in enumerate(streamer.blocks):  # after the run every block is back home
+        assert all(p.data_ptr() == streamer._storage[i][n].data_ptr() for n, p in block.named_parameters())
+
+
 @pytest.mark.parametrize("change, message", [
     ({"src_video": torch.rand(8, 32, 48, 3)}, "takes 4n+1 frames"),
     ({"src_mask": torch.zeros(5, 32, 48)}, "one mask frame per video frame"),

@@ -48,6 +48,8 @@ class WanVaceDiT(WanDiT):
     number or one per sample [B]. ``vace_context=None`` runs the base DiT alone.
     """
 
+    STREAMED_BLOCKS = ("vace_blocks", "blocks")  # in the order they run, for openwan.runtime.offload.BlockStreamer
+
     def __init__(self, cfg: VaceConfig):
         if not isinstance(cfg, VaceConfig):
             raise ValueError(f"WanVaceDiT needs a VaceConfig (openwan.configs.VACE_PRESETS); got {type(cfg).__name__}.")

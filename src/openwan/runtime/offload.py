@@ -36,7 +36,10 @@ def _is_streamed(model: nn.Module) -> bool:
 
 
 class BlockStreamer:
-    """Keep ``model.blocks`` in (pinned) CPU memory and bring each block to ``device`` just before it runs.
+    """Keep the model's blocks in (pinned) CPU memory and bring each block to ``device`` just before it runs.
+
+    The blocks are the lists named by ``blocks_attr`` (default: the model's ``STREAMED_BLOCKS``, in the order they
+    run — a VACE DiT's context blocks, then its base blocks — else ``blocks``), taken as one sequence.
 
     The next ``prefetch`` blocks are copied on a side CUDA stream while the current one computes, so the copy is
     hidden behind compute; a block's device copy is dropped as soon as its forward returns. Everything that is
@@ -45,11 +48,15 @@ class BlockStreamer:
     is how the tests check that streaming leaves the numbers unchanged.
     """
 
-    def __init__(self, model: nn.Module, device: torch.device | str, prefetch: int = 1, blocks_attr: str = "blocks"):
+    def __init__(self, model: nn.Module, device: torch.device | str, prefetch: int = 1,
+                 blocks_attr: str | tuple[str, ...] | None = None):
         self.model = model
         self.device = torch.device(device)
         self.prefetch = max(0, prefetch)
-        self.blocks: nn.ModuleList = getattr(model, blocks_attr)
+        if blocks_attr is None:
+            blocks_attr = getattr(model, "STREAMED_BLOCKS", "blocks")
+        names = (blocks_attr,) if isinstance(blocks_attr, str) else tuple(blocks_attr)
+        self.blocks: list[nn.Module] = [block for name in names for block in getattr(model, name)]
         self._storage: list[dict[str, torch.Tensor]] = []
         self._loaded: dict[int, torch.cuda.Event | None] = {}
         self._handles: list = []
@@ -59,7 +66,7 @@ class BlockStreamer:
 
     # -- setup -------------------------------------------------------------------------------------------
     def attach(self) -> BlockStreamer:
-        block_ids = {id(p) for p in self.blocks.parameters()} | {id(b) for b in self.blocks.buffers()}
+        block_ids = {id(t) for block in self.blocks for _, t in _tensors(block)}
         for p in self.model.parameters():
             if id(p) not in block_ids:
                 p.data = p.data.to(self.device)
