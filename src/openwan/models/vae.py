@@ -225,7 +225,14 @@ class WanVAE(nn.Module):
         cache = FeatureCache()
         for k in range(x.shape[2]):
             cache.next_chunk()
-            yield unpatchify(self.decoder(x[:, :, k:k + 1], cache), self.cfg.patch_size)
+            yield self.decode_chunk(x[:, :, k:k + 1], cache)
+
+    def decode_chunk(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
+        """One latent frame of decoder input [B, z_dim, 1, h, w] (``conv2`` of denormalised latents), continuing
+        the causal pass that ``cache`` holds (call ``cache.next_chunk()`` first) -> raw frames [B, 3, t, s·h, s·w],
+        t = 1 for the pass's first latent frame, else ``temporal_compression``; not clamped. What streaming
+        decoders that keep their own cache call, so a patchified (Wan2.2) VAE's output is put back into pixels."""
+        return unpatchify(self.decoder(x, cache), self.cfg.patch_size)
 
     def _stream(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
         for chunk in self._decode_pass(x):
