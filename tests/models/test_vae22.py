@@ -11,7 +11,7 @@ from conftest import official_keys
 from openwan.checkpoints.keymaps import vae_config_to_diffusers, vae_diffusers_to_official, vae_official_to_diffusers
 from openwan.configs import VAE_PRESETS, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, VAEConfig
 from openwan.models import WanVAE
-from openwan.models.vae import VAETiling
+from openwan.models.vae import FeatureCache, VAETiling
 from openwan.models.vae22 import average_down, duplicate_up, patchify, unpatchify
 
 TINY = VAE_PRESETS["tiny-22"]
@@ -157,6 +157,18 @@ def test_stream_equals_decode_exactly(tiny):
     assert [c.shape[2] for c in chunks] == [1, 4, 4, 4]
     assert whole.shape == (1, 3, 13, 32, 48)
     assert torch.equal(torch.cat(chunks, dim=2), whole)
+
+
+def test_decode_chunk_with_a_callers_cache_equals_decode(tiny):
+    # a streaming decoder that keeps its own FeatureCache gets pixels (not 12-channel patches) from decode_chunk
+    z = torch.randn(1, 48, 3, 2, 3, generator=torch.Generator().manual_seed(5))
+    cache, chunks = FeatureCache(), []
+    with torch.no_grad():
+        x = tiny.conv2(tiny.denormalize(z))
+        for k in range(z.shape[2]):
+            cache.next_chunk()
+            chunks.append(tiny.decode_chunk(x[:, :, k:k + 1], cache).clamp(-1, 1))
+        assert torch.equal(torch.cat(chunks, dim=2), tiny.decode(z))
 
 
 def test_causal_in_time_and_batch_independent(tiny):
