@@ -83,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
                        *(("--then", t) for t, _ in args.then)]:
         if text is not None:
             parse_time(text, flag, fps_probe)
+    if not resume:  # the schedule's own checks (times in order, prompts not empty)
+        PromptSchedule.of(args.prompt, [(parse_time(t, "--then", fps_probe) / fps_probe, p) for t, p in args.then])
+    if args.preview == "mjpeg" and not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port} is not a TCP port; give one from 1024 to 65535 (0: any free port).")
     config = StreamConfig(window=args.window, block=args.block, steps_per_shift=args.steps_per_shift,
                           sample_shift=args.sample_shift, guide_scale=args.guide_scale, seed=args.seed,
                           transition=args.transition, size=parse_size(args.size) if args.size else None)

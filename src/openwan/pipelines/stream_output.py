@@ -111,6 +111,9 @@ class RawPreview:
         self.out.write(to_rgb24(frames).tobytes())
         self.out.flush()
 
+    def close(self) -> None:
+        self.out.flush()
+
 
 class MJPEGServer:
     """An MJPEG stream (multipart/x-mixed-replace) at http://127.0.0.1:PORT/ showing the newest frame; port 0 takes a
