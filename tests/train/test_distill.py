@@ -137,20 +137,33 @@ def test_a_two_expert_teacher_switches_at_the_release_boundary(tmp_path):
     low = randomize(WanDiT(DIT_PRESETS["tiny"]), std=0.1, seed=5)
     _save_dit(high, tmp_path / "high_noise_model")
     _save_dit(low, tmp_path / "low_noise_model")
-    (tmp_path / "configuration.json").write_text(json.dumps({"boundary": 0.6}))
+    (tmp_path / "configuration.json").write_text(json.dumps({"boundary": 0.8}))
     teacher = load_teacher(tmp_path, torch.device("cpu"))
-    assert teacher.boundary == 0.6 and not any(p.requires_grad for p in teacher.parameters())
+    assert teacher.boundary == 0.8 and not any(p.requires_grad for p in teacher.parameters())
     g = torch.Generator().manual_seed(2)
     x, context = torch.randn(3, 16, 1, 4, 4, generator=g), torch.randn(3, 6, 32, generator=g)
-    t = torch.tensor([900.0, 600.0, 300.0])  # high, high (at the boundary), low
+    t = torch.tensor([800.0, 799.0, 300.0])  # high (at the boundary), low, low
     with torch.no_grad():
         out = teacher(x, t, context)
-        torch.testing.assert_close(out[:2], high(x[:2], t[:2], context[:2]), rtol=0, atol=1e-6)
-        torch.testing.assert_close(out[2:], low(x[2:], t[2:], context[2:]), rtol=0, atol=1e-6)
-    cfg = _cfg(tmp_path / "run", tmp_path, "stages.0.steps=1", "stages.0.batch_size=2")
-    student = Trainer(cfg, data=ListBatches(_batches(2))).dit
-    names = dict(low.named_parameters())
-    assert all(torch.equal(p, names[n]) for n, p in student.named_parameters())  # starts as the low-noise expert
+        torch.testing.assert_close(out[:1], high(x[:1], t[:1], context[:1]), rtol=0, atol=1e-6)
+        torch.testing.assert_close(out[1:], low(x[1:], t[1:], context[1:]), rtol=0, atol=1e-6)
+    # One student starts as the low-noise expert; an expert student as its side's, drawing only its side's pairs:
+    # the student grid is t = 1000, 750, 0 (2 steps of the 8-step teacher grid), so high takes n = 0..3.
+    for expert, model, starts in ((None, low, None), ("high", high, [0, 1, 2, 3]), ("low", low, [4, 5, 6, 7])):
+        extra = [] if expert is None else [f"distill.expert={expert}"]
+        cfg = _cfg(tmp_path / f"run-{expert}", tmp_path, "stages.0.steps=1", "stages.0.batch_size=2", *extra)
+        trainer = Trainer(cfg, data=ListBatches(_batches(2)))
+        names = dict(model.named_parameters())
+        assert all(torch.equal(p, names[n]) for n, p in trainer.dit.named_parameters())
+        if starts is not None:
+            assert trainer.distill.starts.tolist() == starts
+            drawn = torch.cat([trainer.distill._draw(trainer, torch.zeros(2, 16, 1, 4, 4))[0] for _ in range(20)])
+            assert set(drawn.tolist()) == set(starts)
+
+
+def test_an_expert_student_needs_a_two_expert_teacher(tmp_path, teacher_dir):
+    with pytest.raises(ValueError, match=r"distill\.expert=high needs a two-expert teacher"):
+        Trainer(_cfg(tmp_path, teacher_dir, "distill.expert=high"), data=ListBatches(_batches(2)))
 
 
 @pytest.mark.parametrize("override,field", [

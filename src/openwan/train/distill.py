@@ -96,11 +96,31 @@ class Distillation:
         self.cfg = cfg
         self.teacher = load_teacher(cfg.teacher, device, dtype)
         self.sigmas = teacher_sigmas(cfg.teacher_steps, cfg.shift)  # [N + 1] float64, on the CPU
+        self.starts = self._expert_starts()  # the teacher grid indices pairs start from (None: all)
         self._negative: torch.Tensor | None = None
 
+    def _expert_starts(self) -> torch.Tensor | None:
+        """With ``expert``: the indices n whose student step (the phase n lies in) starts on that expert's side of
+        the teacher's boundary, by the pipeline's rule (t >= boundary·1000: high)."""
+        cfg = self.cfg
+        if cfg.expert is None:
+            return None
+        if self.teacher.low is None:
+            raise ValueError(f"distill.expert={cfg.expert} needs a two-expert teacher (high_noise_model/ and "
+                             "low_noise_model/ in a release folder); leave distill.expert out for one student.")
+        n = torch.arange(cfg.teacher_steps)
+        k = cfg.teacher_steps // cfg.student_steps
+        high = grid_timesteps(self.sigmas)[torch.div(n, k, rounding_mode="floor") * k] >= self.teacher.boundary * 1000
+        starts = n[high if cfg.expert == "high" else ~high]
+        if starts.numel() == 0:
+            raise ValueError(f"distill.expert={cfg.expert}: no student step starts on that side of the teacher's "
+                             f"boundary {self.teacher.boundary}; change distill.student_steps or distill.shift.")
+        return starts
+
     def student(self, given: nn.Module | None = None) -> nn.Module:
-        """The model to train: ``given``, else ``student_init``'s weights, else a copy of the teacher's (its
-        low-noise expert when it has two). ValueError when it cannot take the teacher's inputs and outputs."""
+        """The model to train: ``given``, else ``student_init``'s weights, else the teacher's (of two experts, the
+        one of ``expert``'s side, the low-noise one without). ValueError when it cannot take the teacher's inputs
+        and outputs."""
         if given is not None:
             dit = given
         else:  # read again in float32 (the teacher may be held in bf16)
@@ -109,7 +129,7 @@ class Distillation:
                 raise ValueError(f"distill.student_init={init} does not exist; give a DiT folder or weights file, "
                                  "or leave it out to start from the teacher.")
             if all((init / d).is_dir() for d in EXPERT_DIRS):
-                init = init / EXPERT_DIRS[1]
+                init = init / EXPERT_DIRS[0 if self.cfg.expert == "high" else 1]
             dit = WanDiT.from_pretrained(init, dtype=torch.float32)
         mine, theirs = getattr(dit, "cfg", None), self.teacher.base.cfg
         if mine is None or (mine.in_dim, mine.out_dim, mine.patch_size, mine.text_dim) != (
@@ -157,7 +177,10 @@ class Distillation:
         """Each sample's teacher grid index n [B] (int64) and noise ε like x0, on the CPU, from its own generator."""
         index, noise = [], []
         for gen in trainer._generators("noise", x0.shape[0]):
-            index.append(torch.randint(self.cfg.teacher_steps, (1,), generator=gen))
+            if self.starts is None:
+                index.append(torch.randint(self.cfg.teacher_steps, (1,), generator=gen))
+            else:
+                index.append(self.starts[torch.randint(self.starts.numel(), (1,), generator=gen)])
             noise.append(torch.randn(x0.shape[1:], generator=gen, dtype=torch.float32))
         return torch.cat(index), torch.stack(noise)
 

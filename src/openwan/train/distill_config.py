@@ -26,7 +26,10 @@ class DistillConfig:
     text cache stores it). ``teacher_steps`` N: the teacher's Euler grid, one guided step per training pair;
     ``student_steps`` S (dividing N): the student's grid, every (N/S)-th teacher point; both grids use ``shift``.
     ``target``: ``ema`` (the run's EMA, ``ema.decay``, gives the consistency target) or ``online`` (the student
-    itself without gradients). ``loss``: ``l2`` or ``pseudo_huber`` with ``huber_c``.
+    itself without gradients). ``loss``: ``l2`` or ``pseudo_huber`` with ``huber_c``. ``expert``: with a
+    two-expert teacher, train the student expert of one side of its boundary (``high``: the student steps that start
+    at t >= boundary·1000, where a two-expert pipeline takes the high-noise expert; ``low``: the others), starting
+    from the teacher's expert of that side; None: one student for every step.
     """
 
     teacher: str = ""
@@ -39,6 +42,7 @@ class DistillConfig:
     target: Literal["ema", "online"] = "ema"
     loss: Literal["l2", "pseudo_huber"] = "l2"
     huber_c: float = 0.03
+    expert: Literal["high", "low"] | None = None
 
 
 def validate_distill(d: DistillConfig, ema_decay: float, name: str = "distill") -> None:
