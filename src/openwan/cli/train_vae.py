@@ -37,6 +37,7 @@ FIELDS = {
     "gan_adaptive": "gan_adaptive", "disc_dim": "disc_dim", "device": "device", "precision": "precision",
     "seed": "seed", "save_every": "save_every", "keep_last": "keep_last", "log_every": "log_every",
     "freeze_encoder": "freeze_encoder", "decoder_dim": "model.decoder_dim", "resume": "resume",
+    "fresh_3d": "model.fresh_3d", "decode_noise": "decode_noise",
 }
 
 
@@ -52,7 +53,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="output_dir: checkpoints, metrics.jsonl and the trained VAE")
     p.add_argument("--init", help="model.init: stage 2: the stage-1 image_vae.pth; stage 3: the stage-2 "
                                   "Wan2.1_VAE.pth; stage 1: continue from an image_vae.pth")
-    p.add_argument("--preset", help="model.preset: VAE architecture of a fresh stage 1 (wan2.1, tiny, demo)")
+    p.add_argument("--preset", help="model.preset: VAE architecture of a fresh stage 1 (wan2.1, tiny, demo) or of "
+                                    "--fresh-3d (also demo-22: 4x16x16 patchified residual, demo-dcae: 4x32x32)")
     p.add_argument("--size", type=int, help="data.size: square crop side in pixels (default 256; stages 2-3: 128)")
     p.add_argument("--frames", type=int, help="data.frames: frames per clip, 4n+1 (default 1; stages 2-3: 5)")
     p.add_argument("--fps", type=float, help="data.fps: frame rate clips are sampled at (default 16)")
@@ -93,6 +95,13 @@ def add_parser(sub) -> None:
                    help="model.decoder_dim: decoder base width: a fresh stage 1 builds its decoder N wide; an --init "
                         "VAE with a narrower decoder is widened to N, coding as before")
     p.add_argument("--resume", action="store_true", help="resume: continue the run in --out from its newest checkpoint")
+    p.add_argument("--fresh-3d", action="store_true",
+                   help="model.fresh_3d: stage 2 without --init: train a fresh 3D VAE of --preset directly on clips "
+                        "(the way to train demo-22 / demo-dcae, which have no 2D image stage)")
+    p.add_argument("--decode-noise", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="decode_noise: with --freeze-encoder: train the decoder on latents noised to a flow-matching "
+                        "level drawn from [LOW, HIGH] (e.g. 0 0.1), decoding the clean clip (LTX-Video's denoising "
+                        "decoder)")
     p.set_defaults(run=run)
 
 

@@ -9,18 +9,47 @@ from pathlib import Path
 from typing import Any, Literal
 
 from openwan.configio import check, parse, to_plain
+from openwan.configs import VAE_PRESETS, VAEConfig, default_latent_stats
 from openwan.train.config import load_config
+
+# Demo-scale VAEs of the compression study (docs/vae_compression.md), beside configs.VAE_PRESETS' "demo" (the
+# Wan2.1 design at base width 16, 4x8x8, z16). Each keeps the latent budget of "demo" on a 4n+1-frame clip:
+# z · (1/s)² is 16/64 for s = 8, 64/256 for s = 16 and 256/1024 for s = 32.
+STUDY_VAE_PRESETS: dict[str, VAEConfig] = {
+    # Wan2.2's design: 2x2 patchify, residual down/up levels with parameter-free shortcuts, a wider decoder
+    # (Wan2.2: 256 over 160), 4x16x16; z64 instead of Wan2.2's z48 so that the latent holds as many numbers as z16
+    # at 4x8x8.
+    "demo-22": VAEConfig(dim=16, decoder_dim=24, z_dim=64, patch_size=2, residual=True, **default_latent_stats(64)),
+    # DC-AE's residual autoencoding taken one level further: the same patchify and shortcuts plus a fifth level,
+    # 4x32x32, z256. The extra level is spatial only (time is already 4x).
+    "demo-dcae": VAEConfig(dim=16, decoder_dim=24, z_dim=256, dim_mult=(1, 2, 4, 4, 4),
+                           temporal_downsample=(False, False, True, True), patch_size=2, residual=True,
+                           **default_latent_stats(256)),
+}
+
+
+def vae_preset(name: str) -> VAEConfig:
+    """The VAEConfig of a preset name: one of configs.VAE_PRESETS or of :data:`STUDY_VAE_PRESETS`."""
+    if name in STUDY_VAE_PRESETS:
+        return STUDY_VAE_PRESETS[name]
+    if name in VAE_PRESETS:
+        return VAE_PRESETS[name]
+    known = ", ".join([*VAE_PRESETS, *STUDY_VAE_PRESETS])
+    raise ValueError(f"model.preset {name!r} is not a VAE preset; use one of: {known}.")
 
 
 @dataclass(frozen=True)
 class VAEModelConfig:
     """The VAE a stage starts from: ``init`` (stage 1: an image_vae.pth to continue; stage 2: the stage-1
     image_vae.pth, inflated; stage 3: the stage-2 Wan2.1_VAE.pth), else a fresh one of ``preset`` (stage 1 only).
-    ``decoder_dim``: the decoder's base width (a narrower ``init`` decoder is widened to it)."""
+    ``decoder_dim``: the decoder's base width (a narrower ``init`` decoder is widened to it). ``fresh_3d`` (stage 2,
+    no ``init``): start from a fresh 3D VAE of ``preset`` instead of an inflated stage-1 model — the way to train a
+    patchified residual (Wan2.2-style) preset, which has no 2D image stage."""
 
     preset: str = "wan2.1"
     init: str | None = None
     decoder_dim: int | None = None
+    fresh_3d: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +111,10 @@ class VAETrainConfig:
     # Stages 2-3: train the decoder side only; the latent space (and a DiT trained on it) stays valid, and the
     # exported file keeps the starting VAE's latent statistics.
     freeze_encoder: bool = False
+    # LTX-Video's denoising decoder: with freeze_encoder, the decoder sees z_s = (1 - s) z + s e in the init VAE's
+    # normalised latent space, s uniform in [low, high] per clip, and learns to decode the clean clip, so that a
+    # sampler can stop one step early and leave the last denoising to it. (0, 0): clean latents.
+    decode_noise: tuple[float, float] = (0.0, 0.0)
     model: VAEModelConfig = VAEModelConfig()
     data: VAEDataConfig = VAEDataConfig()
     output_dir: str | None = None
@@ -90,6 +123,7 @@ class VAETrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
         object.__setattr__(self, "disc_betas", tuple(self.disc_betas))
+        object.__setattr__(self, "decode_noise", tuple(self.decode_noise))
         object.__setattr__(self, "perceptual_weights", tuple(str(p) for p in self.perceptual_weights))
         _validate_vae(self)
 
@@ -130,6 +164,26 @@ def _validate_vae(cfg: VAETrainConfig) -> None:
     check(cfg.data.num_workers >= 0, "data.num_workers", "an integer >= 0", cfg.data.num_workers)
     if cfg.model.decoder_dim is not None:
         check(cfg.model.decoder_dim >= 1, "model.decoder_dim", "an integer >= 1 (or null)", cfg.model.decoder_dim)
+    _validate_study(cfg)
+
+
+def _validate_study(cfg: VAETrainConfig) -> None:
+    """The preset, fresh-3D and noisy-decoder fields."""
+    preset = vae_preset(cfg.model.preset)
+    if cfg.model.fresh_3d:
+        check(cfg.stage == 2, "model.fresh_3d", "used in stage 2 (a fresh 3D VAE trained on clips)", cfg.stage)
+        if cfg.model.init is not None:
+            raise ValueError("model.fresh_3d builds a new VAE of model.preset, but model.init gives one to start "
+                             "from; drop one of them (--fresh-3d or --init).")
+    if cfg.stage == 1 and cfg.model.init is None and (preset.patch_size > 1 or preset.residual):
+        raise ValueError(f"model.preset {cfg.model.preset!r} is a patchified residual VAE, which has no 2D image "
+                         "stage; train it directly in 3D: stage 2 with model.fresh_3d (--stage 2 --fresh-3d).")
+    noise = cfg.decode_noise
+    check(len(noise) == 2 and 0 <= noise[0] <= noise[1] <= 0.5, "decode_noise",
+          "two noise levels [low, high] with 0 <= low <= high <= 0.5", list(noise))
+    if noise[1] > 0 and not cfg.freeze_encoder:
+        raise ValueError("decode_noise adds noise in a trained VAE's normalised latent space (its statistics); "
+                         "fine-tune that VAE's decoder: freeze_encoder (--freeze-encoder) with model.init (--init).")
 
 
 def load_vae_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> VAETrainConfig:
@@ -137,4 +191,4 @@ def load_vae_config(path: str | Path | None = None, overrides: Sequence[str] = (
     return load_config(path, overrides, VAETrainConfig)
 
 
-__all__ = ["VAEDataConfig", "VAEModelConfig", "VAETrainConfig", "load_vae_config"]
+__all__ = ["STUDY_VAE_PRESETS", "VAEDataConfig", "VAEModelConfig", "VAETrainConfig", "load_vae_config", "vae_preset"]

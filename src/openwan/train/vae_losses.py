@@ -51,6 +51,17 @@ def sample_posterior(mu: torch.Tensor, log_var: torch.Tensor, generator: torch.G
     return mu + (0.5 * log_var).exp() * noise
 
 
+def noisy_latents(z: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor, mean: Sequence[float],
+                  std: Sequence[float]) -> torch.Tensor:
+    """Raw latents [B, z, T', h, w] moved to flow-matching noise level ``sigma`` [B] in the normalised space:
+    n = (z - mean) / std, n_s = (1 - s) n + s e, returned raw again (n_s · std + mean)."""
+    shape = (1, -1) + (1,) * (z.ndim - 2)
+    m = torch.tensor(mean, dtype=z.dtype, device=z.device).view(shape)
+    s = torch.tensor(std, dtype=z.dtype, device=z.device).view(shape)
+    sig = sigma.to(z.dtype).view((-1,) + (1,) * (z.ndim - 1))
+    return ((1 - sig) * (z - m) / s + sig * noise) * s + m
+
+
 # -------------------------------------------------------------------------------------- perceptual
 
 # torchvision's feature stacks: ("C", out, kernel, stride, padding) convolutions each followed by a ReLU,
@@ -263,5 +274,6 @@ __all__ = [
     "kl_loss",
     "l1_loss",
     "load_perceptual",
+    "noisy_latents",
     "sample_posterior",
 ]

@@ -27,6 +27,7 @@ from openwan.fileio import atomic_torch_save, atomic_write
 from openwan.models.image_vae import ImageVAE
 from openwan.models.loading import load_strict
 from openwan.models.vae import FeatureCache, WanVAE
+from openwan.models.vae22 import unpatchify
 
 log = logging.getLogger("openwan.train")
 
@@ -142,7 +143,7 @@ def decode_raw(model: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     """Raw latents -> frames, NOT clamped (training needs gradients past [-1, 1]).
 
     For a WanVAE this is ``decode`` without the latent scaling and the clamp: one causal pass, one latent frame
-    at a time, through the same modules.
+    at a time, through the same modules (a patchified VAE's output put back into pixels).
     """
     if isinstance(model, ImageVAE):
         return model.decode_raw(latents)
@@ -152,7 +153,7 @@ def decode_raw(model: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     for k in range(x.shape[2]):
         cache.next_chunk()
         chunks.append(model.decoder(x[:, :, k:k + 1], cache))
-    return torch.cat(chunks, dim=2)  # [B, 3, 1 + 4(T'-1), H, W]
+    return unpatchify(torch.cat(chunks, dim=2), model.cfg.patch_size)  # [B, 3, 1 + 4(T'-1), H, W]
 
 
 def video_of(batch: dict | torch.Tensor) -> torch.Tensor:
@@ -290,17 +291,19 @@ def is_image_vae_file(path: str | Path) -> bool:
 
 
 def initial_model(stage: int, init: str | Path | None = None, vae_config: VAEConfig | None = None,
-                  decoder_dim: int | None = None) -> nn.Module:
+                  decoder_dim: int | None = None, fresh_3d: bool = False) -> nn.Module:
     """The model a stage starts from.
 
     Stage 1: ``init`` (an image VAE file, to continue) or a fresh ImageVAE of ``vae_config`` (default: the
     released Wan2.1 widths). Stages 2 and 3: ``init`` is required — an image VAE file is inflated, a 3D VAE file
     (``Wan2.1_VAE.pth`` of the previous stage) is loaded. ``decoder_dim``: the decoder's base width — a fresh
-    model is built with it, a loaded one narrower than it is widened (:func:`widen_decoder`).
+    model is built with it, a loaded one narrower than it is widened (:func:`widen_decoder`). ``fresh_3d`` (stage 2,
+    no ``init``): a fresh 3D WanVAE of ``vae_config``, trained on clips from the start.
     """
-    if stage == 1 and init is None:
+    if init is None and (stage == 1 or (stage == 2 and fresh_3d)):
         cfg = vae_config or VAEConfig()
-        return ImageVAE(cfg if decoder_dim is None else cfg.replace(decoder_dim=decoder_dim))
+        cfg = cfg if decoder_dim is None else cfg.replace(decoder_dim=decoder_dim)
+        return ImageVAE(cfg) if stage == 1 else WanVAE(cfg)
     if init is None:
         previous = "the stage-1 image_vae.pth" if stage == 2 else "the stage-2 Wan2.1_VAE.pth"
         raise ValueError(f"stage {stage} starts from a trained model; give init= {previous}.")

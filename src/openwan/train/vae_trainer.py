@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from openwan.configs import VAEConfig, get_preset
+from openwan.configs import VAEConfig
 from openwan.data.sources import clip_loader
 from openwan.models.image_vae import ImageVAE
 from openwan.models.vae import WanVAE
@@ -47,7 +47,7 @@ from openwan.train.builders import autocast_dtype, resolve_device
 from openwan.train.lock import RunLock
 from openwan.train.metrics import MetricsLogger
 from openwan.train.optim import build_adamw, clip_gradients, lr_scale_at, set_lr
-from openwan.train.vae_config import VAETrainConfig
+from openwan.train.vae_config import VAETrainConfig, vae_preset
 from openwan.train.vae_losses import (
     PatchDiscriminator3d,
     adaptive_gan_weight,
@@ -56,6 +56,7 @@ from openwan.train.vae_losses import (
     kl_loss,
     l1_loss,
     load_perceptual,
+    noisy_latents,
     sample_posterior,
 )
 from openwan.train.vae_models import (
@@ -152,7 +153,10 @@ class VAETrainer:
             with torch.set_grad_enabled(not cfg.freeze_encoder):
                 mu, log_var = encode_moments(self.model, video)
             log_var = log_var.float().clamp(*LOG_VAR_RANGE)
-            recon = decode_raw(self.model, sample_posterior(mu.float(), log_var, self.generator)).float()
+            z = sample_posterior(mu.float(), log_var, self.generator)
+            if cfg.decode_noise[1] > 0:
+                z = self._noised(z)
+            recon = decode_raw(self.model, z).float()
         terms = {"l1": l1_loss(recon, video), "kl": kl_loss(mu, log_var, video[0].numel())}
         rec = cfg.l1_weight * terms["l1"]
         if cfg.l2_weight:
@@ -179,6 +183,15 @@ class VAETrainer:
         metrics.update({k: float(v.detach()) for k, v in terms.items()})
         metrics.update(grad_norm=grad_norm, lr=cfg.lr * lr_scale, step_time=time.perf_counter() - start)
         return metrics
+
+    def _noised(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw latents ``z`` noised to a level drawn per clip from ``decode_noise``, in the normalised space the
+        VAE's latent statistics define (the space a DiT samples in)."""
+        low, high = self.cfg.decode_noise
+        sigma = low + (high - low) * torch.rand(z.shape[0], generator=self.generator, device=z.device)
+        noise = torch.randn(z.shape, generator=self.generator, device=z.device)
+        cfg = self.model.cfg
+        return noisy_latents(z, sigma, noise, cfg.latents_mean, cfg.latents_std)
 
     def _generator_gan_term(self, recon: torch.Tensor, rec: torch.Tensor, terms: dict) -> torch.Tensor:
         cfg = self.cfg
@@ -405,7 +418,7 @@ def run_stage(cfg: VAETrainConfig, data: Iterable, out_dir: str | Path | None = 
     resume = cfg.resume if resume is None else resume
     decoder_dim = decoder_dim if decoder_dim is not None else cfg.model.decoder_dim
     if vae_config is None and model is None and init is None:
-        vae_config = get_preset("vae", cfg.model.preset)
+        vae_config = vae_preset(cfg.model.preset)
     out_dir = Path(out_dir)
     with RunLock(out_dir):  # held from the look for checkpoints to the export
         trainer = _stage_trainer(cfg, out_dir, model, init, vae_config, resume, decoder_dim)
@@ -440,7 +453,7 @@ def _stage_trainer(cfg: VAETrainConfig, out_dir: Path, model: nn.Module | None, 
         raise ValueError("freeze_encoder fine-tunes the decoder of a trained 3D VAE; give init= its "
                          "Wan2.1_VAE.pth (an image VAE has no latent space or statistics to keep yet).")
     if model is None:
-        model = initial_model(cfg.stage, init, vae_config, decoder_dim=decoder_dim)
+        model = initial_model(cfg.stage, init, vae_config, decoder_dim=decoder_dim, fresh_3d=cfg.model.fresh_3d)
     return VAETrainer(model, cfg, out_dir)
 
 
