@@ -62,6 +62,25 @@ def test_each_latent_frame_walks_the_whole_staircase_in_order(tiny):
     assert s.decoder.latent_frames == 6
 
 
+def test_prompt_switch_mixes_each_frames_velocity_as_separate_evaluations_do(tiny):
+    """The window's guided velocity during a cross-fade, against one plain DiT call per prompt and branch: frame f
+    takes (1 - w_f)·v_red + w_f·v_blue as its conditional velocity, w_f rising 1/3 per latent frame from the switch."""
+    s = stream(tiny, "a red ball", then=[(0.25, "a blue box")], window=3, steps_per_shift=1, transition=2)
+    s.joined = 3  # the window holds latent frames 0, 1, 2; the switch (video frame 4) is in latent frame 1
+    assert [c for m in range(3) for c in s.prompt_mix(m)] == pytest.approx([1, 0, 2 / 3, 1 / 3, 1 / 3, 2 / 3])
+    x, levels = torch.randn(16, 3, 8, 8), [2, 1, 0]
+    got = s.velocity(x, levels)
+
+    t = s.timesteps[torch.tensor(levels)].float().repeat_interleave(16)[None]  # 4x4 tokens per latent frame
+    red, blue = (tiny.encode_text([p, ""]) for p in ("a red ball", "a blue box"))
+    v_red, v_blue, v_neg = (tiny.dit(x[None], t, ctx)[0] for ctx in (red[:1], blue[:1], red[1:]))
+    w = torch.tensor([0.0, 1 / 3, 2 / 3])[None, :, None, None]
+    v_cond = (1 - w) * v_red + w * v_blue
+    expected = v_neg + s.config.guide_scale * (v_cond - v_neg)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert (v_red - v_blue).abs().max() > 1e-3  # the prompts differ, so the mix is seen
+
+
 def test_memory_is_flat_in_stream_length(tiny):
     """What the stream holds between steps has the same count and bytes after 5 and after 24 queue steps."""
     s = stream(tiny, "a red ball", window=3, block=1, steps_per_shift=1, seed=0)
