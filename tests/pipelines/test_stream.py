@@ -48,7 +48,7 @@ def test_each_latent_frame_walks_the_whole_staircase_in_order(tiny):
         assert frames <= 3
         per_frame = t[0].reshape(frames, -1)[:, 0] if t.ndim == 2 else t[:1].expand(frames)
         for k, value in enumerate(per_frame.tolist()):
-            seen.setdefault(s.joined - frames + k, []).append(int(value))
+            seen.setdefault(s.joined + 1 - frames + k, []).append(int(value))  # joined counts the new frame after
 
     handle = tiny.dit.register_forward_pre_hook(record)
     try:
@@ -115,6 +115,31 @@ def test_a_stream_killed_and_resumed_from_its_state_continues_identically(tiny, 
     other = VideoStream(tiny, schedule, StreamConfig(window=3, block=1, steps_per_shift=2, seed=2))
     other.read(7)
     assert not torch.equal(other.read(24), expected)
+
+
+def test_a_step_interrupted_midway_leaves_the_stream_as_it_was(tiny):
+    """Ctrl-C inside a step (here: midway through the VAE decoder's pass, some of its cache already rewritten, after
+    the DiT moved the queue) changes nothing: the stream then makes the frames an uninterrupted one makes."""
+    cfg = StreamConfig(window=2, block=1, steps_per_shift=1, seed=3)
+    expected = VideoStream(tiny, PromptSchedule.of("a red ball"), cfg).read(25)
+    s = VideoStream(tiny, PromptSchedule.of("a red ball"), cfg)
+    s.read(5)
+    calls = [0]
+
+    def interrupt(module, args):
+        calls[0] += 1
+        if calls[0] == 3:  # the third decoded latent frame's pass, after the layers before this block
+            raise KeyboardInterrupt
+
+    handle = tiny.vae.decoder.middle[2].register_forward_pre_hook(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            while True:
+                s.step()
+    finally:
+        handle.remove()
+    assert s.pending.shape[0] == 8  # two latent frames decoded before the interrupt
+    assert torch.equal(torch.cat([expected[:5], s.read(20)]), expected)  # 3 latent frames decoded after it
 
 
 def test_state_files_refuse_what_they_cannot_resume(tiny, tmp_path):

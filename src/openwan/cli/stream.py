@@ -128,12 +128,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _loop(s, outputs: list, total: int | None, every: int, state: str | None, paced: bool, log) -> int:
     """Frames from the stream to every output until ``total`` (or an interrupt); the state saved every ``every``
-    frames and at the end. A preview is paced to real time."""
+    frames and at the end (on an interrupt, unless it came while a chunk was being written: the state saved before
+    stands, and a resume rewrites the file from it). A preview is paced to real time."""
     start, first, saved_at = time.perf_counter(), None, s.emitted
     begin = s.emitted
     tail = s.extra.get("tail", torch.zeros(0, *s.pending.shape[1:]))
     fps = s.config.fps
-    interrupted = False
+    interrupted, written = False, True  # written: every frame handed out is in the outputs and the tail
     try:
         with terminate_cleanly():
             while total is None or s.emitted < total:
@@ -142,6 +143,7 @@ def _loop(s, outputs: list, total: int | None, every: int, state: str | None, pa
                     continue
                 n = s.pending.shape[0] if total is None else min(s.pending.shape[0], total - s.emitted)
                 frames = s.read(n)
+                written = False
                 if first is None:
                     first = time.perf_counter() - start
                 if paced:  # not ahead of real time: a viewer sees the video at its own speed
@@ -149,13 +151,14 @@ def _loop(s, outputs: list, total: int | None, every: int, state: str | None, pa
                 for out in outputs:
                     out.write(frames)
                 tail = torch.cat([tail, frames])[-TAIL:]
+                written = True
                 if state and s.emitted - saved_at >= every:
                     s.save(state, extra={"tail": tail})
                     saved_at = s.emitted
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        if state:
+        if state and written:  # else the last saved state stands (a step is all or nothing, a chunk is not)
             s.save(state, extra={"tail": tail})
         for out in outputs:
             out.close()

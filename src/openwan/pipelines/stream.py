@@ -209,34 +209,42 @@ class VideoStream:
     @torch.no_grad()
     def step(self) -> torch.Tensor:
         """One queue step: a noise group joins, K sub-steps, the clean group (if any) leaves; returns its decoded
-        frames [t, H, W, 3] (t = 0 while the queue fills) and also keeps them for :meth:`read` / iteration."""
+        frames [t, H, W, 3] (t = 0 while the queue fills) and also keeps them for :meth:`read` / iteration.
+
+        All or nothing: an exception (Ctrl-C included) inside leaves the stream as it was before the step, so a
+        state saved after it still resumes identically."""
         cfg = self.config
-        noise = torch.randn(self.latent_shape, generator=self.generator, device=self.latents.device,
-                            dtype=torch.float32)
-        self.latents = torch.cat([self.latents, noise], dim=1)
-        self.levels.append(0)
-        self.joined += cfg.block
-        for _ in range(cfg.steps_per_shift):
-            v = self.velocity(self.latents, self.levels)
-            groups = self.latents.split(cfg.block, dim=1)
-            # Euler per group, x + (σ_next - σ)·v with Python floats: the ordinary solver's arithmetic
-            self.latents = torch.cat([x + (self._sig[i + 1] - self._sig[i]) * vg
-                                      for x, vg, i in zip(groups, v.split(cfg.block, dim=1), self.levels)], dim=1)
-            self.levels = [i + 1 for i in self.levels]
-        self.steps += 1
-        frames = self.pending[:0]
-        if self.levels[0] == len(self._sig) - 1:  # the oldest group reached σ = 0: it leaves
-            clean, self.latents = self.latents[:, :cfg.block], self.latents[:, cfg.block:].clone()
-            self.levels = self.levels[1:]
-            frames = self.decoder.decode(clean)
-            self.pending = torch.cat([self.pending, frames])
+        generator, decoder = self.generator.get_state(), self.decoder.snapshot()
+        try:
+            noise = torch.randn(self.latent_shape, generator=self.generator, device=self.latents.device,
+                                dtype=torch.float32)
+            latents, levels = torch.cat([self.latents, noise], dim=1), [*self.levels, 0]
+            joined = self.joined + cfg.block
+            for _ in range(cfg.steps_per_shift):
+                v = self.velocity(latents, levels, joined)
+                groups = latents.split(cfg.block, dim=1)
+                # Euler per group, x + (σ_next - σ)·v with Python floats: the ordinary solver's arithmetic
+                latents = torch.cat([x + (self._sig[i + 1] - self._sig[i]) * vg
+                                     for x, vg, i in zip(groups, v.split(cfg.block, dim=1), levels)], dim=1)
+                levels = [i + 1 for i in levels]
+            frames = self.pending[:0]
+            if levels[0] == len(self._sig) - 1:  # the oldest group reached σ = 0: it leaves
+                clean, latents, levels = latents[:, :cfg.block], latents[:, cfg.block:].clone(), levels[1:]
+                frames = self.decoder.decode(clean)
+        except BaseException:
+            self.generator.set_state(generator)
+            self.decoder.restore_snapshot(decoder)
+            raise
+        self.latents, self.levels, self.joined, self.steps, self.pending = (
+            latents, levels, joined, self.steps + 1, torch.cat([self.pending, frames]))
         return frames
 
-    def velocity(self, x: torch.Tensor, levels: list[int]) -> torch.Tensor:
-        """The guided velocity [C, F, h, w] for the window's latents ``x`` [C, F, h, w] (the newest F latent frames
-        of the stream) whose groups sit at grid ``levels``."""
+    def velocity(self, x: torch.Tensor, levels: list[int], joined: int | None = None) -> torch.Tensor:
+        """The guided velocity [C, F, h, w] for the window's latents ``x`` [C, F, h, w] (latent frames joined - F ..
+        joined - 1 of the stream; ``joined`` defaults to :attr:`joined`) whose groups sit at grid ``levels``."""
         pipe, cfg = self.pipe, self.config
-        mix = torch.tensor([self.prompt_mix(m) for m in range(self.joined - x.shape[1], self.joined)])  # [F, P]
+        joined = self.joined if joined is None else joined
+        mix = torch.tensor([self.prompt_mix(m) for m in range(joined - x.shape[1], joined)])  # [F, P]
         used = [i for i in range(mix.shape[1]) if bool(mix[:, i].any())]
         context = torch.cat([self.contexts[i][:1] for i in used] + [self.contexts[0][1:]])  # conds, negative (if any)
         weights = mix[:, used].T.to(x.device)[:, None, :, None, None] if len(used) > 1 else None  # [P', 1, F, 1, 1]

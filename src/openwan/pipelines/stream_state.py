@@ -50,6 +50,15 @@ class StreamDecoder:
         self.latent_frames += z.shape[1]
         return torch.cat(out)
 
+    def snapshot(self) -> tuple:
+        """The cache as it is now, cheaply (the decoder replaces cached tensors, never writes into them)."""
+        return list(self.cache.slots), self.cache.chunk, self.cache.index, self.latent_frames
+
+    def restore_snapshot(self, snap: tuple) -> None:
+        """Back to what :meth:`snapshot` saw (after a decode interrupted midway)."""
+        slots, self.cache.chunk, self.cache.index, self.latent_frames = snap
+        self.cache.slots = list(slots)
+
     def held_tensors(self) -> list[torch.Tensor]:
         """The tensors the decoder keeps between calls (its causal cache)."""
         return [t for t in self.cache.slots if t is not None]
