@@ -45,7 +45,7 @@ class StreamDecoder:
             x = vae.conv2(vae.denormalize(z[None].to(self.device, vae.dtype)).to(vae.dtype))  # [1, C, F, h, w]
             for k in range(x.shape[2]):
                 self.cache.next_chunk()
-                chunk = vae.decoder(x[:, :, k:k + 1], self.cache).clamp(-1.0, 1.0)  # [1, 3, t, H, W]
+                chunk = vae.decode_chunk(x[:, :, k:k + 1], self.cache).clamp(-1.0, 1.0)  # [1, 3, t, H, W]
                 out.append(chunk[0].float().add(1).div(2).clamp(0, 1).permute(1, 2, 3, 0).cpu())
         self.latent_frames += z.shape[1]
         return torch.cat(out)
