@@ -189,6 +189,8 @@ class WanDiT(nn.Module):
     ``init_weights()`` after materialising it, or load weights with ``assign=True``.
     """
 
+    CONFIG = DiTConfig  # what from_config builds from a dict
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         if tuple(cfg.window_size) != (-1, -1):
@@ -218,11 +220,13 @@ class WanDiT(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: DiTConfig | Mapping) -> WanDiT:
-        """Random init from a DiTConfig or an official-style dict (the keys of a release's config.json)."""
-        if not isinstance(cfg, DiTConfig):
+        """Random init from a config of this class's kind (``CONFIG``) or an official-style dict (the keys of a
+        release's config.json)."""
+        if not isinstance(cfg, cls.CONFIG):
             if not isinstance(cfg, Mapping):
-                raise ValueError(f"from_config takes a DiTConfig or a config dict; got {type(cfg).__name__}.")
-            cfg = DiTConfig.from_dict(dict(cfg))
+                raise ValueError(f"from_config takes a {cls.CONFIG.__name__} or a config dict; got "
+                                 f"{type(cfg).__name__}.")
+            cfg = cls.CONFIG.from_dict(dict(cfg))
         return cls(cfg)
 
     @classmethod

@@ -10,7 +10,6 @@ Without a VACE context (or at scale 0) the network is exactly the base text-to-v
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -48,6 +47,7 @@ class WanVaceDiT(WanDiT):
     number or one per sample [B]. ``vace_context=None`` runs the base DiT alone.
     """
 
+    CONFIG = VaceConfig  # what from_config builds from a dict
     STREAMED_BLOCKS = ("vace_blocks", "blocks")  # in the order they run, for openwan.runtime.offload.BlockStreamer
 
     def __init__(self, cfg: VaceConfig):
@@ -61,15 +61,6 @@ class WanVaceDiT(WanDiT):
         self._vace: tuple[torch.Tensor, torch.Tensor, bool] | None = None  # set during one forward only
         if not any(p.is_meta for p in self.parameters()):
             self._init_vace()
-
-    @classmethod
-    def from_config(cls, cfg: VaceConfig | Mapping) -> WanVaceDiT:
-        """Random init from a VaceConfig or an official-style dict (a VACE release's config.json keys)."""
-        if not isinstance(cfg, VaceConfig):
-            if not isinstance(cfg, Mapping):
-                raise ValueError(f"from_config takes a VaceConfig or a config dict; got {type(cfg).__name__}.")
-            cfg = VaceConfig.from_dict(dict(cfg))
-        return cls(cfg)
 
     @classmethod
     def from_pretrained(cls, path, *, dtype: torch.dtype | None = None,
