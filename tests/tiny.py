@@ -20,6 +20,28 @@ def randomize(module: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torc
     return module.eval()
 
 
+def randomize_vae(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """A VAE with non-trivial norm gains and biases (the defaults, ones and zeros, would hide mistakes)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gamma"):
+                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=gen))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def random_video(t: int, h: int = 32, w: int = 48, seed: int = 1) -> torch.Tensor:
+    """A random video [1, 3, t, h, w] in [-1, 1]."""
+    return torch.rand(1, 3, t, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def max_rel(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """The largest absolute difference relative to the largest magnitude of ``theirs``."""
+    return ((ours - theirs).abs().max() / theirs.abs().max()).item()
+
+
 def tiny_components(preset: str = "tiny", seed: int = 0, **dit_changes) -> dict:
     """DiT, VAE, umT5, tokenizer (and CLIP for image presets): what WanPipeline(**parts) takes."""
     torch.manual_seed(seed)

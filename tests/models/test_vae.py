@@ -10,6 +10,7 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from conftest import official_keys
 from openwan.configs import VAE_PRESETS, VAEConfig
 from openwan.models.vae import VAETiling, WanVAE, channel_norm
+from tiny import max_rel, random_video, randomize_vae
 
 # A second small architecture: other dim_mult, other temporal levels, z_dim 8 with its own statistics.
 # diffusers' converter hard-codes 4 levels of 2 residual blocks with a decoder shortcut only at upsamples.4,
@@ -24,30 +25,13 @@ WIDE_DECODER = VAE_PRESETS["tiny"].replace(decoder_dim=12)
 CONFIGS = {"tiny": VAE_PRESETS["tiny"], "second": SECOND, "wide-decoder": WIDE_DECODER}
 
 
-def _randomize(model: WanVAE, seed: int = 0) -> WanVAE:
-    """Non-trivial norm gains and biases (the defaults, ones and near-zeros, would hide mistakes)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gamma"):
-                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=gen))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-    return model.eval()
 
-
-def _video(t: int, h: int = 32, w: int = 48, seed: int = 1) -> torch.Tensor:
-    return torch.rand(1, 3, t, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
-def _rel(ours: torch.Tensor, theirs: torch.Tensor) -> float:
-    return ((ours - theirs).abs().max() / theirs.abs().max()).item()
 
 
 @pytest.fixture(scope="module")
 def tiny() -> WanVAE:
     torch.manual_seed(0)
-    return _randomize(WanVAE(VAE_PRESETS["tiny"]))
+    return randomize_vae(WanVAE(VAE_PRESETS["tiny"]))
 
 
 # ------------------------------------------------------------------------------------ key layout
@@ -100,7 +84,7 @@ def test_decoder_width_round_trips_through_configs_and_weights(tmp_path):
 def pair(request) -> tuple[WanVAE, AutoencoderKLWan]:
     cfg = CONFIGS[request.param]
     torch.manual_seed(0)
-    ours = _randomize(WanVAE(cfg))
+    ours = randomize_vae(WanVAE(cfg))
     theirs = AutoencoderKLWan(
         base_dim=cfg.dim, z_dim=cfg.z_dim, dim_mult=list(cfg.dim_mult), num_res_blocks=cfg.num_res_blocks,
         attn_scales=list(cfg.attn_scales), temperal_downsample=list(cfg.temporal_downsample), dropout=0.0,
@@ -116,7 +100,7 @@ def test_matches_diffusers(pair, frames):
     cfg = ours.cfg
     mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
-    video = _video(frames)
+    video = random_video(frames)
     with torch.no_grad():
         z = ours.encode(video)
         mu, log_var = ours.encode_moments(video)
@@ -128,10 +112,10 @@ def test_matches_diffusers(pair, frames):
     assert z.shape == (1, cfg.z_dim, latent_frames, 4, 6) and z.dtype == torch.float32
     assert decoded.shape == (1, 3, frames, 32, 48)
     errors = {
-        "encode": _rel(z, (posterior.mean - mean) / std),
-        "mu": _rel(mu, posterior.mean),
-        "log_var": _rel(log_var, posterior.logvar),  # diffusers clamps to [-30, 20]; these values lie inside
-        "decode": _rel(decoded, decoded_ref),
+        "encode": max_rel(z, (posterior.mean - mean) / std),
+        "mu": max_rel(mu, posterior.mean),
+        "log_var": max_rel(log_var, posterior.logvar),  # diffusers clamps to [-30, 20]; these values lie inside
+        "decode": max_rel(decoded, decoded_ref),
     }
     print(f"{cfg.z_dim=} {frames=} max relative diffs:", ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     # Measured on CPU: encode <= 6e-7, mu <= 1.3e-6, log_var <= 1.2e-6, decode <= 4.8e-6 (relative).
@@ -143,7 +127,7 @@ def test_matches_diffusers(pair, frames):
 
 
 def test_batch_items_are_independent(tiny):
-    videos = torch.cat([_video(5, seed=7), _video(5, seed=8)])
+    videos = torch.cat([random_video(5, seed=7), random_video(5, seed=8)])
     with torch.no_grad():
         z = tiny.encode(videos)
         torch.testing.assert_close(z[1:], tiny.encode(videos[1:]), rtol=0, atol=1e-5)
@@ -160,7 +144,7 @@ def test_stream_equals_decode_exactly(tiny):
 
 
 def test_causal_in_time(tiny):
-    video = _video(9)
+    video = random_video(9)
     z = torch.randn(1, 16, 3, 4, 6, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         first = tiny.encode(video[:, :, :5])
@@ -175,7 +159,7 @@ TILE = VAETiling(tile_size=32, overlap=16)  # 4-latent tiles overlapping by 2: a
 
 @pytest.mark.slow
 def test_tiled_close_to_untiled_and_overlap_helps(tiny):
-    video = _video(9, 64, 96)
+    video = random_video(9, 64, 96)
     with torch.no_grad():
         z = tiny.encode(video)
         z_tiled, z_hard = tiny.encode(video, tile=TILE), tiny.encode(video, tile=VAETiling(32, 0))
@@ -197,7 +181,7 @@ def test_tiling_is_exact_for_a_pixel_local_network():
     # then depends on its own column of pixels only, so tiled and untiled must agree up to rounding, which
     # checks the tile positions, the blending weights and their normalisation.
     torch.manual_seed(0)
-    model = _randomize(WanVAE(VAE_PRESETS["tiny"]))
+    model = randomize_vae(WanVAE(VAE_PRESETS["tiny"]))
     with torch.no_grad():
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Conv3d | torch.nn.Conv2d) and module.weight.shape[-1] == 3:
@@ -207,7 +191,7 @@ def test_tiling_is_exact_for_a_pixel_local_network():
             if name.endswith(".proj"):
                 module.weight.zero_()
                 module.bias.zero_()
-        video = _video(5, 64, 96)
+        video = random_video(5, 64, 96)
         z = model.encode(video)
         out = model.decode(z)
         for tile in (TILE, VAETiling(40, 8), VAETiling(32, 0)):
@@ -236,7 +220,7 @@ def test_one_tile_is_no_tiling(tiny):
 
 def test_gradients_flow_for_training(tiny):
     model = WanVAE(VAE_PRESETS["tiny"])
-    mu, log_var = model.encode_moments(_video(5, 16, 16))
+    mu, log_var = model.encode_moments(random_video(5, 16, 16))
     recon = model.decode(model.normalize(mu))
     (recon.square().mean() + log_var.mean()).backward()
     assert model.encoder.conv1.weight.grad.abs().sum() > 0
@@ -248,7 +232,7 @@ def test_bfloat16_weights_keep_float32_scale():
     assert model.latents_mean.dtype == torch.float32
     assert torch.equal(model.latents_std, torch.tensor(VAE_PRESETS["tiny"].latents_std))
     with torch.no_grad():
-        z = model.encode(_video(1, 16, 16))
+        z = model.encode(random_video(1, 16, 16))
         assert z.dtype == torch.float32
         assert model.decode(z).dtype == torch.bfloat16
 
@@ -258,7 +242,7 @@ def test_from_pretrained_round_trip(tiny, tmp_path):
     torch.save(tiny.state_dict(), path)
     loaded = WanVAE.from_pretrained(path)
     assert loaded.cfg == tiny.cfg and not loaded.training
-    video = _video(5)
+    video = random_video(5)
     with torch.no_grad():
         assert torch.equal(loaded.encode(video), tiny.encode(video))
 

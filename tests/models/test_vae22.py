@@ -13,6 +13,7 @@ from openwan.configs import VAE_PRESETS, WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, 
 from openwan.models import WanVAE
 from openwan.models.vae import FeatureCache, VAETiling
 from openwan.models.vae22 import average_down, duplicate_up, patchify, unpatchify
+from tiny import max_rel, random_video, randomize_vae
 
 TINY = VAE_PRESETS["tiny-22"]
 # A second residual architecture: three levels, both temporal, no wider decoder, 12 latent channels.
@@ -23,30 +24,13 @@ SECOND = VAEConfig(
 CONFIGS = {"tiny-22": TINY, "second": SECOND}
 
 
-def _randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial norm gains and biases (the defaults, ones and zeros, would hide mistakes)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("gamma"):
-                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=gen))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-    return module.eval()
 
-
-def _video(t: int, h: int = 32, w: int = 48, seed: int = 1) -> torch.Tensor:
-    return torch.rand(1, 3, t, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
-def _rel(ours: torch.Tensor, theirs: torch.Tensor) -> float:
-    return ((ours - theirs).abs().max() / theirs.abs().max()).item()
 
 
 @pytest.fixture(scope="module")
 def tiny() -> WanVAE:
     torch.manual_seed(0)
-    return _randomize(WanVAE(TINY))
+    return randomize_vae(WanVAE(TINY))
 
 
 # ------------------------------------------------------------------------------------ key layout
@@ -108,7 +92,7 @@ def pair(request) -> tuple[WanVAE, AutoencoderKLWan]:
     """Random diffusers weights, moved into ours through the diffusers -> official key map."""
     cfg = CONFIGS[request.param]
     torch.manual_seed(0)
-    theirs = _randomize(AutoencoderKLWan(**{k: v for k, v in vae_config_to_diffusers(cfg).items()
+    theirs = randomize_vae(AutoencoderKLWan(**{k: v for k, v in vae_config_to_diffusers(cfg).items()
                                             if not k.startswith("_")}))
     state = theirs.state_dict()
     official = vae_diffusers_to_official(state, cfg)
@@ -123,7 +107,7 @@ def test_matches_diffusers(pair, frames):
     cfg = ours.cfg
     mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
-    video = _video(frames)
+    video = random_video(frames)
     with torch.no_grad():
         z = ours.encode(video)
         mu, log_var = ours.encode_moments(video)
@@ -135,10 +119,10 @@ def test_matches_diffusers(pair, frames):
     assert z.shape == (1, cfg.z_dim, 1 + (frames - 1) // 4, 32 // s, 48 // s) and z.dtype == torch.float32
     assert decoded.shape == (1, 3, frames, 32, 48)
     errors = {
-        "encode": _rel(z, (posterior.mean - mean) / std),
-        "mu": _rel(mu, posterior.mean),
-        "log_var": _rel(log_var, posterior.logvar),  # diffusers clamps to [-30, 20]; these values lie inside
-        "decode": _rel(decoded, decoded_ref),
+        "encode": max_rel(z, (posterior.mean - mean) / std),
+        "mu": max_rel(mu, posterior.mean),
+        "log_var": max_rel(log_var, posterior.logvar),  # diffusers clamps to [-30, 20]; these values lie inside
+        "decode": max_rel(decoded, decoded_ref),
     }
     print(f"{cfg.z_dim=} {frames=} max relative diffs:", ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     # Measured on CPU: encode, mu, log_var <= 7.1e-7, decode <= 3.2e-6 (relative).
@@ -172,7 +156,7 @@ def test_decode_chunk_with_a_callers_cache_equals_decode(tiny):
 
 
 def test_causal_in_time_and_batch_independent(tiny):
-    video = torch.cat([_video(9, seed=7), _video(9, seed=8)])
+    video = torch.cat([random_video(9, seed=7), random_video(9, seed=8)])
     z = torch.randn(1, 48, 3, 2, 3, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         whole = tiny.encode(video)
@@ -207,9 +191,9 @@ def _pixel_local(model: WanVAE) -> WanVAE:
 def test_tiling_is_exact_for_a_pixel_local_network(tile):
     # checks the tile positions, the blending weights and their normalisation at the 2.2 scale (16 pixels)
     torch.manual_seed(0)
-    model = _pixel_local(_randomize(WanVAE(TINY)))
+    model = _pixel_local(randomize_vae(WanVAE(TINY)))
     with torch.no_grad():
-        video = _video(5, 48, 80)  # 3 x 5 latents: a 2 x 4 grid of 2-latent tiles
+        video = random_video(5, 48, 80)  # 3 x 5 latents: a 2 x 4 grid of 2-latent tiles
         z = model.encode(video)
         out = model.decode(z)
         torch.testing.assert_close(model.encode(video, tile=tile), z, rtol=0, atol=1e-5)
@@ -220,7 +204,7 @@ def test_tiling_is_exact_for_a_pixel_local_network(tile):
 
 @pytest.mark.slow
 def test_tiled_close_to_untiled_and_overlap_helps(tiny):
-    video = _video(9, 128, 192)
+    video = random_video(9, 128, 192)
     with torch.no_grad():
         z = tiny.encode(video)
         z_tiled, z_hard = tiny.encode(video, tile=TILE), tiny.encode(video, tile=VAETiling(64, 0))
@@ -248,7 +232,7 @@ def test_one_tile_is_no_tiling(tiny):
 
 def test_gradients_flow_for_training():
     model = WanVAE(TINY)
-    mu, log_var = model.encode_moments(_video(5, 16, 16))
+    mu, log_var = model.encode_moments(random_video(5, 16, 16))
     recon = model.decode(model.normalize(mu))
     (recon.square().mean() + log_var.mean()).backward()
     assert model.encoder.conv1.weight.grad.abs().sum() > 0
