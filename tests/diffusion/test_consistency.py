@@ -146,3 +146,26 @@ def test_lcm_sampler_with_fresh_noise():
     assert isinstance(make_solver("lcm", grid), Consistency)
     with pytest.raises(ValueError, match="gamma"):
         Consistency(grid, 1.5)
+
+
+def test_the_pipeline_and_the_cli_take_the_lcm_solver():
+    """``solver="lcm"`` runs a student on the student grid (``sampling_sigmas(S, shift, "lcm")`` is
+    ``student_sigmas``) and, deterministic, lands where the Euler loop does; every command's --sample-solver takes
+    it."""
+    from openwan.cli.main import build_parser
+    from openwan.diffusion import sampling_sigmas
+    from openwan.pipelines import WanPipeline
+    from tiny import tiny_components
+
+    torch.testing.assert_close(sampling_sigmas(4, 3.0, "lcm"), student_sigmas(4, 3.0), rtol=0, atol=1e-12)
+    pipe = WanPipeline(**tiny_components())
+    common = {"size": (32, 32), "frame_num": 5, "sample_steps": 4, "sample_shift": 3.0, "guide_scale": 1.0,
+              "seed": 1, "progress": False, "return_video": False}
+    lcm, euler = pipe("a cat", solver="lcm", **common), pipe("a cat", solver="euler", **common)
+    torch.testing.assert_close(lcm.latents, euler.latents, rtol=0, atol=1e-5)
+    parser = build_parser()
+    for argv in (["generate", "--prompt", "x"], ["eval", "prompts", "--ckpt-dir", "x", "--out", "y"],
+                 ["eval", "bench", "x", "--out", "y"]):
+        assert parser.parse_args([*argv, "--sample-solver", "lcm"]).sample_solver == "lcm"
+        with pytest.raises(SystemExit):
+            parser.parse_args([*argv, "--sample-solver", "nope"])

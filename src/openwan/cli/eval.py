@@ -9,6 +9,7 @@ from pathlib import Path
 from openwan.cli import eval_bench, eval_compare
 from openwan.cli.common import parse_dtype, parse_size
 from openwan.data.synthetic import PATHS
+from openwan.diffusion.schedule import SAMPLING_KINDS
 
 HELP = ("measure a model: prompt following (prompts), VAE reconstruction PSNR/SSIM (vae), or Wan-Bench / VBench-style "
         "dimensions of any videos (bench, bench-report), or a candidate against a reference (compare)")
@@ -35,7 +36,7 @@ def add_parser(sub) -> None:
     q.add_argument("--limit", type=int, default=None, help="evaluate only the first N prompts")
     q.add_argument("--size", default=None, help="WIDTH*HEIGHT (default: the model's)")
     q.add_argument("--frame-num", type=int, default=None, help="frames, 4n+1 (default: the model's)")
-    q.add_argument("--sample-solver", default="unipc", choices=["unipc", "dpm++", "euler"])
+    q.add_argument("--sample-solver", default="unipc", choices=SAMPLING_KINDS)
     q.add_argument("--sample-steps", type=int, default=None)
     q.add_argument("--sample-shift", type=float, default=None)
     q.add_argument("--sample-guide-scale", type=float, default=None)

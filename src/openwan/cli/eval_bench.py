@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from openwan.diffusion.schedule import SAMPLING_KINDS
+
 BENCH_HELP = ("score videos (a folder, a glob or a manifest; or a prompt suite generated first with --suite) on "
               "Wan-Bench / VBench-style dimensions: scores.jsonl, summary.json, errors.jsonl, report.html")
 REPORT_HELP = "one report (report.html and its .png chart) comparing the dimension means of several bench folders"
@@ -47,7 +49,7 @@ def add_parser(kinds) -> None:
     s.add_argument("--limit", type=int, default=None, help="generate only the suite's first N prompts")
     s.add_argument("--size", default=None, help="WIDTH*HEIGHT (default: the model's)")
     s.add_argument("--frame-num", type=int, default=None, help="frames, 4n+1 (default: the model's)")
-    s.add_argument("--sample-solver", default="unipc", choices=["unipc", "dpm++", "euler"])
+    s.add_argument("--sample-solver", default="unipc", choices=SAMPLING_KINDS)
     s.add_argument("--sample-steps", type=int, default=None)
     s.add_argument("--sample-shift", type=float, default=None)
     s.add_argument("--sample-guide-scale", type=float, default=None)

@@ -27,6 +27,7 @@ from openwan.data.video import (
     read_video,
     save_image,
 )
+from openwan.diffusion.schedule import SAMPLING_KINDS
 from openwan.eval.prompts import write_strip
 from openwan.fileio import Terminated, atomic_write, terminate_cleanly
 from openwan.models.layers import ATTENTION_BACKENDS
@@ -76,7 +77,7 @@ def add_parser(sub) -> None:
     p.add_argument("--src-ref-images", default=None, help="vace: reference images, comma-separated")
     p.add_argument("--vace-context-scale", type=float, default=1.0,
                    help="vace: how strongly the VACE context steers the video (1: as trained, 0: ignored)")
-    p.add_argument("--sample-solver", default="unipc", choices=["unipc", "dpm++", "euler"])
+    p.add_argument("--sample-solver", default="unipc", choices=SAMPLING_KINDS)
     p.add_argument("--sample-steps", type=int, default=None, help="denoising steps, 1 to 1000")
     p.add_argument("--sample-shift", type=float, default=None, help="sigma schedule shift, in (0, 100]")
     p.add_argument("--sample-guide-scale", type=float, nargs="+", default=None,

@@ -43,7 +43,7 @@ NUM_TRAIN_TIMESTEPS = 1000
 # The reference UniPC grid starts at the float32 value of 1 - 1/1000 (see the module docstring).
 _WAN_UNIPC_SIGMA_MAX = torch.tensor(1.0 - 1.0 / NUM_TRAIN_TIMESTEPS, dtype=torch.float32).item()
 
-SAMPLING_KINDS = ("unipc", "dpm++", "euler")
+SAMPLING_KINDS = ("unipc", "dpm++", "euler", "lcm")  # lcm: a distilled student's grid (diffusion/consistency.py)
 TRAINING_MODES = ("uniform", "logit_normal")
 
 
@@ -85,7 +85,7 @@ def sampling_sigmas(num_steps: int, shift: float, kind: str = "unipc") -> torch.
     _check_shift(shift)
     if kind == "unipc":
         base = _linspace(_WAN_UNIPC_SIGMA_MAX, 0.0, num_steps + 1)[:-1]
-    elif kind in ("dpm++", "euler"):
+    elif kind in ("dpm++", "euler", "lcm"):
         base = _linspace(1.0, 0.0, num_steps + 1)[:-1]
     else:
         raise ValueError(f"Unknown sampling kind {kind!r}; use one of {', '.join(SAMPLING_KINDS)}.")
