@@ -56,7 +56,10 @@ def _model_overrides(cfg, scratch: Scratch) -> list[str]:
     """model.* and data.manifest pointed at the stand-ins (dotted overrides, as a user would on the command line)."""
     out = [f"model.{key}={scratch.substitute(value)}" for key in MODEL_PATHS
            if (value := getattr(cfg.model, key)) and value.startswith("/data/")]
-    return out + [f"data.manifest={scratch.path('my-clips') / 'manifest.jsonl'}"]
+    data = [f"data.manifest={scratch.path('my-clips') / 'manifest.jsonl'}"]
+    if cfg.data.cache_dir:  # a config that trains from a recipe's caches runs here on the stand-in clips instead
+        data.append("data.cache_dir=null")
+    return out + data
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[p.stem for p in CONFIGS])
