@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 import torch
-from demo_model import demo_text_encoder, write_dit_config
+from demo_model import write_dit_config
+from demo_text import pretrained_text_encoder
 
 from openwan.checkpoints.convert import save_sharded, write_json
 from openwan.checkpoints.release import save_release
@@ -39,7 +40,6 @@ from openwan.data.manifest import read_manifest
 from openwan.eval.reconstruction import evaluate_vae, psnr, synthetic_clips
 from openwan.models import WanDiT, WanVAE
 from openwan.train.checkpoint import checkpoint_dit, latest_checkpoint, list_checkpoints
-from openwan.train.vae_losses import noisy_latents
 
 ARMS = {"a": "demo", "b": "demo-22", "c": "demo-dcae"}
 VAE_FILE = "Wan2.1_VAE.pth"  # what openwan train-vae's stages 2-3 write, whatever the architecture
@@ -107,33 +107,33 @@ def reconstruction(work: Path, arm: str, clips: int) -> dict:
 
 @torch.no_grad()
 def noisy_decoding(work: Path, arm: str, clips: int) -> dict | None:
-    """PSNR of decoding latents at each of NOISE_LEVELS (flow-matching noise in the normalised latent space, one
-    fixed draw per clip) with the plain decoder and with ``WORK/ARM/vae-noisy``'s denoising one; None without it."""
-    noisy_file = work / arm / "vae-noisy" / VAE_FILE
+    """PSNR of decoding latents noised to each of NOISE_LEVELS (flow-matching noise in the normalised latent
+    space, one fixed draw per clip) by the arm's decoder, by ``WORK/ARM/vae-noisy``'s denoising one and, when
+    present, by ``WORK/ARM/vae-plain``'s (the same fine-tune on clean latents: the denoising one's control);
+    None without a denoising decoder."""
     out = work / arm / "noisy_decoding.json"
-    if not noisy_file.is_file():
+    if not (work / arm / "vae-noisy" / VAE_FILE).is_file():
         return None
     found = _read_json(out)
     if found is not None:
         return found
-    plain = WanVAE.from_pretrained(work / arm / "vae" / VAE_FILE, dtype=torch.float32).eval()
-    denoising = WanVAE.from_pretrained(noisy_file, dtype=torch.float32).eval()
+    decoders = {name: WanVAE.from_pretrained(work / arm / folder / VAE_FILE, dtype=torch.float32).eval()
+                for name, folder in (("trained", "vae"), ("plain", "vae-plain"), ("denoising", "vae-noisy"))
+                if (work / arm / folder / VAE_FILE).is_file()}
+    encoder = decoders["trained"]  # every decoder shares its encoder (--freeze-encoder) and statistics
     data = [c for _, c in synthetic_clips(clips, seed=3, paths="reversible")]
     gen = torch.Generator().manual_seed(0)
-    result: dict = {"levels": list(NOISE_LEVELS), "plain": [], "denoising": []}
-    for sigma in NOISE_LEVELS:
-        scores = {"plain": [], "denoising": []}
-        for clip in data:
-            video = clip.permute(3, 0, 1, 2)[None] * 2 - 1
-            mu, _ = plain.encode_moments(video)
-            noise = torch.randn(mu.shape, generator=gen)
-            cfg = plain.cfg
-            z = plain.normalize(noisy_latents(mu, torch.tensor([sigma]), noise, cfg.latents_mean, cfg.latents_std))
-            for name, vae in (("plain", plain), ("denoising", denoising)):
-                frames = ((vae.decode(z)[0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
-                scores[name].append(psnr(clip, frames))
-        for name in scores:
-            result[name].append(round(statistics.mean(scores[name]), 2))
+    scores: dict[str, list[list[float]]] = {name: [[] for _ in NOISE_LEVELS] for name in decoders}
+    for clip in data:
+        video = clip.permute(3, 0, 1, 2)[None] * 2 - 1
+        z = encoder.encode(video)
+        noise = torch.randn(z.shape, generator=gen)
+        for k, sigma in enumerate(NOISE_LEVELS):
+            for name, vae in decoders.items():
+                frames = ((vae.decode((1 - sigma) * z + sigma * noise)[0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1)
+                scores[name][k].append(psnr(clip, frames))
+    result = {"levels": list(NOISE_LEVELS),
+              **{name: [round(statistics.mean(v), 2) for v in per_level] for name, per_level in scores.items()}}
     _write_json(out, result)
     return result
 
@@ -224,7 +224,8 @@ def prompt_following(work: Path, arm: str, seeds: list[int], steps: int, limit: 
     if not (out / "report.json").is_file():
         release = work / arm / "release"
         if not (release / "config.json").is_file():
-            encoder, tokenizer = demo_text_encoder(work)
+            folder = work / "text_encoder"  # copied whole, so it records the captions it was pre-trained on
+            encoder, tokenizer = pretrained_text_encoder(folder, captions=(folder / "captions.txt").read_text().strip())
             dit = checkpoint_dit(latest_checkpoint(work / arm / "dit"), "ema")
             vae = WanVAE.from_pretrained(work / arm / "vae" / VAE_FILE, dtype=torch.float32)
             save_release(release, dit=dit, vae=vae, text_encoder=encoder, tokenizer=tokenizer)
@@ -272,6 +273,8 @@ def main(argv=None) -> int:
                         help="a demo recipe work folder whose text_encoder/ and cache/text* are copied (read only)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--recon-clips", type=int, default=36)
+    parser.add_argument("--noisy-clips", type=int, default=8,
+                        help="held-out clips the denoising decoder is measured on (0: not measured)")
     parser.add_argument("--coding-times", action="store_true",
                         help="measure the arms' encode / decode times, taking turns (run once all VAEs exist)")
     parser.add_argument("--cache-clips", type=int, default=4320, help="training clips whose latents are cached")
@@ -292,7 +295,7 @@ def main(argv=None) -> int:
     rows: dict[str, dict] = {a: {"preset": ARMS[a]} for a in arms}
     for arm in arms:
         rows[arm]["recon"] = reconstruction(work, arm, args.recon_clips)
-        rows[arm]["noisy_decoding"] = noisy_decoding(work, arm, args.recon_clips)
+        rows[arm]["noisy_decoding"] = noisy_decoding(work, arm, args.noisy_clips) if args.noisy_clips else None
         rows[arm]["vae_train"] = vae_training(work / arm / "vae")
     if args.coding_times:
         for arm, timing in coding_times(work, arms).items():

@@ -48,13 +48,16 @@ for arm in $ARMS; do
 done
 
 # Optional: arm b's decoder fine-tuned on latents noised to a level in NOISY_RANGE (encoder frozen, so the latents
-# and a DiT trained on them stay valid).
-if [ "$NOISY_STEPS" -gt 0 ] && [ -f "$WORK/b/vae/Wan2.1_VAE.pth" ] && [ ! -f "$WORK/b/vae-noisy/Wan2.1_VAE.pth" ]; then
-  # shellcheck disable=SC2086
-  $OPENWAN train-vae --stage 2 --freeze-encoder --decode-noise $NOISY_RANGE --init "$WORK/b/vae/Wan2.1_VAE.pth" \
-    --manifest "$MANIFEST" --out "$WORK/b/vae-noisy" --size "$VAE_SIZE" --frames "$VAE_FRAMES" \
-    --batch-size "$VAE_BATCH" --steps "$NOISY_STEPS" --lr 1e-4 --min-lr-ratio 0.05 --l1-weight 0 --l2-weight 10 \
-    --log-every 20 --save-every 200 --workers 1
+# and a DiT trained on them stay valid), and, as its control, the same fine-tune on clean latents.
+if [ "$NOISY_STEPS" -gt 0 ] && [ -f "$WORK/b/vae/Wan2.1_VAE.pth" ]; then
+  for kind in plain noisy; do
+    [ -f "$WORK/b/vae-$kind/Wan2.1_VAE.pth" ] && continue
+    noise=(); [ "$kind" = noisy ] && read -r -a noise <<< "--decode-noise $NOISY_RANGE"
+    $OPENWAN train-vae --stage 2 --freeze-encoder "${noise[@]}" --init "$WORK/b/vae/Wan2.1_VAE.pth" \
+      --manifest "$MANIFEST" --out "$WORK/b/vae-$kind" --size "$VAE_SIZE" --frames "$VAE_FRAMES" \
+      --batch-size "$VAE_BATCH" --steps "$NOISY_STEPS" --lr 1e-4 --min-lr-ratio 0.05 --l1-weight 0 --l2-weight 10 \
+      --log-every 20 --save-every 200 --workers 1
+  done
 fi
 
 # shellcheck disable=SC2086
