@@ -6,7 +6,8 @@ For each arm (a: ``demo``, 4x8x8 z16; b: ``demo-22``, 4x16x16 z64; c: ``demo-dca
 1. reconstruction: PSNR / SSIM on held-out clips like the training data (``openwan.eval.reconstruction``), and the
    encode / decode time of one clip;
 2. with a denoising decoder (``WORK/ARM/vae-noisy``, from ``train-vae --decode-noise``): PSNR of decoding latents
-   noised to a few small levels, by the plain decoder and by the denoising one;
+   noised to a few small levels, by the trained decoder, the denoising one and its control (``WORK/ARM/vae-plain``,
+   the same fine-tune on clean latents);
 3. the latent cache of the training clips (the text cache and text encoder are copied from the demo run's work
    folder, read only), a DiT of the same preset, steps and batch on each latent space (its in/out channels set to
    the arm's z), a release folder, and ``openwan eval prompts`` on the held-out combinations.
