@@ -35,7 +35,7 @@ def is_vace_state(keys) -> bool:
 
 def is_vace_config(data: Mapping) -> bool:
     """Whether a DiT config.json (either layout) describes a VACE model."""
-    return (data.get("model_type") == "vace" or data.get("_class_name") in _VACE_CLASSES
+    return (data.get("model_type") == "vace" or str(data.get("_class_name")) in _VACE_CLASSES
             or bool({"vace_layers", "vace_in_dim", "vace_in_channels"} & set(data)))
 
 
