@@ -167,12 +167,8 @@ class WanPipeline:
             guided = _max_scale(guide) != 1.0
             context = self.encode_text([prompt, negative] if guided else [prompt])
         with _timer(timings, "condition"):
-            if task == "vace":
-                with on_device(self.vae, self.device, self.offload_model):
-                    c = vace.conditioning(self.vae, self.vae_stride, frame_num, width, height, src_video, src_mask,
-                                          src_ref_images, vace_context_scale, self.device)
-            else:
-                c = self._conditioning(task, frame_num, width, height, image, last_image, video, strength)
+            c = self._conditioning(task, frame_num, width, height, image, last_image, video, strength,
+                                   (src_video, src_mask, src_ref_images, vace_context_scale))
 
         t_stride, h_stride, w_stride = self.vae_stride
         frames = c.prefix_frames + cond.latent_frames(frame_num, t_stride)  # vace: reference frames first
@@ -307,9 +303,15 @@ class WanPipeline:
             if strength is None or not 0.0 < strength <= 1.0:
                 raise ValueError("task v2v needs strength in (0, 1] (how much of the input to re-noise).")
 
-    def _conditioning(self, task, frame_num, width, height, image, last_image, video, strength) -> cond.Conditioning:
+    def _conditioning(self, task, frame_num, width, height, image, last_image, video, strength,
+                      vace_inputs=(None, None, None, 1.0)) -> cond.Conditioning:
+        """The task's conditioning; ``vace_inputs``: (src_video, src_mask, src_ref_images, vace_context_scale)."""
         if task in ("t2v", "t2i") or (task == "ti2v" and image is None):
             return cond.Conditioning()
+        if task == "vace":
+            with on_device(self.vae, self.device, self.offload_model):
+                return vace.conditioning(self.vae, self.vae_stride, frame_num, width, height, *vace_inputs,
+                                         self.device)
         if task == "ti2v":
             with on_device(self.vae, self.device, self.offload_model):
                 return ti2v.first_frame_conditioning(self.vae, _as_frames(image), width, height, frame_num,
