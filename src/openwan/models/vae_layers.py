@@ -49,6 +49,32 @@ class FeatureCache:
             self.slots[self.index] = frames
         self.index += 1
 
+    # A pass that outlives one call (a stream decoding one latent frame at a time) keeps its cache between chunks,
+    # and may go back to an earlier one or save it.
+
+    def snapshot(self) -> FeatureCache:
+        """A copy to go back to; cheap, because layers replace the tensors in their slots, never write into them."""
+        copy = FeatureCache()
+        copy.slots, copy.index, copy.chunk = list(self.slots), self.index, self.chunk
+        return copy
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """The cache between two chunks as (tensors by slot number, JSON-able info), for a file;
+        :meth:`from_state` reads it back."""
+        assert self.index == len(self.slots), "a cache is saved between chunks"
+        tensors = {str(i): t.detach().contiguous().cpu().clone() for i, t in enumerate(self.slots) if t is not None}
+        return tensors, {"slots": len(self.slots), "chunk": self.chunk}
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], info: dict, device=None, dtype=None) -> FeatureCache:
+        """The cache :meth:`state` described, its tensors on ``device`` in ``dtype``."""
+        cache = cls()
+        cache.slots = [tensors[str(i)].to(device, dtype) if str(i) in tensors else None
+                       for i in range(int(info["slots"]))]
+        cache.chunk = int(info["chunk"])
+        cache.index = len(cache.slots)  # between chunks: the last one visited every slot
+        return cache
+
 
 def last_frames(x: torch.Tensor, n: int) -> torch.Tensor:
     """The last ``n`` frames of ``x`` [B, C, T, H, W] for the next chunk.

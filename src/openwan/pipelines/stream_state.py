@@ -51,13 +51,13 @@ class StreamDecoder:
         return torch.cat(out)
 
     def snapshot(self) -> tuple:
-        """The cache as it is now, cheaply (the decoder replaces cached tensors, never writes into them)."""
-        return list(self.cache.slots), self.cache.chunk, self.cache.index, self.latent_frames
+        """The decoder as it is now, cheaply (FeatureCache.snapshot)."""
+        return self.cache.snapshot(), self.latent_frames
 
     def restore_snapshot(self, snap: tuple) -> None:
         """Back to what :meth:`snapshot` saw (after a decode interrupted midway)."""
-        slots, self.cache.chunk, self.cache.index, self.latent_frames = snap
-        self.cache.slots = list(slots)
+        cache, self.latent_frames = snap
+        self.cache = cache.snapshot()
 
     def held_tensors(self) -> list[torch.Tensor]:
         """The tensors the decoder keeps between calls (its causal cache)."""
@@ -65,20 +65,13 @@ class StreamDecoder:
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict]:
         """The cache as (tensors, JSON-able info) for a state file."""
-        tensors = {f"decoder.{i}": t.detach().contiguous().cpu().clone() for i, t in enumerate(self.cache.slots)
-                   if t is not None}
-        info = {"slots": len(self.cache.slots), "chunk": self.cache.chunk, "latent_frames": self.latent_frames}
-        return tensors, info
+        tensors, info = self.cache.state()
+        return {f"decoder.{k}": t for k, t in tensors.items()}, {**info, "latent_frames": self.latent_frames}
 
     def restore(self, tensors: dict[str, torch.Tensor], info: dict) -> None:
         """Put back what :meth:`export` gave."""
-        cache = FeatureCache()
-        dtype = self.vae.dtype
-        cache.slots = [tensors[f"decoder.{i}"].to(self.device, dtype) if f"decoder.{i}" in tensors else None
-                       for i in range(int(info["slots"]))]
-        cache.chunk = int(info["chunk"])
-        cache.index = len(cache.slots)  # the last chunk visited every slot
-        self.cache = cache
+        ours = {k.removeprefix("decoder."): t for k, t in tensors.items() if k.startswith("decoder.")}
+        self.cache = FeatureCache.from_state(ours, info, self.device, self.vae.dtype)
         self.latent_frames = int(info["latent_frames"])
 
 
