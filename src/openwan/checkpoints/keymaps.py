@@ -55,7 +55,6 @@ _DIT_BLOCK = [
     ("ffn.0", "ffn.net.0.proj"),
     ("ffn.2", "ffn.net.2"),
 ]
-_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
 def _rename(key: str, table: list[tuple[str, str]], src: int) -> str | None:
@@ -66,20 +65,29 @@ def _rename(key: str, table: list[tuple[str, str]], src: int) -> str | None:
     return None
 
 
-def _convert_dit(state: Mapping[str, torch.Tensor], src: int) -> StateDict:
+def rename_keys(state: Mapping[str, torch.Tensor], src: int, blocks: str, block_table: list[tuple[str, str]],
+                top_table: list[tuple[str, str]]) -> tuple[StateDict, list[str]]:
+    """``state``'s keys from layout ``src`` (0 official, 1 diffusers) to the other: keys under ``blocks.N.``
+    through ``block_table``, the others through ``top_table``. Returns (renamed state, keys neither table names)."""
+    block_key = re.compile(rf"^{re.escape(blocks)}\.(\d+)\.(.+)$")
     out: StateDict = {}
     unknown = []
     for key, value in state.items():
-        match = _BLOCK_KEY.match(key)
+        match = block_key.match(key)
         if match:
-            rest = _rename(match.group(2), _DIT_BLOCK, src)
-            new = None if rest is None else f"blocks.{match.group(1)}.{rest}"
+            rest = _rename(match.group(2), block_table, src)
+            new = None if rest is None else f"{blocks}.{match.group(1)}.{rest}"
         else:
-            new = _rename(key, _DIT_TOP, src)
+            new = _rename(key, top_table, src)
         if new is None:
             unknown.append(key)
         else:
             out[new] = value
+    return out, unknown
+
+
+def _convert_dit(state: Mapping[str, torch.Tensor], src: int) -> StateDict:
+    out, unknown = rename_keys(state, src, "blocks", _DIT_BLOCK, _DIT_TOP)
     if unknown:
         layout = ("official", "diffusers")[src]
         raise ValueError(

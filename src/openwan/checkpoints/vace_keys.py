@@ -42,25 +42,13 @@ def is_vace_config(data: Mapping) -> bool:
 def _convert(state: Mapping[str, torch.Tensor], src: int) -> StateDict:
     base = {k: v for k, v in state.items() if not k.startswith("vace_")}
     out = keymaps.dit_official_to_diffusers(base) if src == 0 else keymaps.dit_diffusers_to_official(base)
-    unknown = []
-    for key, value in state.items():
-        if key in base:
-            continue
-        match = _VACE_BLOCK_KEY.match(key)
-        if match:
-            rest = keymaps._rename(match.group(2), _VACE_BLOCK, src)
-            new = None if rest is None else f"vace_blocks.{match.group(1)}.{rest}"
-        else:
-            new = keymaps._rename(key, _VACE_TOP, src)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
+    vace = {k: v for k, v in state.items() if k not in base}
+    renamed, unknown = keymaps.rename_keys(vace, src, "vace_blocks", _VACE_BLOCK, _VACE_TOP)
     if unknown:
         layout = ("official", "diffusers")[src]
         raise ValueError(f"{len(unknown)} keys are not part of the Wan VACE DiT's {layout} layout (e.g. "
                          f"{', '.join(unknown[:4])}); this file is not a Wan2.1-VACE transformer checkpoint.")
-    return out
+    return {**out, **renamed}
 
 
 def vace_official_to_diffusers(state: Mapping[str, torch.Tensor]) -> StateDict:
