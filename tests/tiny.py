@@ -68,6 +68,32 @@ def tiny_vae22(seed: int = 1, std: float = 0.1) -> WanVAE:
     return randomize(WanVAE(VAE_PRESETS["tiny-22"]), std=std, seed=seed)
 
 
+def diffusers_parts(parts: dict, steps: int, shift: float) -> tuple:
+    """diffusers' transformer, VAE and UniPC scheduler holding the same weights as ``parts`` (tiny_components),
+    the scheduler on the reference's ``steps``-step grid at ``shift``: an independent pipeline to compare with."""
+    import numpy as np
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+
+    from openwan.checkpoints import keymaps
+
+    dit, vae = parts["dit"], parts["vae"]
+    params = {k: v for k, v in keymaps.dit_config_to_diffusers(dit.cfg).items() if not k.startswith("_")}
+    transformer = WanTransformer3DModel(**params)
+    transformer.load_state_dict(keymaps.dit_official_to_diffusers(dit.state_dict()), strict=True)
+    vparams = {k: v for k, v in keymaps.vae_config_to_diffusers(vae.cfg).items() if not k.startswith("_")}
+    dvae = AutoencoderKLWan(**vparams)
+    dvae.load_state_dict(keymaps.vae_official_to_diffusers(vae.state_dict(), vae.cfg), strict=True)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift,
+                                        num_train_timesteps=1000, solver_order=2, solver_type="bh2",
+                                        predict_x0=True, lower_order_final=True)
+    # diffusers' default grid starts at sigma = 1 - 1e-6; the reference's at 0.999 (pinned in
+    # tests/diffusion/test_schedule.py). Give diffusers the reference's base grid so both run the same schedule.
+    base = np.linspace(float(np.float32(0.999)), 0.0, steps + 1)[:-1]
+    set_timesteps = scheduler.set_timesteps
+    scheduler.set_timesteps = lambda n, device=None, **kw: set_timesteps(sigmas=base, device=device)
+    return transformer.eval(), dvae.eval(), scheduler
+
+
 class PickleBomb:
     """Unpickling this would create ``marker``; a safe loader must refuse it before that can happen."""
 

@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+from diffusers import WanImageToVideoPipeline
 from diffusers import WanPipeline as DiffusersWanPipeline
 
-from openwan.checkpoints import keymaps
 from openwan.models.image_encoder import encode_images
 from openwan.pipelines import WanPipeline
-from tiny import tiny_components
+from tiny import diffusers_parts, tiny_components
 
 STEPS, SHIFT, GUIDE = 4, 3.0, 4.0
-
-
-def _diffusers_parts(parts):
-    dit, vae = parts["dit"], parts["vae"]
-    params = {k: v for k, v in keymaps.dit_config_to_diffusers(dit.cfg).items() if not k.startswith("_")}
-    transformer = WanTransformer3DModel(**params)
-    transformer.load_state_dict(keymaps.dit_official_to_diffusers(dit.state_dict()), strict=True)
-    vparams = {k: v for k, v in keymaps.vae_config_to_diffusers(vae.cfg).items() if not k.startswith("_")}
-    dvae = AutoencoderKLWan(**vparams)
-    dvae.load_state_dict(keymaps.vae_official_to_diffusers(vae.state_dict(), vae.cfg), strict=True)
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=SHIFT,
-                                        num_train_timesteps=1000, solver_order=2, solver_type="bh2",
-                                        predict_x0=True, lower_order_final=True)
-    # diffusers' default grid starts at sigma = 1 - 1e-6; the reference's at 0.999 (pinned in
-    # tests/diffusion/test_schedule.py). Give diffusers the reference's base grid so both run the same schedule.
-    base = np.linspace(float(np.float32(0.999)), 0.0, STEPS + 1)[:-1]
-    set_timesteps = scheduler.set_timesteps
-    scheduler.set_timesteps = lambda n, device=None, **kw: set_timesteps(sigmas=base, device=device)
-    return transformer.eval(), dvae.eval(), scheduler
 
 
 def _rel(a, b):
@@ -42,7 +21,7 @@ def _rel(a, b):
 def test_t2v_matches_diffusers():
     parts = tiny_components("tiny")
     ours = WanPipeline(**parts)
-    transformer, dvae, scheduler = _diffusers_parts(parts)
+    transformer, dvae, scheduler = diffusers_parts(parts, STEPS, SHIFT)
     theirs = DiffusersWanPipeline(tokenizer=parts["tokenizer"], text_encoder=parts["text_encoder"],
                                   transformer=transformer, vae=dvae, scheduler=scheduler)
     noise = torch.randn(16, 2, 4, 4, generator=torch.Generator().manual_seed(1))
@@ -86,7 +65,7 @@ def test_i2v_matches_diffusers():
     # needs the release's text_len of 512.
     parts = tiny_components("tiny-i2v", text_len=512)
     ours = WanPipeline(**parts)
-    transformer, dvae, scheduler = _diffusers_parts(parts)
+    transformer, dvae, scheduler = diffusers_parts(parts, STEPS, SHIFT)
     theirs = WanImageToVideoPipeline(tokenizer=parts["tokenizer"], text_encoder=parts["text_encoder"],
                                      transformer=transformer, vae=dvae, scheduler=scheduler,
                                      image_encoder=parts["image_encoder"], image_processor=None)

@@ -4,12 +4,10 @@ the batched, unbatched and cached paths with per-token t, the reference's output
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+from diffusers import WanImageToVideoPipeline
 
-from openwan.checkpoints import keymaps
 from openwan.configs import DIT_PRESETS
 from openwan.data.video import resize_crop
 from openwan.diffusion import sampling_sigmas
@@ -17,7 +15,7 @@ from openwan.pipelines import WanPipeline
 from openwan.pipelines import conditioning as cond
 from openwan.pipelines.defaults import defaults_for
 from openwan.pipelines.ti2v import best_output_size
-from tiny import tiny_components
+from tiny import diffusers_parts, tiny_components
 
 STEPS, SHIFT, GUIDE = 4, 3.0, 4.0
 SIZE = (64, 64)  # (width, height): 4x4 latents of the 16x Wan2.2 VAE, 2x2 tokens of patch 2
@@ -59,19 +57,8 @@ def _rel(a, b) -> float:
 
 
 def test_image_to_video_matches_diffusers(parts, pipe, image):
-    dit, vae = parts["dit"], parts["vae"]
-    params = {k: v for k, v in keymaps.dit_config_to_diffusers(dit.cfg).items() if not k.startswith("_")}
-    transformer = WanTransformer3DModel(**params)
-    transformer.load_state_dict(keymaps.dit_official_to_diffusers(dit.state_dict()), strict=True)
-    vparams = {k: v for k, v in keymaps.vae_config_to_diffusers(vae.cfg).items() if not k.startswith("_")}
-    dvae = AutoencoderKLWan(**vparams)
-    dvae.load_state_dict(keymaps.vae_official_to_diffusers(vae.state_dict(), vae.cfg), strict=True)
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=SHIFT,
-                                        num_train_timesteps=1000, solver_order=2, solver_type="bh2",
-                                        predict_x0=True, lower_order_final=True)
-    base = np.linspace(float(np.float32(0.999)), 0.0, STEPS + 1)[:-1]  # the reference's grid (test_schedule.py)
-    set_timesteps = scheduler.set_timesteps
-    scheduler.set_timesteps = lambda n, device=None, **kw: set_timesteps(sigmas=base, device=device)
+    dit = parts["dit"]
+    transformer, dvae, scheduler = diffusers_parts(parts, STEPS, SHIFT)
     theirs = WanImageToVideoPipeline(tokenizer=parts["tokenizer"], text_encoder=parts["text_encoder"],
                                      transformer=transformer.eval(), vae=dvae.eval(), scheduler=scheduler,
                                      image_encoder=None, image_processor=None, expand_timesteps=True)
