@@ -186,7 +186,7 @@ class WanVAE(nn.Module):
     def decode(self, z: torch.Tensor, tile: VAETiling | None = None) -> torch.Tensor:
         """Normalised latents [B, z_dim, T', h, w] -> video [B, 3, 1+4(T'-1), s·h, s·w] clamped to [-1, 1]."""
         self._check_latents(z)
-        x = self._decoder_input(z)
+        x = self.decoder_input(z)
         tiles = tile_grid(tile, x.shape[-2], x.shape[-1], self.cfg.spatial_compression, to_pixels=True,
                           device=x.device)
         if tiles is not None:
@@ -206,7 +206,7 @@ class WanVAE(nn.Module):
         tiling, one cache per tile) is alive at a time, so a video of any length decodes in bounded memory.
         """
         self._check_latents(z)
-        x = self._decoder_input(z)
+        x = self.decoder_input(z)
         tiles = tile_grid(tile, x.shape[-2], x.shape[-1], self.cfg.spatial_compression, to_pixels=True,
                           device=x.device)
         if tiles is None:
@@ -214,7 +214,8 @@ class WanVAE(nn.Module):
         else:
             yield from self._stream_tiled(x, *tiles)
 
-    def _decoder_input(self, z: torch.Tensor) -> torch.Tensor:
+    def decoder_input(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latents -> what :meth:`decode_chunk` takes, frame by frame (a per-frame 1x1x1 conv)."""
         return self.conv2(self.denormalize(z).to(self.dtype))
 
     def _frames_out(self, latent_frames: int) -> int:

@@ -41,8 +41,7 @@ class StreamDecoder:
         vae = self.vae
         out = []
         with on_device(vae, self.device, self.offload):
-            # conv2 is a 1x1x1 conv: per frame, so the frames of this chunk may go through it together
-            x = vae.conv2(vae.denormalize(z[None].to(self.device, vae.dtype)).to(vae.dtype))  # [1, C, F, h, w]
+            x = vae.decoder_input(z[None].to(self.device, vae.dtype))  # [1, C, F, h, w]: per frame, so a chunk at once
             for k in range(x.shape[2]):
                 self.cache.next_chunk()
                 chunk = vae.decode_chunk(x[:, :, k:k + 1], self.cache).clamp(-1.0, 1.0)  # [1, 3, t, H, W]
