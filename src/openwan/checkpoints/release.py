@@ -44,6 +44,15 @@ def _clip_full_tower(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**state, **extra}
 
 
+def save_dit(dit, folder: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Write ``dit`` as a DiT folder (config.json + diffusion_pytorch_model*.safetensors), optionally cast."""
+    folder = Path(folder)
+    state = {k: (v.to(dtype) if dtype is not None else v).detach().cpu() for k, v in dit.state_dict().items()}
+    write_json(folder / "config.json", dit.cfg.to_dict())
+    save_sharded(state, folder)
+    return folder
+
+
 def save_release(folder: str | Path, *, dit, vae, text_encoder, tokenizer, image_encoder=None,
                  dtype: torch.dtype | None = None, dit_dtype: torch.dtype | None = None,
                  vae_dtype: torch.dtype | None = None, dit_low=None, boundary: float | None = None) -> Path:
@@ -65,10 +74,7 @@ def save_release(folder: str | Path, *, dit, vae, text_encoder, tokenizer, image
     experts = [(dit, folder)] if dit_low is None else [(dit, folder / "high_noise_model"),
                                                         (dit_low, folder / "low_noise_model")]
     for model, where in experts:
-        state = {k: (v.to(dit_dtype) if dit_dtype is not None else v).detach().cpu()
-                 for k, v in model.state_dict().items()}
-        write_json(where / "config.json", model.cfg.to_dict())
-        save_sharded(state, where)
+        save_dit(model, where, dit_dtype)
     if boundary is not None:
         write_json(folder / "configuration.json", {"boundary": float(boundary)})
     write_vae(vae.cfg, _placed(vae.state_dict(), vae_dtype), folder, "official")  # Wan2.{1,2}_VAE.pth + its statistics
