@@ -66,10 +66,19 @@ def guided_velocity(model: Model, x: torch.Tensor, t: torch.Tensor, context: tor
     return cfg_combine(model(x, t, context_negative), v_cond, scale)
 
 
+def per_sample(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``values`` per sample [B] or per latent frame [B, F], shaped to broadcast over x [B, C, F, h, w] (x's dtype
+    and device)."""
+    values = values.to(x)
+    if values.ndim == 2:
+        return values[:, None, :, None, None]
+    return values.view(-1, *([1] * (x.ndim - 1)))
+
+
 def jump(x: torch.Tensor, v: torch.Tensor, sigma_from: torch.Tensor, sigma_to: torch.Tensor) -> torch.Tensor:
-    """x + (σ_to − σ_from)·v per sample (σ [B]): an Euler step, or the consistency function's jump to a phase end."""
-    delta = (sigma_to - sigma_from).to(x).view(-1, *([1] * (x.ndim - 1)))
-    return x + delta * v
+    """x + (σ_to − σ_from)·v per sample (σ [B]) or per latent frame (σ [B, F]): an Euler step, or the consistency
+    function's jump to a phase end."""
+    return x + per_sample(sigma_to - sigma_from, x) * v
 
 
 def consistency_target(teacher: Model, target_model: Model, x_n: torch.Tensor, context: torch.Tensor,
@@ -77,20 +86,21 @@ def consistency_target(teacher: Model, target_model: Model, x_n: torch.Tensor, c
                        scale: float) -> torch.Tensor:
     """The velocity the student should predict at (x_n, σ_n): the one that jumps x_n to f_target(x̂_{n+1}).
 
-    sigmas: the teacher grid (float64); n, end: per-sample grid indices [B] of the start and of its phase end.
-    The teacher takes one guided Euler step n -> n+1; where n+1 is the phase end, the target is that step itself.
+    sigmas: the teacher grid (float64); n, end: grid indices of the start and of its phase end, per sample [B] or
+    per latent frame [B, F] (the streaming staircase: the models then get timesteps [B, F], one per frame). The
+    teacher takes one guided Euler step n -> n+1; where n+1 is the phase end, the target is that step itself.
     Computed without gradients."""
     with torch.no_grad():
-        s_n, s_m, s_e = sigmas[n], sigmas[n + 1], sigmas[end]  # [B] float64
+        s_n, s_m, s_e = sigmas[n], sigmas[n + 1], sigmas[end]  # [B] or [B, F] float64
         t = grid_timesteps(sigmas)
         v_g = guided_velocity(teacher, x_n, t[n].to(x_n.device), context, context_negative, scale)
         x_m = jump(x_n, v_g.float(), s_n, s_m)
-        inside = (n + 1 < end).to(x_n.device)  # samples whose teacher step stops short of the phase end
+        inside = (n + 1 < end).to(x_n.device)  # samples (frames) whose teacher step stops short of the phase end
         # Evaluated for every batch, even one of boundary pairs only: under FSDP a forward is collective, and
         # another rank's batch may need it.
         v_t = target_model(x_m, t[n + 1].to(x_n.device), context).float()
-        f_target = torch.where(inside.view(-1, *([1] * (x_n.ndim - 1))), jump(x_m, v_t, s_m, s_e), x_m)
-        return (f_target - x_n) / (s_e - s_n).to(x_n).view(-1, *([1] * (x_n.ndim - 1)))
+        f_target = torch.where(per_sample(inside, x_n).bool(), jump(x_m, v_t, s_m, s_e), x_m)
+        return (f_target - x_n) / per_sample(s_e - s_n, x_n)
 
 
 def consistency_loss(v_pred: torch.Tensor, v_target: torch.Tensor, kind: str = "l2",
@@ -109,4 +119,4 @@ def consistency_loss(v_pred: torch.Tensor, v_target: torch.Tensor, kind: str = "
 
 
 __all__ = ["Model", "consistency_loss", "consistency_target", "grid_timesteps", "guided_velocity", "jump",
-           "phase_end", "student_sigmas", "teacher_sigmas"]
+           "per_sample", "phase_end", "student_sigmas", "teacher_sigmas"]

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from openwan.diffusion.schedule import NUM_TRAIN_TIMESTEPS, sample_training_sigmas
+from openwan.diffusion.staircase import draw_staircase
 
 NoiseDistribution = tuple[float, float, float, float]
 """(fraction, shift, logit_mean, logit_std) of one entry of a noise-level mixture."""
@@ -91,19 +92,25 @@ def pick_distribution(mix: Sequence[NoiseDistribution], main: tuple[float, float
 def draw_sample_sigmas(gen: torch.Generator, *, frames: int, patch_frames: int, mode: str, shift: float,
                        logit_mean: float = 0.0, logit_std: float = 1.0, mix: Sequence[NoiseDistribution] = (),
                        per_frame: float = 0.0, first_frame: float = 0.0,
-                       sigma_range: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+                       sigma_range: tuple[float, float] = (0.0, 1.0),
+                       staircase: tuple[float, int, float] | None = None) -> torch.Tensor:
     """One sample's noise levels, from its own generator: [1], or [F] per latent frame when ``per_frame`` or
     ``first_frame`` is on (``frames`` latent frames in temporal patches of ``patch_frames``).
 
     With probability ``first_frame`` the first frame is given clean (σ 0) and the rest share one level; with
     probability ``per_frame`` each temporal patch draws its own level; otherwise all frames share one. ``mix``
     entries replace the main (shift, logit_mean, logit_std) with the probability of their fractions. Every level
-    lies in ``sigma_range`` (a clean first frame stays at 0)."""
+    lies in ``sigma_range`` (a clean first frame stays at 0). ``staircase`` (fraction, steps per shift, shift):
+    with that probability the frames take the streaming sampler's levels instead (:func:`draw_staircase`: the
+    window's staircase at a random sub-step, oldest frame cleanest), ``sigma_range`` not applied."""
     token_frames = frames // patch_frames
-    frame_sigmas = per_frame > 0 or first_frame > 0
+    stair = staircase[0] if staircase is not None else 0.0
+    frame_sigmas = per_frame > 0 or first_frame > 0 or stair > 0
     draws, clean_first = 1, False
     if frame_sigmas:
         u = float(torch.rand((), generator=gen))
+        if first_frame + per_frame <= u < first_frame + per_frame + stair:
+            return draw_staircase(gen, frames, patch_frames, staircase[1], staircase[2])
         clean_first = u < first_frame and token_frames > 1
         draws = token_frames if first_frame <= u < first_frame + per_frame else 1
     shift_of, mean, std = pick_distribution(mix, (shift, logit_mean, logit_std), gen)

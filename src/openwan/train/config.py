@@ -40,7 +40,7 @@ from typing import Any, Literal
 from openwan.configio import apply_overrides, check, parse, read_config_file, to_plain, write_yaml
 from openwan.configs import DIT_PRESETS
 from openwan.fileio import atomic_write
-from openwan.train.distill_config import DistillConfig, validate_distill
+from openwan.train.distill_config import DistillConfig, check_window, validate_distill
 
 DEFAULT_LORA_TARGETS = (
     "self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
@@ -150,6 +150,12 @@ class TimestepConfig:
     ``min_sigma`` / ``max_sigma``: every draw (mixes and per-frame levels too) restricted to that range of noise
     levels, after the shift: a Wan2.2 A14B-style expert, e.g. the high-noise one on σ ≥ 0.875 and the low-noise one
     on σ ≤ 0.875, each trained as a run of its own. Clean first frames (``first_frame``) stay at σ 0.
+    ``staircase``: the fraction of samples whose frames take the streaming sampler's per-frame levels
+    (:mod:`openwan.diffusion.staircase`: the clip is the stream's window, one level per latent frame, oldest
+    cleanest, on a grid of frames × ``staircase_steps`` Euler steps at ``staircase_shift``, at a random sub-step) —
+    diffusion forcing on the stream's own schedule, for a model that streams with ``openwan stream --window F
+    --steps-per-shift staircase_steps --sample-shift staircase_shift``. Drawn after ``first_frame`` and
+    ``per_frame``; ``min_sigma`` / ``max_sigma`` do not apply to it.
     """
 
     mode: Literal["uniform", "logit_normal"] = "uniform"
@@ -165,6 +171,9 @@ class TimestepConfig:
     mix: tuple[NoiseMix, ...] = ()
     min_sigma: float = 0.0
     max_sigma: float = 1.0
+    staircase: float = 0.0
+    staircase_steps: int = 1
+    staircase_shift: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -351,6 +360,9 @@ def _validate(cfg: TrainConfig) -> None:
            cfg.resume)
     if cfg.distill is not None:
         validate_distill(cfg.distill, cfg.ema.decay)
+        for stage in cfg.stages:  # a 4n+1-frame bucket is n+1 latent frames: the stream's window
+            for frames in sorted({b[0] for b in stage.buckets}):
+                check_window(cfg.distill, (frames - 1) // 4 + 1)
 
 
 def _validate_stage(stage: StageConfig, name: str) -> None:
@@ -381,8 +393,13 @@ def _validate_timesteps(t: TimestepConfig, name: str) -> None:
     check(t.logit_std > 0, f"{name}.logit_std", "a positive number", t.logit_std)
     check(0 <= t.per_frame <= 1, f"{name}.per_frame", "a fraction from 0 to 1", t.per_frame)
     check(0 <= t.first_frame <= 1, f"{name}.first_frame", "a fraction from 0 to 1", t.first_frame)
-    check(t.first_frame + t.per_frame <= 1, f"{name}.first_frame + {name}.per_frame",
-           "at most 1 (they are fractions of the same samples)", t.first_frame + t.per_frame)
+    check(0 <= t.staircase <= 1, f"{name}.staircase", "a fraction from 0 to 1", t.staircase)
+    check(t.first_frame + t.per_frame + t.staircase <= 1, f"{name}.first_frame + {name}.per_frame + {name}.staircase",
+           "at most 1 (they are fractions of the same samples)", t.first_frame + t.per_frame + t.staircase)
+    check(isinstance(t.staircase_steps, int) and t.staircase_steps >= 1, f"{name}.staircase_steps", "an integer >= 1",
+           t.staircase_steps)
+    check(math.isfinite(t.staircase_shift) and t.staircase_shift > 0, f"{name}.staircase_shift", "a positive number",
+           t.staircase_shift)
     for i, m in enumerate(t.mix):
         check(0 <= m.fraction <= 1, f"{name}.mix.{i}.fraction", "a fraction from 0 to 1", m.fraction)
         check(math.isfinite(m.shift) and m.shift > 0, f"{name}.mix.{i}.shift", "a positive number", m.shift)

@@ -26,11 +26,14 @@ from openwan.diffusion.consistency import (
     consistency_loss,
     consistency_target,
     grid_timesteps,
+    per_sample,
     phase_end,
     teacher_sigmas,
 )
+from openwan.diffusion.objective import token_timesteps
+from openwan.diffusion.staircase import staircase_indices
 from openwan.models import WanDiT
-from openwan.train.distill_config import DistillConfig
+from openwan.train.distill_config import DistillConfig, check_window
 
 if TYPE_CHECKING:
     from openwan.train.trainer import Trainer
@@ -53,9 +56,12 @@ class Teacher(nn.Module):
         return self.low if self.low is not None else self.high
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Velocity [B, C, F, h, w] at timesteps t [B] (σ·1000)."""
+        """Velocity [B, C, F, h, w] at timesteps t [B] (σ·1000), or per token [B, L]: each token takes the expert
+        of its own level (both run on the whole batch when the tokens' levels straddle the boundary)."""
         if self.low is None:
             return self.high(x, t, context)
+        if t.ndim == 2:
+            return self._per_token(x, t, context)
         high = t >= self.boundary * 1000  # [B]
         if bool(high.all()) or not bool(high.any()):
             return (self.high if bool(high.all()) else self.low)(x, t, context)
@@ -63,6 +69,28 @@ class Teacher(nn.Module):
         for mask, model in ((high, self.high), (~high, self.low)):
             out[mask] = model(x[mask], t[mask], context[mask]).to(out.dtype)
         return out
+
+
+    def _per_token(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        high = t >= self.boundary * 1000  # [B, L]
+        if bool(high.all()) or not bool(high.any()):
+            return (self.high if bool(high.all()) else self.low)(x, t, context)
+        pt, ph, pw = self.base.cfg.patch_size
+        b, _, f, h, w = x.shape
+        where = high.view(b, 1, f // pt, h // ph, w // pw)
+        where = where.repeat_interleave(pt, 2).repeat_interleave(ph, 3).repeat_interleave(pw, 4)
+        return torch.where(where, self.high(x, t, context), self.low(x, t, context).to(x.dtype))
+
+
+class FrameTimesteps(nn.Module):
+    """``model`` called with timesteps per latent frame [B, F] (or per sample [B]), handed on per token."""
+
+    def __init__(self, model: nn.Module, patch_size: tuple[int, int, int]):
+        super().__init__()
+        self.model, self.patch_size = model, patch_size
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.model(x, token_timesteps(t, x.shape, self.patch_size) if t.ndim == 2 else t, context)
 
 
 def load_teacher(path: str | Path, device: torch.device, dtype: torch.dtype | None = None) -> Teacher:
@@ -158,26 +186,38 @@ class Distillation:
         cfg, dit, device = self.cfg, trainer.dit, x0.device
         n, noise = self._draw(trainer, x0)
         end = phase_end(n, cfg.teacher_steps, cfg.student_steps)
-        s_n = self.sigmas[n].to(device, torch.float32).view(-1, 1, 1, 1, 1)
+        s_n = per_sample(self.sigmas[n].to(torch.float32), x0)  # [B] or, on the staircase, [B, F] levels
         x_n = (1 - s_n) * x0 + s_n * noise.to(device)
+        patch = self.teacher.base.cfg.patch_size
+        teacher, student = (FrameTimesteps(self.teacher, patch), FrameTimesteps(dit, patch)) if n.ndim == 2 else (
+            self.teacher, dit)
         negative = context
         if cfg.guide_scale != 1.0:
             empty = self.negative_context(trainer, batch).to(context)  # [L', D]
             negative = empty[None].expand(x0.shape[0], -1, -1)
         swap = trainer.ema.swapped_in() if cfg.target == "ema" else contextlib.nullcontext()
         with swap, _autocast(device, trainer.autocast_dtype):
-            v_target = consistency_target(self.teacher, dit, x_n, context, negative, self.sigmas, n, end,
+            v_target = consistency_target(teacher, student, x_n, context, negative, self.sigmas, n, end,
                                           cfg.guide_scale)
         t_n = grid_timesteps(self.sigmas)[n].to(device)
         with _autocast(device, trainer.autocast_dtype):
-            v_pred = dit(x_n, t_n, context)
-        return consistency_loss(v_pred, v_target, cfg.loss, cfg.huber_c), s_n.flatten().cpu(), cfg.shift
+            v_pred = student(x_n, t_n, context)
+        return consistency_loss(v_pred, v_target, cfg.loss, cfg.huber_c), self.sigmas[n].float(), cfg.shift
 
     def _draw(self, trainer: Trainer, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each sample's teacher grid index n [B] (int64) and noise ε like x0, on the CPU, from its own generator."""
+        """Each sample's teacher grid index n [B] (int64; [B, F] on the staircase) and noise ε like x0, on the CPU,
+        from its own generator."""
         index, noise = [], []
+        if self.cfg.staircase:
+            pt = self.teacher.base.cfg.patch_size[0]
+            groups = x0.shape[2] // pt
+            check_window(self.cfg, groups)
+            per_shift = self.cfg.teacher_steps // groups
         for gen in trainer._generators("noise", x0.shape[0]):
-            if self.starts is None:
+            if self.cfg.staircase:  # the window's staircase at a random teacher sub-step, oldest frame cleanest
+                k = int(torch.randint(per_shift, (), generator=gen))
+                index.append(staircase_indices(groups, per_shift, k).repeat_interleave(pt)[None])
+            elif self.starts is None:
                 index.append(torch.randint(self.cfg.teacher_steps, (1,), generator=gen))
             else:
                 index.append(self.starts[torch.randint(self.starts.numel(), (1,), generator=gen)])
@@ -191,4 +231,4 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-__all__ = ["DEFAULT_BOUNDARY", "Distillation", "Teacher", "load_teacher"]
+__all__ = ["DEFAULT_BOUNDARY", "Distillation", "FrameTimesteps", "Teacher", "load_teacher"]

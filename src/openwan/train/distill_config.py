@@ -30,6 +30,10 @@ class DistillConfig:
     two-expert teacher, train the student expert of one side of its boundary (``high``: the student steps that start
     at t >= boundary·1000, where a two-expert pipeline takes the high-noise expert; ``low``: the others), starting
     from the teacher's expert of that side; None: one student for every step.
+    ``staircase``: distil for the streaming sampler (:mod:`openwan.diffusion.staircase`): each clip is a stream
+    window of G latent frames, each frame at its own level on the staircase — the teacher's grid of N steps walked
+    N/G sub-steps per queue shift, the student's S/G (G must divide both) — so the student streams with
+    ``openwan stream --window G --steps-per-shift S/G --sample-shift shift --guide-scale 1``.
     """
 
     teacher: str = ""
@@ -43,6 +47,7 @@ class DistillConfig:
     loss: Literal["l2", "pseudo_huber"] = "l2"
     huber_c: float = 0.03
     expert: Literal["high", "low"] | None = None
+    staircase: bool = False
 
 
 def validate_distill(d: DistillConfig, ema_decay: float, name: str = "distill") -> None:
@@ -57,6 +62,16 @@ def validate_distill(d: DistillConfig, ema_decay: float, name: str = "distill") 
     check(d.target == "online" or ema_decay > 0, f"{name}.target",
           "online when ema.decay is 0 (the ema target is the run's EMA; set ema.decay > 0 to use it)", d.target)
     check(math.isfinite(d.huber_c) and d.huber_c > 0, f"{name}.huber_c", "a positive number", d.huber_c)
+    check(not (d.staircase and d.expert is not None), f"{name}.expert",
+          f"null with {name}.staircase (a streaming window holds frames on both sides of an expert boundary)", d.expert)
 
 
-__all__ = ["DistillConfig", "validate_distill"]
+def check_window(d: DistillConfig, groups: int, name: str = "distill") -> None:
+    """With ``staircase``: the clips' ``groups`` latent frames (the stream's window) must divide both grids."""
+    if d.staircase:
+        check(d.teacher_steps % groups == 0 and d.student_steps % groups == 0, f"{name}.student_steps",
+              f"a multiple of the clips' {groups} latent frames, as {name}.teacher_steps must be ({name}.staircase "
+              "walks both grids a sub-step per frame of the window)", d.student_steps)
+
+
+__all__ = ["DistillConfig", "check_window", "validate_distill"]

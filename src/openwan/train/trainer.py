@@ -352,14 +352,15 @@ class Trainer(DiTCheckpointing):
                                      t.max_tokens, t.max_shift)
         else:
             shift = float(t.shift)
-        frame_sigmas = t.per_frame > 0 or t.first_frame > 0  # [B, F] sigmas: a level per latent frame
+        frame_sigmas = t.per_frame > 0 or t.first_frame > 0 or t.staircase > 0  # [B, F]: a level per latent frame
         mix = [(m.fraction, m.shift, m.logit_mean, m.logit_std) for m in t.mix]
         sigmas, noise = [], []
         for gen in self._generators("noise", x0.shape[0]):
             sigmas.append(draw_sample_sigmas(
                 gen, frames=x0.shape[2], patch_frames=self.dit.cfg.patch_size[0], mode=t.mode, shift=shift,
                 logit_mean=t.logit_mean, logit_std=t.logit_std, mix=mix, per_frame=t.per_frame,
-                first_frame=t.first_frame, sigma_range=(t.min_sigma, t.max_sigma)))
+                first_frame=t.first_frame, sigma_range=(t.min_sigma, t.max_sigma),
+                staircase=(t.staircase, t.staircase_steps, t.staircase_shift) if t.staircase > 0 else None))
             noise.append(torch.randn(x0.shape[1:], generator=gen, dtype=torch.float32))
         return (torch.stack(sigmas) if frame_sigmas else torch.cat(sigmas)), torch.stack(noise), shift
 
