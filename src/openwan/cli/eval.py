@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from openwan.cli import eval_bench, eval_compare
+from openwan.cli import eval_bench, eval_compare, eval_stream
 from openwan.cli.common import parse_dtype, parse_size
 from openwan.data.synthetic import PATHS
 from openwan.diffusion.schedule import SAMPLING_KINDS
@@ -67,6 +67,7 @@ def add_parser(sub) -> None:
 
     eval_bench.add_parser(kinds)
     eval_compare.add_parser(kinds)
+    eval_stream.add_parser(kinds)
 
 
 def run_prompts(args: argparse.Namespace) -> int:
