@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # On a machine with a GPU, run `make setup TORCH_SPEC=torch` (or pip install openwan) to get a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-all test-gpu lint demo demo-model clean
+.PHONY: setup test test-all test-gpu lint demo demo-model stream-student clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ demo: setup
 
 demo-model: setup
 	bash recipes/demo_model.sh runs/demo-model
+
+stream-student: setup
+	bash recipes/stream_student.sh runs/stream-student
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

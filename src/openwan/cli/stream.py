@@ -46,6 +46,10 @@ def add_parser(sub) -> None:
     p.add_argument("--state", default=None, help="save the stream's state here as it runs; if the file exists, "
                                                  "resume from it")
     p.add_argument("--state-every", default="1s", help="how often the state is saved, in video time (default 1s)")
+    p.add_argument("--student", action=argparse.BooleanOptionalAction, default=None,
+                   help="stream with the release's streaming student (stream_model/: one DiT evaluation per latent "
+                        "frame, at the settings it was trained for) or, with --no-student, its own DiT (default: "
+                        "the student where the release ships one)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     p.set_defaults(run=run)
 
@@ -62,10 +66,10 @@ def parse_time(text: str, flag: str, fps: float) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from openwan.pipelines import WanPipeline
     from openwan.pipelines.components import BUNDLED, BUNDLED_NOTE, holds_dit
     from openwan.pipelines.stream import PromptSchedule, StreamConfig, VideoStream
     from openwan.pipelines.stream_output import GrowingVideo, MJPEGServer, RawPreview
+    from openwan.pipelines.stream_student import has_student, load_stream_pipe, merged, student_settings
 
     log = sys.stderr  # stdout may carry the raw preview
     resume = args.state is not None and Path(args.state).is_file()
@@ -87,17 +91,24 @@ def run(args: argparse.Namespace) -> int:
         PromptSchedule.of(args.prompt, [(parse_time(t, "--then", fps_probe) / fps_probe, p) for t, p in args.then])
     if args.preview == "mjpeg" and not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} is not a TCP port; give one from 1024 to 65535 (0: any free port).")
-    config = StreamConfig(window=args.window, block=args.block, steps_per_shift=args.steps_per_shift,
-                          sample_shift=args.sample_shift, guide_scale=args.guide_scale, seed=args.seed,
-                          transition=args.transition, size=parse_size(args.size) if args.size else None)
+    flags = dict(window=args.window, block=args.block, steps_per_shift=args.steps_per_shift,
+                 sample_shift=args.sample_shift, guide_scale=args.guide_scale, seed=args.seed,
+                 transition=args.transition, size=parse_size(args.size) if args.size else None)
+    StreamConfig(**flags)  # the flags' own checks, before anything loads
     device = check_device(args.device) if args.device else None
     if args.ckpt_dir is None:
         if not holds_dit(BUNDLED):
             raise ValueError(f"no --ckpt-dir given and no bundled model at {BUNDLED}; give --ckpt-dir.")
         args.ckpt_dir = str(BUNDLED)
         print(BUNDLED_NOTE, file=log)
+    if args.student and not has_student(args.ckpt_dir):
+        student_settings(args.ckpt_dir)  # the sentence saying the release has none
 
-    pipe = WanPipeline.from_pretrained(args.ckpt_dir, device=device)
+    pipe, defaults = load_stream_pipe(args.ckpt_dir, device=device, student=args.student)
+    config = merged(defaults, **flags)
+    if defaults != StreamConfig():
+        print(f"streaming with the release's student ({args.ckpt_dir}/stream_model, --no-student: its own DiT)",
+              file=log)
     fps = float(pipe.defaults.fps)
     if resume:
         s = VideoStream.resume(pipe, args.state)

@@ -9,6 +9,7 @@ release's DiT (both experts of a two-expert release) for streaming only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -42,10 +43,11 @@ def student_settings(release: str | Path) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
 
 
-def save_student(release: str | Path, dit, config: StreamConfig) -> Path:
-    """Write ``dit`` and the settings of ``config`` it streams at into ``release``/stream_model/ (atomic files)."""
+def save_student(release: str | Path, dit, config: StreamConfig, dtype: torch.dtype | None = None) -> Path:
+    """Write ``dit`` (cast to ``dtype`` if given) and the settings of ``config`` it streams at into
+    ``release``/stream_model/ (atomic files)."""
     folder = Path(release) / STUDENT_DIR
-    save_dit(dit, folder)
+    save_dit(dit, folder, dtype)
     settings = {k: v for k, v in config.to_dict().items() if k in SETTINGS and v is not None}
     text = json.dumps(settings, indent=2) + "\n"
     atomic_write(folder / SETTINGS_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -59,7 +61,12 @@ def with_student(pipe, release: str | Path):
 
     student_settings(release)  # refuses a release without one
     dit = WanDiT.from_pretrained(Path(release) / STUDENT_DIR, dtype=pipe.dtype, device=pipe.device)
-    return WanPipeline(dit, pipe.vae, pipe.text_encoder, pipe.tokenizer, device=pipe.device, dtype=pipe.dtype)
+    # the release's size, fps and negative prompt; one DiT, so no guidance pair and no expert boundary
+    guide = pipe.defaults.guide_scale
+    defaults = dataclasses.replace(pipe.defaults, boundary=None,
+                                   guide_scale=guide[0] if isinstance(guide, tuple) else guide)
+    return WanPipeline(dit, pipe.vae, pipe.text_encoder, pipe.tokenizer, defaults=defaults, device=pipe.device,
+                       dtype=pipe.dtype)
 
 
 def load_stream_pipe(release: str | Path, *, device: str | torch.device | None = None, student: bool | None = None

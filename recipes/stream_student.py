@@ -1,0 +1,156 @@
+"""The bundled model's streaming student, the Python half of ``recipes/stream_student.sh``.
+
+1. data: synthetic clips of the demo world and their latent and text caches, encoded by the release's own VAE and
+   text encoder (skipped when ``--cache`` names existing caches, e.g. the demo recipe's ``WORK/cache``);
+2. the streaming teacher: the release's low-noise expert (trained on every noise level) fine-tuned on the stream's
+   staircase of per-frame levels (``timesteps.staircase``: a window of 5 latent frames on a 20-step grid, 4
+   sub-steps per shift) — diffusion forcing on the schedule the stream runs;
+3. the student: that teacher, guided, distilled into one sub-step per shift (``distill.staircase``: 5 steps per
+   latent frame, its guidance folded in);
+4. the student written into the release's ``stream_model/`` with the settings it streams at, where
+   ``openwan stream`` picks it up.
+
+Each step skips itself when its output exists, so a stopped run continues. What it measured: docs/streaming.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from openwan.data.buckets import Bucket
+from openwan.data.cache import build_latent_cache, build_text_cache
+from openwan.data.manifest import read_manifest
+from openwan.pipelines.components import BUNDLED, load_components
+from openwan.pipelines.stream import StreamConfig
+from openwan.pipelines.stream_student import save_student
+from openwan.train.checkpoint import checkpoint_dit, export_dit, latest_checkpoint
+
+WINDOW, SHIFT = 5, 3.0  # 17-frame clips: 5 latent frames, the stream's window; the demo's sampling shift
+TEACHER_PER_SHIFT, STUDENT_PER_SHIFT = 4, 1  # 20 and 5 steps per latent frame
+
+TEACHER_CONFIG = """\
+model: {{preset: demo-small, path: {init}}}
+data: {{cache_dir: {cache}}}
+stages:
+  - {{name: stream-window, steps: {steps}, batch_size: {batch}, buckets: [[17, 64, 64]]}}
+optim: {{lr: {lr}, weight_decay: 0.01, grad_clip: 1.0}}
+schedule: {{kind: cosine, warmup_steps: 50, min_lr_ratio: 0.1}}
+timesteps: {{mode: logit_normal, shift: 2.0, logit_std: 1.0, staircase: {staircase}, staircase_steps: {per_shift},
+            staircase_shift: {shift}}}
+ema: {{decay: 0.995}}
+text_dropout: 0.1
+checkpoint: {{every: 250, keep_last: 2}}
+compile: {compile}
+log: {{every: 50, progress: false, tensorboard: false}}
+seed: 0
+output_dir: {out}
+"""
+
+STUDENT_CONFIG = """\
+model: {{preset: demo-small}}
+data: {{cache_dir: {cache}}}
+distill: {{teacher: {teacher}, guide_scale: {guide}, teacher_steps: {teacher_steps}, student_steps: {student_steps},
+          shift: {shift}, target: ema, loss: l2, staircase: true}}
+stages:
+  - {{name: stream-distill, steps: {steps}, batch_size: {batch}, buckets: [[17, 64, 64]]}}
+optim: {{lr: {lr}, weight_decay: 0.0, grad_clip: 1.0}}
+schedule: {{kind: constant, warmup_steps: 20}}
+ema: {{decay: 0.95}}
+text_dropout: 0.0
+checkpoint: {{every: 200, keep_last: 2}}
+compile: {compile}
+log: {{every: 25, progress: false, tensorboard: false}}
+seed: 0
+output_dir: {out}
+"""
+
+
+def build_caches(work: Path, release: Path, clips: int, captions: str) -> Path:
+    """Synthetic clips of the demo world and their caches under ``WORK/cache``, through the release's encoders."""
+    cache, data = work / "cache", work / "data"
+    if (cache / "text_index.json").is_file():
+        return cache
+    if not (data / "manifest.jsonl").is_file():
+        _openwan("data", "synth", "--out", str(data), "--num", str(clips), "--seed", "0", "--paths", "reversible",
+                 "--captions", captions)
+    parts = load_components(release)
+    records = read_manifest(data / "manifest.jsonl")
+    with torch.no_grad():
+        build_latent_cache(records, parts["vae"], [Bucket(17, 64, 64)], cache, batch_size=16, num_workers=1)
+        build_text_cache(records, parts["text_encoder"], parts["tokenizer"], cache,
+                         text_len=parts["dit"].cfg.text_len)
+    return cache
+
+
+def _openwan(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "openwan", *args], check=True)
+
+
+def _train(config: Path, *overrides: str) -> None:
+    _openwan("train", "--config", str(config), *overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work", type=Path, help="the work folder (data, caches, runs)")
+    parser.add_argument("--release", type=Path, default=BUNDLED, help="the two-expert release to stream (default: "
+                                                                     "the bundled model); the student goes into it")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="existing latent + text caches of 17-frame 64x64 clips encoded by the release's VAE "
+                             "and text encoder (default: build them in WORK)")
+    parser.add_argument("--clips", type=int, default=2880, help="synthetic clips to cache when building them")
+    parser.add_argument("--captions", choices=("templates", "varied"), default="varied",
+                        help="the captions of the synthetic clips (as the release was trained on)")
+    parser.add_argument("--teacher-steps", type=int, default=1200, help="staircase fine-tuning steps")
+    parser.add_argument("--teacher-lr", type=float, default=2e-4)
+    parser.add_argument("--staircase", type=float, default=0.8,
+                        help="the share of the fine-tuning samples on the staircase (the rest: uniform levels)")
+    parser.add_argument("--student-steps", type=int, default=500, help="distillation steps (0: ship the teacher, "
+                                                                       "streamed at 1 sub-step per shift)")
+    parser.add_argument("--student-lr", type=float, default=5e-5)
+    parser.add_argument("--guide-scale", type=float, default=1.5, help="the teacher's guidance, folded in")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the DiT's blocks")
+    args = parser.parse_args(argv)
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    low = args.release / "low_noise_model"
+    if not (low / "config.json").is_file():
+        raise ValueError(f"{args.release} is not a two-expert release (no low_noise_model/); give --release.")
+    cache = (args.cache or build_caches(work, args.release, args.clips, args.captions)).resolve()
+    compile_blocks = "true" if args.compile else "false"
+
+    teacher_yaml, teacher_dir = work / "stream-teacher.yaml", work / "stream-teacher"
+    teacher_yaml.write_text(TEACHER_CONFIG.format(
+        init=low.resolve(), cache=cache, steps=args.teacher_steps, batch=args.batch_size, lr=args.teacher_lr,
+        staircase=args.staircase, per_shift=TEACHER_PER_SHIFT, shift=SHIFT, compile=compile_blocks,
+        out=(work / "teacher-run")))
+    _train(teacher_yaml)
+    export_dit(latest_checkpoint(work / "teacher-run"), teacher_dir)
+
+    student_run = work / "student-run"
+    if args.student_steps > 0:
+        student_yaml = work / "stream-student.yaml"
+        student_yaml.write_text(STUDENT_CONFIG.format(
+            cache=cache, teacher=teacher_dir, guide=args.guide_scale, teacher_steps=WINDOW * TEACHER_PER_SHIFT,
+            student_steps=WINDOW * STUDENT_PER_SHIFT, shift=SHIFT, steps=args.student_steps, batch=args.batch_size,
+            lr=args.student_lr, compile=compile_blocks, out=student_run))
+        _train(student_yaml)
+        student = checkpoint_dit(latest_checkpoint(student_run))
+        settings = StreamConfig(window=WINDOW, steps_per_shift=STUDENT_PER_SHIFT, sample_shift=SHIFT, guide_scale=1.0)
+    else:
+        student = checkpoint_dit(latest_checkpoint(work / "teacher-run"))
+        settings = StreamConfig(window=WINDOW, steps_per_shift=STUDENT_PER_SHIFT, sample_shift=SHIFT,
+                                guide_scale=args.guide_scale)
+    # bfloat16 as the release's own DiTs (the loaders upcast)
+    print(f"wrote {save_student(args.release, student, settings, dtype=torch.bfloat16)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The bundled model's streaming student (docs/streaming.md): a staircase-fine-tuned streaming teacher, distilled
+# into one DiT evaluation per latent frame of video, written into the release's stream_model/ folder.
+#
+#   bash recipes/stream_student.sh [WORK]            # default WORK: runs/stream-student
+#
+# Environment: RELEASE (default: the bundled model), CACHE (existing latent + text caches of the release's
+# encoders, e.g. the demo recipe's WORK/cache; default: synthesise and encode CLIPS clips), CAPTIONS (templates or
+# varied, as the release was trained on), TEACHER_STEPS, STUDENT_STEPS (0: ship the staircase teacher itself),
+# GUIDE_SCALE (the guidance folded into the student). Each step skips itself when its output exists.
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+WORK=${1:-runs/stream-student}
+COMPILE=$(command -v c++ >/dev/null && $PY -c "import os, sysconfig
+print(1 if os.path.isfile(os.path.join(sysconfig.get_paths()['include'], 'Python.h')) else '')" || true)
+mkdir -p "$WORK"
+$PY "$(dirname "$0")/stream_student.py" "$WORK" ${RELEASE:+--release "$RELEASE"} ${CACHE:+--cache "$CACHE"} \
+  ${CLIPS:+--clips "$CLIPS"} ${CAPTIONS:+--captions "$CAPTIONS"} ${TEACHER_STEPS:+--teacher-steps "$TEACHER_STEPS"} \
+  ${STUDENT_STEPS:+--student-steps "$STUDENT_STEPS"} ${GUIDE_SCALE:+--guide-scale "$GUIDE_SCALE"} \
+  ${COMPILE:+--compile} 2>&1 | tee -a "$WORK/recipe.log"
