@@ -102,3 +102,28 @@ def test_cli_end_to_end_with_a_tiny_random_model(tmp_path, capsys):
         assert probe_video(out / sample["video"]) == {"frames": 5, "fps": 16.0, "width": 32, "height": 32}
     with Image.open(out / report["files"]["grid"]) as grid:
         assert grid.size[0] > 2 * 3 * 96 and grid.size[1] > 2 * 96
+
+
+def test_cli_judges_streams_with_the_frames_asked_for(tmp_path, capsys):
+    """``--stream``: each video is frames offset .. offset + frame_num of the prompt's stream (the stream of the
+    same seed, read directly, holds the same frames)."""
+    from openwan.pipelines import WanPipeline
+    from openwan.pipelines.stream import PromptSchedule, StreamConfig, VideoStream
+
+    release = save_release(tmp_path / "release", **tiny_components("tiny"))
+    out = tmp_path / "report"
+    code = _cli("prompts", "--ckpt-dir", str(release), "--seeds", "3", "--limit", "1", "--size", "32*32",
+                "--frame-num", "5", "--stream", "--window", "2", "--steps-per-shift", "1", "--stream-offset", "4",
+                "--sample-guide-scale", "1", "--device", "cpu", "--out", str(out))
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["stream"]["window"] == 2 and report["settings"]["stream_offset"] == 4
+    pipe = WanPipeline.from_pretrained(release, device="cpu")
+    direct = VideoStream(pipe, PromptSchedule.of(heldout_prompts()[0]),
+                         StreamConfig(window=2, steps_per_shift=1, guide_scale=1.0, seed=3, size=(32, 32))).read(9)
+    detected = report["samples"][0]["detected"]
+    from openwan.eval.detector import detect
+
+    assert detected == detect(direct[4:]).to_dict()
+    with pytest.raises(ValueError, match="add --stream"):
+        _cli("prompts", "--ckpt-dir", str(release), "--window", "2", "--out", str(out))

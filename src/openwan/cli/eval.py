@@ -44,6 +44,16 @@ def add_parser(sub) -> None:
     q.add_argument("--still-threshold", type=float, default=0.1,
                    help="centroid travel below this fraction of the frame counts as still")
     q.add_argument("--no-videos", action="store_true", help="do not keep the generated mp4 files")
+    q.add_argument("--stream", action="store_true",
+                   help="judge streams instead of clips: frames --stream-offset .. + --frame-num of openwan stream "
+                        "(the release's streaming student where it ships one)")
+    q.add_argument("--student", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --stream: the release's streaming student, or its own DiT (default: the student where "
+                        "it ships one)")
+    q.add_argument("--stream-offset", type=int, default=0,
+                   help="with --stream: the first frame judged (e.g. 16: after the stream's first second)")
+    q.add_argument("--window", type=int, default=None, help="with --stream: latent frames in the queue")
+    q.add_argument("--steps-per-shift", type=int, default=None, help="with --stream: sub-steps per queue step")
     q.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     q.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: bf16 on GPU, fp32 on CPU)")
     q.set_defaults(run=run_prompts)
@@ -88,13 +98,28 @@ def run_prompts(args: argparse.Namespace) -> int:
             raise ValueError(f"--limit must be at least 1; got {args.limit}.")
         prompts, targets = prompts[:args.limit], targets[:args.limit]
     dtype = parse_dtype(args.dtype) if args.dtype else None
-    pipe = WanPipeline.from_pretrained(args.ckpt_dir, device=args.device, dtype=dtype)
+    stream = None
+    if args.stream:
+        from openwan.pipelines.stream import StreamConfig
+        from openwan.pipelines.stream_student import load_stream_pipe, merged
+
+        flags = dict(window=args.window, steps_per_shift=args.steps_per_shift, sample_shift=args.sample_shift,
+                     guide_scale=args.sample_guide_scale, negative_prompt=args.negative_prompt)
+        StreamConfig(**flags)  # the flags' own checks, before the model loads
+        if args.stream_offset < 0:
+            raise ValueError(f"--stream-offset must be a frame count >= 0; got {args.stream_offset}.")
+        pipe, defaults = load_stream_pipe(args.ckpt_dir, device=args.device, student=args.student)
+        stream = merged(defaults, **flags)
+    elif args.student is not None or args.window is not None or args.steps_per_shift is not None:
+        raise ValueError("--student, --window and --steps-per-shift are stream settings; add --stream.")
+    else:
+        pipe = WanPipeline.from_pretrained(args.ckpt_dir, device=args.device, dtype=dtype)
     report = evaluate_prompts(pipe, args.out, prompts=prompts, targets=targets, seeds=args.seeds, size=size,
                               frame_num=args.frame_num, sample_steps=args.sample_steps,
                               sample_shift=args.sample_shift, guide_scale=args.sample_guide_scale,
                               negative_prompt=args.negative_prompt, solver=args.sample_solver,
                               save_videos=not args.no_videos, still_threshold=args.still_threshold,
-                              checkpoint=str(args.ckpt_dir))
+                              checkpoint=str(args.ckpt_dir), stream=stream, stream_offset=args.stream_offset)
     acc = report["accuracy"]
     print(f"{report['num_videos']} videos: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items()))
     for split, part in report.get("accuracy_by_split", {}).items():

@@ -69,12 +69,16 @@ def evaluate_prompts(pipe, out_dir: str | Path, *, prompts: list[str] | None = N
                      sample_shift: float | None = None, guide_scale: float | None = None,
                      negative_prompt: str | None = None, solver: str = "unipc", fps: float = 16,
                      save_videos: bool = True, still_threshold: float = 0.1, checkpoint: str | None = None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, stream=None, stream_offset: int = 0) -> dict:
     """Generate every prompt (default: :func:`heldout_prompts`) with every seed through ``pipe`` (a
     :class:`~openwan.pipelines.WanPipeline`), detect, and write ``report.json``, ``samples.png`` and (when
     ``save_videos``) ``videos/*.mp4`` under ``out_dir``. Returns the report. ``targets``: the (colour, shape,
     motion) each prompt asks for, one per prompt (default: what :func:`parse_caption` reads from it). ``None``
-    settings take the pipeline's defaults."""
+    settings take the pipeline's defaults.
+
+    ``stream``: a :class:`~openwan.pipelines.stream.StreamConfig` — each video is then frames ``stream_offset`` ..
+    ``stream_offset + frame_num`` of a stream of the prompt (its seed the sample's), instead of a clip of the
+    ordinary sampler (whose settings are then not used)."""
     if prompts is None and targets is not None:
         raise ValueError("targets were given without their prompts; give prompts too (one per target).")
     prompts = list(heldout_prompts() if prompts is None else prompts)
@@ -90,20 +94,23 @@ def evaluate_prompts(pipe, out_dir: str | Path, *, prompts: list[str] | None = N
     jobs = [(i, seed) for i in range(len(prompts)) for seed in seeds]
     for i, seed in tqdm(jobs, desc="prompts", disable=not progress):
         t0 = time.perf_counter()
-        out = pipe(prompts[i], negative_prompt, task="t2v", size=size, frame_num=frame_num,
-                   sample_steps=sample_steps, sample_shift=sample_shift, guide_scale=guide_scale, solver=solver,
-                   seed=seed, progress=False)
+        if stream is None:
+            video = pipe(prompts[i], negative_prompt, task="t2v", size=size, frame_num=frame_num,
+                         sample_steps=sample_steps, sample_shift=sample_shift, guide_scale=guide_scale,
+                         solver=solver, seed=seed, progress=False).video
+        else:
+            video = _streamed(pipe, prompts[i], stream, seed, size, frame_num, stream_offset)
         seconds = time.perf_counter() - t0
-        detection = detect(out.video, still_threshold=still_threshold)
+        detection = detect(video, still_threshold=still_threshold)
         sample = {"prompt": prompts[i], "seed": seed, "target": dict(zip(ATTRIBUTES, targets[i])),
                   "detected": detection.to_dict(), "match": detection.matches(*targets[i]),
                   "seconds": round(seconds, 3)}
         if save_videos:
             name = f"videos/{i:03d}_seed{seed}.mp4"
-            save_video(out.video, out_dir / name, fps=fps)
+            save_video(video, out_dir / name, fps=fps)
             sample["video"] = name
         samples.append(sample)
-        videos.append(out.video)
+        videos.append(video)
     first = videos[0]
     defaults = pipe.defaults.for_task("t2v")  # record the values used, not the None that asked for them
     settings = {"size": [first.shape[2], first.shape[1]], "frame_num": first.shape[0],
@@ -111,6 +118,9 @@ def evaluate_prompts(pipe, out_dir: str | Path, *, prompts: list[str] | None = N
                 "sample_shift": defaults.sample_shift if sample_shift is None else sample_shift,
                 "guide_scale": defaults.guide_scale if guide_scale is None else guide_scale,
                 "negative_prompt": negative_prompt, "solver": solver, "still_threshold": still_threshold}
+    if stream is not None:
+        settings = {"size": settings["size"], "frame_num": settings["frame_num"], "still_threshold": still_threshold,
+                    "stream": stream.to_dict(), "stream_offset": stream_offset}
     report = summarize(samples)
     if len({is_held_out(*t) for t in targets}) > 1:
         report["accuracy_by_split"] = split_accuracy(samples)
@@ -121,6 +131,18 @@ def evaluate_prompts(pipe, out_dir: str | Path, *, prompts: list[str] | None = N
     text = json.dumps(report, indent=2)
     atomic_write(out_dir / REPORT_FILE, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
     return report
+
+
+def _streamed(pipe, prompt: str, config, seed: int, size, frame_num: int | None, offset: int) -> torch.Tensor:
+    """Frames ``offset`` .. ``offset + frame_num`` (default: the model's clip length) of a stream of ``prompt``."""
+    from openwan.pipelines.stream import PromptSchedule, VideoStream
+
+    if offset < 0:
+        raise ValueError(f"stream_offset must be a frame count >= 0; got {offset}.")
+    frames = frame_num or pipe.defaults.frame_num
+    changes = {"seed": seed, **({"size": tuple(size)} if size is not None else {})}
+    video = VideoStream(pipe, PromptSchedule.of(prompt), config.__class__.from_dict({**config.to_dict(), **changes}))
+    return video.read(offset + frames)[offset:]
 
 
 def summarize(samples: list[dict]) -> dict:
