@@ -59,66 +59,50 @@ def measure_stream(pipe, schedule: PromptSchedule, config: StreamConfig | None =
     targets = [_target(p) for p in schedule.prompts]
     dims, skipped = bench_dimensions(dimensions, weights)
     load = os.getloadavg()
-    calls = _count_forwards(pipe)
+    calls, writer = _count_forwards(pipe), None
     started = time.perf_counter()
     try:
         stream = VideoStream(pipe, schedule, config or StreamConfig())
         fps = stream.config.fps
-        total = round(seconds * fps)
-        bucket = max(1, round(bucket_seconds * fps))
+        total, bucket = round(seconds * fps), max(1, round(bucket_seconds * fps))
         if total < 1:
             raise ValueError(f"seconds={seconds} is less than one frame at {fps:g} fps; measure a longer stream.")
-        owner = _owners(stream, total)
-        watches = [_Watch(stream, i, targets, total, switch_window, hold_seconds, still_threshold, clip_frames)
-                   for i in range(1, len(schedule.entries))]
-        writer = None
+        judge = _Judge(stream, targets, total, bucket, clip_frames, switch_window, hold_seconds, still_threshold,
+                       dims)
         if save_video is not None:
             from openwan.pipelines.stream_output import GrowingVideo
 
             writer = GrowingVideo(save_video, fps, stream.config.size)
-        first, first_frames, first_gen, first_calls, generating, judging = None, 0, 0.0, 0, 0.0, 0.0
-        clip, clip_start, rows, recent, done = [], 0, [], deque(maxlen=switch_window), 0
-        bar = tqdm(total=total, desc="stream", unit="frame", disable=not progress)
-        while done < total:
-            t0 = time.perf_counter()
-            chunk = next(stream)[:total - done]
-            t1 = time.perf_counter()
-            generating += t1 - t0
-            if first is None:
-                first, first_frames, first_gen, first_calls = t1 - started, stream.emitted, generating, calls[0]
-            if on_frames is not None:
-                on_frames(chunk)
-            if writer is not None:
-                writer.write(chunk)
-            for frame in chunk:
-                recent.append(frame)
-                if len(recent) == switch_window:
-                    for watch in watches:
-                        watch.feed(done - switch_window + 1, recent)
-                if done % bucket == 0:  # every bucket's clips start at its first frame
-                    clip, clip_start = [], done
-                clip.append(frame)
-                done += 1
-                if len(clip) == clip_frames:
-                    rows.append(_clip_row(torch.stack(clip), clip_start, owner, targets, schedule, fps, bucket,
-                                          dims, still_threshold))
-                    clip, clip_start = [], done
-            judging += time.perf_counter() - t1
-            bar.update(chunk.shape[0])
-        bar.close()
-        if writer is not None:
-            writer.close()
+        first = None  # (wall seconds, frames, generation seconds, DiT calls) at the first frame
+        generating = judging = 0.0
+        with tqdm(total=total, desc="stream", unit="frame", disable=not progress) as bar:
+            while judge.done < total:
+                t0 = time.perf_counter()
+                chunk = next(stream)[:total - judge.done]
+                t1 = time.perf_counter()
+                generating += t1 - t0
+                first = first or (t1 - started, stream.emitted, generating, calls[0])
+                if on_frames is not None:
+                    on_frames(chunk)
+                if writer is not None:
+                    writer.write(chunk)
+                for frame in chunk:
+                    judge.add(frame)
+                judging += time.perf_counter() - t1
+                bar.update(chunk.shape[0])
     finally:
         calls.remove()
-    steady = stream.emitted - first_frames
-    speed = {"first_frame_s": round(first, 3),
-             "steady_fps": round(steady / max(generating - first_gen, 1e-9), 3) if steady else None,
+        if writer is not None:
+            writer.close()
+    steady = stream.emitted - first[1]
+    speed = {"first_frame_s": round(first[0], 3),
+             "steady_fps": round(steady / max(generating - first[2], 1e-9), 3) if steady else None,
              "frames": stream.emitted, "generation_s": round(generating, 2), "judging_s": round(judging, 2),
              "wall_s": round(time.perf_counter() - started, 2), "dit_evaluations": calls[0],
              "dit_evaluations_per_frame": round(calls[0] / max(stream.emitted, 1), 3),
-             "dit_evaluations_to_first_frame": first_calls, "threads": torch.get_num_threads(),
+             "dit_evaluations_to_first_frame": first[3], "threads": torch.get_num_threads(),
              "load_average_1min": [round(load[0], 2), round(os.getloadavg()[0], 2)]}
-    buckets = _buckets(rows, total, bucket, fps)
+    buckets = _buckets(judge.rows, total, bucket, fps)
     report = {"checkpoint": checkpoint,
               "settings": {**stream.config.to_dict(), "seconds": total / fps, "frames": total,
                            "clip_frames": clip_frames, "bucket_seconds": bucket / fps, "switch_window": switch_window,
@@ -126,8 +110,8 @@ def measure_stream(pipe, schedule: PromptSchedule, config: StreamConfig | None =
                            "dimensions": [d.name for d in dims]},
               "schedule": [{"time_s": t, "prompt": p, "target": None if tg is None else dict(zip(ATTRIBUTES, tg))}
                            for (t, p), tg in zip(schedule.entries, targets)],
-              "not_measured": skipped, "speed": speed, "buckets": buckets,
-              "drift": _drift(buckets), "switches": [w.result() for w in watches], "clips": rows}
+              "not_measured": skipped, "speed": speed, "buckets": buckets, "drift": _drift(buckets),
+              "switches": [w.result() for w in judge.watches], "clips": judge.rows}
     if out_dir is not None:
         text = json.dumps(report, indent=2) + "\n"
         atomic_write(Path(out_dir) / REPORT_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -231,6 +215,37 @@ def _owners(stream: VideoStream, total: int) -> list[int]:
             by_latent = {m: mix.index(1.0) if 1.0 in mix else -1}
         out.append(by_latent[m])
     return out
+
+
+class _Judge:
+    """Takes the stream's frames one at a time: cuts each bucket into clips and measures them, and feeds every
+    switch its sliding windows. Holds at most one clip and one window of frames."""
+
+    def __init__(self, stream: VideoStream, targets: list, total: int, bucket: int, clip_frames: int, window: int,
+                 hold_seconds: float, still_threshold: float, dims):
+        self.stream, self.targets, self.bucket, self.clip_frames, self.dims = stream, targets, bucket, clip_frames, dims
+        self.still = still_threshold
+        self.owner = _owners(stream, total)
+        self.watches = [_Watch(stream, i, targets, total, window, hold_seconds, still_threshold, clip_frames)
+                        for i in range(1, len(stream.schedule.entries))]
+        self.recent = deque(maxlen=window)
+        self.clip, self.clip_start, self.rows, self.done = [], 0, [], 0
+
+    def add(self, frame: torch.Tensor) -> None:
+        """Judge video frame number :attr:`done` ([H, W, 3] in [0, 1])."""
+        self.recent.append(frame)
+        if len(self.recent) == self.recent.maxlen:
+            for watch in self.watches:
+                watch.feed(self.done - self.recent.maxlen + 1, self.recent)
+        if self.done % self.bucket == 0:  # every bucket's clips start at its first frame
+            self.clip, self.clip_start = [], self.done
+        self.clip.append(frame)
+        self.done += 1
+        if len(self.clip) == self.clip_frames:
+            self.rows.append(_clip_row(torch.stack(self.clip), self.clip_start, self.owner, self.targets,
+                                       self.stream.schedule, self.stream.config.fps, self.bucket, self.dims,
+                                       self.still))
+            self.clip, self.clip_start = [], self.done
 
 
 def _clip_row(frames: torch.Tensor, start: int, owner: list[int], targets: list, schedule: PromptSchedule,
