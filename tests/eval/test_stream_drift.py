@@ -201,7 +201,7 @@ def test_a_disc_that_splits_is_counted_as_two_within_the_clip():
 
 def test_cli_writes_the_report(tmp_path, capsys, one_thread):
     code = main(["eval", "stream", "--prompt", RED, "--duration", "1s", "--bucket", "1s", "--clip-frames", "8",
-                 *FAST_FLAGS, "--out", str(tmp_path)])
+                 *FAST_FLAGS, "--threads", "1", "--out", str(tmp_path)])
     assert code == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert len(report["buckets"]) == 1 and report["buckets"][0]["clips"] == 2
@@ -212,7 +212,7 @@ def test_cli_writes_the_report(tmp_path, capsys, one_thread):
 
 @pytest.mark.parametrize("args", [["--duration", "10x"], ["--duration", "0s"],
                                   ["--duration", "2s", "--bucket", "0f"], ["--duration", "2s", "--then", "1s", ""],
-                                  ["--duration", "2s", "--save-file", "a.avi"]])
+                                  ["--duration", "2s", "--save-file", "a.avi"], ["--duration", "2s", "--threads", "0"]])
 def test_cli_refuses_bad_input_in_one_line(args, capsys):
     code = main(["eval", "stream", "--prompt", RED, "--ckpt-dir", "/nonexistent", *args])
     err = capsys.readouterr().err
