@@ -22,6 +22,8 @@ import torch
 from openwan.pipelines import WanPipeline
 from openwan.pipelines.components import BUNDLED
 from openwan.pipelines.stream import stream
+from openwan.pipelines.stream_state import StreamDecoder
+from openwan.pipelines.stream_student import has_student, student_settings, with_student
 
 PROMPT = "a red circle moving to the right"
 
@@ -70,6 +72,20 @@ def bench_stream(pipe, calls, seconds: float, **options) -> dict:
             "latency": latency, "fps": n / steady, "evals": calls[0] / (n + 1), "s_per_frame": total / (n + 1)}
 
 
+def bench_decode(pipe, frames: int = 12) -> float:
+    """Seconds the causal decoder takes per latent frame in a stream (after its first, one-frame latent)."""
+    width, height = pipe.defaults.size
+    _, sh, sw = pipe.vae_stride
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(pipe.vae.cfg.z_dim, frames + 1, height // sh, width // sw, generator=g)
+    decoder = StreamDecoder(pipe.vae, pipe.device)
+    decoder.decode(z[:, :1])
+    start = time.perf_counter()
+    for k in range(1, frames + 1):
+        decoder.decode(z[:, k:k + 1])
+    return (time.perf_counter() - start) / frames
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt-dir", default=str(BUNDLED))
@@ -85,12 +101,19 @@ def main() -> None:
             bench_stream(pipe, calls, args.seconds),
             bench_stream(pipe, calls, args.seconds, window=3, steps_per_shift=2),
             bench_stream(pipe, calls, args.seconds, window=4, block=4, steps_per_shift=5)]
+    if has_student(args.ckpt_dir):  # the release's streaming student at the settings it was trained for
+        student = with_student(pipe, args.ckpt_dir)
+        settings = {k: v for k, v in student_settings(args.ckpt_dir).items() if k != "block"}
+        row = bench_stream(student, count_forwards(student), args.seconds, **settings)
+        rows.append({**row, "name": "student: " + row["name"]})
+    decode = bench_decode(pipe)
     print(f"device {args.device}, {torch.get_num_threads()} threads, {pipe.defaults.size[0]}x{pipe.defaults.size[1]}, "
           f"{pipe.defaults.fps} fps video")
     print("| sampler | first frame (s) | frames/s | s per frame | DiT evaluations per frame |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['name']} | {r['latency']:.2f} | {r['fps']:.2f} | {r['s_per_frame']:.3f} | {r['evals']:.2f} |")
+    print(f"VAE decoder alone: {decode:.3f} s per latent frame ({pipe.vae_stride[0]} video frames)")
 
 
 if __name__ == "__main__":
