@@ -6,8 +6,9 @@
     python benchmarks/bench_models.py --vae22 --reps 1   # the released Wan2.2 VAE, 5 frames at 128x128 (CPU)
 
 Prints seconds (median of --reps alternating runs), ours/theirs time ratios and achieved GFLOP/s. On CPU it also
-times the demo VAE with its conv weights in channels-last layout (ours) against the ordinary layout (same code and
-weights).
+times the demo VAE with its CPU conv choices (3D convs straight to oneDNN, small convs' weights in channels-last
+layout; ours) against torch's own choice with the ordinary layout (same code and weights), also one latent frame at a
+time as the streaming decoder runs.
 """
 
 from __future__ import annotations
@@ -113,10 +114,11 @@ def bench_vae(cfg: VAEConfig, latent: tuple[int, int, int], device, dtype, reps:
 
 def bench_vae_layout(cfg: VAEConfig, frames: int, size: int, batch: int, reps: int, label: str = "demo",
                      train: bool = True) -> list[dict]:
-    """Our VAE on CPU with its small convs' weights handed to oneDNN in channels-last layout (the default:
-    ``openwan.models.vae_layers.cpu_conv_weight``) against the ordinary layout, same weights: a training step (encode,
-    decode, squared error, backward), as ``openwan train-vae --stage 2`` takes on the demo VAE, and an encode
-    without gradients, as building a latent cache."""
+    """Our VAE on CPU with its conv choices (the defaults: 3D convs straight to oneDNN,
+    ``openwan.models.vae_layers.use_onednn_conv3d``, small convs' weights in channels-last layout,
+    ``cpu_conv_weight``) against torch's own choice with the ordinary layout, same weights: a training step (encode,
+    decode, squared error, backward), as ``openwan train-vae --stage 2`` takes on the demo VAE, an encode without
+    gradients, as building a latent cache, and a decode one latent frame at a time (batch 1), as the stream's."""
     from openwan.models import vae_layers as vae_module
 
     model = WanVAE(cfg)
@@ -129,20 +131,31 @@ def bench_vae_layout(cfg: VAEConfig, frames: int, size: int, batch: int, reps: i
 
     def layout(on: bool, fn):
         def run():
-            vae_module.CPU_CHANNELS_LAST = on
+            vae_module.CPU_CHANNELS_LAST = vae_module.CPU_ONEDNN_CONV3D = on
             try:
                 fn()
             finally:
-                vae_module.CPU_CHANNELS_LAST = True
+                vae_module.CPU_CHANNELS_LAST = vae_module.CPU_ONEDNN_CONV3D = True
         return run
 
-    name = f"{label} VAE %s {batch}x{frames}x{size}x{size}, channels-last weights vs ordinary"
-    cpu, peer = torch.device("cpu"), "ordinary layout"
+    z = model.normalize(model.encode_moments(x[:1])[0]).detach()  # [1, C, F, h, w]
+
+    def stream_decode():
+        cache = vae_module.FeatureCache()
+        for k in range(z.shape[2]):
+            cache.next_chunk()
+            model.decode_chunk(model.decoder_input(z[:, :, k:k + 1]), cache)
+
+    name = f"{label} VAE %s {batch}x{frames}x{size}x{size}, our CPU conv choices vs torch's"
+    cpu, peer = torch.device("cpu"), "torch's choice"
     rows = [compare(name % "train step", layout(True, train_step), layout(False, train_step), cpu, reps, peer)
             ] if train else []
     with torch.no_grad():
         rows.append(compare(name % "encode", layout(True, lambda: model.encode(x)),
                             layout(False, lambda: model.encode(x)), cpu, reps, peer))
+        rows.append(compare(f"{label} VAE decode 1x{frames}x{size}x{size} one latent frame at a time, our CPU conv "
+                            "choices vs torch's", layout(True, stream_decode), layout(False, stream_decode), cpu,
+                            reps, peer))
     return rows
 
 

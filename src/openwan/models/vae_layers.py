@@ -100,6 +100,7 @@ def frames_back(y: torch.Tensor, batch: int) -> torch.Tensor:
 
 CPU_CHANNELS_LAST = True  # benchmarks/bench_models.py turns it off to time the ordinary layout beside it
 CHANNELS_LAST_MAX_IN = 64  # convs with more input channels than this keep the ordinary layout
+CPU_ONEDNN_CONV3D = True  # benchmarks/bench_models.py turns it off to time torch's own choice beside it
 
 
 def cpu_conv_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -111,6 +112,14 @@ def cpu_conv_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if x.device.type != "cpu" or not CPU_CHANNELS_LAST or weight.shape[1] > CHANNELS_LAST_MAX_IN:
         return weight
     return weight.contiguous(memory_format=torch.channels_last_3d if weight.ndim == 5 else torch.channels_last)
+
+
+def use_onednn_conv3d(x: torch.Tensor) -> bool:
+    """Whether a 3D conv on ``x`` goes straight to oneDNN: on CPU in float32, where torch's own choice takes its
+    slow im2col kernel for a batch of one with few channels (the streaming decoder's chunks, the demo VAE): oneDNN
+    is 2-8x faster there, the same sums to float32 rounding, with gradients."""
+    return CPU_ONEDNN_CONV3D and x.device.type == "cpu" and x.dtype == torch.float32 and \
+        torch.backends.mkldnn.is_available()
 
 
 class Conv2d(nn.Conv2d):
@@ -140,6 +149,9 @@ class CausalConv3d(nn.Conv3d):
         return self._conv_forward(x, weight, self.bias)  # spatial zero padding happens inside the conv
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if use_onednn_conv3d(x):
+            return torch.ops.aten.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation,
+                                                     self.groups)
         return super()._conv_forward(x, cpu_conv_weight(x, weight), bias)
 
     def _with_history(self, x: torch.Tensor, cache: FeatureCache | None) -> tuple[torch.Tensor, torch.Tensor]:
