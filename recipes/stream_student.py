@@ -40,8 +40,8 @@ stages:
   - {{name: stream-window, steps: {steps}, batch_size: {batch}, buckets: [[17, 64, 64]]}}
 optim: {{lr: {lr}, weight_decay: 0.01, grad_clip: 1.0}}
 schedule: {{kind: cosine, warmup_steps: 50, min_lr_ratio: 0.1}}
-timesteps: {{mode: logit_normal, shift: 2.0, logit_std: 1.0, staircase: {staircase}, staircase_steps: {per_shift},
-            staircase_shift: {shift}}}
+timesteps: {{mode: logit_normal, shift: 2.0, logit_std: 1.0, first_frame: 0.1, staircase: {staircase},
+            staircase_steps: {per_shift}, staircase_shift: {shift}}}
 ema: {{decay: 0.995}}
 text_dropout: 0.1
 checkpoint: {{every: 250, keep_last: 2}}
@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the captions of the synthetic clips (as the release was trained on)")
     parser.add_argument("--teacher-steps", type=int, default=1200, help="staircase fine-tuning steps")
     parser.add_argument("--teacher-lr", type=float, default=2e-4)
-    parser.add_argument("--staircase", type=float, default=0.8,
-                        help="the share of the fine-tuning samples on the staircase (the rest: uniform levels)")
+    parser.add_argument("--staircase", type=float, default=0.7,
+                        help="the share of the fine-tuning samples on the staircase (the rest as the release was "
+                             "trained: one level per clip; a tenth of all samples with a clean first frame)")
     parser.add_argument("--student-steps", type=int, default=500, help="distillation steps (0: ship the teacher, "
                                                                        "streamed at 1 sub-step per shift)")
     parser.add_argument("--student-lr", type=float, default=5e-5)
