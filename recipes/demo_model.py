@@ -159,7 +159,7 @@ def _train(config: Path, steps: int, *overrides: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("work", type=Path, help="the recipe's work folder (data/ and the VAE stages' folders inside)")
-    parser.add_argument("--dit-steps", type=int, default=3000,
+    parser.add_argument("--dit-steps", type=int, default=4500,
                         help="the DiT's steps (with --dit-boundary: the low-noise expert's, which the high-noise one "
                              "is forked from)")
     parser.add_argument("--dit-extend-to", type=int, default=0,

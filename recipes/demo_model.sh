@@ -3,8 +3,8 @@
 #   synthetic data -> VAE (2D, then inflated 3D, then its decoder alone) -> latent/text caches -> DiT with flow
 #   matching -> release folder. docs/demo_model.md gives each stage's time and the model's evaluation.
 # Usage: bash recipes/demo_model.sh [WORK_DIR]   (default: runs/demo-model). Override sizes with env variables;
-# OUT=DIR writes the release folder there instead of the bundled model's folder. CAPTIONS=varied captions the
-# training clips from the dataset's richer grammar (`openwan data synth --captions varied`) instead of its templates.
+# OUT=DIR writes the release folder there instead of the bundled model's folder. CAPTIONS=templates captions the
+# training clips with the dataset's templates alone instead of its richer grammar (`--captions varied`, the default).
 set -euo pipefail
 OPENWAN=${OPENWAN:-".venv/bin/python -m openwan"}
 PY=${PY:-.venv/bin/python}
@@ -16,10 +16,10 @@ VAE_DECODER_STEPS=${VAE_DECODER_STEPS:-200}
 VAE_WIDE_DIM=${VAE_WIDE_DIM:-24}
 VAE_WIDE_STEPS=${VAE_WIDE_STEPS:-0}
 VAE_COLOUR_WEIGHT=${VAE_COLOUR_WEIGHT:-10}
-# templates: the captions the bundled model was trained on; varied: a quarter of those, the rest from a grammar of
-# other verbs, direction phrases, adverbs, word orders and styles (the clips themselves are the same). Exported: the
-# text encoder's pre-training (demo_text.py, run by demo_model.py) reads its corpus's phrasing from it.
-CAPTIONS=${CAPTIONS:-templates}
+# varied (the bundled model's): a quarter of the captions from the templates, the rest from a grammar of other verbs,
+# direction phrases, adverbs, word orders and styles; templates: the templates alone (the clips themselves are the
+# same). Exported: the text encoder's pre-training (demo_text.py, run by demo_model.py) reads its corpus's phrasing.
+CAPTIONS=${CAPTIONS:-varied}
 case "$CAPTIONS" in
   templates|varied) ;;
   *) echo "CAPTIONS must be templates or varied; got '$CAPTIONS'." >&2; exit 2 ;;
