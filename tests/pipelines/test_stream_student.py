@@ -22,11 +22,6 @@ from openwan.pipelines.stream_student import (
     student_settings,
 )
 
-
-def own_defaults():
-    return load_stream_pipe(BUNDLED, device="cpu", student=False)[0].defaults
-
-
 SETTINGS = StreamConfig(window=3, steps_per_shift=1, sample_shift=2.0, guide_scale=1.0)
 
 
@@ -46,11 +41,13 @@ def test_a_saved_student_is_found_with_its_settings(release):
                                          "guide_scale": 1.0}
     pipe, config = load_stream_pipe(release, device="cpu")
     assert pipe.dit_low is None and config == SETTINGS
-    assert pipe.defaults.size == own_defaults().size and pipe.defaults.fps == own_defaults().fps
     low = WanDiT.from_pretrained(release / "low_noise_model", dtype=torch.float32)
     assert all(torch.equal(a, b) for a, b in zip(pipe.dit.state_dict().values(), low.state_dict().values()))
     own, config = load_stream_pipe(release, device="cpu", student=False)
     assert own.dit_low is not None and config == StreamConfig()
+    # the release's size, fps and negative prompt; one DiT: no boundary, one guidance scale
+    assert (pipe.defaults.size, pipe.defaults.fps) == (own.defaults.size, own.defaults.fps)
+    assert pipe.defaults.boundary is None and not isinstance(pipe.defaults.guide_scale, tuple)
 
 
 def test_flags_override_the_students_settings_and_drop_a_grid_they_change():
