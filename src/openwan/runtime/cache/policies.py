@@ -177,9 +177,9 @@ class Cache:
 # Chosen from the calibration curve of the bundled model (docs/acceleration.md; `openwan calibrate-cache`).
 PRESETS: dict[str, Cache] = {
     "off": Cache(),
-    "safe": Cache(step=StepCache(threshold=0.2, max_skip=3, start=0.4)),
-    "fast": Cache(step=StepCache(threshold=0.3, max_skip=4, start=0.3), cfg=CFGCache(interval=2, start=0.5)),
-    "fastest": Cache(step=StepCache(threshold=1.0, max_skip=8, start=0.3), cfg=CFGCache(interval=3, start=0.3)),
+    "safe": Cache(step=StepCache(threshold=0.2, max_skip=3, start=0.5)),
+    "fast": Cache(step=StepCache(threshold=0.25, max_skip=3, start=0.3), cfg=CFGCache(interval=2, start=0.5)),
+    "fastest": Cache(step=StepCache(threshold=1.0, max_skip=8, start=0.35), cfg=CFGCache(interval=3, start=0.3)),
 }
 
 
