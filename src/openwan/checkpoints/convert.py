@@ -46,6 +46,8 @@ from openwan.checkpoints.loaders import VAE_FILES, load_dit_state, load_vae_stat
 from openwan.configs import DiTConfig, VaceConfig, VAEConfig
 from openwan.fileio import atomic_torch_save, atomic_write
 
+STUDENT_DIR = "stream_model"  # a release's streaming student (openwan.pipelines.stream_student)
+
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("official", "diffusers")
@@ -410,7 +412,21 @@ def convert_release(src: str | Path, dst: str | Path, to: str, *, dtype: torch.d
                     flow_shift: float | None = None, boundary: float | None = None) -> Path:
     """Convert a whole release folder (one DiT or two experts, VAE, umT5, tokenizer); see :func:`write_release`."""
     _check_layout(to)
-    return write_release(read_release(src), dst, to, dtype=dtype, flow_shift=flow_shift, boundary=boundary)
+    out = write_release(read_release(src), dst, to, dtype=dtype, flow_shift=flow_shift, boundary=boundary)
+    copy_student(src, out)
+    return out
+
+
+def copy_student(src: str | Path, dst: str | Path) -> None:
+    """A release's streaming student (``stream_model/``: openwan's own, a DiT folder with official keys and its
+    stream settings, the same in either layout) copied file by file, each atomically."""
+    folder = Path(src) / STUDENT_DIR
+    if not folder.is_dir():
+        return
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        target = Path(dst) / STUDENT_DIR / file.relative_to(folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, lambda tmp, file=file: shutil.copyfile(file, tmp))
 
 
 def _check_layout(to: str) -> None:

@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from openwan.checkpoints.convert import convert_dit, convert_vae, read_release, write_release
+    from openwan.checkpoints.convert import convert_dit, convert_vae, copy_student, read_release, write_release
     from openwan.pipelines.defaults import defaults_for
 
     dtype = parse_dtype(args.dtype) if args.dtype else None
@@ -48,5 +48,6 @@ def run(args: argparse.Namespace) -> int:
         shift = args.flow_shift if args.flow_shift is not None else release.flow_shift
         out = write_release(release, args.dst, args.to, dtype=dtype,
                             flow_shift=defaults.sample_shift if shift is None else shift, boundary=defaults.boundary)
+        copy_student(args.src, out)
     print(f"wrote {args.to} layout to {out}")
     return 0

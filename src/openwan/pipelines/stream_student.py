@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
+from openwan.checkpoints.convert import STUDENT_DIR
 from openwan.checkpoints.release import save_dit
 from openwan.fileio import atomic_write
 from openwan.pipelines.stream import StreamConfig
 
-STUDENT_DIR = "stream_model"
 SETTINGS_FILE = "stream.json"
 SETTINGS = ("window", "block", "steps_per_shift", "sample_shift", "sigmas", "guide_scale")
 
