@@ -73,6 +73,7 @@ def test_a_release_without_a_student_or_with_a_bad_one_is_refused(release, tmp_p
     code = main(["stream", "--ckpt-dir", str(bare), "--student", "--prompt", "a red box moving up",
                  "--duration", "9f", "--save-file", str(tmp_path / "c.mp4")])
     assert code == 2 and "ships no streaming student" in capsys.readouterr().err
+    assert not (tmp_path / "c.mp4").exists()
     bad = tmp_path / "bad"
     shutil.copytree(release, bad)
     (bad / STUDENT_DIR / "stream.json").write_text(json.dumps({"window": 3, "speed": 2}))

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from openwan.pipelines.components import BUNDLED, BUNDLED_NOTE, holds_dit
     from openwan.pipelines.stream import PromptSchedule, StreamConfig, VideoStream
     from openwan.pipelines.stream_output import GrowingVideo, MJPEGServer, RawPreview
-    from openwan.pipelines.stream_student import has_student, load_stream_pipe, merged, student_settings
+    from openwan.pipelines.stream_student import load_stream_pipe, merged
 
     log = sys.stderr  # stdout may carry the raw preview
     resume = args.state is not None and Path(args.state).is_file()
@@ -101,8 +101,6 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"no --ckpt-dir given and no bundled model at {BUNDLED}; give --ckpt-dir.")
         args.ckpt_dir = str(BUNDLED)
         print(BUNDLED_NOTE, file=log)
-    if args.student and not has_student(args.ckpt_dir):
-        student_settings(args.ckpt_dir)  # the sentence saying the release has none
 
     pipe, defaults = load_stream_pipe(args.ckpt_dir, device=device, student=args.student)
     config = merged(defaults, **flags)

@@ -12,6 +12,7 @@ Prompt sets (:func:`prompt_set`): ``heldout``, the canonical phrasing of the 18 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -81,6 +82,8 @@ def evaluate_prompts(pipe, out_dir: str | Path, *, prompts: list[str] | None = N
     ordinary sampler (whose settings are then not used)."""
     if prompts is None and targets is not None:
         raise ValueError("targets were given without their prompts; give prompts too (one per target).")
+    if stream_offset < 0:
+        raise ValueError(f"stream_offset must be a frame count >= 0; got {stream_offset}.")
     prompts = list(heldout_prompts() if prompts is None else prompts)
     seeds = [int(s) for s in seeds]
     if not prompts or not seeds:
@@ -137,12 +140,9 @@ def _streamed(pipe, prompt: str, config, seed: int, size, frame_num: int | None,
     """Frames ``offset`` .. ``offset + frame_num`` (default: the model's clip length) of a stream of ``prompt``."""
     from openwan.pipelines.stream import PromptSchedule, VideoStream
 
-    if offset < 0:
-        raise ValueError(f"stream_offset must be a frame count >= 0; got {offset}.")
     frames = frame_num or pipe.defaults.frame_num
-    changes = {"seed": seed, **({"size": tuple(size)} if size is not None else {})}
-    video = VideoStream(pipe, PromptSchedule.of(prompt), config.__class__.from_dict({**config.to_dict(), **changes}))
-    return video.read(offset + frames)[offset:]
+    config = dataclasses.replace(config, seed=seed, size=tuple(size) if size is not None else config.size)
+    return VideoStream(pipe, PromptSchedule.of(prompt), config).read(offset + frames)[offset:]
 
 
 def summarize(samples: list[dict]) -> dict:

@@ -68,13 +68,16 @@ def _boundary(root: Path) -> float | None:
 
 
 def load_components(path: str | Path, *, dtype: torch.dtype = torch.float32,
-                    device: str | torch.device = "cpu") -> dict:
-    """Every model a :class:`WanPipeline` needs, loaded from ``path``."""
+                    device: str | torch.device = "cpu", dit_dir: str | Path | None = None) -> dict:
+    """Every model a :class:`WanPipeline` needs, loaded from ``path``. ``dit_dir``: a DiT folder loaded as the only
+    DiT instead of the release's own (a streaming student), beside the release's encoders."""
     root = Path(path)
     if not root.is_dir():
         raise CheckpointError(f"{root} is not a folder; {RELEASE_LAYOUT}.")
     diffusers = (root / "transformer").is_dir()
-    if diffusers:
+    if dit_dir is not None:
+        dit_dirs = [Path(dit_dir)]
+    elif diffusers:
         dit_dirs = [root / "transformer"] + ([root / "transformer_2"] if (root / "transformer_2").is_dir() else [])
     elif (root / "high_noise_model").is_dir():
         dit_dirs = [root / "high_noise_model", root / "low_noise_model"]

@@ -18,6 +18,7 @@ import torch
 from openwan.checkpoints.convert import STUDENT_DIR
 from openwan.checkpoints.release import save_dit
 from openwan.fileio import atomic_write
+from openwan.pipelines.defaults import defaults_for
 from openwan.pipelines.stream import StreamConfig
 
 SETTINGS_FILE = "stream.json"
@@ -55,44 +56,42 @@ def save_student(release: str | Path, dit, config: StreamConfig, dtype: torch.dt
 
 
 def with_student(pipe, release: str | Path):
-    """A pipeline sharing ``pipe``'s VAE and text encoder whose only DiT is the streaming student of ``release``."""
+    """A pipeline sharing ``pipe``'s VAE and text encoder whose only DiT is the streaming student of ``release``
+    (what ``WanPipeline.from_pretrained(release, dit_dir=release/stream_model)`` loads, without reading the
+    encoders again)."""
     from openwan.models import WanDiT
     from openwan.pipelines.wan import WanPipeline
 
     student_settings(release)  # refuses a release without one
     dit = WanDiT.from_pretrained(Path(release) / STUDENT_DIR, dtype=pipe.dtype, device=pipe.device)
-    # the release's size, fps and negative prompt; one DiT, so no guidance pair and no expert boundary
-    guide = pipe.defaults.guide_scale
-    defaults = dataclasses.replace(pipe.defaults, boundary=None,
-                                   guide_scale=guide[0] if isinstance(guide, tuple) else guide)
-    return WanPipeline(dit, pipe.vae, pipe.text_encoder, pipe.tokenizer, defaults=defaults, device=pipe.device,
-                       dtype=pipe.dtype)
+    return WanPipeline(dit, pipe.vae, pipe.text_encoder, pipe.tokenizer, defaults=defaults_for(dit.cfg),
+                       device=pipe.device, dtype=pipe.dtype)
 
 
 def load_stream_pipe(release: str | Path, *, device: str | torch.device | None = None, student: bool | None = None
                      ) -> tuple[object, StreamConfig]:
     """The pipeline to stream ``release`` with and the StreamConfig defaults that go with it.
 
-    ``student``: True streams with the release's streaming student (ValueError without one), False with its own
-    DiT, None with the student where the release ships one. The returned config holds the student's settings
-    (or none); fields a caller sets override them with :func:`merged`."""
+    ``student``: True streams with the release's streaming student (ValueError without one, before anything
+    loads), False with its own DiT, None with the student where the release ships one; the student is loaded
+    instead of the release's DiTs, not beside them. The returned config holds the student's settings (or none);
+    fields a caller sets override them with :func:`merged`."""
     from openwan.pipelines.wan import WanPipeline
 
-    pipe = WanPipeline.from_pretrained(release, device=device)
-    use = has_student(release) if student is None else student
-    if not use:
-        return pipe, StreamConfig()
+    if not (has_student(release) if student is None else student):
+        return WanPipeline.from_pretrained(release, device=device), StreamConfig()
     settings = student_settings(release)
-    return with_student(pipe, release), StreamConfig(**settings)
+    pipe = WanPipeline.from_pretrained(release, device=device, dit_dir=Path(release) / STUDENT_DIR)
+    return pipe, StreamConfig(**settings)
 
 
 def merged(base: StreamConfig, **given) -> StreamConfig:
     """``base`` with every field of ``given`` that is not None (a caller's flags over a student's settings). An
     explicit σ grid of ``base`` is dropped when the window, block, steps per shift or shift it was made for change."""
-    changes = {k: list(v) if isinstance(v, tuple) else v for k, v in given.items() if v is not None}
+    changes = {k: v for k, v in given.items() if v is not None}
     if "sigmas" not in changes and changes.keys() & {"window", "block", "steps_per_shift", "sample_shift"}:
         changes["sigmas"] = None
-    return StreamConfig.from_dict({**base.to_dict(), **changes})
+    return dataclasses.replace(base, **changes)
 
 
 __all__ = ["SETTINGS_FILE", "STUDENT_DIR", "has_student", "load_stream_pipe", "merged", "save_student",

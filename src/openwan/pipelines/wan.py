@@ -81,12 +81,15 @@ class WanPipeline:
     # ------------------------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None, **memory) -> WanPipeline:
-        """Load a release folder (official or diffusers layout) — see :mod:`openwan.pipelines.components`."""
+                        dtype: torch.dtype | None = None, dit_dir: str | Path | None = None,
+                        **memory) -> WanPipeline:
+        """Load a release folder (official or diffusers layout) — see :mod:`openwan.pipelines.components`;
+        ``dit_dir``: a DiT folder that replaces the release's own DiT(s)."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        parts = load_components(path, dtype=dtype, device="cpu" if memory.get("offload_model") else device)
+        parts = load_components(path, dtype=dtype, device="cpu" if memory.get("offload_model") else device,
+                                dit_dir=dit_dir)
         return cls(**parts, device=device, dtype=dtype, **memory)
 
     @property
