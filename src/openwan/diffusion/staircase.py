@@ -32,14 +32,19 @@ def staircase_indices(groups: int, steps_per_shift: int, substep: int | torch.Te
     return ages * steps_per_shift + k.unsqueeze(-1) if k.ndim else ages * steps_per_shift + k
 
 
+def draw_staircase_indices(gen: torch.Generator, frames: int, patch_frames: int, steps_per_shift: int
+                           ) -> torch.Tensor:
+    """One sample's grid indices [frames] (int64) on the staircase of its window: each temporal patch a group of
+    its own (the stream's block 1), a sub-step drawn uniformly from ``gen``."""
+    k = int(torch.randint(steps_per_shift, (), generator=gen))
+    return staircase_indices(frames // patch_frames, steps_per_shift, k).repeat_interleave(patch_frames)
+
+
 def draw_staircase(gen: torch.Generator, frames: int, patch_frames: int, steps_per_shift: int,
                    shift: float) -> torch.Tensor:
-    """One sample's levels [frames] on the staircase of its window: each temporal patch a group of its own (the
-    stream's block 1), a sub-step drawn uniformly from ``gen``."""
-    groups = frames // patch_frames
-    k = int(torch.randint(steps_per_shift, (), generator=gen))
-    grid = staircase_grid(groups, steps_per_shift, shift).to(torch.float32)
-    return grid[staircase_indices(groups, steps_per_shift, k)].repeat_interleave(patch_frames)
+    """One sample's levels [frames] (float32) at the indices :func:`draw_staircase_indices` draws."""
+    grid = staircase_grid(frames // patch_frames, steps_per_shift, shift).to(torch.float32)
+    return grid[draw_staircase_indices(gen, frames, patch_frames, steps_per_shift)]
 
 
-__all__ = ["draw_staircase", "staircase_grid", "staircase_indices"]
+__all__ = ["draw_staircase", "draw_staircase_indices", "staircase_grid", "staircase_indices"]

@@ -31,7 +31,7 @@ from openwan.diffusion.consistency import (
     teacher_sigmas,
 )
 from openwan.diffusion.objective import token_timesteps
-from openwan.diffusion.staircase import staircase_indices
+from openwan.diffusion.staircase import draw_staircase_indices
 from openwan.models import WanDiT
 from openwan.train.distill_config import DistillConfig, check_window
 
@@ -69,7 +69,6 @@ class Teacher(nn.Module):
         for mask, model in ((high, self.high), (~high, self.low)):
             out[mask] = model(x[mask], t[mask], context[mask]).to(out.dtype)
         return out
-
 
     def _per_token(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         high = t >= self.boundary * 1000  # [B, L]
@@ -215,8 +214,7 @@ class Distillation:
             per_shift = self.cfg.teacher_steps // groups
         for gen in trainer._generators("noise", x0.shape[0]):
             if self.cfg.staircase:  # the window's staircase at a random teacher sub-step, oldest frame cleanest
-                k = int(torch.randint(per_shift, (), generator=gen))
-                index.append(staircase_indices(groups, per_shift, k).repeat_interleave(pt)[None])
+                index.append(draw_staircase_indices(gen, x0.shape[2], pt, per_shift)[None])
             elif self.starts is None:
                 index.append(torch.randint(self.cfg.teacher_steps, (1,), generator=gen))
             else:
