@@ -23,6 +23,7 @@ from openwan.models.text_encoder import encode_prompts, pad_context
 from openwan.pipelines import conditioning as cond
 from openwan.pipelines import ti2v, vace
 from openwan.pipelines.components import load_components
+from openwan.pipelines.decode_sigma import check_decode_sigma, naming_the_stop, stop_step
 from openwan.pipelines.defaults import SamplingDefaults
 from openwan.runtime.cache import BRANCHES, CacheRun, resolve
 from openwan.runtime.offload import BlockStreamer, on_device
@@ -35,6 +36,8 @@ class WanOutput:
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_gb: float | None = None
     cache: dict[str, int] | None = None  # with cache=: evaluations run and saved (CacheRun.summary)
+    steps_run: int | None = None  # solver steps the sampler ran (fewer than the schedule's with decode_sigma)
+    latents_sigma: float | None = None  # the noise level of ``latents``: 0 after a full run, sigma_k with decode_sigma
 
 
 class WanPipeline:
@@ -125,8 +128,8 @@ class WanPipeline:
                  image: torch.Tensor | None = None, last_image: torch.Tensor | None = None,
                  video: torch.Tensor | None = None, strength: float | None = None, cfg_batch: bool = True,
                  return_video: bool = True, progress: bool = True, cache=None, src_video: torch.Tensor | None = None,
-                 src_mask: torch.Tensor | None = None, src_ref_images=None, vace_context_scale: float = 1.0
-                 ) -> WanOutput:
+                 src_mask: torch.Tensor | None = None, src_ref_images=None, vace_context_scale: float = 1.0,
+                 decode_sigma: float | None = None) -> WanOutput:
         """Generate. Images/videos are [T, H, W, 3] in [0, 1] (an image may be [H, W, 3]).
 
         ``latents`` (when given) is the initial noise [C, F_lat, H/s, W/s] (s: the VAE's spatial compression), so
@@ -135,6 +138,9 @@ class WanPipeline:
         between steps (docs/acceleration.md); None or "off" runs the plain loop.
         ``task="ti2v"`` (a Wan2.2 TI2V model): text-to-video without ``image``; with it, the image is the clean first
         frame and the video takes its aspect ratio at about the area of ``size``.
+        ``decode_sigma`` (in (0, 1)): the sampler stops at the first level sigma_k <= it of the ordinary schedule
+        and the latent at sigma_k is decoded, for a VAE decoder trained on noisy latents (train-vae --decode-noise);
+        ``steps_run`` and ``latents_sigma`` of the output say where it stopped.
         """
         timings: dict[str, float] = {}
         if torch.cuda.is_available():
@@ -147,12 +153,13 @@ class WanPipeline:
         shift = d.sample_shift if sample_shift is None else sample_shift
         guide = d.guide_scale if guide_scale is None else guide_scale
         _check_sampling(steps, shift, guide, seed)
+        check_decode_sigma(decode_sigma)
         vace.check_inputs(self.dit, task, frame_num, src_video, src_mask, src_ref_images, vace_context_scale,
                           self.vae_stride[0])
         self._check_inputs(task, frame_num, width, height, image, last_image, video, strength)
         if task == "extend":
             return self._extend(prompt, negative_prompt, video, frame_num, (width, height), steps, shift, guide,
-                                solver, seed, cfg_batch, progress, timings, cache)
+                                solver, seed, cfg_batch, progress, timings, cache, decode_sigma)
         if task in ("i2v", "flf2v"):
             first = _as_frames(image)
             width, height = cond.size_for_image(first.shape[1:3], width * height, self.vae_stride[1],
@@ -163,7 +170,9 @@ class WanPipeline:
         sigmas = sampling_sigmas(steps, shift, kind=solver)
         if task == "v2v":  # enter the schedule at the first sigma <= strength
             sigmas = sigmas[min(int((sigmas[:-1] > strength).sum()), steps - 1):]
-        run = self._cache_run(cache, len(sigmas) - 1, _max_scale(guide) != 1.0)  # refuses before any compute
+        stop = stop_step(sigmas, decode_sigma)  # steps that run: all of them without decode_sigma
+        with naming_the_stop(decode_sigma, stop, len(sigmas) - 1):
+            run = self._cache_run(cache, stop, _max_scale(guide) != 1.0)  # refuses before any compute
 
         with _timer(timings, "text"):
             negative = d.negative_prompt if negative_prompt is None else negative_prompt
@@ -189,9 +198,10 @@ class WanPipeline:
             s = float(sigmas[0])
             x = (1 - s) * c.init_latents.float() + s * x
         with _timer(timings, "denoise"):
-            x = self.denoise(x, context, c, sigmas, solver, guide, cfg_batch, progress, run)
+            x = self.denoise(x, context, c, sigmas, solver, guide, cfg_batch, progress, run, stop=stop)
         x = x[:, :, c.prefix_frames:]  # vace: the reference images' frames are not part of the video
-        out = WanOutput(video=None, latents=x[0], timings=timings, cache=run.summary() if run else None)
+        out = WanOutput(video=None, latents=x[0], timings=timings, cache=run.summary() if run else None,
+                        steps_run=stop, latents_sigma=float(sigmas[stop]))
         if return_video:
             with _timer(timings, "decode"):
                 out.video = self.decode(x)
@@ -200,15 +210,17 @@ class WanPipeline:
         return out
 
     def denoise(self, x: torch.Tensor, context: torch.Tensor, c: cond.Conditioning, sigmas: torch.Tensor,
-                solver_name: str, guide, cfg_batch: bool, progress: bool = True, cache: CacheRun | None = None
-                ) -> torch.Tensor:
+                solver_name: str, guide, cfg_batch: bool, progress: bool = True, cache: CacheRun | None = None,
+                stop: int | None = None) -> torch.Tensor:
         """The shared loop: one model evaluation (both CFG branches) and one solver step per sigma; with
-        ``cache``, the cache is told each step and expert and decides what the evaluation recomputes."""
+        ``cache``, the cache is told each step and expert and decides what the evaluation recomputes. ``stop``:
+        run only the first ``stop`` steps (the solver still gets the whole grid) and return x at sigmas[stop]."""
         solver = make_solver(solver_name, sigmas)
         timesteps = timesteps_from_sigmas(sigmas).to(self.device)  # integer sigma*1000, as the reference
         x = c.restore(x)  # latents given clean (ti2v's image) start clean
         with _attached(cache):
-            for i in tqdm(range(len(sigmas) - 1), desc="denoising", disable=not progress, leave=False):
+            for i in tqdm(range(len(sigmas) - 1 if stop is None else stop), desc="denoising", disable=not progress,
+                          leave=False):
                 t = timesteps[i]
                 model, scale = self._expert(t, guide)
                 if cache is not None:
@@ -346,20 +358,22 @@ class WanPipeline:
         return cond.Conditioning(y=y, clip_fea=clip_fea)
 
     def _extend(self, prompt, negative_prompt, video, frame_num, size, steps, shift, guide, solver, seed,
-                cfg_batch, progress, timings, cache=None) -> WanOutput:
-        """Continue ``video`` from its last frame through i2v, ``frame_num`` frames per segment."""
+                cfg_batch, progress, timings, cache=None, decode_sigma=None) -> WanOutput:
+        """Continue ``video`` from its last frame through i2v, ``frame_num`` frames per segment (``decode_sigma``:
+        the new segment is decoded from its latent at that level; the input frames are kept as they are)."""
         if video is None:
             raise ValueError("task extend needs an input video: pass video= (CLI: --video).")
         frames = _as_frames(video)
         out = self(prompt, negative_prompt, task="i2v", size=size, frame_num=frame_num, sample_steps=steps,
                    sample_shift=shift, guide_scale=guide, solver=solver, seed=seed, image=frames[-1],
-                   cfg_batch=cfg_batch, progress=progress, cache=cache)
+                   cfg_batch=cfg_batch, progress=progress, cache=cache, decode_sigma=decode_sigma)
         height, width = out.video.shape[1:3]
         head = resize_crop(frames, (width, height))
         # The new segment's first frame re-creates the conditioning frame: keep the original one.
         video_out = torch.cat([head, out.video[1:]])
         return WanOutput(video=video_out, latents=out.latents, timings={**timings, **out.timings},
-                         peak_memory_gb=out.peak_memory_gb, cache=out.cache)
+                         peak_memory_gb=out.peak_memory_gb, cache=out.cache, steps_run=out.steps_run,
+                         latents_sigma=out.latents_sigma)
 
     # ------------------------------------------------------------------------------------ decoding
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
