@@ -34,6 +34,7 @@ from openwan.models.layers import ATTENTION_BACKENDS
 from openwan.pipelines import WanPipeline, vace
 from openwan.pipelines import conditioning as cond
 from openwan.pipelines.components import BUNDLED, BUNDLED_NOTE, holds_dit
+from openwan.pipelines.decode_sigma import check_decode_sigma, naming_the_stop, steps_to_run
 from openwan.pipelines.defaults import SamplingDefaults, defaults_for
 from openwan.pipelines.prompt_extend import extend_prompt
 from openwan.runtime.accel import apply_accelerations, check_request, describe
@@ -83,6 +84,10 @@ def add_parser(sub) -> None:
     p.add_argument("--sample-guide-scale", type=float, nargs="+", default=None,
                    help="guidance scale in [0, 100] (two values low high for Wan2.2 A14B)")
     p.add_argument("--base-seed", type=int, default=0, help="noise seed, -2**63 to 2**64-1")
+    p.add_argument("--decode-sigma", type=float, default=None, metavar="S",
+                   help="stop the sampler at the first noise level <= S, in (0, 1), of the ordinary schedule and let "
+                        "the VAE decoder finish the denoising: for a decoder trained with openwan train-vae "
+                        "--decode-noise (docs/vae_compression.md); default: denoise to the end")
     p.add_argument("--offload-model", action="store_true", help="move each model to the CPU when its stage ends")
     p.add_argument("--t5-cpu", action="store_true", help="keep the text encoder on the CPU")
     p.add_argument("--convert-model-dtype", action="store_true",
@@ -188,6 +193,11 @@ def check_args(args: argparse.Namespace) -> Plan:
     steps = args.sample_steps or (defaults.sample_steps if defaults else None)
     if cache is not None and steps is not None and args.task != "v2v":  # v2v's steps depend on --strength
         cache.check(steps)
+        if args.decode_sigma is not None and defaults is not None:  # the cache is sized by the steps that run
+            shift = defaults.sample_shift if args.sample_shift is None else args.sample_shift
+            run = steps_to_run(steps, shift, args.sample_solver, args.decode_sigma)
+            with naming_the_stop(args.decode_sigma, run, steps, "--decode-sigma"):
+                cache.check(run)
     frame_num = args.frame_num or (defaults.frame_num if defaults else None)
     width_height = size or (defaults.size if defaults else None)
     if facts and frame_num and width_height:
@@ -206,6 +216,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for value in args.sample_guide_scale or ():
         check_number("--sample-guide-scale", value, 0, 100, example="5")
     check_number("--strength", args.strength, 0, 1, low_open=True, example="0.7")
+    check_decode_sigma(args.decode_sigma, "--decode-sigma")
     check_number("--fps", args.fps, 1, 240, example="16")
     check_number("--ulysses-size", args.ulysses_size, 1, 1024, example="2")
     check_number("--ring-size", args.ring_size, 1, 1024, example="2")
@@ -422,7 +433,7 @@ def _run(args: argparse.Namespace) -> int:
                solver=args.sample_solver, seed=args.base_seed, image=plan.image, last_image=plan.last,
                video=plan.video, strength=args.strength, cfg_batch=not args.no_cfg_batch,
                return_video=task in ("extend",), progress=main_rank, cache=args.cache,
-               vace_context_scale=args.vace_context_scale, **(plan.vace or {}))
+               vace_context_scale=args.vace_context_scale, decode_sigma=args.decode_sigma, **(plan.vace or {}))
     if not main_rank:  # every rank computed the same latents; rank 0 decodes and writes
         return 0
     if args.save_latents:
@@ -448,6 +459,9 @@ def _run(args: argparse.Namespace) -> int:
     if out.cache is not None:
         print(f"cache {args.cache}: {out.cache['dit_evaluations']} of {out.cache['uncached_dit_evaluations']} DiT "
               "evaluations run")
+    if args.decode_sigma is not None:
+        print(f"decode sigma {args.decode_sigma:g}: the sampler ran {out.steps_run} steps and stopped at sigma "
+              f"{out.latents_sigma:.4g}; the VAE decoder took the latent there")
     if torch.cuda.is_available():
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 1024**3:.2f} GB")
     return 0

@@ -50,13 +50,13 @@ def steps_to_run(steps: int, shift: float, solver: str, decode_sigma: float | No
 
 
 @contextlib.contextmanager
-def naming_the_stop(decode_sigma: float | None, stop: int, steps: int):
+def naming_the_stop(decode_sigma: float | None, stop: int, steps: int, name: str = "decode_sigma"):
     """A ValueError raised inside (a diffusion cache refusing a run too short for it) also says that
-    ``decode_sigma`` cut the run from ``steps`` to ``stop`` steps."""
+    ``decode_sigma`` (called ``name``) cut the run from ``steps`` to ``stop`` steps."""
     try:
         yield
     except ValueError as err:
         if decode_sigma is None or stop == steps:
             raise
-        raise ValueError(f"{err} (decode_sigma {decode_sigma:g} stops the run after {stop} of its {steps} steps: "
-                         "lower decode_sigma or sample more steps.)") from None
+        raise ValueError(f"{err} ({name} {decode_sigma:g} stops the run after {stop} of its {steps} steps: lower "
+                         f"{name} or sample more steps.)") from None
