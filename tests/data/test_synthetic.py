@@ -228,6 +228,29 @@ def test_paths_choose_how_much_the_start_tells():
         sample_layout("red", "circle", "left", 0, paths="short")
 
 
+def test_wrap_paths_keep_their_speed_at_any_length_and_wrap_around():
+    """paths="wrap": a 49-frame clip runs at the speed its 17-frame twin has (a reversible path's), keeps the
+    object whole on the torus in every frame, and carries it past the edge and back in by the other side."""
+    wrapped = 0
+    for seed, shape, motion in itertools.product(range(6), SHAPES, MOTIONS):
+        short = sample_layout("green", shape, motion, seed, frames=17, paths="wrap")
+        long = sample_layout("green", shape, motion, seed, frames=49, paths="wrap")
+        assert long.wrap and long.start == short.start
+        velocity = [(e - s) / (lay.frames - 1) for lay in (short, long) for s, e in zip(lay.start, lay.end)]
+        assert velocity[:2] == pytest.approx(velocity[2:])
+        if motion != "still":  # a reversible path's per-frame speed: 35-50% of the room over 16 frames
+            speed = max(map(abs, velocity[2:]))
+            assert 0.35 * 0.5 * 64 / 16 < speed < 0.5 * 64 / 16
+        areas = torch.stack([shape_coverage(long, t).sum() for t in range(long.frames)])
+        # Never cut off (sub-pixel anti-aliasing aside): what leaves by one edge enters by the other.
+        assert torch.allclose(areas, areas[0], rtol=3e-3)
+        xs = [long.centre(t)[0] for t in range(long.frames)] + [long.centre(t)[1] for t in range(long.frames)]
+        assert all(0 <= v < 64 for v in xs)
+        wrapped += any(abs(a - b) > 32 for a, b in zip(xs[1:long.frames], xs[:long.frames - 1]))
+        wrapped += any(abs(a - b) > 32 for a, b in zip(xs[long.frames + 1:], xs[long.frames:-1]))
+    assert wrapped >= 0.4 * 6 * len(SHAPES) * 4  # most moving objects cross an edge within 49 frames
+
+
 def test_background_is_never_an_object_colour():
     palette = torch.tensor(list(COLOURS.values()))  # [6, 3]
     for seed in range(200):

@@ -41,6 +41,21 @@ def test_other_sizes_and_lengths():
     assert min(accuracy.values()) >= 0.99, accuracy
 
 
+def test_wrap_reads_objects_that_wrap_around_the_edges():
+    """Windows of 49-frame wrapping clips (data synth --paths wrap, what the streaming student trains on): read right
+    with wrap=True, whose centroids live on the torus; the plain line fit gets motion wrong on the windows where the
+    object crosses an edge. On ordinary clips both readings agree."""
+    combos = combinations()[::3]
+    wrapping = [render_clip(*c, seed=i, frames=49, paths="wrap") for i, c in enumerate(combos)]
+    windows = [(clip[a:a + 17], c) for clip, c in zip(wrapping, combos) for a in (0, 16, 32)]
+    hits = [detect(v, wrap=True).matches(*c) for v, c in windows]
+    assert all(h["all"] for h in hits), [c for (_, c), h in zip(windows, hits) if not h["all"]]
+    plain = [detect(v).matches(*c)["motion"] for v, c in windows]
+    assert sum(plain) < 0.9 * len(windows)
+    ordinary = [render_clip(*c, seed=100 + i) for i, c in enumerate(combos)]
+    assert [detect(v, wrap=True).to_dict()["motion"] for v in ordinary] == [detect(v).motion for v in ordinary]
+
+
 def test_background_fit_ignores_an_object_on_the_border():
     clip = render_clip("white", "square", "still", seed=0)
     gradient = torch.linspace(0.2, 0.4, 64)[None, :, None].expand(64, 64, 3)  # [H, W, 3]

@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
     s.add_argument("--manifest", default="manifest.jsonl", help="manifest file name in --out (.jsonl or .parquet)")
     s.add_argument("--paths", default="long", choices=list(PATHS),
                    help="long: 40-60%% of the frame, the start gives the direction away; reversible: shorter, from "
-                        "a start the reverse path would also fit from")
+                        "a start the reverse path would also fit from; wrap: a reversible path's speed for any "
+                        "--frames, wrapping around the edges (long clips for the streaming student)")
     s.add_argument("--captions", default="templates", choices=list(CAPTION_KINDS),
                    help="templates: the dataset's caption templates; varied: a quarter of those and the rest from a "
                         "richer grammar (more verbs, direction phrases, adverbs, trailing phrases, word orders, ways "

@@ -61,7 +61,10 @@ SPLITS = ("train", "heldout")
 # rendered frames (coloured edges at 64 px), a ceiling no VAE trained or measured on them could pass.
 MP4_OPTIONS = {"preset": "ultrafast", "crf": 0, "pix_fmt": "yuv444p"}
 # Path kinds (:func:`sample_layout`) and the range their travel fraction is drawn from.
-PATHS = {"long": (0.40, 0.60), "reversible": (0.35, 0.50)}
+# "wrap": the travel of a reversible path over WRAP_REFERENCE_FRAMES frames sets the speed, which clips of any length
+# keep: the object runs on and wraps around the frame's edges.
+PATHS = {"long": (0.40, 0.60), "reversible": (0.35, 0.50), "wrap": (0.35, 0.50)}
+WRAP_REFERENCE_FRAMES = 17
 
 
 # --------------------------------------------------------------------------------------------- split
@@ -130,10 +133,13 @@ class ClipLayout:
     end: tuple[float, float]
     background: tuple[float, float, float]  # mean background colour
     gradient: tuple[float, float]  # (angle in radians, amplitude) of the background's linear ramp
+    wrap: bool = False  # the frame is a torus: positions are taken modulo the width and height
 
     def centre(self, t: int) -> tuple[float, float]:
+        """The shape's centre at frame ``t`` (wrapped into the frame when ``wrap``; ``end`` is then unwrapped)."""
         f = t / (self.frames - 1)
-        return (self.start[0] + f * (self.end[0] - self.start[0]), self.start[1] + f * (self.end[1] - self.start[1]))
+        x, y = self.start[0] + f * (self.end[0] - self.start[0]), self.start[1] + f * (self.end[1] - self.start[1])
+        return (x % self.width, y % self.height) if self.wrap else (x, y)
 
     def box(self, t: int) -> tuple[float, float, float, float]:
         """(left, top, right, bottom) of the shape at frame ``t``."""
@@ -161,7 +167,11 @@ def sample_layout(colour: str, shape: str, motion: str, seed: int, size: int | t
       for it): about one latent pixel per latent frame, but a path that long gives its direction away by where it
       starts (a left mover starts in the right half).
     - ``"reversible"``: 35-50% of the room the object has, from a start the reverse path would also fit from
-      (near the middle of the axis): where the object starts says nothing of which way it goes."""
+      (near the middle of the axis): where the object starts says nothing of which way it goes.
+    - ``"wrap"``: the speed of a reversible path over :data:`WRAP_REFERENCE_FRAMES` frames, kept for all
+      ``frames``, from anywhere in the frame; the object leaves by one edge and comes back by the other (drawn on a
+      torus, so near an edge it shows in part on both sides). Long clips of it never stop moving, as an endless
+      stream must not."""
     _check_attributes(colour, shape, motion)
     _check_paths(paths)
     width, height = _size(size)
@@ -177,6 +187,14 @@ def sample_layout(colour: str, shape: str, motion: str, seed: int, size: int | t
     travel = rng.uniform(*PATHS[paths])
     margin = 1.0
     room_x, room_y = width - 2 * (margin + hx), height - 2 * (margin + hy)  # the farthest a path can go, pixels
+    if paths == "wrap":  # constant speed for any length, from anywhere
+        steps = (frames - 1) / (WRAP_REFERENCE_FRAMES - 1)
+        shift_x, shift_y = dx * travel * room_x * steps, dy * travel * room_y * steps
+        x0, y0 = float(rng.uniform(0, width)), float(rng.uniform(0, height))
+        rgb = np.clip(np.array(COLOURS[colour]) + rng.uniform(-0.03, 0.03, size=3), 0, 1)
+        return ClipLayout(shape=shape, width=width, height=height, frames=frames, rgb=tuple(map(float, rgb)),
+                          radius=radius, start=(x0, y0), end=(x0 + shift_x, y0 + shift_y),
+                          background=tuple(map(float, base)), gradient=gradient, wrap=True)
     if paths == "long":  # a fraction of the frame, capped by the room
         shift_x, shift_y = dx * min(travel * width, room_x), dy * min(travel * height, room_y)
         # Start positions that keep the whole bounding box in frame at both ends of the (straight) path.
@@ -203,6 +221,9 @@ def shape_coverage(layout: ClipLayout, t: int) -> torch.Tensor:
                           torch.arange(layout.width, dtype=torch.float64) + 0.5, indexing="ij")
     cx, cy = layout.centre(t)
     dx, dy = x - cx, y - cy
+    if layout.wrap:  # the nearest copy of the centre on the torus
+        dx = dx - layout.width * torch.round(dx / layout.width)
+        dy = dy - layout.height * torch.round(dy / layout.height)
     hx, hy = half_extent(layout.shape, layout.radius)
     if layout.shape == "circle":
         dist = torch.sqrt(dx * dx + dy * dy) - layout.radius  # signed distance to the edge, pixels

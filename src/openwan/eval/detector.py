@@ -11,6 +11,11 @@ background may be tinted or shaded. The object is what lies far from that model:
   the codec's half-resolution chroma barely moves them;
 - motion: the centroid's displacement over the clip (a least-squares line through the per-frame centroids):
   "still" below ``still_threshold`` (a fraction of the frame side), else its dominant direction.
+
+``wrap=True`` reads videos whose object wraps around the frame's edges (``openwan data synth --paths wrap``, and
+the long streams trained on it): the frame is a torus, each centroid a circular mean (so an object split across
+an edge has one centre), the path is unwrapped step by step (each step the shortest way round), and fill and
+skewness are measured with each frame rolled to put the object in the middle.
 """
 
 from __future__ import annotations
@@ -50,8 +55,9 @@ class Detection:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-def detect(video: torch.Tensor, still_threshold: float = 0.1) -> Detection:
-    """Detect the object in ``video`` [T, H, W, 3] in [0, 1] (a single frame [H, W, 3] gives motion None)."""
+def detect(video: torch.Tensor, still_threshold: float = 0.1, wrap: bool = False) -> Detection:
+    """Detect the object in ``video`` [T, H, W, 3] in [0, 1] (a single frame [H, W, 3] gives motion None);
+    ``wrap``: the object may wrap around the frame's edges (see the module's docstring)."""
     frames = video.detach().float().cpu()
     if frames.ndim == 3:
         frames = frames[None]
@@ -67,9 +73,11 @@ def detect(video: torch.Tensor, still_threshold: float = 0.1) -> Detection:
         return Detection(None, None, None, contrast=round(contrast, 4))
     core = dist > 0.75 * contrast
     rgb = frames[core].mean(0)  # [3]
-    fill = _median([_fill_ratio(a) for a, s in zip(alpha, seen) if s])
-    skew = _median([_vertical_skewness(a) for a, s in zip(alpha, seen) if s])
-    displacement = _displacement(alpha, seen) if frames.shape[0] > 1 else None
+    centroids = _torus_centroids(alpha) if wrap else _centroids(alpha)  # [T, 2], fractions of the frame
+    shapes = _centred(alpha, centroids) if wrap else alpha
+    fill = _median([_fill_ratio(a) for a, s in zip(shapes, seen) if s])
+    skew = _median([_vertical_skewness(a) for a, s in zip(shapes, seen) if s])
+    displacement = _displacement(centroids, seen, wrap) if frames.shape[0] > 1 else None
     return Detection(colour=nearest_colour(rgb), shape=classify_shape(fill, skew),
                      motion=None if displacement is None else motion_from_displacement(displacement, still_threshold),
                      rgb=tuple(round(float(v), 4) for v in rgb), fill_ratio=round(fill, 4), skewness=round(skew, 4),
@@ -157,17 +165,48 @@ def _vertical_skewness(alpha: torch.Tensor) -> float:
     return float(third / var.clamp(min=1e-9) ** 1.5)
 
 
-def _displacement(alpha: torch.Tensor, seen: torch.Tensor) -> tuple[float, float]:
-    """The centroid's motion over the clip as (dx / W, dy / H): the slope of a line fitted to the centroids."""
+def _centroids(alpha: torch.Tensor) -> torch.Tensor:
+    """Each frame's coverage-weighted centre [T, 2] as (x / W, y / H), from coverage [T, H, W]."""
     t, h, w = alpha.shape
     y, x = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
                           indexing="ij")
     area = alpha.sum((1, 2)).clamp(min=1e-6)
-    centroids = torch.stack([(alpha * x).sum((1, 2)) / area / w, (alpha * y).sum((1, 2)) / area / h], -1)  # [T, 2]
+    return torch.stack([(alpha * x).sum((1, 2)) / area / w, (alpha * y).sum((1, 2)) / area / h], -1)
+
+
+def _torus_centroids(alpha: torch.Tensor) -> torch.Tensor:
+    """Each frame's centre [T, 2] in [0, 1) on the torus: the circular mean of each axis's coverage profile."""
+    centres = []
+    for profile in (alpha.sum(1), alpha.sum(2)):  # [T, W]: mass per column (x); [T, H]: per row (y)
+        angle = 2 * math.pi * torch.arange(profile.shape[1], dtype=torch.float32) / profile.shape[1]
+        mean = torch.atan2((profile * angle.sin()).sum(1), (profile * angle.cos()).sum(1))
+        centres.append((mean / (2 * math.pi)) % 1.0)
+    return torch.stack(centres, -1)
+
+
+def _centred(alpha: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Coverage [T, H, W] with each frame rolled (on the torus) to put its centroid in the middle."""
+    t, h, w = alpha.shape
+    out = torch.empty_like(alpha)
+    for i in range(t):
+        shift_x = w // 2 - int(round(float(centroids[i, 0]) * w))
+        shift_y = h // 2 - int(round(float(centroids[i, 1]) * h))
+        out[i] = alpha[i].roll((shift_y, shift_x), (0, 1))
+    return out
+
+
+def _displacement(centroids: torch.Tensor, seen: torch.Tensor, wrap: bool = False) -> tuple[float, float]:
+    """The centroid's motion over the clip as (dx / W, dy / H): the slope of a line fitted to the centroids
+    [T, 2] of the frames ``seen``; with ``wrap``, fitted to the path unwrapped step by step (each step between
+    seen frames taken the shortest way round the torus)."""
+    t = centroids.shape[0]
     times = torch.arange(t, dtype=torch.float32)[seen]
     points = centroids[seen]
     if len(times) < 2:
         return 0.0, 0.0
+    if wrap:
+        steps = points.diff(dim=0)
+        points = torch.cat([points[:1], points[:1] + (steps - steps.round()).cumsum(0)])
     tc = times - times.mean()
     slope = (tc[:, None] * (points - points.mean(0))).sum(0) / (tc * tc).sum()  # [2], per frame
     dx, dy = (slope * (t - 1)).tolist()
