@@ -150,8 +150,8 @@ class CausalConv3d(nn.Conv3d):
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if use_onednn_conv3d(x):
-            return torch.ops.aten.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation,
-                                                     self.groups)
+            return torch.ops.aten.mkldnn_convolution(x, cpu_conv_weight(x, weight), bias, self.padding,
+                                                     self.stride, self.dilation, self.groups)
         return super()._conv_forward(x, cpu_conv_weight(x, weight), bias)
 
     def _with_history(self, x: torch.Tensor, cache: FeatureCache | None) -> tuple[torch.Tensor, torch.Tensor]:
