@@ -12,7 +12,7 @@ from transformers import ByT5Tokenizer, UMT5EncoderModel
 from openwan.cli import train as train_cmd
 from openwan.configs import TEXT_ENCODER_PRESETS, VAE_PRESETS
 from openwan.data.buckets import Bucket
-from openwan.data.cache import build_latent_cache, build_text_cache
+from openwan.data.cache import CachedDataset, build_latent_cache, build_text_cache
 from openwan.data.manifest import ClipRecord, read_manifest, write_manifest
 from openwan.data.video import save_video
 from openwan.models import WanVAE
@@ -96,3 +96,56 @@ def test_cache_training_and_bucket_mismatch(tmp_path):
     with pytest.raises(ValueError, match=r"no clip of the cache .* is in the buckets.*fewer frames at the "
                                          r"same height"):
         Trainer(wrong).fit()
+
+
+def test_random_windows_cut_long_cached_clips_anywhere_and_resume_exactly(tmp_path):
+    """window: random: a stage of 5-frame buckets (2 latent frames) on clips cached at 17 frames (5 latent frames)
+    trains on windows at every latent offset, each exactly a slice of its clip's cached latents, and a run resumed
+    half way draws the same windows (the same losses)."""
+    g = torch.Generator().manual_seed(1)
+    records = [ClipRecord(path=save_video(torch.rand(17, 32, 32, 3, generator=g), tmp_path / f"long{i}.mp4",
+                                          fps=16).name, caption=f"long clip {i}", frames=17, fps=16, width=32,
+                          height=32) for i in range(4)]
+    records = read_manifest(write_manifest(records, tmp_path / "manifest.jsonl"))
+    torch.manual_seed(0)
+    cache = tmp_path / "cache"
+    build_latent_cache(records, WanVAE(VAE_PRESETS["tiny"]).eval(), [Bucket(17, 32, 32)], cache)
+    build_text_cache(records, UMT5EncoderModel(TEXT_ENCODER_PRESETS["tiny"].to_hf()).eval(), ByT5Tokenizer(), cache,
+                     text_len=32)
+    overrides = ["model.preset=tiny", f"data.cache_dir={cache}", "stages.0.steps=6", "stages.0.batch_size=2",
+                 "stages.0.buckets=[[5, 32, 32]]", "stages.0.window=random", "checkpoint.every=3",
+                 "schedule.kind=constant", "log.progress=false", "log.every=1"]
+    seen = []
+
+    class Spy(Trainer):
+        def prepare_batch(self, batch):
+            x0, context = super().prepare_batch(batch)
+            seen.extend(zip(batch["key"], x0))
+            return x0, context
+
+    Spy(load_config(None, [*overrides, f"output_dir={tmp_path / 'a'}"])).fit()
+    whole = CachedDataset(cache)
+    starts = []
+    for key, window in seen:
+        clip = whole[whole.keys.index(key)]["latents"]  # [C, 5, h, w]
+        assert window.shape[1] == 2
+        starts += [s for s in range(4) if torch.equal(clip[:, s:s + 2], window)][:1]
+    assert len(starts) == len(seen) == 12 and set(starts) == {0, 1, 2, 3}
+    Trainer(load_config(None, [*overrides, f"output_dir={tmp_path / 'b'}", "stages.0.steps=3"])).fit()
+    Trainer(load_config(None, [*overrides, f"output_dir={tmp_path / 'b'}"])).fit()
+    a, b = (read_metrics(tmp_path / d / "metrics.jsonl") for d in ("a", "b"))
+    assert [r["loss"] for r in a] == [r["loss"] for r in b] and len(a) == 6
+
+
+def test_random_windows_need_a_cache_and_one_window_length(tmp_path):
+    manifest = _manifest(tmp_path, bad=False)
+    with pytest.raises(ValueError, match=r"stages.0.window"):
+        load_config(None, ["stages.0.window=middle"])
+    with pytest.raises(ValueError, match=r"stages.0.buckets.*one frame count"):
+        load_config(None, ["stages.0.window=random", "stages.0.buckets=[[1, 32, 32], [5, 32, 32]]"])
+    cfg = load_config(None, ["model.preset=tiny", "model.vae=tiny", "model.text_encoder=tiny", "model.tokenizer=byt5",
+                             f"data.manifest={manifest}", "stages.0.window=random", "stages.0.buckets=[[5, 32, 32]]",
+                             f"output_dir={tmp_path / 'run'}", "log.progress=false"])
+    with pytest.raises(ValueError, match=r"window: random cuts windows from a latent cache"):
+        Trainer(cfg).fit()
+    assert not list((tmp_path / "run").glob("step-*"))

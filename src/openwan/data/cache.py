@@ -303,9 +303,11 @@ class CachedDataset(Dataset):
             logger.warning("%d of %d clips are not in the cache %s and will not be drawn", missing, len(self.keys),
                            self.cache_dir)
 
-    def fit_buckets(self, buckets: Sequence[Bucket]) -> list[Bucket | None]:
+    def fit_buckets(self, buckets: Sequence[Bucket], whole: bool = False) -> list[Bucket | None]:
         """Each item's bucket among ``buckets``, which the item is served at from now on: its cached bucket, else
-        the longest one of the same size with fewer frames, else None (not drawn).
+        the longest one of the same size with fewer frames, else None (not drawn). ``whole``: an item that fits a
+        shorter bucket is served whole, at its cached bucket, for the caller to cut its own window from (the
+        trainer's ``window: random``).
 
         A shorter bucket is served as the first latent frames of the cached clip. Wan's VAE is causal in time (it
         encodes frame 0 alone, then 4 frames per latent frame, each seeing only earlier frames), so the first
@@ -320,6 +322,8 @@ class CachedDataset(Dataset):
                 shorter = [b for b in wanted if (b.height, b.width) == (cached.height, cached.width)
                            and b.frames <= cached.frames]
                 fit = max(shorter, key=lambda b: b.frames, default=None)
+                if whole and fit is not None:
+                    fit = cached
             served.append(fit)
         self.served = served
         return list(served)
@@ -376,5 +380,21 @@ class CachedDataset(Dataset):
         return BucketBatchSampler(self.buckets, batch_size, seed, **kwargs)
 
 
-__all__ = ["build_latent_cache", "build_text_cache", "CachedDataset", "CacheReport", "LATENT_INDEX", "TEXT_INDEX",
-           "TEXT_EMPTY"]
+def cut_windows(latents: torch.Tensor, frames: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Windows of ``frames`` latent frames from latents [B, C, F, h, w], each sample's at a uniform random latent
+    offset in [0, F - frames] drawn from its own generator (the last F - frames + 1 latent positions all serve as
+    starts, the clip's first one included). F == frames returns ``latents`` itself, drawing nothing."""
+    total = latents.shape[2]
+    if frames > total:
+        raise ValueError(f"a window of {frames} latent frames does not fit clips of {total}; give the stage a shorter "
+                         "bucket, or build the cache from longer clips.")
+    if frames == total:
+        return latents
+    if len(generators) != latents.shape[0]:
+        raise ValueError(f"cut_windows needs one generator per sample; got {len(generators)} for {latents.shape[0]}.")
+    starts = [int(torch.randint(0, total - frames + 1, (1,), generator=g)) for g in generators]
+    return torch.stack([x[:, s:s + frames] for x, s in zip(latents, starts)])
+
+
+__all__ = ["build_latent_cache", "build_text_cache", "CachedDataset", "CacheReport", "cut_windows", "LATENT_INDEX",
+           "TEXT_INDEX", "TEXT_EMPTY"]

@@ -103,14 +103,19 @@ class SamplerLoader:
 
 def bucket_source(*, manifest: str | None, cache_dir: str | None, buckets: Sequence[Sequence[int]], batch_size: int,
                   seed: int, fps: float = 16.0, num_workers: int = 0, image_video_ratio: float | None = None,
-                  dp_rank: int = 0, dp_size: int = 1, label: str = "the data") -> SamplerLoader:
+                  dp_rank: int = 0, dp_size: int = 1, label: str = "the data", whole: bool = False) -> SamplerLoader:
     """Batches of ``batch_size`` clips (the global batch) from a manifest of raw clips or a latent + text cache,
     each at one of ``buckets`` ((frames, height, width) in pixels); data-parallel rank ``dp_rank`` of ``dp_size``
     gets its ``batch_size / dp_size`` samples of each. ``label`` names the source in messages (e.g. a stage).
 
     With both ``manifest`` and ``cache_dir``, the cache's clips that the manifest names (by id) are drawn, by the
-    manifest's weights. Sampling weights: the manifest's ``weight`` column, else the cache entries' ``weight``."""
+    manifest's weights. Sampling weights: the manifest's ``weight`` column, else the cache entries' ``weight``.
+    ``whole``: cached clips longer than a bucket come whole (``CachedDataset.fit_buckets``), for the trainer to cut
+    a window from; a cache is needed for it."""
     wanted = [Bucket(*b) for b in buckets]
+    if whole and not cache_dir:
+        raise ValueError(f"{label}: window: random cuts windows from a latent cache; set data.cache_dir (build the "
+                         "cache from clips longer than the stage's buckets), or use window: start.")
     if manifest and not cache_dir:
         records = read_manifest(manifest)
         assignments = assign_buckets(records, wanted, fps=fps)
@@ -122,7 +127,7 @@ def bucket_source(*, manifest: str | None, cache_dir: str | None, buckets: Seque
         dataset = CachedDataset(cache_dir, records)
         # A cache holds each clip at the bucket it was built for: the source serves those in its buckets, and the
         # first frames of longer ones (exact for a causal VAE; see CachedDataset.fit_buckets).
-        assignments = dataset.fit_buckets(wanted)
+        assignments = dataset.fit_buckets(wanted, whole=whole)
         if not any(assignments):
             cached = sorted({tuple(b.as_list()) for b in dataset.buckets if b is not None})
             raise ValueError(f"{label}: no clip of the cache {cache_dir} is in the buckets "

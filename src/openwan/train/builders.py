@@ -152,7 +152,8 @@ def data_from_config(cfg: TrainConfig, dp_rank: int = 0, dp_size: int = 1) -> Da
         return bucket_source(manifest=manifest, cache_dir=cache_dir, buckets=stage.buckets,
                              batch_size=stage.batch_size, seed=cfg.seed + 1000 * index, fps=cfg.data.fps,
                              num_workers=cfg.data.num_workers, image_video_ratio=stage.image_video_ratio,
-                             dp_rank=dp_rank, dp_size=dp_size, label=f"stage {index} ({stage.name})")
+                             dp_rank=dp_rank, dp_size=dp_size, label=f"stage {index} ({stage.name})",
+                             whole=stage.window == "random")
 
     return factory
 

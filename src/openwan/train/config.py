@@ -87,7 +87,9 @@ class StageConfig:
     sequence, e.g. a stage weighted to high noise and then one to middle noise, on the same data).
     From a latent cache, a clip cached at a longer bucket of the same size trains at a shorter one of the stage
     as its first latent frames (exact for the causal VAE; ``CachedDataset.fit_buckets``): one cache of long clips
-    serves a curriculum that starts on short clips or images.
+    serves a curriculum that starts on short clips or images. ``window: random`` instead cuts each sample's window
+    of the stage's latent frames at a random latent offset of the longer cached clip (a fresh draw per sample and
+    step, from the run's seeded draws): the middle of long clips, as a stream's sliding window sees them.
     """
 
     name: str = "stage"
@@ -100,6 +102,7 @@ class StageConfig:
     manifest: str | None = None
     cache_dir: str | None = None
     timesteps: TimestepConfig | None = None
+    window: Literal["start", "random"] = "start"  # where in a longer cached clip a stage's shorter bucket is cut
 
 
 @dataclass(frozen=True)
@@ -385,6 +388,10 @@ def _validate_stage(stage: StageConfig, name: str) -> None:
                stage.image_video_ratio)
     if stage.timesteps is not None:
         _validate_timesteps(stage.timesteps, f"{name}.timesteps")
+    check(stage.window in ("start", "random"), f"{name}.window", "start or random", stage.window)
+    if stage.window == "random":
+        check(len({b[0] for b in stage.buckets}) == 1, f"{name}.buckets",
+              "buckets of one frame count with window: random (the windows' length)", list(stage.buckets))
 
 
 def _validate_timesteps(t: TimestepConfig, name: str) -> None:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from openwan.data.cache import cut_windows
 from openwan.data.sources import BatchSource, DataFactory
 from openwan.data.video import save_video
 from openwan.diffusion import resolution_shift
@@ -128,7 +129,7 @@ class Trainer(DiTCheckpointing):
         self.ema = EMA(self.params, cfg.ema.decay) if cfg.ema.decay > 0 else None
         # How many times σ/ε and text dropout were drawn: with the seed and each sample's index in the global
         # batch this fixes every draw (see sample_generator), so a checkpoint holds the counts, not generator states.
-        self.draws = {"noise": 0, "dropout": 0}
+        self.draws = {"noise": 0, "dropout": 0, "window": 0}
         given = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer}
         built = build_encoders(cfg, self.device, only=[k for k, v in given.items() if v is None])
         parts = {k: v if v is not None else built.get(k) for k, v in given.items()}
@@ -366,14 +367,17 @@ class Trainer(DiTCheckpointing):
 
     def _generators(self, stream: str, batch: int) -> list[torch.Generator]:
         """One generator per sample of this rank's batch for the next draw of ``stream``."""
-        draw = self.draws[stream]
-        self.draws[stream] += 1
+        draw = self.draws.get(stream, 0)  # a checkpoint from before a stream existed holds no count for it
+        self.draws[stream] = draw + 1
         first = self.dp_rank * batch  # shards are equal: sample j here is sample first + j of the global batch
         return [sample_generator(self.cfg.seed, stream, draw, first + j) for j in range(batch)]
 
     def prepare_batch(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0 [B, C, F, h, w] float32, context [B, L, text_dim]) on the training device, text dropout applied."""
         x0 = self.latents_of(batch)
+        stage = stage_at(self.cfg, self.step)[0]
+        if stage.window == "random":  # whole cached clips in; each sample's window at its own random offset
+            x0 = cut_windows(x0, 1 + (stage.buckets[0][0] - 1) // 4, self._generators("window", x0.shape[0]))
         context, empty = self.context_of(batch)
         if context.shape[0] != x0.shape[0]:
             raise ValueError(f"the batch has {x0.shape[0]} samples but {context.shape[0]} contexts; give one caption "
@@ -488,13 +492,14 @@ def train(cfg: TrainConfig, **kwargs: Any) -> dict:
 
 def sample_generator(seed: int, stream: str, draw: int, index: int) -> torch.Generator:
     """The generator of one sample's random draws: a pure function of the run's seed, the stream ("noise" for σ
-    and ε, "dropout" for text dropout), the draw number (once per step) and the sample's index in the global
-    batch — so any split of the batch over data-parallel ranks draws exactly what one process draws."""
+    and ε, "dropout" for text dropout, "window" for a stage's random windows), the draw number (once per step)
+    and the sample's index in the global batch — so any split of the batch over data-parallel ranks draws
+    exactly what one process draws."""
     words = np.random.SeedSequence([seed % 2**64, _STREAMS[stream], draw, index]).generate_state(2)  # 2 x uint32
     return torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
 
 
-_STREAMS = {"noise": 1, "dropout": 2}
+_STREAMS = {"noise": 1, "dropout": 2, "window": 3}
 
 
 def _all_reduce_grads(params: list[nn.Parameter], samples: int) -> None:
