@@ -13,7 +13,7 @@ import torch
 
 from openwan.cli.eval_stream import parse_span
 from openwan.cli.main import main
-from openwan.data.synthetic import COLOURS
+from openwan.data.synthetic import COLOURS, render_layout, sample_layout
 from openwan.eval.detector import detect
 from openwan.eval.stream_clips import count_objects, measure_clip, summarize_bucket
 from openwan.eval.stream_drift import drift_table, measure_stream, summary_lines
@@ -194,6 +194,19 @@ def test_a_disc_that_splits_is_counted_as_two_within_the_clip():
     assert counted["per_frame"] == [1] * 6 + [2] * 11 and counted["objects"] == 2
     row = measure_clip(clip, fps=16, target=("green", "circle", "still"))
     assert summarize_bucket([row])["identity"]["one_object"] == 0.0
+
+
+def test_an_object_wrapping_around_the_edges_counts_once_on_the_torus():
+    """A 49-frame clip whose square leaves by the right edge and comes back by the left (data synth --paths wrap):
+    split over the edges in some frames, it counts as two (four across a corner) there on the plain frame and as one
+    on the torus, where the clip's row also reads its motion right."""
+    layouts = [sample_layout("yellow", "square", "right", seed, frames=49, paths="wrap") for seed in range(20)]
+    layout = next(lay for lay in layouts if any(lay.centre(t)[0] < 4 for t in range(49)))
+    clip = render_layout(layout)
+    plain, torus = count_objects(clip), count_objects(clip, wrap=True)
+    assert max(plain["per_frame"]) >= 2 and torus["per_frame"] == [1] * 49
+    row = measure_clip(clip, fps=16, target=("yellow", "square", "right"), wrap=True)
+    assert row["objects"] == 1 and row["match"]["all"]
 
 
 # ------------------------------------------------------------------------------------------ command line

@@ -79,7 +79,8 @@ def evaluate_prompts(pipe, out_dir: str | Path, *, prompts: list[str] | None = N
 
     ``stream``: a :class:`~openwan.pipelines.stream.StreamConfig` — each video is then frames ``stream_offset`` ..
     ``stream_offset + frame_num`` of a stream of the prompt (its seed the sample's), instead of a clip of the
-    ordinary sampler (whose settings are then not used)."""
+    ordinary sampler (whose settings are then not used), read with ``detect(wrap=True)`` (a stream's object may wrap
+    around the edges)."""
     if prompts is None and targets is not None:
         raise ValueError("targets were given without their prompts; give prompts too (one per target).")
     if stream_offset < 0:
@@ -104,7 +105,7 @@ def evaluate_prompts(pipe, out_dir: str | Path, *, prompts: list[str] | None = N
         else:
             video = _streamed(pipe, prompts[i], stream, seed, size, frame_num, stream_offset)
         seconds = time.perf_counter() - t0
-        detection = detect(video, still_threshold=still_threshold)
+        detection = detect(video, still_threshold=still_threshold, wrap=stream is not None)  # streams may wrap
         sample = {"prompt": prompts[i], "seed": seed, "target": dict(zip(ATTRIBUTES, targets[i])),
                   "detected": detection.to_dict(), "match": detection.matches(*targets[i]),
                   "seconds": round(seconds, 3)}

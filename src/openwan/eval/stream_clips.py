@@ -34,13 +34,16 @@ DEFAULT_DIMENSIONS = ("temporal_flickering", "motion_smoothness", "pixel_stabili
 MEASURES = {"temporal_flickering": "flicker_luma", "motion_smoothness": "error_luma", "pixel_stability": "change_luma"}
 
 
-def count_objects(video: torch.Tensor, contrast: float | None = None) -> dict:
+def count_objects(video: torch.Tensor, contrast: float | None = None, wrap: bool = False) -> dict:
     """The objects of ``video`` [T, H, W, 3] in [0, 1]: pixels farther than :data:`FOREGROUND` x ``contrast`` (RGB
     distance; default: detect()'s contrast of the clip) from the fitted background, split into 8-connected
     components; a component counts when it holds at least :data:`MIN_OBJECT_SHARE` of its frame's largest and
     :data:`MIN_OBJECT_PIXELS` of the frame. Returns ``objects`` (the median count over frames), ``per_frame``,
     ``area`` (the largest component's mean area over frames showing one, share of the frame) and ``contrast``.
-    Nothing counts when the contrast is below the detector's :data:`MIN_CONTRAST`."""
+    Nothing counts when the contrast is below the detector's :data:`MIN_CONTRAST`. ``wrap``: the frame is a torus
+    (objects that wrap around the edges, as ``detect(wrap=True)`` reads them): each frame is rolled to put an
+    empty column and an empty row at its edges before its components are found, so an object split across an edge
+    counts once."""
     frames = video.detach().float().cpu()
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"video must be [T, H, W, 3] in [0, 1]; got shape {tuple(video.shape)}.")
@@ -54,6 +57,8 @@ def count_objects(video: torch.Tensor, contrast: float | None = None) -> dict:
     min_pixels = max(4, round(MIN_OBJECT_PIXELS * h * w))
     counts, areas = [], []
     for mask in masks:
+        if wrap:
+            mask = _rolled_to_gaps(mask)
         n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         sizes = stats[1:n, cv2.CC_STAT_AREA]  # label 0 is the background
         largest = int(sizes.max()) if len(sizes) else 0
@@ -63,6 +68,16 @@ def count_objects(video: torch.Tensor, contrast: float | None = None) -> dict:
             areas.append(largest / (h * w))
     return {"objects": int(statistics.median_low(counts)), "per_frame": counts,
             "area": float(np.mean(areas)) if areas else 0.0, "contrast": float(contrast)}
+
+
+def _rolled_to_gaps(mask: np.ndarray) -> np.ndarray:
+    """``mask`` [H, W] rolled so that its first empty column and first empty row (if it has them) become its first
+    column and row: an object split across the edges of a torus comes out whole."""
+    for axis in (1, 0):
+        empty = np.flatnonzero(~mask.any(axis=1 - axis))
+        if len(empty):
+            mask = np.roll(mask, -int(empty[0]), axis=axis)
+    return np.ascontiguousarray(mask)
 
 
 def bench_dimensions(names: tuple[str, ...] | list[str] = DEFAULT_DIMENSIONS,
@@ -86,12 +101,13 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 def measure_clip(frames: torch.Tensor, *, fps: float, target: tuple[str, str, str] | None,
                  dimensions: list[Dimension] = (), prompt: str | None = None, still_threshold: float = 0.1,
-                 name: str = "clip") -> dict:
+                 name: str = "clip", wrap: bool = False) -> dict:
     """One clip's row: ``detected`` (colour, shape, motion), ``match`` (per attribute and ``all``; None without a
     ``target``), the :func:`count_objects` figures (objects, area, contrast) and each dimension's value and
-    physical measure (``bench``: {name: [value or None, measure or None]})."""
-    seen: Detection = detect(frames, still_threshold=still_threshold)
-    objects = count_objects(frames, contrast=seen.contrast)
+    physical measure (``bench``: {name: [value or None, measure or None]}). ``wrap``: read the object on a torus
+    (``detect(wrap=True)``, :func:`count_objects`), as an object that runs on past the edges comes back."""
+    seen: Detection = detect(frames, still_threshold=still_threshold, wrap=wrap)
+    objects = count_objects(frames, contrast=seen.contrast, wrap=wrap)
     video = Video(to_uint8(frames), fps=fps, prompt=prompt, id=name)
     bench = {}
     for dim in dimensions:

@@ -20,6 +20,10 @@ minutes of video are 9600 frames at 16 fps; none of them is held for long):
 
 :func:`drift_table` renders a report as a markdown table, one row per bucket; :func:`summary_lines` gives the
 speed and switch lines.
+
+Every reading takes the frame as a torus (``detect(wrap=True)``): a stream's object may run on past an edge and
+come back by the other, as the streaming student's training clips do (``openwan data synth --paths wrap``); an
+object that stays inside the frame reads the same either way.
 """
 
 from __future__ import annotations
@@ -257,7 +261,7 @@ def _clip_row(frames: torch.Tensor, start: int, owner: list[int], targets: list,
     status = "transition" if prompt < 0 else "judged" if target is not None else "no_target"
     row = measure_clip(frames, fps=fps, target=target, dimensions=dims,
                        prompt=schedule.prompts[prompt] if prompt >= 0 else None, still_threshold=still_threshold,
-                       name=f"clip{start}")
+                       name=f"clip{start}", wrap=True)
     return {"start_s": round(start / fps, 4), "frames": len(frames), "bucket": start // bucket,
             "prompt": prompt if prompt >= 0 else None, "status": status, **row}
 
@@ -293,7 +297,7 @@ class _Watch:
         if (self.latency is not None or not self.compared or start < self.frame
                 or start + self.window > self.end):
             return
-        seen = detect(torch.stack(list(recent)), still_threshold=self.still)
+        seen = detect(torch.stack(list(recent)), still_threshold=self.still, wrap=True)
         self.checked += 1
         if all(getattr(seen, a) == self.target[ATTRIBUTES.index(a)] for a in self.compared):
             self.run = start if self.run is None else self.run
