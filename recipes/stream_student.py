@@ -1,10 +1,13 @@
 """The bundled model's streaming student, the Python half of ``recipes/stream_student.sh``.
 
-1. data: synthetic clips of the demo world and their latent and text caches, encoded by the release's own VAE and
-   text encoder (skipped when ``--cache`` names existing caches, e.g. the demo recipe's ``WORK/cache``);
+1. data: long synthetic clips of the demo world (49 frames, objects that keep moving and wrap around the edges:
+   ``openwan data synth --paths wrap``) and their latent and text caches, encoded by the release's own VAE and text
+   encoder (skipped when ``--cache`` names existing caches, e.g. the demo recipe's ``WORK/cache`` of 17-frame clips);
 2. the streaming teacher: the release's low-noise expert (trained on every noise level) fine-tuned on the stream's
    staircase of per-frame levels (``timesteps.staircase``: a window of 5 latent frames on a 20-step grid, 4
-   sub-steps per shift) — diffusion forcing on the schedule the stream runs;
+   sub-steps per shift) — diffusion forcing on the schedule the stream runs — each window cut at a random latent
+   offset of its clip (``window: random``), so that most windows come from the middle of a clip, where a stream's
+   window always is once it is full;
 3. the student: that teacher, guided, distilled into one sub-step per shift (``distill.staircase``: 5 steps per
    latent frame, its guidance folded in);
 4. the student written into the release's ``stream_model/`` with the settings it streams at, where
@@ -30,14 +33,15 @@ from openwan.pipelines.stream import StreamConfig
 from openwan.pipelines.stream_student import save_student
 from openwan.train.checkpoint import checkpoint_dit, export_dit, latest_checkpoint
 
-WINDOW, SHIFT = 5, 3.0  # 17-frame clips: 5 latent frames, the stream's window; the demo's sampling shift
+WINDOW, SHIFT = 5, 3.0  # 17 frames: 5 latent frames, the stream's window; the demo's sampling shift
+CLIP_FRAMES = 49  # the synthetic clips' length: 13 latent frames, 9 window positions
 TEACHER_PER_SHIFT, STUDENT_PER_SHIFT = 4, 1  # 20 and 5 steps per latent frame
 
 TEACHER_CONFIG = """\
 model: {{preset: demo-small, path: {init}}}
 data: {{cache_dir: {cache}}}
 stages:
-  - {{name: stream-window, steps: {steps}, batch_size: {batch}, buckets: [[17, 64, 64]]}}
+  - {{name: stream-window, steps: {steps}, batch_size: {batch}, buckets: [[17, 64, 64]], window: random}}
 optim: {{lr: {lr}, weight_decay: 0.01, grad_clip: 1.0}}
 schedule: {{kind: cosine, warmup_steps: 50, min_lr_ratio: 0.1}}
 timesteps: {{mode: logit_normal, shift: 2.0, logit_std: 1.0, first_frame: 0.1, staircase: {staircase},
@@ -57,7 +61,7 @@ data: {{cache_dir: {cache}}}
 distill: {{teacher: {teacher}, guide_scale: {guide}, teacher_steps: {teacher_steps}, student_steps: {student_steps},
           shift: {shift}, target: ema, loss: l2, staircase: true}}
 stages:
-  - {{name: stream-distill, steps: {steps}, batch_size: {batch}, buckets: [[17, 64, 64]]}}
+  - {{name: stream-distill, steps: {steps}, batch_size: {batch}, buckets: [[17, 64, 64]], window: random}}
 optim: {{lr: {lr}, weight_decay: 0.0, grad_clip: 1.0}}
 schedule: {{kind: constant, warmup_steps: 20}}
 ema: {{decay: 0.95}}
@@ -76,12 +80,13 @@ def build_caches(work: Path, release: Path, clips: int, captions: str) -> Path:
     if (cache / "text_index.json").is_file():
         return cache
     if not (data / "manifest.jsonl").is_file():
-        _openwan("data", "synth", "--out", str(data), "--num", str(clips), "--seed", "0", "--paths", "reversible",
-                 "--captions", captions)
+        _openwan("data", "synth", "--out", str(data), "--num", str(clips), "--seed", "0", "--paths", "wrap",
+                 "--frames", str(CLIP_FRAMES), "--captions", captions)
     parts = load_components(release)
     records = read_manifest(data / "manifest.jsonl")
     with torch.no_grad():
-        build_latent_cache(records, parts["vae"], [Bucket(17, 64, 64)], cache, batch_size=16, num_workers=1)
+        build_latent_cache(records, parts["vae"], [Bucket(CLIP_FRAMES, 64, 64)], cache, batch_size=16,
+                           num_workers=1)
         build_text_cache(records, parts["text_encoder"], parts["tokenizer"], cache,
                          text_len=parts["dit"].cfg.text_len)
     return cache
@@ -101,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--release", type=Path, default=BUNDLED, help="the two-expert release to stream (default: "
                                                                      "the bundled model); the student goes into it")
     parser.add_argument("--cache", type=Path, default=None,
-                        help="existing latent + text caches of 17-frame 64x64 clips encoded by the release's VAE "
-                             "and text encoder (default: build them in WORK)")
-    parser.add_argument("--clips", type=int, default=2880, help="synthetic clips to cache when building them")
+                        help="existing latent + text caches of 64x64 clips of at least 17 frames encoded by the "
+                             "release's VAE and text encoder (default: build them in WORK)")
+    parser.add_argument("--clips", type=int, default=1440, help="synthetic 49-frame clips to cache when building "
+                                                                 "them")
     parser.add_argument("--captions", choices=("templates", "varied"), default="varied",
                         help="the captions of the synthetic clips (as the release was trained on)")
     parser.add_argument("--teacher-steps", type=int, default=1200, help="staircase fine-tuning steps")
