@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -149,10 +150,15 @@ def _trained_steps(run: Path) -> int:
     return found[-1][0] if found else 0
 
 
+def _stage(name: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
+
+
 def _train(config: Path, steps: int, *overrides: str) -> None:
     """``openwan train --config config`` until its run (the folder named like the config) holds ``steps`` steps; a
     re-run of the recipe resumes each run from its newest checkpoint."""
     if _trained_steps(config.with_suffix("")) < steps:
+        _stage(f"DiT run {config.stem}")
         subprocess.run([sys.executable, "-m", "openwan", "train", "--config", str(config), *overrides], check=True)
 
 
@@ -168,7 +174,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dit-preset", default="demo-small",
                         choices=[n for n in DIT_PRESETS if n.startswith("demo")],
                         help="the DiT's size: demo-small (dim 128) or demo (dim 192, about twice the cost per token)")
-    parser.add_argument("--dit-batch-size", type=int, default=16)
+    parser.add_argument("--dit-batch-size", type=int, default=16,
+                        help="clips per DiT step, for the DiT and the high-noise expert alike")
     parser.add_argument("--dit-shift", type=float, default=2.0,
                         help="shift of the noise levels the DiT trains on (after a high-noise stage: of the stage "
                              "after it); a higher shift spends more steps where layout and motion are decided")
@@ -225,6 +232,7 @@ def main(argv=None) -> int:
         parser.error("--dit-high-expert-steps must be a positive number of steps for the high-noise expert.")
     cache = args.work / "cache"
     if not (cache / "text_index.json").is_file():
+        _stage("text encoder and caches")
         build_caches(args.work, args.text_vocabulary_weight, args.dit_preset)
     common = dict(cache=cache.resolve(), first_frame=args.first_frame, compile_blocks=args.compile,
                   seed=args.dit_seed, preset=args.dit_preset, batch_size=args.dit_batch_size,

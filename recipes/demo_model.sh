@@ -29,6 +29,8 @@ export CAPTIONS
 DIT_COMPILE=${DIT_COMPILE-$(command -v c++ >/dev/null && $PY -c "import os, sysconfig
 print(1 if os.path.isfile(os.path.join(sysconfig.get_paths()['include'], 'Python.h')) else '')" || true)}
 mkdir -p "$WORK"
+START=$SECONDS
+stage() { printf '[%s] %3d:%02d  %s\n' "$(date +%T)" $(((SECONDS - START) / 60)) $(((SECONDS - START) % 60)) "$1"; }
 
 # Reversible paths: where an object starts never tells which way it goes, so only the prompt can.
 # WORK/data/captions records the captions' kind (none recorded: templates); data of another kind is refused.
@@ -38,6 +40,7 @@ if [ -f "$WORK/data/train/manifest.jsonl" ] && [ "$DATA_CAPTIONS" != "$CAPTIONS"
     "so vae1/, vae2/ and vae-decoder/ may be copied into it)." >&2
   exit 2
 fi
+stage "data"
 [ -f "$WORK/data/train/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/train" --num "$NUM_CLIPS" --seed 0 \
   --paths reversible --captions "$CAPTIONS"
 [ -f "$WORK/data/heldout/manifest.jsonl" ] || $OPENWAN data synth --out "$WORK/data/heldout" --num 72 --seed 1 \
@@ -51,10 +54,12 @@ echo "$CAPTIONS" > "$WORK/data/captions"
 # Stage 2: inflated to the 3D causal VAE and trained on 9-frame clips (1 + 4 + 4: the second 4-frame chunk runs, as
 # the rest of a clip does, on a cache filled by a full chunk before it), at lr 1e-4 so that every colour keeps its
 # quality.
+stage "VAE stage 1"
 [ -f "$WORK/vae1/image_vae.pth" ] || $OPENWAN train-vae --stage 1 --manifest "$WORK/data/train/manifest.jsonl" \
   --out "$WORK/vae1" --preset demo --size 64 --frames 1 --batch-size 16 --steps "$VAE1_STEPS" --lr 5e-4 \
   --warmup-steps 50 --min-lr-ratio 0.05 --l1-weight 0 --l2-weight 10 --colour-weight "$VAE_COLOUR_WEIGHT" \
   --log-every 100 --save-every 600 --workers 1
+stage "VAE stage 2"
 [ -f "$WORK/vae2/Wan2.1_VAE.pth" ] || $OPENWAN train-vae --stage 2 --manifest "$WORK/data/train/manifest.jsonl" \
   --out "$WORK/vae2" --init "$WORK/vae1/image_vae.pth" --size 64 --frames 9 --batch-size 4 --steps "$VAE2_STEPS" \
   --lr 1e-4 --warmup-steps 20 --min-lr-ratio 0.1 --l1-weight 0 --l2-weight 10 --colour-weight "$VAE_COLOUR_WEIGHT" \
@@ -62,6 +67,7 @@ echo "$CAPTIONS" > "$WORK/data/captions"
 # Then the decoder alone, at a fresh learning rate: the encoder is frozen, so the latents the DiT learns from are
 # stage 2's, byte for byte, and the release ships this sharper decoder with them. VAE_DECODER_STEPS=0 skips it (and
 # the optional widening below, which starts from it).
+stage "VAE decoder"
 if [ "$VAE_DECODER_STEPS" -gt 0 ] && [ ! -f "$WORK/vae-decoder/Wan2.1_VAE.pth" ]; then
   $OPENWAN train-vae --stage 2 --freeze-encoder \
     --manifest "$WORK/data/train/manifest.jsonl" --out "$WORK/vae-decoder" --init "$WORK/vae2/Wan2.1_VAE.pth" \
@@ -92,6 +98,7 @@ fi
 # DIT_COMPILE compiles the DiT's blocks with torch.compile (faster steps on a CPU): on by default where a C++ compiler
 # and Python's headers are found, DIT_COMPILE= turns it off. DIT_SEED picks the DiT run's seed (0 by default) — a DiT
 # already in WORK/dit resumes as it was, so move that folder away to train another seed on the same caches.
+stage "text encoder, caches, DiT, release (demo_model.py)"
 $PY "$(dirname "$0")/demo_model.py" "$WORK" ${DIT_STEPS:+--dit-steps "$DIT_STEPS"} ${DIT_PRESET:+--dit-preset "$DIT_PRESET"} \
   ${DIT_BATCH:+--dit-batch-size "$DIT_BATCH"} ${DIT_LOGIT_STD:+--dit-logit-std "$DIT_LOGIT_STD"} \
   ${DIT_SHIFT:+--dit-shift "$DIT_SHIFT"} ${DIT_LR:+--dit-lr "$DIT_LR"} \
@@ -100,3 +107,4 @@ $PY "$(dirname "$0")/demo_model.py" "$WORK" ${DIT_STEPS:+--dit-steps "$DIT_STEPS
   ${DIT_MIDDLE_SHARE:+--dit-middle-share "$DIT_MIDDLE_SHARE"} \
   ${DIT_EXTEND_TO:+--dit-extend-to "$DIT_EXTEND_TO"} ${DIT_COMPILE:+--compile} ${DIT_SEED:+--dit-seed "$DIT_SEED"} \
   ${TEXT_VOCABULARY_WEIGHT:+--text-vocabulary-weight "$TEXT_VOCABULARY_WEIGHT"} ${OUT:+--out "$OUT"}
+stage "done"
