@@ -124,6 +124,6 @@ def test_cli_judges_streams_with_the_frames_asked_for(tmp_path, capsys):
     detected = report["samples"][0]["detected"]
     from openwan.eval.detector import detect
 
-    assert detected == detect(direct[4:]).to_dict()
+    assert detected == detect(direct[4:], wrap=True).to_dict()  # streams are read on a torus
     with pytest.raises(ValueError, match="add --stream"):
         _cli("prompts", "--ckpt-dir", str(release), "--window", "2", "--out", str(out))
