@@ -129,7 +129,7 @@ class Trainer(DiTCheckpointing):
         self.ema = EMA(self.params, cfg.ema.decay) if cfg.ema.decay > 0 else None
         # How many times σ/ε and text dropout were drawn: with the seed and each sample's index in the global
         # batch this fixes every draw (see sample_generator), so a checkpoint holds the counts, not generator states.
-        self.draws = {"noise": 0, "dropout": 0, "window": 0}
+        self.draws = {"noise": 0, "dropout": 0}  # "window" joins when a stage cuts random windows
         given = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer}
         built = build_encoders(cfg, self.device, only=[k for k, v in given.items() if v is None])
         parts = {k: v if v is not None else built.get(k) for k, v in given.items()}
