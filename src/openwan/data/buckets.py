@@ -43,6 +43,11 @@ class Bucket:
     def is_image(self) -> bool:
         return self.frames == 1
 
+    @property
+    def latent_frames(self) -> int:
+        """Latent frames of a clip of ``frames`` frames under Wan's causal VAE (1 + 4 per latent frame after it)."""
+        return 1 + (self.frames - 1) // 4
+
     def as_list(self) -> list[int]:
         """[frames, height, width], as cache indices store it."""
         return [self.frames, self.height, self.width]

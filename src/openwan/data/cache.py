@@ -366,7 +366,7 @@ class CachedDataset(Dataset):
         latents = self._read(self.latents[key]["shard"], key)
         served = self.served[index]
         if served is not None and served != self.buckets[index]:
-            latents = latents[:, : 1 + (served.frames - 1) // 4].clone()  # a shorter bucket: see fit_buckets
+            latents = latents[:, : served.latent_frames].clone()  # a shorter bucket: see fit_buckets
         item = {"key": key, "latents": latents}
         if self.text is None:
             item["caption"] = self.latents[key]["caption"]

@@ -190,24 +190,21 @@ def sample_layout(colour: str, shape: str, motion: str, seed: int, size: int | t
     if paths == "wrap":  # constant speed for any length, from anywhere
         steps = (frames - 1) / (WRAP_REFERENCE_FRAMES - 1)
         shift_x, shift_y = dx * travel * room_x * steps, dy * travel * room_y * steps
-        x0, y0 = float(rng.uniform(0, width)), float(rng.uniform(0, height))
-        rgb = np.clip(np.array(COLOURS[colour]) + rng.uniform(-0.03, 0.03, size=3), 0, 1)
-        return ClipLayout(shape=shape, width=width, height=height, frames=frames, rgb=tuple(map(float, rgb)),
-                          radius=radius, start=(x0, y0), end=(x0 + shift_x, y0 + shift_y),
-                          background=tuple(map(float, base)), gradient=gradient, wrap=True)
-    if paths == "long":  # a fraction of the frame, capped by the room
-        shift_x, shift_y = dx * min(travel * width, room_x), dy * min(travel * height, room_y)
-        # Start positions that keep the whole bounding box in frame at both ends of the (straight) path.
-        reach_x, reach_y = (max(0.0, -shift_x), max(0.0, shift_x)), (max(0.0, -shift_y), max(0.0, shift_y))
-    else:  # a fraction of the room; the reverse path from the same start would fit too
-        shift_x, shift_y = dx * travel * room_x, dy * travel * room_y
-        reach_x, reach_y = (abs(shift_x),) * 2, (abs(shift_y),) * 2
-    x0 = _between(rng, margin + hx + reach_x[0], width - margin - hx - reach_x[1])
-    y0 = _between(rng, margin + hy + reach_y[0], height - margin - hy - reach_y[1])
+        x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
+    else:
+        if paths == "long":  # a fraction of the frame, capped by the room
+            shift_x, shift_y = dx * min(travel * width, room_x), dy * min(travel * height, room_y)
+            # Start positions that keep the whole bounding box in frame at both ends of the (straight) path.
+            reach_x, reach_y = (max(0.0, -shift_x), max(0.0, shift_x)), (max(0.0, -shift_y), max(0.0, shift_y))
+        else:  # a fraction of the room; the reverse path from the same start would fit too
+            shift_x, shift_y = dx * travel * room_x, dy * travel * room_y
+            reach_x, reach_y = (abs(shift_x),) * 2, (abs(shift_y),) * 2
+        x0 = _between(rng, margin + hx + reach_x[0], width - margin - hx - reach_x[1])
+        y0 = _between(rng, margin + hy + reach_y[0], height - margin - hy - reach_y[1])
     rgb = np.clip(np.array(COLOURS[colour]) + rng.uniform(-0.03, 0.03, size=3), 0, 1)
     return ClipLayout(shape=shape, width=width, height=height, frames=frames, rgb=tuple(map(float, rgb)),
                       radius=radius, start=(float(x0), float(y0)), end=(float(x0 + shift_x), float(y0 + shift_y)),
-                      background=tuple(map(float, base)), gradient=gradient)
+                      background=tuple(map(float, base)), gradient=gradient, wrap=paths == "wrap")
 
 
 def _between(rng: np.random.Generator, low: float, high: float) -> float:

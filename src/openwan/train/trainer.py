@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from openwan.data.buckets import Bucket
 from openwan.data.cache import cut_windows
 from openwan.data.sources import BatchSource, DataFactory
 from openwan.data.video import save_video
@@ -377,7 +378,7 @@ class Trainer(DiTCheckpointing):
         x0 = self.latents_of(batch)
         stage = stage_at(self.cfg, self.step)[0]
         if stage.window == "random":  # whole cached clips in; each sample's window at its own random offset
-            x0 = cut_windows(x0, 1 + (stage.buckets[0][0] - 1) // 4, self._generators("window", x0.shape[0]))
+            x0 = cut_windows(x0, Bucket(*stage.buckets[0]).latent_frames, self._generators("window", x0.shape[0]))
         context, empty = self.context_of(batch)
         if context.shape[0] != x0.shape[0]:
             raise ValueError(f"the batch has {x0.shape[0]} samples but {context.shape[0]} contexts; give one caption "
