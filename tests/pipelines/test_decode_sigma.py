@@ -17,6 +17,7 @@ from openwan.checkpoints.release import save_release
 from openwan.cli.main import main
 from openwan.data.video import read_video
 from openwan.diffusion import make_solver, sampling_sigmas
+from openwan.models.vae import WanVAE
 from openwan.pipelines import WanPipeline
 from openwan.pipelines.conditioning import Conditioning
 from tiny import tiny_components
@@ -204,3 +205,23 @@ def test_cli_bad_value_exits_2_with_the_sentence(release, tmp_path, capsys, bad)
     err = capsys.readouterr().err
     assert code == 2 and "--decode-sigma must be a number strictly between 0 and 1" in err
     assert "Traceback" not in err and not (tmp_path / "out.mp4").exists()
+
+
+def test_warns_when_the_decoder_was_not_trained_that_noisy(pipe, caplog):
+    """VAEConfig.decode_noise (written by train-vae --decode-noise) against the level the latent is handed over at."""
+    stopped = pipe("a red ball", decode_sigma=0.5, return_video=False, **RUN).latents_sigma
+    assert 0 < stopped <= 0.5
+
+    def warnings(vae_noise, **run):
+        vae = WanVAE.from_state(pipe.vae.cfg.replace(decode_noise=vae_noise), pipe.vae.state_dict())
+        recorded = WanPipeline(dit=pipe.dit, vae=vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="openwan.pipelines.wan"):
+            recorded("a red ball", **{"decode_sigma": 0.5, **run}, **RUN)
+        return caplog.text
+
+    assert "trained on clean latents only" in warnings(None) and f"sigma {stopped:.4g}" in warnings(None)
+    assert "up to 0.1 (decode_noise)" in warnings((0.0, 0.1))
+    assert warnings((0.0, 0.6)) == ""  # the decoder was trained that noisy
+    assert warnings(None, return_video=False) == ""  # nothing is decoded
+    assert warnings(None, decode_sigma=None) == ""  # a full run hands over a clean latent

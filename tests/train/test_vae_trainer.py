@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import official_keys
+from openwan.checkpoints.convert import convert_vae
 from openwan.configs import VAE_PRESETS, VAEConfig
 from openwan.models.image_vae import ImageVAE
 from openwan.models.vae import WanVAE
@@ -202,6 +203,24 @@ def test_widened_decoder_decodes_as_before(kind):
     assert widen_decoder(vae, TINY.dim) is vae
     with pytest.raises(ValueError, match="can only be widened"):
         widen_decoder(near, 10)
+
+
+def test_the_export_records_the_noise_range_its_decoder_was_trained_on(tmp_path):
+    """A --decode-noise stage writes its range into the VAE's .json; loading and converting keep it; a later clean
+    fine-tune and a stage that retrains the encoder (a new latent space) clear it."""
+    start = export_wan_vae(_randomized(inflate_image_vae(ImageVAE(TINY))), tmp_path / "start")
+    assert load_trained_vae(start).cfg.decode_noise is None and "decode_noise" not in json.loads(
+        start.with_suffix(".json").read_text())
+    noisy = run_stage(VAETrainConfig(stage=2, steps=2, lr=1e-3, freeze_encoder=True, decode_noise=(0.0, 0.15)),
+                      batches(5), tmp_path / "noisy", init=start)
+    assert json.loads(noisy.with_suffix(".json").read_text())["decode_noise"] == [0.0, 0.15]
+    assert load_trained_vae(noisy).cfg.decode_noise == (0.0, 0.15)
+    assert WanVAE.from_pretrained(convert_vae(noisy, tmp_path / "official", "official")).cfg.decode_noise == (0.0, 0.15)
+    clean = run_stage(VAETrainConfig(stage=2, steps=2, lr=1e-3, freeze_encoder=True), batches(5), tmp_path / "clean",
+                      init=noisy)
+    assert load_trained_vae(clean).cfg.decode_noise is None
+    retrained = run_stage(VAETrainConfig(stage=2, steps=2, lr=1e-3), batches(5), tmp_path / "retrained", init=noisy)
+    assert load_trained_vae(retrained).cfg.decode_noise is None
 
 
 def test_freeze_encoder_trains_a_widened_decoder_on_the_same_latents(tmp_path):

@@ -135,7 +135,8 @@ def convert_dit(src: str | Path, dst: str | Path, to: str, *, dtype: torch.dtype
 def write_vae(config: VAEConfig, state: dict, dst: Path, to: str) -> Path:
     """Write a Wan VAE (official keys) as a diffusers vae/ folder ``dst``, or as ``dst``/Wan2.1_VAE.pth (a Wan2.2
     VAE: Wan2.2_VAE.pth; ``dst`` itself when it ends in .pth) with a .json of the same name beside it when the
-    latent statistics are not those a config-less .pth is read with."""
+    latent statistics are not those a config-less .pth is read with, or the decoder records a trained noise range
+    (``decode_noise``, which the diffusers layout has no field for)."""
     if to == "diffusers":
         write_json(dst / "config.json", keymaps.vae_config_to_diffusers(config))
         save_safetensors(keymaps.vae_official_to_diffusers(state, config), dst / "diffusion_pytorch_model.safetensors")
@@ -143,7 +144,8 @@ def write_vae(config: VAEConfig, state: dict, dst: Path, to: str) -> Path:
     target = dst / (VAE22_FILE if config.residual else VAE_FILE) if dst.suffix != ".pth" else dst
     atomic_torch_save({k: v.contiguous() for k, v in state.items()}, target)
     read_alone = infer_vae_config(state)
-    if (config.latents_mean, config.latents_std) != (read_alone.latents_mean, read_alone.latents_std):
+    if (config.latents_mean, config.latents_std, config.decode_noise) != (
+            read_alone.latents_mean, read_alone.latents_std, read_alone.decode_noise):
         write_json(target.with_suffix(".json"), config.to_dict())
     return target
 

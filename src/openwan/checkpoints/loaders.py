@@ -160,7 +160,8 @@ def _vae_structure_from_diffusers(state: dict) -> VAEConfig:
 
 def load_vae_state(path: str | Path, check_finite: bool | None = None) -> tuple[VAEConfig, dict]:
     """Read a Wan2.1 or Wan2.2 VAE from any supported layout: (config, official-layout state dict). A config beside the
-    weights is checked field by field (a zero or non-finite ``latents_std`` is refused)."""
+    weights is checked field by field (a zero or non-finite ``latents_std`` is refused); its latent statistics and
+    the decoder's trained noise range (``decode_noise``) are taken, the architecture is read off the tensors."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; point at the VAE file or a release folder ({VAE_RELEASE_HINT}).")
@@ -182,7 +183,8 @@ def load_vae_state(path: str | Path, check_finite: bool | None = None) -> tuple[
         if stats.z_dim != config.z_dim:
             raise CheckpointError(f"the latent statistics beside {weights} are for z_dim {stats.z_dim}, but the "
                                   f"weights have z_dim {config.z_dim}; keep each config with its own weights.")
-        config = config.replace(latents_mean=stats.latents_mean, latents_std=stats.latents_std)
+        config = config.replace(latents_mean=stats.latents_mean, latents_std=stats.latents_std,
+                                decode_noise=stats.decode_noise)
     return config, state
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,10 @@ class VAEConfig:
     # Wan2.2: every down/up level adds a parameter-free shortcut (channel-averaged space-to-depth going down,
     # channel-duplicated depth-to-space going up) around its blocks (diffusers: is_residual).
     residual: bool = False
+    # Not architecture: the range (low, high) of flow-matching noise levels, in the normalised latent space, that the
+    # decoder was fine-tuned to finish (openwan train-vae --decode-noise); None: trained on clean latents only. The
+    # pipeline's decode_sigma warns when it hands the decoder a latent noisier than ``high``.
+    decode_noise: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.decoder_dim is not None and (isinstance(self.decoder_dim, bool) or not isinstance(self.decoder_dim, int)
@@ -74,6 +79,8 @@ class VAEConfig:
             )
         if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
             raise ValueError(f"latents_mean and latents_std need z_dim = {self.z_dim} entries each.")
+        if self.decode_noise is not None:
+            object.__setattr__(self, "decode_noise", tuple(self.decode_noise))
         self._check_ranges()
 
     def _check_ranges(self) -> None:
@@ -90,6 +97,12 @@ class VAEConfig:
             _finite(f"latents_mean.{i}", v)
         for i, v in enumerate(self.latents_std):
             _finite(f"latents_std.{i}", v, positive=True)
+        if self.decode_noise is not None:
+            low_high = len(self.decode_noise) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in self.decode_noise)
+            check(low_high and 0 <= self.decode_noise[0] <= self.decode_noise[1] <= 1 and self.decode_noise[1] > 0,
+                  "decode_noise", "null or two noise levels [low, high] with 0 <= low <= high <= 1 and high > 0",
+                  self.decode_noise)
         _count("patch_size", self.patch_size, 1, 16)
         check(isinstance(self.residual, bool), "residual", "true or false", self.residual)
         if self.residual:
@@ -135,7 +148,7 @@ class VAEConfig:
         out = _to_dict(self)
         if out["decoder_dim"] is None:  # the Wan2.1 layout: configs written before the field existed read the same
             del out["decoder_dim"]
-        for name, plain in (("patch_size", 1), ("residual", False)):  # likewise for the Wan2.2 fields
+        for name, plain in (("patch_size", 1), ("residual", False), ("decode_noise", None)):  # likewise for later ones
             if out[name] == plain:
                 del out[name]
         return out

@@ -49,6 +49,18 @@ def steps_to_run(steps: int, shift: float, solver: str, decode_sigma: float | No
     return stop_step(sampling_sigmas(steps, shift, kind=solver), decode_sigma, warn=False)
 
 
+def decoder_range_warning(decode_noise: tuple[float, float] | None, sigma: float) -> str | None:
+    """The sentence to log when a latent at noise level ``sigma`` goes to a decoder whose trained noise range
+    (``VAEConfig.decode_noise``) does not reach it; None when it does, or when ``sigma`` is 0."""
+    if sigma <= 0 or (decode_noise is not None and sigma <= decode_noise[1]):
+        return None
+    trained = ("was trained on clean latents only (its config records no decode_noise)" if decode_noise is None
+               else f"was trained to finish noise levels up to {decode_noise[1]:g} (decode_noise)")
+    return (f"the sampler hands the VAE a latent at sigma {sigma:.4g}, but its decoder {trained}: expect residual "
+            f"noise in the video. Fine-tune the decoder with train-vae --freeze-encoder --decode-noise 0 "
+            f"{max(sigma, 0.05):.2g}, or lower decode_sigma.")
+
+
 @contextlib.contextmanager
 def naming_the_stop(decode_sigma: float | None, stop: int, steps: int, name: str = "decode_sigma"):
     """A ValueError raised inside (a diffusion cache refusing a run too short for it) also says that

@@ -7,6 +7,7 @@ Tasks differ only in their conditioning (``conditioning.py``); the denoising loo
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -23,10 +24,12 @@ from openwan.models.text_encoder import encode_prompts, pad_context
 from openwan.pipelines import conditioning as cond
 from openwan.pipelines import ti2v, vace
 from openwan.pipelines.components import load_components
-from openwan.pipelines.decode_sigma import check_decode_sigma, naming_the_stop, stop_step
+from openwan.pipelines.decode_sigma import check_decode_sigma, decoder_range_warning, naming_the_stop, stop_step
 from openwan.pipelines.defaults import SamplingDefaults
 from openwan.runtime.cache import BRANCHES, CacheRun, resolve
 from openwan.runtime.offload import BlockStreamer, on_device
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -173,6 +176,8 @@ class WanPipeline:
         stop = stop_step(sigmas, decode_sigma)  # steps that run: all of them without decode_sigma
         with naming_the_stop(decode_sigma, stop, len(sigmas) - 1):
             run = self._cache_run(cache, stop, _max_scale(guide) != 1.0)  # refuses before any compute
+        if return_video and (warning := decoder_range_warning(self.vae.cfg.decode_noise, float(sigmas[stop]))):
+            log.warning(warning)
 
         with _timer(timings, "text"):
             negative = d.negative_prompt if negative_prompt is None else negative_prompt

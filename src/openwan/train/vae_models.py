@@ -228,7 +228,13 @@ def _first_batches(data: Iterable, n: int) -> Iterator[dict | torch.Tensor]:
 
 def with_latent_stats(vae: WanVAE, mean: Iterable[float], std: Iterable[float]) -> WanVAE:
     """A copy of ``vae`` whose config (and so ``encode``/``decode`` scaling) carries these latent statistics."""
-    cfg = vae.cfg.replace(latents_mean=tuple(float(m) for m in mean), latents_std=tuple(float(s) for s in std))
+    return with_config(vae, latents_mean=tuple(float(m) for m in mean), latents_std=tuple(float(s) for s in std))
+
+
+def with_config(vae: WanVAE, **changes) -> WanVAE:
+    """A copy of ``vae`` (the same tensors, cloned) whose VAEConfig has ``changes`` (fields that keep the tensors'
+    shapes: latent statistics, ``decode_noise``)."""
+    cfg = vae.cfg.replace(**changes)
     with torch.device("meta"):
         out = WanVAE(cfg)
     out.load_state_dict({k: v.detach().clone() for k, v in vae.state_dict().items()}, assign=True)
@@ -336,5 +342,6 @@ __all__ = [
     "load_trained_vae",
     "video_of",
     "widen_decoder",
+    "with_config",
     "with_latent_stats",
 ]

@@ -69,7 +69,7 @@ from openwan.train.vae_models import (
     is_image_vae_file,
     latent_stats,
     video_of,
-    with_latent_stats,
+    with_config,
 )
 
 log = logging.getLogger("openwan.train")
@@ -426,10 +426,13 @@ def run_stage(cfg: VAETrainConfig, data: Iterable, out_dir: str | Path | None = 
         if cfg.stage == 1:
             path = export_image_vae(trainer.model, out_dir)
         elif cfg.freeze_encoder:  # same encoder, same latents: the statistics it came with still hold
-            path = export_wan_vae(trainer.model, out_dir)
-        else:
+            # the decoder's record: the noise range this stage trained it on (None: its last training was clean)
+            noise = tuple(cfg.decode_noise) if cfg.decode_noise[1] > 0 else None
+            path = export_wan_vae(with_config(trainer.model, decode_noise=noise), out_dir)
+        else:  # a new latent space: new statistics, and no trained noise range for it yet
             mean, std = latent_stats(trainer.model, data, cfg.stats_batches)
-            path = export_wan_vae(with_latent_stats(trainer.model, mean, std), out_dir)
+            path = export_wan_vae(with_config(trainer.model, latents_mean=tuple(float(m) for m in mean),
+                                              latents_std=tuple(float(v) for v in std), decode_noise=None), out_dir)
     log.info("stage %d done: wrote %s (and %s)", cfg.stage, path, path.with_suffix(".json").name)
     return path
 
