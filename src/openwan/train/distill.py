@@ -212,7 +212,7 @@ class Distillation:
             groups = x0.shape[2] // pt
             check_window(self.cfg, groups)
             per_shift = self.cfg.teacher_steps // groups
-        for gen in trainer._generators("noise", x0.shape[0]):
+        for gen in trainer.generators("noise", x0.shape[0]):
             if self.cfg.staircase:  # the window's staircase at a random teacher sub-step, oldest frame cleanest
                 index.append(draw_staircase_indices(gen, x0.shape[2], pt, per_shift)[None])
             elif self.starts is None:
