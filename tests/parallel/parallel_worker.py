@@ -22,8 +22,9 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
 )
 
-from openwan.configs import DIT_PRESETS
+from openwan.configs import DIT_PRESETS, VACE_PRESETS
 from openwan.models.dit import WanDiT
+from openwan.models.vace import WanVaceDiT
 from openwan.parallel import (
     DiTParallelConfig,
     build_mesh,
@@ -42,8 +43,10 @@ LR = 1e-3
 
 
 def tiny_dit(preset: str = "tiny", seed: int = 0, **changes) -> WanDiT:
-    """A tiny DiT with every parameter random (the release init zeroes the head, which would hide bugs)."""
-    model = WanDiT(DIT_PRESETS[preset].replace(**changes))
+    """A tiny DiT with every parameter random (the release init zeroes the head and VACE's projections, which would
+    hide bugs); a ``tiny-vace`` preset gives a WanVaceDiT."""
+    model = (WanVaceDiT(VACE_PRESETS[preset].replace(**changes)) if preset in VACE_PRESETS
+             else WanDiT(DIT_PRESETS[preset].replace(**changes)))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -61,6 +64,13 @@ def inputs(model: WanDiT, grid: tuple[int, int, int], batch: int = 2, seed: int 
     t = torch.rand(batch, tokens, generator=g) * 1000 if per_token else torch.tensor([999.0, 500.0])[:batch]
     context = torch.randn(batch, 7, cfg.text_dim, generator=g)
     return x, t, context
+
+
+def vace_inputs(model: WanVaceDiT, grid: tuple[int, int, int], seed: int = 2) -> dict:
+    """A VACE context on ``grid`` for a batch of 2 and a context scale per sample (the keyword arguments)."""
+    g = torch.Generator().manual_seed(seed)
+    return {"vace_context": torch.randn(2, model.cfg.vace_in_dim, *grid, generator=g),
+            "vace_context_scale": torch.tensor([1.0, 0.5])}
 
 
 def train_batch(model: WanDiT, seed: int, batch: int = 2) -> tuple[torch.Tensor, ...]:
@@ -179,6 +189,16 @@ def ulysses_and_ring(results: dict, out_dir: Path) -> None:
     _forward(results, "ring_ti2v", build_mesh(ring=2), preset="tiny-ti2v", per_token=True, max_scores=64)
 
 
+def vace(results: dict, out_dir: Path) -> None:
+    """The VACE DiT's forward under Ulysses, Ring, and Ring with its blocks under FSDP, at both grids."""
+    for name, mesh, fsdp in (("ulysses", build_mesh(ulysses=2), False), ("ring", build_mesh(ring=2), False),
+                             ("ring_fsdp", build_mesh(ring=2), True)):
+        model = parallelize_dit(tiny_dit("tiny-vace"), mesh, DiTParallelConfig(fsdp=fsdp))
+        for label, grid in (("even", EVEN), ("odd", ODD)):
+            with torch.no_grad():
+                results[f"vace_{name}_{label}"] = model(*inputs(model, grid), **vace_inputs(model, grid))
+
+
 def cfg_parallel(results: dict, out_dir: Path) -> None:
     mesh = build_mesh(cfg=2)
     model = parallelize_dit(tiny_dit(), mesh)
@@ -243,6 +263,6 @@ def train_four(results: dict, out_dir: Path) -> None:
 
 
 SCENARIOS: dict[str, list[Callable]] = {
-    "two": [ulysses_and_ring, cfg_parallel, heads_error, train_two, text_encoder_fsdp],
+    "two": [ulysses_and_ring, vace, cfg_parallel, heads_error, train_two, text_encoder_fsdp],
     "four": [two_d, train_four],
 }

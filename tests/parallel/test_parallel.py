@@ -10,7 +10,18 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from parallel_worker import EVEN, LR, ODD, inputs, launch, tiny_dit, tiny_umt5, train_batch, train_loss
+from parallel_worker import (
+    EVEN,
+    LR,
+    ODD,
+    inputs,
+    launch,
+    tiny_dit,
+    tiny_umt5,
+    train_batch,
+    train_loss,
+    vace_inputs,
+)
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict, set_state_dict
 
 from openwan.configs import DIT_PRESETS
@@ -119,6 +130,19 @@ def test_per_token_timesteps_follow_the_shard(two, mode):
     for grid, label in ((EVEN, "even"), (ODD, "odd")):
         ref = _reference("tiny-ti2v", grid, per_token=True)
         assert _rel(results[f"{mode}_ti2v_{label}"]["out"], ref) <= TOL
+
+
+@pytest.mark.parametrize("mode", ["ulysses", "ring", "ring_fsdp"])
+def test_vace_blocks_under_context_parallel_equal_one_process(two, mode):
+    """The VACE context is sharded as the video tokens are, so each rank adds its own tokens' hints."""
+    results, _ = two
+    model = tiny_dit("tiny-vace")
+    for label, grid in (("even", EVEN), ("odd", ODD)):
+        with torch.no_grad():
+            ref = model(*inputs(model, grid), **vace_inputs(model, grid))
+            base = model(*inputs(model, grid))
+        assert _rel(ref, base) > 1e-2  # the hints matter here
+        assert _rel(results[f"vace_{mode}_{label}"], ref) <= TOL
 
 
 def test_cfg_parallel_equals_one_process(two):

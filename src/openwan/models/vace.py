@@ -99,11 +99,10 @@ class WanVaceDiT(WanDiT):
         if vace_context is None:
             return super().forward(x, t, context, clip_fea, y)
         scale = self._check_vace(x, vace_context, vace_context_scale)
-        if self.token_split is not None:
-            raise ValueError("context parallelism does not cover the VACE blocks; run a VACE model on one process "
-                             "per sample (no --ulysses-size/--ring-size).")
         c = self.vace_patch_embedding(vace_context.to(self.vace_patch_embedding.weight.dtype))  # [B, D, f, h, w]
         c = rearrange(c, "b d f h w -> b (f h w) d").float()
+        if self.token_split is not None:  # context parallel: this rank's tokens, as x's (an elementwise hint)
+            c = self.token_split.shard_tokens(c)
         # A diffusion cache may run some batch rows alone; that is only sound when every row has the same context.
         same_rows = all(torch.equal(c[0], row) for row in c[1:]) and bool((scale == scale[0]).all())
         self._vace = (c, scale, same_rows)

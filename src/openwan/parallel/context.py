@@ -290,6 +290,10 @@ class TokenSplit:
         key_lens = torch.full((x.shape[0],), length, dtype=torch.long) if pad else None
         return x, e, e0, rope, key_lens
 
+    def shard_tokens(self, t: torch.Tensor) -> torch.Tensor:
+        """Another token stream [B, L, D] on the same grid (a VACE context): this rank's padded shard, as x's."""
+        return self._take(t, 1, -t.shape[1] % self.size)
+
     def gather(self, x: torch.Tensor, length: int) -> torch.Tensor:
         """[B, L_pad/n, C] on every rank -> [B, length, C] on every rank."""
         return _GatherTokens.apply(x, self.group)[:, :length]

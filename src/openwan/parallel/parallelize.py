@@ -50,18 +50,25 @@ def parallelize_dit(model: nn.Module, mesh: DeviceMesh | None, cfg: DiTParallelC
     if cfg.activation_checkpointing:
         model.gradient_checkpointing = True  # the model checkpoints each block through torch.utils.checkpoint
     if cfg.compile:
-        for block in model.blocks:
+        for block in dit_blocks(model):
             block.compile()  # in place: parameter names (official keys) are unchanged
     if cfg.fsdp and mesh is not None and mesh.size() > 1:
-        apply_fsdp(model, mesh, cfg, blocks=model.blocks, samples=mesh.size() // (ring * ulysses))
+        apply_fsdp(model, mesh, cfg, blocks=dit_blocks(model), samples=mesh.size() // (ring * ulysses))
     return model
 
 
+def dit_blocks(model: nn.Module) -> list[nn.Module]:
+    """Every transformer block of a DiT: its ``blocks``, and first a VACE DiT's ``vace_blocks`` (the lists its
+    ``STREAMED_BLOCKS`` names, in the order they run)."""
+    return [block for name in getattr(model, "STREAMED_BLOCKS", ("blocks",)) for block in getattr(model, name)]
+
+
 def apply_context_parallel(model: nn.Module, mesh: DeviceMesh) -> None:
-    """Shard the tokens over the mesh's ring × ulysses ranks and give every block the matching attention."""
+    """Shard the tokens over the mesh's ring × ulysses ranks and give every block the matching attention (a VACE
+    DiT's context blocks too: its VACE tokens lie on the video's latent grid and are sharded the same way)."""
     model.token_split = TokenSplit(flat_group(mesh, ("ring", "ulysses")))
     backend = ContextParallelAttention(dim_group(mesh, "ulysses"), dim_group(mesh, "ring"))
-    for block in model.blocks:
+    for block in dit_blocks(model):
         block.self_attn.attn_backend = backend
 
 
