@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--staircase", type=float, default=0.7,
                         help="the share of the fine-tuning samples on the staircase (the rest as the release was "
                              "trained: one level per clip; a tenth of all samples with a clean first frame)")
-    parser.add_argument("--student-steps", type=int, default=500, help="distillation steps (0: ship the teacher, "
+    parser.add_argument("--student-steps", type=int, default=1000, help="distillation steps (0: ship the teacher, "
                                                                        "streamed at 1 sub-step per shift)")
     parser.add_argument("--student-lr", type=float, default=5e-5)
     parser.add_argument("--guide-scale", type=float, default=1.5, help="the teacher's guidance, folded in")
