@@ -144,8 +144,8 @@ def write_vae(config: VAEConfig, state: dict, dst: Path, to: str) -> Path:
     target = dst / (VAE22_FILE if config.residual else VAE_FILE) if dst.suffix != ".pth" else dst
     atomic_torch_save({k: v.contiguous() for k, v in state.items()}, target)
     read_alone = infer_vae_config(state)
-    if (config.latents_mean, config.latents_std, config.decode_noise) != (
-            read_alone.latents_mean, read_alone.latents_std, read_alone.decode_noise):
+    stats_differ = (config.latents_mean, config.latents_std) != (read_alone.latents_mean, read_alone.latents_std)
+    if stats_differ or config.decode_noise is not None:
         write_json(target.with_suffix(".json"), config.to_dict())
     return target
 

@@ -32,9 +32,13 @@ def _count(name: str, value: Any, low: int = 1, high: int = MAX_WIDTH) -> None:
     check(ok, name, f"an integer from {low} to {high}", value)
 
 
+def _finite_number(value: Any) -> bool:
+    """``value`` is an int or float (not a bool) and finite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _finite(name: str, value: Any, positive: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > 0 or not positive)
+    ok = _finite_number(value) and (value > 0 or not positive)
     check(ok, name, "a finite number above 0" if positive else "a finite number", value)
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from openwan.configio import check
-from openwan.configs.fields import _count, _finite, _from_dict, _to_dict
+from openwan.configs.fields import _count, _finite, _finite_number, _from_dict, _to_dict
 
 # --------------------------------------------------------------------------------------------- VAE
 
@@ -98,8 +97,7 @@ class VAEConfig:
         for i, v in enumerate(self.latents_std):
             _finite(f"latents_std.{i}", v, positive=True)
         if self.decode_noise is not None:
-            low_high = len(self.decode_noise) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in self.decode_noise)
+            low_high = len(self.decode_noise) == 2 and all(_finite_number(v) for v in self.decode_noise)
             check(low_high and 0 <= self.decode_noise[0] <= self.decode_noise[1] <= 1 and self.decode_noise[1] > 0,
                   "decode_noise", "null or two noise levels [low, high] with 0 <= low <= high <= 1 and high > 0",
                   self.decode_noise)

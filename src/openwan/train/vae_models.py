@@ -227,8 +227,11 @@ def _first_batches(data: Iterable, n: int) -> Iterator[dict | torch.Tensor]:
 
 
 def with_latent_stats(vae: WanVAE, mean: Iterable[float], std: Iterable[float]) -> WanVAE:
-    """A copy of ``vae`` whose config (and so ``encode``/``decode`` scaling) carries these latent statistics."""
-    return with_config(vae, latents_mean=tuple(float(m) for m in mean), latents_std=tuple(float(s) for s in std))
+    """A copy of ``vae`` whose config (and so ``encode``/``decode`` scaling) carries these latent statistics. New
+    statistics make a new normalised latent space, so the copy records no trained decoder noise range in it
+    (``decode_noise`` None)."""
+    return with_config(vae, latents_mean=tuple(float(m) for m in mean), latents_std=tuple(float(s) for s in std),
+                       decode_noise=None)
 
 
 def with_config(vae: WanVAE, **changes) -> WanVAE:

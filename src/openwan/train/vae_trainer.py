@@ -70,6 +70,7 @@ from openwan.train.vae_models import (
     latent_stats,
     video_of,
     with_config,
+    with_latent_stats,
 )
 
 log = logging.getLogger("openwan.train")
@@ -429,10 +430,9 @@ def run_stage(cfg: VAETrainConfig, data: Iterable, out_dir: str | Path | None = 
             # the decoder's record: the noise range this stage trained it on (None: its last training was clean)
             noise = tuple(cfg.decode_noise) if cfg.decode_noise[1] > 0 else None
             path = export_wan_vae(with_config(trainer.model, decode_noise=noise), out_dir)
-        else:  # a new latent space: new statistics, and no trained noise range for it yet
+        else:  # a new latent space: new statistics (and no trained noise range for it yet)
             mean, std = latent_stats(trainer.model, data, cfg.stats_batches)
-            path = export_wan_vae(with_config(trainer.model, latents_mean=tuple(float(m) for m in mean),
-                                              latents_std=tuple(float(v) for v in std), decode_noise=None), out_dir)
+            path = export_wan_vae(with_latent_stats(trainer.model, mean, std), out_dir)
     log.info("stage %d done: wrote %s (and %s)", cfg.stage, path, path.with_suffix(".json").name)
     return path
 
