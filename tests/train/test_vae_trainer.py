@@ -221,6 +221,10 @@ def test_the_export_records_the_noise_range_its_decoder_was_trained_on(tmp_path)
     assert load_trained_vae(clean).cfg.decode_noise is None
     retrained = run_stage(VAETrainConfig(stage=2, steps=2, lr=1e-3), batches(5), tmp_path / "retrained", init=noisy)
     assert load_trained_vae(retrained).cfg.decode_noise is None
+    sidecar = noisy.with_suffix(".json")  # a range that is not one is refused, naming the field
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "decode_noise": [0.2, 0.1]}))
+    with pytest.raises(ValueError, match="decode_noise must be null or two noise levels"):
+        load_trained_vae(noisy)
 
 
 def test_freeze_encoder_trains_a_widened_decoder_on_the_same_latents(tmp_path):
