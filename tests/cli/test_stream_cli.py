@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ import torch
 from openwan.cli.main import main
 from openwan.data.video import iter_video_frames
 from openwan.pipelines.stream_output import FRAME_BOUNDARY, MJPEGServer
+from openwan.pipelines.stream_state import read_state
 
 FAST = ["--prompt", "a red circle moving to the right", "--window", "2", "--steps-per-shift", "1"]
 
@@ -93,20 +93,26 @@ def test_a_killed_stream_resumes_into_the_same_file(tmp_path):
     cmd = [sys.executable, "-m", "openwan", "stream", *FAST, "--state-every", "4f"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed, state = tmp_path / "killed.mp4", tmp_path / "state.safetensors"
-    proc = subprocess.Popen([*cmd, "--duration", "6s", "--save-file", str(killed), "--state", str(state)], env=env,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*cmd, "--save-file", str(killed), "--state", str(state)], env=env,
+                            stderr=subprocess.DEVNULL)  # endless: only the kill ends it
     deadline = time.time() + 300
     while time.time() < deadline and not (state.exists() and frames_in(killed) >= 30):
         time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    subprocess.run([*cmd, "--duration", "3s", "--save-file", str(killed), "--state", str(state)], env=env,
+    at = int(read_state(state)[1]["emitted"])
+    total = f"{at + 32}f"  # wherever the kill landed, the resume has frames to add
+    subprocess.run([*cmd, "--duration", total, "--save-file", str(killed), "--state", str(state)], env=env,
                    check=True, stderr=subprocess.DEVNULL)
     straight = tmp_path / "straight.mp4"
-    subprocess.run([*cmd, "--duration", "3s", "--save-file", str(straight)], env=env, check=True,
+    subprocess.run([*cmd, "--duration", total, "--save-file", str(straight)], env=env, check=True,
                    stderr=subprocess.DEVNULL)
     a = torch.stack(list(iter_video_frames(killed))).float()
     b = torch.stack(list(iter_video_frames(straight))).float()
-    assert a.shape == b.shape == (48, 64, 64, 3)
+    assert at >= 4 and a.shape == b.shape == (at + 32, 64, 64, 3)
     assert (a - b).abs().mean() < 3  # the same frames, through one more encode for the part before the kill
-    assert Path(killed).stat().st_size > 0
+    # a resume whose --duration ends before the state is refused before the model loads
+    shorter = subprocess.run([*cmd, "--duration", f"{at - 1}f", "--save-file", str(killed), "--state", str(state)],
+                             env=env, capture_output=True, text=True)
+    assert shorter.returncode == 2 and f"already at frame {at + 32}" in shorter.stderr
+    assert frames_in(killed) == at + 32  # the refusal left the file as it was

@@ -91,6 +91,14 @@ def run(args: argparse.Namespace) -> int:
         PromptSchedule.of(args.prompt, [(parse_time(t, "--then", fps_probe) / fps_probe, p) for t, p in args.then])
     if args.preview == "mjpeg" and not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} is not a TCP port; give one from 1024 to 65535 (0: any free port).")
+    if resume and args.duration is not None:  # a resumed stream only grows: the total must not end before it
+        from openwan.pipelines.stream_state import read_state
+
+        info = read_state(args.state)[1]
+        at, fps_state = int(info["emitted"]), float(info["config"]["fps"])
+        if parse_time(args.duration, "--duration", fps_state) < at:
+            raise ValueError(f"--duration {args.duration} ends before {args.state}, which is already at frame {at} "
+                             f"({at / fps_state:.2f} s); give a longer --duration, or leave it out to stream on.")
     flags = dict(window=args.window, block=args.block, steps_per_shift=args.steps_per_shift,
                  sample_shift=args.sample_shift, guide_scale=args.guide_scale, seed=args.seed,
                  transition=args.transition, size=parse_size(args.size) if args.size else None)
