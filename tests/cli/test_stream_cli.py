@@ -17,7 +17,7 @@ import torch
 from openwan.cli.main import main
 from openwan.data.video import iter_video_frames
 from openwan.pipelines.stream_output import FRAME_BOUNDARY, MJPEGServer
-from openwan.pipelines.stream_state import read_state
+from openwan.pipelines.stream_state import read_state_info
 
 FAST = ["--prompt", "a red circle moving to the right", "--window", "2", "--steps-per-shift", "1"]
 
@@ -38,6 +38,11 @@ def test_streams_a_file_of_the_requested_duration_and_resumes_it(tmp_path, capsy
     grown = torch.stack([f for f in iter_video_frames(out)]).float()
     assert grown.shape[0] == 13
     assert (grown[:8] - first).abs().mean() < 3  # re-encoded once: within a few levels of 255
+    # a resume only grows the video: a total before the state's frame is refused, the file left as it was
+    assert main(["stream", "--duration", "12f", "--save-file", str(out), "--state", str(state)]) == 2
+    err = capsys.readouterr().err
+    assert "ends before" in err and "already at frame 13" in err and "Traceback" not in err
+    assert frames_in(out) == 13
 
 
 def test_raw_preview_writes_rgb24_frames_and_prints_the_ffplay_line(monkeypatch, capsys, one_thread):
@@ -100,7 +105,7 @@ def test_a_killed_stream_resumes_into_the_same_file(tmp_path):
         time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    at = int(read_state(state)[1]["emitted"])
+    at = int(read_state_info(state)["emitted"])
     total = f"{at + 32}f"  # wherever the kill landed, the resume has frames to add
     subprocess.run([*cmd, "--duration", total, "--save-file", str(killed), "--state", str(state)], env=env,
                    check=True, stderr=subprocess.DEVNULL)

@@ -92,9 +92,9 @@ def run(args: argparse.Namespace) -> int:
     if args.preview == "mjpeg" and not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} is not a TCP port; give one from 1024 to 65535 (0: any free port).")
     if resume and args.duration is not None:  # a resumed stream only grows: the total must not end before it
-        from openwan.pipelines.stream_state import read_state
+        from openwan.pipelines.stream_state import read_state_info
 
-        info = read_state(args.state)[1]
+        info = read_state_info(args.state)
         at, fps_state = int(info["emitted"]), float(info["config"]["fps"])
         if parse_time(args.duration, "--duration", fps_state) < at:
             raise ValueError(f"--duration {args.duration} ends before {args.state}, which is already at frame {at} "

@@ -85,10 +85,11 @@ def write_state(path: str | Path, tensors: dict[str, torch.Tensor], info: dict) 
     return path
 
 
-def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, info) of a state file written by :func:`write_state`; ValueError for anything else."""
+def read_state_info(path: str | Path) -> dict:
+    """The ``info`` of a state file written by :func:`write_state`, from its header alone (no tensor is read);
+    ValueError for anything else."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from safetensors.torch import safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -96,7 +97,6 @@ def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         with safe_open(str(path), "pt") as f:
             header = f.metadata() or {}
-        tensors = load_file(str(path))
         info = json.loads(header["openwan_stream"])
     except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as err:
         raise ValueError(f"{path} is not an openwan stream state ({err}); give a file written by "
@@ -104,4 +104,18 @@ def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if info.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} holds stream state format {info.get('format')!r}; this openwan reads format "
                          f"{STATE_FORMAT}: start a new stream.")
+    return info
+
+
+def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, info) of a state file written by :func:`write_state`; ValueError for anything else."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    info = read_state_info(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is not an openwan stream state ({err}); give a file written by "
+                         "VideoStream.save, or start a new stream.") from None
     return tensors, info
