@@ -7,7 +7,8 @@
    staircase of per-frame levels (``timesteps.staircase``: a window of 5 latent frames on a 20-step grid, 4
    sub-steps per shift) — diffusion forcing on the schedule the stream runs — each window cut at a random latent
    offset of its clip (``window: random``), so that most windows come from the middle of a clip, where a stream's
-   window always is once it is full;
+   window always is once it is full; with ``--anchor`` a share of the windows follow the clip's first latent frame,
+   given clean (``timesteps.anchor``), and the staircase walks the 4 frames after it (5 sub-steps per shift);
 3. the student: that teacher, guided, distilled into one sub-step per shift (``distill.staircase``: 5 steps per
    latent frame, its guidance folded in);
 4. the student written into the release's ``stream_model/`` with the settings it streams at, where
@@ -35,7 +36,7 @@ from openwan.train.checkpoint import checkpoint_dit, export_dit, latest_checkpoi
 
 WINDOW, SHIFT = 5, 3.0  # 17 frames: 5 latent frames, the stream's window; the demo's sampling shift
 CLIP_FRAMES = 49  # the synthetic clips' length: 13 latent frames, 9 window positions
-TEACHER_PER_SHIFT, STUDENT_PER_SHIFT = 4, 1  # 20 and 5 steps per latent frame
+TEACHER_STEPS, STUDENT_PER_SHIFT = 20, 1  # the teacher's steps per latent frame; the student's sub-steps per shift
 
 TEACHER_CONFIG = """\
 model: {{preset: demo-small, path: {init}}}
@@ -45,7 +46,7 @@ stages:
 optim: {{lr: {lr}, weight_decay: 0.01, grad_clip: 1.0}}
 schedule: {{kind: cosine, warmup_steps: 50, min_lr_ratio: 0.1}}
 timesteps: {{mode: logit_normal, shift: 2.0, logit_std: 1.0, first_frame: 0.1, staircase: {staircase},
-            staircase_steps: {per_shift}, staircase_shift: {shift}}}
+            staircase_steps: {per_shift}, staircase_shift: {shift}, anchor: {anchor}}}
 ema: {{decay: 0.995}}
 text_dropout: 0.1
 checkpoint: {{every: 250, keep_last: 2}}
@@ -60,6 +61,7 @@ model: {{preset: demo-small}}
 data: {{cache_dir: {cache}}}
 distill: {{teacher: {teacher}, guide_scale: {guide}, teacher_steps: {teacher_steps}, student_steps: {student_steps},
           shift: {shift}, target: ema, loss: l2, staircase: true}}
+timesteps: {{anchor: {anchor}}}
 stages:
   - {{name: stream-distill, steps: {steps}, batch_size: {batch}, buckets: [[17, 64, 64]], window: random}}
 optim: {{lr: {lr}, weight_decay: 0.0, grad_clip: 1.0}}
@@ -117,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--staircase", type=float, default=0.7,
                         help="the share of the fine-tuning samples on the staircase (the rest as the release was "
                              "trained: one level per clip; a tenth of all samples with a clean first frame)")
+    parser.add_argument("--anchor", type=float, default=0.0,
+                        help="the share of the teacher's samples whose window follows an anchor (the clip's first "
+                             "latent frame, clean); above 0, the student is distilled on anchored windows alone and "
+                             "streams with --anchor: the staircase walks the 4 frames after it")
     parser.add_argument("--student-steps", type=int, default=1000, help="distillation steps (0: ship the teacher, "
                                                                        "streamed at 1 sub-step per shift)")
     parser.add_argument("--student-lr", type=float, default=5e-5)
@@ -131,11 +137,16 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"{args.release} is not a two-expert release (no low_noise_model/); give --release.")
     cache = (args.cache or build_caches(work, args.release, args.clips, args.captions)).resolve()
     compile_blocks = "true" if args.compile else "false"
+    if not 0 <= args.anchor <= 1:
+        raise ValueError(f"--anchor {args.anchor} is not a share of the samples; give a number from 0 to 1.")
+    anchored = args.anchor > 0
+    groups = WINDOW - anchored  # the staircase's frames: the window's, less the anchor's slot
+    per_shift = TEACHER_STEPS // groups
 
     teacher_yaml, teacher_dir = work / "stream-teacher.yaml", work / "stream-teacher"
     teacher_yaml.write_text(TEACHER_CONFIG.format(
         init=low.resolve(), cache=cache, steps=args.teacher_steps, batch=args.batch_size, lr=args.teacher_lr,
-        staircase=args.staircase, per_shift=TEACHER_PER_SHIFT, shift=SHIFT, compile=compile_blocks,
+        staircase=args.staircase, per_shift=per_shift, shift=SHIFT, anchor=args.anchor, compile=compile_blocks,
         out=(work / "teacher-run")))
     _train(teacher_yaml)
     export_dit(latest_checkpoint(work / "teacher-run"), teacher_dir)
@@ -144,16 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.student_steps > 0:
         student_yaml = work / "stream-student.yaml"
         student_yaml.write_text(STUDENT_CONFIG.format(
-            cache=cache, teacher=teacher_dir, guide=args.guide_scale, teacher_steps=WINDOW * TEACHER_PER_SHIFT,
-            student_steps=WINDOW * STUDENT_PER_SHIFT, shift=SHIFT, steps=args.student_steps, batch=args.batch_size,
-            lr=args.student_lr, compile=compile_blocks, out=student_run))
+            cache=cache, teacher=teacher_dir, guide=args.guide_scale, teacher_steps=TEACHER_STEPS,
+            student_steps=groups * STUDENT_PER_SHIFT, shift=SHIFT, steps=args.student_steps, batch=args.batch_size,
+            lr=args.student_lr, anchor=1.0 if anchored else 0.0, compile=compile_blocks, out=student_run))
         _train(student_yaml)
         student = checkpoint_dit(latest_checkpoint(student_run))
-        settings = StreamConfig(window=WINDOW, steps_per_shift=STUDENT_PER_SHIFT, sample_shift=SHIFT, guide_scale=1.0)
+        settings = StreamConfig(window=WINDOW, steps_per_shift=STUDENT_PER_SHIFT, sample_shift=SHIFT, guide_scale=1.0,
+                                anchor=anchored)
     else:
         student = checkpoint_dit(latest_checkpoint(work / "teacher-run"))
         settings = StreamConfig(window=WINDOW, steps_per_shift=STUDENT_PER_SHIFT, sample_shift=SHIFT,
-                                guide_scale=args.guide_scale)
+                                guide_scale=args.guide_scale, anchor=anchored)
     # bfloat16 as the release's own DiTs (the loaders upcast)
     print(f"wrote {save_student(args.release, student, settings, dtype=torch.bfloat16)}")
     return 0

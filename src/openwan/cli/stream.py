@@ -46,6 +46,11 @@ def add_parser(sub) -> None:
     p.add_argument("--state", default=None, help="save the stream's state here as it runs; if the file exists, "
                                                  "resume from it")
     p.add_argument("--state-every", default="1s", help="how often the state is saved, in video time (default 1s)")
+    p.add_argument("--anchor", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the stream's first latent frame clean in the window's first slot, ahead of the "
+                        "staircase over the rest (default: as the student was trained; off for a release's own DiT)")
+    p.add_argument("--image", default=None, help="start the stream from this image (its first frame, kept as the "
+                                                 "anchor: implies --anchor)")
     p.add_argument("--student", action=argparse.BooleanOptionalAction, default=None,
                    help="stream with the release's streaming student (stream_model/: one DiT evaluation per latent "
                         "frame, at the settings it was trained for) or, with --no-student, its own DiT (default: "
@@ -66,6 +71,7 @@ def parse_time(text: str, flag: str, fps: float) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from openwan.data.video import read_image
     from openwan.pipelines.components import BUNDLED, BUNDLED_NOTE, holds_dit
     from openwan.pipelines.stream import PromptSchedule, StreamConfig, VideoStream
     from openwan.pipelines.stream_output import GrowingVideo, MJPEGServer, RawPreview
@@ -89,6 +95,12 @@ def run(args: argparse.Namespace) -> int:
             parse_time(text, flag, fps_probe)
     if not resume:  # the schedule's own checks (times in order, prompts not empty)
         PromptSchedule.of(args.prompt, [(parse_time(t, "--then", fps_probe) / fps_probe, p) for t, p in args.then])
+    if args.image is not None and resume:
+        raise ValueError(f"--image starts a new stream; {args.state} already holds one (its anchor included): leave "
+                         "--image out to resume it, or give a new --state file.")
+    if args.image is not None and args.anchor is False:
+        raise ValueError("--image keeps the image as the stream's anchor; leave --no-anchor out.")
+    image = read_image(args.image) if args.image is not None else None  # refused here if unreadable
     if args.preview == "mjpeg" and not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} is not a TCP port; give one from 1024 to 65535 (0: any free port).")
     if resume and args.duration is not None:  # a resumed stream only grows: the total must not end before it
@@ -101,8 +113,9 @@ def run(args: argparse.Namespace) -> int:
                              f"({at / fps_state:.2f} s); give a longer --duration, or leave it out to stream on.")
     flags = dict(window=args.window, block=args.block, steps_per_shift=args.steps_per_shift,
                  sample_shift=args.sample_shift, guide_scale=args.guide_scale, seed=args.seed,
-                 transition=args.transition, size=parse_size(args.size) if args.size else None)
-    StreamConfig(**flags)  # the flags' own checks, before anything loads
+                 transition=args.transition, size=parse_size(args.size) if args.size else None,
+                 anchor=True if image is not None else args.anchor)
+    StreamConfig(**{k: v for k, v in flags.items() if v is not None})  # the flags' own checks, before any load
     device = check_device(args.device) if args.device else None
     if args.ckpt_dir is None:
         if not holds_dit(BUNDLED):
@@ -124,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"resuming {args.state} at frame {s.emitted}", file=log)
     else:
         then = [(parse_time(t, "--then", fps) / fps, p) for t, p in args.then]
-        s = VideoStream(pipe, PromptSchedule.of(args.prompt, then), config)
+        s = VideoStream(pipe, PromptSchedule.of(args.prompt, then), config, image=image)
     fps = s.config.fps
     total = parse_time(args.duration, "--duration", fps) if args.duration else None
     every = max(1, parse_time(args.state_every, "--state-every", fps))

@@ -380,10 +380,14 @@ class CachedDataset(Dataset):
         return BucketBatchSampler(self.buckets, batch_size, seed, **kwargs)
 
 
-def cut_windows(latents: torch.Tensor, frames: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+def cut_windows(latents: torch.Tensor, frames: int, generators: Sequence[torch.Generator],
+                anchored: Sequence[bool] | torch.Tensor | None = None) -> torch.Tensor:
     """Windows of ``frames`` latent frames from latents [B, C, F, h, w], each sample's at a uniform random latent
     offset in [0, F - frames] drawn from its own generator (the last F - frames + 1 latent positions all serve as
-    starts, the clip's first one included). F == frames returns ``latents`` itself, drawing nothing."""
+    starts, the clip's first one included). F == frames returns ``latents`` itself, drawing nothing.
+
+    ``anchored`` [B] (bool): those samples' windows are the clip's first latent frame (a stream's anchor) followed by
+    ``frames`` - 1 consecutive frames at an offset in [1, F - frames + 1], drawn the same way."""
     total = latents.shape[2]
     if frames > total:
         raise ValueError(f"a window of {frames} latent frames does not fit clips of {total}; give the stage a shorter "
@@ -392,8 +396,10 @@ def cut_windows(latents: torch.Tensor, frames: int, generators: Sequence[torch.G
         return latents
     if len(generators) != latents.shape[0]:
         raise ValueError(f"cut_windows needs one generator per sample; got {len(generators)} for {latents.shape[0]}.")
+    anchored = [False] * latents.shape[0] if anchored is None else [bool(a) for a in anchored]
     starts = [int(torch.randint(0, total - frames + 1, (1,), generator=g)) for g in generators]
-    return torch.stack([x[:, s:s + frames] for x, s in zip(latents, starts)])
+    return torch.stack([torch.cat([x[:, :1], x[:, s + 1:s + frames]], dim=1) if a else x[:, s:s + frames]
+                        for x, s, a in zip(latents, starts, anchored)])
 
 
 __all__ = ["build_latent_cache", "build_text_cache", "CachedDataset", "CacheReport", "cut_windows", "LATENT_INDEX",

@@ -89,33 +89,50 @@ def consistency_target(teacher: Model, target_model: Model, x_n: torch.Tensor, c
     sigmas: the teacher grid (float64); n, end: grid indices of the start and of its phase end, per sample [B] or
     per latent frame [B, F] (the streaming staircase: the models then get timesteps [B, F], one per frame). The
     teacher takes one guided Euler step n -> n+1; where n+1 is the phase end, the target is that step itself.
+    Frames at the grid's last index N (σ 0: a stream's anchor, given clean) stay where they are, and their target
+    is 0 — context, not a target: leave them out of the loss (:func:`consistency_loss`'s ``mask``).
     Computed without gradients."""
     with torch.no_grad():
-        s_n, s_m, s_e = sigmas[n], sigmas[n + 1], sigmas[end]  # [B] or [B, F] float64
+        last = sigmas.numel() - 1
+        after = (n + 1).clamp(max=last)
+        s_n, s_m, s_e = sigmas[n], sigmas[after], sigmas[end.clamp(max=last)]  # [B] or [B, F] float64
         t = grid_timesteps(sigmas)
         v_g = guided_velocity(teacher, x_n, t[n].to(x_n.device), context, context_negative, scale)
         x_m = jump(x_n, v_g.float(), s_n, s_m)
         inside = (n + 1 < end).to(x_n.device)  # samples (frames) whose teacher step stops short of the phase end
         # Evaluated for every batch, even one of boundary pairs only: under FSDP a forward is collective, and
         # another rank's batch may need it.
-        v_t = target_model(x_m, t[n + 1].to(x_n.device), context).float()
+        v_t = target_model(x_m, t[after].to(x_n.device), context).float()
         f_target = torch.where(per_sample(inside, x_n).bool(), jump(x_m, v_t, s_m, s_e), x_m)
-        return (f_target - x_n) / per_sample(s_e - s_n, x_n)
+        span = per_sample(s_e - s_n, x_n)
+        return (f_target - x_n) / span.masked_fill(span == 0, 1.0)
 
 
 def consistency_loss(v_pred: torch.Tensor, v_target: torch.Tensor, kind: str = "l2",
-                     huber_c: float = 0.03) -> torch.Tensor:
+                     huber_c: float = 0.03, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The distance between the student's velocity and the target's (float32 scalar, the batch mean).
 
     ``l2``: the mean squared error. ``pseudo_huber``: per sample sqrt(mean (v − v̂)² + c²) − c (iCT's loss, with
-    the squared norm taken as a mean so c does not depend on the latent size)."""
+    the squared norm taken as a mean so c does not depend on the latent size). ``mask`` [B, F] (bool): only those
+    latent frames count (the means are taken over them); None: all."""
+    if kind not in ("l2", "pseudo_huber"):
+        raise ValueError(f"Unknown consistency loss {kind!r}; use l2 or pseudo_huber.")
     error = (v_pred.float() - v_target.float()).square()
-    if kind == "l2":
-        return error.mean()
-    if kind == "pseudo_huber":
+    if mask is None:
         per_sample = error.flatten(1).mean(dim=1)
-        return ((per_sample + huber_c**2).sqrt() - huber_c).mean()
-    raise ValueError(f"Unknown consistency loss {kind!r}; use l2 or pseudo_huber.")
+        return error.mean() if kind == "l2" else ((per_sample + huber_c**2).sqrt() - huber_c).mean()
+    keep = per_sample_mask(mask, error)
+    count = keep.expand_as(error).flatten(1).sum(dim=1)  # [B] elements that count
+    sums = (error * keep).flatten(1).sum(dim=1)
+    if kind == "l2":
+        return sums.sum() / count.sum().clamp(min=1)
+    per_sample = sums / count.clamp(min=1)
+    return ((per_sample + huber_c**2).sqrt() - huber_c)[count > 0].mean()
+
+
+def per_sample_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-frame mask [B, F] as float32 shaped to broadcast over x [B, C, F, h, w]."""
+    return mask.to(x.device, torch.float32)[:, None, :, None, None]
 
 
 __all__ = ["Model", "consistency_loss", "consistency_target", "grid_timesteps", "guided_velocity", "jump",

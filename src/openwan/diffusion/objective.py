@@ -93,7 +93,7 @@ def draw_sample_sigmas(gen: torch.Generator, *, frames: int, patch_frames: int, 
                        logit_mean: float = 0.0, logit_std: float = 1.0, mix: Sequence[NoiseDistribution] = (),
                        per_frame: float = 0.0, first_frame: float = 0.0,
                        sigma_range: tuple[float, float] = (0.0, 1.0),
-                       staircase: tuple[float, int, float] | None = None) -> torch.Tensor:
+                       staircase: tuple[float, int, float] | None = None, anchor: bool = False) -> torch.Tensor:
     """One sample's noise levels, from its own generator: [1], or [F] per latent frame when ``per_frame`` or
     ``first_frame`` is on (``frames`` latent frames in temporal patches of ``patch_frames``).
 
@@ -102,7 +102,19 @@ def draw_sample_sigmas(gen: torch.Generator, *, frames: int, patch_frames: int, 
     entries replace the main (shift, logit_mean, logit_std) with the probability of their fractions. Every level
     lies in ``sigma_range`` (a clean first frame stays at 0). ``staircase`` (fraction, steps per shift, shift):
     with that probability the frames take the streaming sampler's levels instead (:func:`draw_staircase`: the
-    window's staircase at a random sub-step, oldest frame cleanest), ``sigma_range`` not applied."""
+    window's staircase at a random sub-step, oldest frame cleanest), ``sigma_range`` not applied.
+
+    ``anchor``: the first temporal patch is an anchor, given clean (σ 0), and the rest's levels are drawn as above
+    for a clip one temporal patch shorter; the result is then always [F]."""
+    if anchor:
+        if frames // patch_frames < 2:
+            raise ValueError(f"an anchored sample needs at least 2 latent frames (the anchor and one after it); got "
+                             f"{frames // patch_frames}.")
+        rest = draw_sample_sigmas(gen, frames=frames - patch_frames, patch_frames=patch_frames, mode=mode,
+                                  shift=shift, logit_mean=logit_mean, logit_std=logit_std, mix=mix,
+                                  per_frame=per_frame, first_frame=first_frame, sigma_range=sigma_range,
+                                  staircase=staircase)
+        return torch.cat([rest.new_zeros(patch_frames), rest.expand(frames - patch_frames)])
     token_frames = frames // patch_frames
     stair = staircase[0] if staircase is not None else 0.0
     frame_sigmas = per_frame > 0 or first_frame > 0 or stair > 0

@@ -22,6 +22,14 @@ only on the offset between two tokens, so positions that kept growing would give
 arithmetic; the fixed frame keeps the angles small (no float precision lost after hours of video) and needs no
 change to the DiT.
 
+Anchor (``anchor=True``): the window's first slot holds one clean latent frame (σ 0) ahead of the staircase, and
+the staircase walks the G = (window − 1) / block groups after it. The anchor is the stream's first latent frame to
+leave the queue (or an image's latent, for a stream started from an image), so every later frame is denoised in
+attention to how the stream began: its colours and shapes, minutes later. A prompt switch re-anchors on the first
+frame to leave under the new prompt alone. Models are trained for it by ``timesteps.anchor`` (the clip's first
+latent frame given clean ahead of a window cut later in the clip); a DiT trained with clean first frames
+(``timesteps.first_frame``, Wan2.2 TI2V-style) already reads an anchor that is its window's neighbour.
+
 Two-expert models (Wan2.2 A14B, the bundled demo model): each frame takes the velocity of the expert its own level
 picks (t >= boundary·1000: the high-noise expert); a window straddling the boundary runs both experts on the whole
 window, so such steps cost two evaluations.
@@ -37,7 +45,9 @@ from pathlib import Path
 
 import torch
 
+from openwan.data.video import resize_crop
 from openwan.diffusion import sampling_sigmas, timesteps_from_sigmas
+from openwan.pipelines.conditioning import to_model_range
 from openwan.pipelines.stream_state import StreamDecoder, read_state, write_state
 from openwan.runtime.offload import on_device
 
@@ -57,6 +67,7 @@ class StreamConfig:
     seed: int = 0
     transition: int = 2  # latent frames over which a prompt switch cross-fades (per frame, in velocity)
     fps: float | None = None  # frames per second of the output (prompt times are in seconds of it)
+    anchor: bool = False  # keep the stream's first latent frame clean in the window's first slot
 
     def __post_init__(self) -> None:
         for name in ("window", "steps_per_shift"):
@@ -65,8 +76,11 @@ class StreamConfig:
                 raise ValueError(f"StreamConfig.{name} must be an integer >= 1; got {value!r}.")
         if not isinstance(self.block, int) or self.block < 1:
             raise ValueError(f"StreamConfig.block must be an integer >= 1; got {self.block!r}.")
-        if self.window is not None and self.window % self.block:
-            raise ValueError(f"StreamConfig.window ({self.window}) must be a multiple of block ({self.block}).")
+        if not isinstance(self.anchor, bool):
+            raise ValueError(f"StreamConfig.anchor must be True or False; got {self.anchor!r}.")
+        if self.window is not None and ((self.window - self.anchor) % self.block or self.window - self.anchor < 1):
+            raise ValueError(f"StreamConfig.window ({self.window}) must be a multiple of block ({self.block})"
+                             + (" plus the anchor's slot (1)" if self.anchor else "") + ".")
         if self.sample_shift is not None and not (math.isfinite(self.sample_shift) and self.sample_shift > 0):
             raise ValueError(f"StreamConfig.sample_shift must be a finite number above 0; got {self.sample_shift!r}.")
         scales = self.guide_scale if isinstance(self.guide_scale, (tuple, list)) else (self.guide_scale,)
@@ -89,8 +103,9 @@ class StreamConfig:
 
     @property
     def groups(self) -> int:
-        """G: noise levels in the full queue (latent frames out per queue step = ``block``)."""
-        return self.window // self.block
+        """G: noise levels in the full queue (latent frames out per queue step = ``block``); the anchor's slot is
+        not one of them."""
+        return (self.window - self.anchor) // self.block
 
     def grid(self) -> torch.Tensor:
         """The float64 σ grid [G·K + 1] the staircase walks (needs the resolved fields)."""
@@ -154,10 +169,13 @@ class VideoStream:
     frames not yet handed out, counters) is what :meth:`save` writes and :meth:`resume` reads back.
     """
 
-    def __init__(self, pipe, schedule: PromptSchedule, config: StreamConfig = StreamConfig()):
+    def __init__(self, pipe, schedule: PromptSchedule, config: StreamConfig = StreamConfig(), image=None):
         self.pipe = pipe
         self.schedule = schedule
         self.config = cfg = _resolved(pipe, config)
+        if image is not None and not cfg.anchor:
+            raise ValueError("a stream started from an image keeps the image as its anchor; set anchor=True (stream() "
+                             "and the CLI's --image do).")
         pt, ph, pw = pipe.dit.cfg.patch_size
         if pipe.has_image_input:
             raise ValueError("streaming generates from text; load a text-to-video model (this one is image-to-video).")
@@ -185,6 +203,10 @@ class VideoStream:
         self.steps = 0  # queue steps done
         self.emitted = 0  # video frames handed out
         self.extra: dict[str, torch.Tensor] = {}  # the caller's tensors read back by resume
+        self.anchor: torch.Tensor | None = None  # [C, 1, h, w] the clean frame ahead of the window (anchor=True)
+        self.anchor_prompt: int | None = None  # the prompt the anchor was made under (None: a cross-fade's mix)
+        if image is not None:
+            self._start_from(image)
 
     # ------------------------------------------------------------------------------------ text
     def _encode(self, schedule: PromptSchedule, cfg: StreamConfig) -> list[torch.Tensor]:
@@ -204,6 +226,25 @@ class VideoStream:
             mix = [(1.0 - w) * c for c in mix]
             mix[i] = w
         return mix
+
+    def pure_prompt(self, latent_frame: int) -> int | None:
+        """The prompt latent frame ``latent_frame`` is made under alone (None inside a cross-fade)."""
+        mix = self.prompt_mix(latent_frame)
+        return next((i for i, w in enumerate(mix) if w == 1.0), None)
+
+    def _start_from(self, image) -> None:
+        """Latent frame 0 is ``image`` (encoded by the VAE, held as the anchor); its decoded frame is the stream's
+        first."""
+        from openwan.pipelines.wan import _as_frames  # the pipeline's own image check (imports this module)
+
+        vae, device = self.pipe.vae, self.pipe.device
+        width, height = self.config.size
+        pixels = to_model_range(resize_crop(_as_frames(image)[:1].float(), (width, height)))  # [1, 3, 1, H, W]
+        with torch.no_grad(), on_device(vae, device, self.pipe.offload_model):
+            z = vae.encode(pixels.to(device, vae.dtype)).float()[0]  # [C, 1, h, w]
+        self.anchor, self.anchor_prompt = z, self.pure_prompt(0)
+        self.pending = self.decoder.decode(z)
+        self.joined = 1
 
     # ------------------------------------------------------------------------------------ the queue
     @torch.no_grad()
@@ -227,16 +268,21 @@ class VideoStream:
                 latents = torch.cat([x + (self._sig[i + 1] - self._sig[i]) * vg
                                      for x, vg, i in zip(groups, v.split(cfg.block, dim=1), levels)], dim=1)
                 levels = [i + 1 for i in levels]
-            frames = self.pending[:0]
+            frames, anchor = self.pending[:0], (self.anchor, self.anchor_prompt)
             if levels[0] == len(self._sig) - 1:  # the oldest group reached σ = 0: it leaves
+                first = joined - latents.shape[1]  # its first latent frame's number in the stream
                 clean, latents, levels = latents[:, :cfg.block], latents[:, cfg.block:].clone(), levels[1:]
                 frames = self.decoder.decode(clean)
+                prompt = self.pure_prompt(first)
+                if cfg.anchor and (anchor[0] is None or (prompt is not None and prompt != anchor[1])):
+                    anchor = (clean[:, :1].clone(), prompt)  # the first frame out, or the first after a switch
         except BaseException:
             self.generator.set_state(generator)
             self.decoder.restore_snapshot(decoder)
             raise
         self.latents, self.levels, self.joined, self.steps, self.pending = (
             latents, levels, joined, self.steps + 1, torch.cat([self.pending, frames]))
+        self.anchor, self.anchor_prompt = anchor
         return frames
 
     def velocity(self, x: torch.Tensor, levels: list[int], joined: int | None = None) -> torch.Tensor:
@@ -244,11 +290,16 @@ class VideoStream:
         joined - 1 of the stream; ``joined`` defaults to :attr:`joined`) whose groups sit at grid ``levels``."""
         pipe, cfg = self.pipe, self.config
         joined = self.joined if joined is None else joined
-        mix = torch.tensor([self.prompt_mix(m) for m in range(joined - x.shape[1], joined)])  # [F, P]
+        numbers = list(range(joined - x.shape[1], joined))  # the stream's latent frame numbers of the window
+        t_frames = self.timesteps[torch.tensor(levels).repeat_interleave(cfg.block)]  # [F] int64
+        anchored = self.anchor is not None
+        if anchored:  # the anchor goes first, clean (t 0), under the window's first frame's prompt mix
+            x, numbers = torch.cat([self.anchor.to(x), x], dim=1), numbers[:1] + numbers
+            t_frames = torch.cat([self.timesteps[-1:], t_frames])
+        mix = torch.tensor([self.prompt_mix(m) for m in numbers])  # [F, P]
         used = [i for i in range(mix.shape[1]) if bool(mix[:, i].any())]
         context = torch.cat([self.contexts[i][:1] for i in used] + [self.contexts[0][1:]])  # conds, negative (if any)
         weights = mix[:, used].T.to(x.device)[:, None, :, None, None] if len(used) > 1 else None  # [P', 1, F, 1, 1]
-        t_frames = self.timesteps[torch.tensor(levels).repeat_interleave(cfg.block)]  # [F] int64
         if bool((t_frames == t_frames[0]).all()):  # one level: the ordinary sampler's t [B]
             t = t_frames[:1].float().to(x.device)  # [1]
         else:
@@ -258,10 +309,11 @@ class VideoStream:
             with on_device(model, pipe.device, pipe.offload_model and pipe.dit_low is not None):
                 vm = _guided(model, x, t, context, len(used), scale, pipe.dtype, weights)
             if v is None and bool(frames.all()):
-                return vm
+                v = vm
+                break
             v = torch.zeros_like(vm) if v is None else v
             v[:, frames.to(v.device)] = vm[:, frames.to(v.device)]
-        return v
+        return v[:, 1:] if anchored else v
 
     def _experts(self, t_frames: torch.Tensor) -> list[tuple[torch.nn.Module, float, torch.Tensor]]:
         """(model, guide scale, frames it serves [F] bool) for the experts this window's levels need."""
@@ -298,7 +350,9 @@ class VideoStream:
     def held_tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor the stream keeps between steps, by name (what :meth:`save` writes)."""
         tensors, _ = self.decoder.export()
-        return {"latents": self.latents, "pending": self.pending, "generator": self.generator.get_state(), **tensors}
+        anchor = {} if self.anchor is None else {"anchor": self.anchor}
+        return {"latents": self.latents, "pending": self.pending, "generator": self.generator.get_state(), **anchor,
+                **tensors}
 
     # ------------------------------------------------------------------------------------ save / resume
     def save(self, path: str | Path, extra: dict[str, torch.Tensor] | None = None) -> Path:
@@ -307,7 +361,7 @@ class VideoStream:
         _, decoder_info = self.decoder.export()
         info = {"config": self.config.to_dict(), "schedule": [list(e) for e in self.schedule.entries],
                 "levels": self.levels, "joined": self.joined, "steps": self.steps, "emitted": self.emitted,
-                "decoder": decoder_info, "model": _model_signature(self.pipe)}
+                "decoder": decoder_info, "model": _model_signature(self.pipe), "anchor_prompt": self.anchor_prompt}
         extra = {f"extra.{k}": v for k, v in (extra or {}).items()}
         return write_state(path, {**self.held_tensors(), **extra}, info)
 
@@ -326,23 +380,29 @@ class VideoStream:
         self.levels = [int(i) for i in info["levels"]]
         self.joined, self.steps, self.emitted = int(info["joined"]), int(info["steps"]), int(info["emitted"])
         self.decoder.restore(tensors, info["decoder"])
+        self.anchor = tensors["anchor"].to(pipe.device) if "anchor" in tensors else None
+        self.anchor_prompt = info.get("anchor_prompt")
         self.extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
         return self
 
 
 def stream(pipe, prompt: str | PromptSchedule, *, then: Sequence[tuple[float, str]] = (),
-           config: StreamConfig | None = None, **options) -> VideoStream:
+           config: StreamConfig | None = None, image=None, **options) -> VideoStream:
     """An endless video from ``pipe`` (a loaded :class:`~openwan.pipelines.WanPipeline`): ``prompt`` from 0 s, then
-    each (second, prompt) of ``then``. ``options`` are :class:`StreamConfig` fields (window=, block=, seed=, ...)."""
+    each (second, prompt) of ``then``. ``options`` are :class:`StreamConfig` fields (window=, block=, seed=, ...).
+    ``image`` ([H, W, 3] or [1, H, W, 3] in [0, 1], scaled to cover the stream's size and center-cropped): the
+    stream's first frame, kept as its anchor (``anchor`` is set)."""
     schedule = prompt if isinstance(prompt, PromptSchedule) else PromptSchedule.of(prompt, then)
-    return VideoStream(pipe, schedule, dataclasses.replace(config or StreamConfig(), **options))
+    if image is not None:
+        options["anchor"] = True
+    return VideoStream(pipe, schedule, dataclasses.replace(config or StreamConfig(), **options), image=image)
 
 
 def _resolved(pipe, cfg: StreamConfig) -> StreamConfig:
     """``cfg`` with every None field set from the model's sampling defaults."""
     d = pipe.defaults
     window = cfg.window or (d.frame_num - 1) // pipe.vae.cfg.temporal_compression + 1
-    groups = max(1, window // cfg.block)
+    groups = max(1, (window - cfg.anchor) // cfg.block)
     steps = cfg.steps_per_shift or max(1, round(d.sample_steps / groups))
     return dataclasses.replace(
         cfg, window=window, steps_per_shift=steps,

@@ -87,9 +87,10 @@ def load_stream_pipe(release: str | Path, *, device: str | torch.device | None =
 
 def merged(base: StreamConfig, **given) -> StreamConfig:
     """``base`` with every field of ``given`` that is not None (a caller's flags over a student's settings). An
-    explicit σ grid of ``base`` is dropped when the window, block, steps per shift or shift it was made for change."""
-    changes = {k: v for k, v in given.items() if v is not None}
-    if "sigmas" not in changes and changes.keys() & {"window", "block", "steps_per_shift", "sample_shift"}:
+    explicit σ grid of ``base`` is dropped when the window, block, anchor, steps per shift or shift it was made for
+    change."""
+    changes = {k: v for k, v in given.items() if v is not None and v != getattr(base, k)}
+    if "sigmas" not in changes and changes.keys() & {"window", "block", "anchor", "steps_per_shift", "sample_shift"}:
         changes["sigmas"] = None
     return dataclasses.replace(base, **changes)
 

@@ -159,6 +159,12 @@ class TimestepConfig:
     diffusion forcing on the stream's own schedule, for a model that streams with ``openwan stream --window F
     --steps-per-shift staircase_steps --sample-shift staircase_shift``. Drawn after ``first_frame`` and
     ``per_frame``; ``min_sigma`` / ``max_sigma`` do not apply to it.
+    ``anchor``: the fraction of samples whose first latent frame is an anchor, as a stream with
+    ``StreamConfig.anchor`` keeps one (:mod:`openwan.pipelines.stream`): the clip's first latent frame given clean
+    (σ 0, no loss on it), followed by the rest of the window — with a stage's ``window: random``, the window's other
+    frames cut at a random offset past the clip's first frame, so the anchor is often seconds before them — whose
+    levels are drawn as above for a window one frame shorter (the staircase over its frames, a shared level, ...).
+    Drawn apart from the rest, from the sample's own ``anchor`` generator.
     """
 
     mode: Literal["uniform", "logit_normal"] = "uniform"
@@ -177,6 +183,7 @@ class TimestepConfig:
     staircase: float = 0.0
     staircase_steps: int = 1
     staircase_shift: float = 3.0
+    anchor: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -361,11 +368,17 @@ def _validate(cfg: TrainConfig) -> None:
            "auto, cpu, cuda or cuda:N", cfg.device)
     check(cfg.resume in ("auto", "never") or bool(cfg.resume), "resume", "auto, never or a checkpoint folder",
            cfg.resume)
+    for i, stage in enumerate(cfg.stages):  # an anchor needs a frame after it
+        if cfg.stage_timesteps(stage).anchor > 0:
+            short = [list(b) for b in stage.buckets if b[0] < 5]
+            check(not short, f"stages.{i}.buckets", "clips of at least 5 frames (2 latent frames) when "
+                  "timesteps.anchor > 0: the anchor is one latent frame and the window follows it", short)
     if cfg.distill is not None:
         validate_distill(cfg.distill, cfg.ema.decay)
         for stage in cfg.stages:  # a 4n+1-frame bucket is n+1 latent frames: the stream's window
+            anchor = cfg.stage_timesteps(stage).anchor
             for frames in sorted({b[0] for b in stage.buckets}):
-                check_window(cfg.distill, (frames - 1) // 4 + 1)
+                check_window(cfg.distill, (frames - 1) // 4 + 1, anchor=anchor)
 
 
 def _validate_stage(stage: StageConfig, name: str) -> None:
@@ -407,6 +420,7 @@ def _validate_timesteps(t: TimestepConfig, name: str) -> None:
            t.staircase_steps)
     check(math.isfinite(t.staircase_shift) and t.staircase_shift > 0, f"{name}.staircase_shift", "a positive number",
            t.staircase_shift)
+    check(0 <= t.anchor <= 1, f"{name}.anchor", "a fraction from 0 to 1", t.anchor)
     for i, m in enumerate(t.mix):
         check(0 <= m.fraction <= 1, f"{name}.mix.{i}.fraction", "a fraction from 0 to 1", m.fraction)
         check(math.isfinite(m.shift) and m.shift > 0, f"{name}.mix.{i}.shift", "a positive number", m.shift)

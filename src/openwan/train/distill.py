@@ -184,7 +184,7 @@ class Distillation:
         """(the consistency loss of this batch, the start levels σ_n [B], the grids' shift)."""
         cfg, dit, device = self.cfg, trainer.dit, x0.device
         n, noise = self._draw(trainer, x0)
-        end = phase_end(n, cfg.teacher_steps, cfg.student_steps)
+        end = phase_end(n, cfg.teacher_steps, cfg.student_steps).clamp(max=cfg.teacher_steps)
         s_n = per_sample(self.sigmas[n].to(torch.float32), x0)  # [B] or, on the staircase, [B, F] levels
         x_n = (1 - s_n) * x0 + s_n * noise.to(device)
         patch = self.teacher.base.cfg.patch_size
@@ -201,24 +201,36 @@ class Distillation:
         t_n = grid_timesteps(self.sigmas)[n].to(device)
         with _autocast(device, trainer.autocast_dtype):
             v_pred = student(x_n, t_n, context)
-        return consistency_loss(v_pred, v_target, cfg.loss, cfg.huber_c), self.sigmas[n].float(), cfg.shift
+        mask = n < cfg.teacher_steps if n.ndim == 2 else None  # an anchor (σ 0) is context, not a target
+        if mask is not None and bool(mask.all()):
+            mask = None
+        return (consistency_loss(v_pred, v_target, cfg.loss, cfg.huber_c, mask=mask), self.sigmas[n].float(),
+                cfg.shift)
 
     def _draw(self, trainer: Trainer, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each sample's teacher grid index n [B] (int64; [B, F] on the staircase) and noise ε like x0, on the CPU,
-        from its own generator."""
+        """Each sample's teacher grid index n [B] (int64; [B, F] on the staircase or with anchors) and noise ε like
+        x0, on the CPU, from its own generator. An anchored sample (``timesteps.anchor``, :meth:`anchored
+        <openwan.train.step_inputs.StepInputs.anchored>`) has its first latent frame at the grid's end N (σ 0) and
+        the rest drawn as for a window one frame shorter."""
+        cfg, pt = self.cfg, self.teacher.base.cfg.patch_size[0]
+        frames = x0.shape[2]
+        anchored = trainer.anchored(x0.shape[0])
+        per_frame = cfg.staircase or bool(anchored.any())  # n [B, F]
+        if cfg.staircase:  # the staircase walks the frames after an anchor
+            for groups in {(frames - pt if a else frames) // pt for a in anchored.tolist()}:
+                check_window(cfg, groups)
         index, noise = [], []
-        if self.cfg.staircase:
-            pt = self.teacher.base.cfg.patch_size[0]
-            groups = x0.shape[2] // pt
-            check_window(self.cfg, groups)
-            per_shift = self.cfg.teacher_steps // groups
-        for gen in trainer.generators("noise", x0.shape[0]):
-            if self.cfg.staircase:  # the window's staircase at a random teacher sub-step, oldest frame cleanest
-                index.append(draw_staircase_indices(gen, x0.shape[2], pt, per_shift)[None])
+        for gen, anchor in zip(trainer.generators("noise", x0.shape[0]), anchored.tolist()):
+            rest = frames - pt if anchor else frames
+            if cfg.staircase:  # the window's staircase at a random teacher sub-step, oldest frame cleanest
+                n = draw_staircase_indices(gen, rest, pt, cfg.teacher_steps // (rest // pt))
             elif self.starts is None:
-                index.append(torch.randint(self.cfg.teacher_steps, (1,), generator=gen))
+                n = torch.randint(cfg.teacher_steps, (1,), generator=gen)
             else:
-                index.append(self.starts[torch.randint(self.starts.numel(), (1,), generator=gen)])
+                n = self.starts[torch.randint(self.starts.numel(), (1,), generator=gen)]
+            if anchor:
+                n = torch.cat([torch.full((pt,), cfg.teacher_steps, dtype=torch.int64), n.expand(rest)])
+            index.append(n.expand(frames)[None] if per_frame else n)
             noise.append(torch.randn(x0.shape[1:], generator=gen, dtype=torch.float32))
         return torch.cat(index), torch.stack(noise)
 

@@ -66,12 +66,17 @@ def validate_distill(d: DistillConfig, ema_decay: float, name: str = "distill") 
           f"null with {name}.staircase (a streaming window holds frames on both sides of an expert boundary)", d.expert)
 
 
-def check_window(d: DistillConfig, groups: int, name: str = "distill") -> None:
-    """With ``staircase``: the clips' ``groups`` latent frames (the stream's window) must divide both grids."""
-    if d.staircase:
-        check(d.teacher_steps % groups == 0 and d.student_steps % groups == 0, f"{name}.student_steps",
-              f"a multiple of the clips' {groups} latent frames, as {name}.teacher_steps must be ({name}.staircase "
-              "walks both grids a sub-step per frame of the window)", d.student_steps)
+def check_window(d: DistillConfig, frames: int, name: str = "distill", anchor: float = 0.0) -> None:
+    """With ``staircase``: the staircase's groups must divide both grids — the clips' ``frames`` latent frames,
+    and with an ``anchor`` fraction above 0 (``timesteps.anchor``) the frames after the anchor, ``frames`` − 1."""
+    if not d.staircase:
+        return
+    counts = ([frames] if anchor < 1 else []) + ([frames - 1] if anchor > 0 else [])
+    for groups in counts:
+        check(groups >= 1 and d.teacher_steps % groups == 0 and d.student_steps % groups == 0,
+              f"{name}.student_steps", f"a multiple of the {groups} latent frames the staircase walks (the clips' "
+              f"{frames}{' less the anchor' if groups < frames else ''}), as {name}.teacher_steps must be "
+              f"({name}.staircase walks both grids a sub-step per frame of the window)", d.student_steps)
 
 
 __all__ = ["DistillConfig", "check_window", "validate_distill"]

@@ -45,17 +45,31 @@ class StepInputs:
                                      t.max_tokens, t.max_shift)
         else:
             shift = float(t.shift)
-        frame_sigmas = t.per_frame > 0 or t.first_frame > 0 or t.staircase > 0  # [B, F]: a level per latent frame
+        # [B, F]: a level per latent frame
+        frame_sigmas = t.per_frame > 0 or t.first_frame > 0 or t.staircase > 0 or t.anchor > 0
         mix = [(m.fraction, m.shift, m.logit_mean, m.logit_std) for m in t.mix]
         sigmas, noise = [], []
-        for gen in self.generators("noise", x0.shape[0]):
-            sigmas.append(draw_sample_sigmas(
+        anchored = self.anchored(x0.shape[0])
+        for gen, anchor in zip(self.generators("noise", x0.shape[0]), anchored.tolist()):
+            sigma = draw_sample_sigmas(
                 gen, frames=x0.shape[2], patch_frames=self.dit.cfg.patch_size[0], mode=t.mode, shift=shift,
                 logit_mean=t.logit_mean, logit_std=t.logit_std, mix=mix, per_frame=t.per_frame,
                 first_frame=t.first_frame, sigma_range=(t.min_sigma, t.max_sigma),
-                staircase=(t.staircase, t.staircase_steps, t.staircase_shift) if t.staircase > 0 else None))
+                staircase=(t.staircase, t.staircase_steps, t.staircase_shift) if t.staircase > 0 else None,
+                anchor=anchor)
+            sigmas.append(sigma.expand(x0.shape[2]) if frame_sigmas else sigma)
             noise.append(torch.randn(x0.shape[1:], generator=gen, dtype=torch.float32))
         return (torch.stack(sigmas) if frame_sigmas else torch.cat(sigmas)), torch.stack(noise), shift
+
+    def anchored(self, batch: int) -> torch.Tensor:
+        """Which samples of this step's batch [B] (bool) take an anchor (``timesteps.anchor``): a pure function of
+        (seed, step, the sample's index in the global batch), so the window cut and the noise draw agree."""
+        p = self.cfg.stage_timesteps(stage_at(self.cfg, self.step)[0]).anchor
+        if p <= 0:
+            return torch.zeros(batch, dtype=torch.bool)
+        first = self.dp_rank * batch
+        return torch.tensor([float(torch.rand((), generator=sample_generator(self.cfg.seed, "anchor", self.step,
+                                                                             first + j))) < p for j in range(batch)])
 
     def generators(self, stream: str, batch: int) -> list[torch.Generator]:
         """One generator per sample of this rank's batch for the next draw of ``stream``."""
@@ -69,7 +83,8 @@ class StepInputs:
         x0 = self.latents_of(batch)
         stage = stage_at(self.cfg, self.step)[0]
         if stage.window == "random":  # whole cached clips in; each sample's window at its own random offset
-            x0 = cut_windows(x0, Bucket(*stage.buckets[0]).latent_frames, self.generators("window", x0.shape[0]))
+            x0 = cut_windows(x0, Bucket(*stage.buckets[0]).latent_frames, self.generators("window", x0.shape[0]),
+                             self.anchored(x0.shape[0]))
         context, empty = self.context_of(batch)
         if context.shape[0] != x0.shape[0]:
             raise ValueError(f"the batch has {x0.shape[0]} samples but {context.shape[0]} contexts; give one caption "
@@ -140,14 +155,15 @@ class StepInputs:
 
 def sample_generator(seed: int, stream: str, draw: int, index: int) -> torch.Generator:
     """The generator of one sample's random draws: a pure function of the run's seed, the stream ("noise" for σ
-    and ε, "dropout" for text dropout, "window" for a stage's random windows), the draw number (once per step)
+    and ε, "dropout" for text dropout, "window" for a stage's random windows, "anchor" for which samples take an
+    anchor), the draw number (once per step; the step itself for "anchor")
     and the sample's index in the global batch — so any split of the batch over data-parallel ranks draws
     exactly what one process draws."""
     words = np.random.SeedSequence([seed % 2**64, _STREAMS[stream], draw, index]).generate_state(2)  # 2 x uint32
     return torch.Generator().manual_seed(int(words[0]) << 32 | int(words[1]))
 
 
-_STREAMS = {"noise": 1, "dropout": 2, "window": 3}
+_STREAMS = {"noise": 1, "dropout": 2, "window": 3, "anchor": 4}
 
 
 __all__ = ["StepInputs", "sample_generator", "tokens_of"]
