@@ -1,11 +1,13 @@
 """Distillation under torchrun (2 CPU processes on gloo) equals one process: data parallel with FSDP2 (the EMA target
-swapped into sharded parameters) and Ulysses context parallel (the student split over ranks, the teacher whole on
-each). A run from a latent + text cache through ``openwan train --config``, as a user starts one."""
+swapped into sharded parameters, the teacher sharded too, each process holding half of it — a two-expert teacher
+included, whose experts then run on every rank's whole batch) and Ulysses context parallel (student and teacher split
+over ranks). A run from a latent + text cache through ``openwan train --config``, as a user starts one."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -52,6 +54,12 @@ def setup(tmp_path_factory) -> Path:
     save_file(teacher.state_dict(), str(root / "teacher" / "diffusion_pytorch_model.safetensors"))
     (root / "teacher" / "config.json").write_text(json.dumps(teacher.cfg.to_dict()))
     _write_cache(root / "cache")
+    for name, seed in (("high_noise_model", 4), ("low_noise_model", 5)):  # a two-expert release, boundary 0.5
+        expert = randomize(WanDiT(DIT_PRESETS["tiny"]), std=0.1, seed=seed)
+        (root / "experts" / name).mkdir(parents=True)
+        save_file(expert.state_dict(), str(root / "experts" / name / "diffusion_pytorch_model.safetensors"))
+        (root / "experts" / name / "config.json").write_text(json.dumps(expert.cfg.to_dict()))
+    (root / "experts" / "configuration.json").write_text(json.dumps({"boundary": 0.5}))
     (root / "distill.yaml").write_text(textwrap.dedent(f"""
         model: {{preset: tiny}}
         data: {{cache_dir: {root / "cache"}}}
@@ -79,12 +87,16 @@ def _losses(out: Path) -> list[float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [["parallel.dp=2"], ["parallel.cp_ulysses=2"]], ids=["dp_fsdp", "ulysses"])
+@pytest.mark.parametrize("overrides", [["parallel.dp=2"], ["parallel.cp_ulysses=2"],
+                                       ["parallel.dp=2", "distill.teacher=EXPERTS"]],
+                         ids=["dp_fsdp", "ulysses", "dp_fsdp_two_experts"])
 def test_two_processes_distill_as_one_does(setup, overrides):
-    one = setup / "one"
+    overrides = [o.replace("EXPERTS", str(setup / "experts")) for o in overrides]
+    name = "-".join(o.split("=")[0].split(".")[1] for o in overrides)
+    extra = overrides[1:]  # what the one-process reference shares with the run
+    one = setup / ("one-" + "-".join(o.split("=")[0].split(".")[1] for o in extra) if extra else "one")
     if not one.exists():
-        assert openwan_main(_argv(setup, "one")) == 0
-    name = overrides[0].split("=")[0].split(".")[1]
+        assert openwan_main(_argv(setup, one.name, *extra)) == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "openwan",
            *_argv(setup, name, *overrides)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=ENV)
@@ -93,3 +105,7 @@ def test_two_processes_distill_as_one_does(setup, overrides):
     assert len(ref) == len(got) == 4
     for a, b in zip(ref, got):
         assert abs(a - b) <= TOL * abs(a), (ref, got)
+    if "parallel.dp=2" in overrides:  # FSDP: each process holds half of the teacher (its shard of every tensor)
+        held = re.search(r"teacher sharded over 2 processes: (\d+) of its (\d+) parameters held here", proc.stderr)
+        assert held, proc.stderr[-3000:]
+        assert abs(int(held[1]) - int(held[2]) / 2) <= 0.05 * int(held[2])

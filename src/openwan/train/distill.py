@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from openwan.diffusion.consistency import (
     consistency_loss,
@@ -33,6 +34,7 @@ from openwan.diffusion.consistency import (
 from openwan.diffusion.objective import token_timesteps
 from openwan.diffusion.staircase import draw_staircase_indices
 from openwan.models import WanDiT
+from openwan.parallel.parallelize import DiTParallelConfig, parallelize_dit
 from openwan.train.distill_config import DistillConfig, check_window
 
 if TYPE_CHECKING:
@@ -48,7 +50,32 @@ class Teacher(nn.Module):
     def __init__(self, high: WanDiT, low: WanDiT | None = None, boundary: float | None = None):
         super().__init__()
         self.high, self.low, self.boundary = high, low, boundary
+        # Under FSDP a forward is collective: every rank must run the same experts in the same order, whatever its
+        # own batch needs, so sharded experts each run on the whole batch (see shard()).
+        self.sharded = False
         self.requires_grad_(False).eval()
+
+    def experts(self) -> list[WanDiT]:
+        return [self.high] + ([self.low] if self.low is not None else [])
+
+    def shard(self, mesh, fsdp: bool = True, param_dtype: torch.dtype | None = None) -> None:
+        """Parallelize the frozen teacher as the student is (:func:`~openwan.parallel.parallelize_dit`): context
+        parallel over the mesh's ring × ulysses ranks and, with ``fsdp``, its parameters sharded over all ranks, so
+        each process holds 1/world of it (the all-gathers run block by block in each forward). ``mesh`` None or of
+        one rank: nothing changes."""
+        if mesh is None or mesh.size() == 1:
+            return
+        for expert in self.experts():
+            parallelize_dit(expert, mesh, DiTParallelConfig(fsdp=fsdp, param_dtype=param_dtype))
+        self.sharded = fsdp
+
+    def held_parameters(self) -> tuple[int, int]:
+        """(parameter elements this process holds, elements of the whole teacher)."""
+        held = whole = 0
+        for p in self.parameters():
+            local = p.to_local() if isinstance(p, DTensor) else p
+            held, whole = held + local.numel(), whole + p.numel()
+        return held, whole
 
     @property
     def base(self) -> WanDiT:
@@ -63,6 +90,9 @@ class Teacher(nn.Module):
         if t.ndim == 2:
             return self._per_token(x, t, context)
         high = t >= self.boundary * 1000  # [B]
+        if self.sharded:
+            where = high.view(-1, *([1] * (x.ndim - 1)))
+            return torch.where(where, self.high(x, t, context), self.low(x, t, context).to(x.dtype))
         if bool(high.all()) or not bool(high.any()):
             return (self.high if bool(high.all()) else self.low)(x, t, context)
         out = torch.empty_like(x)
@@ -72,7 +102,7 @@ class Teacher(nn.Module):
 
     def _per_token(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         high = t >= self.boundary * 1000  # [B, L]
-        if bool(high.all()) or not bool(high.any()):
+        if not self.sharded and (bool(high.all()) or not bool(high.any())):
             return (self.high if bool(high.all()) else self.low)(x, t, context)
         pt, ph, pw = self.base.cfg.patch_size
         b, _, f, h, w = x.shape

@@ -112,6 +112,12 @@ class Trainer(DiTCheckpointing, StepInputs):
             add_lora(self.dit, cfg.lora.rank, cfg.lora.alpha, cfg.lora.targets)
         self.dit.gradient_checkpointing = cfg.activation_checkpointing
         self._parallelize()
+        if self.distill is not None:  # the frozen teacher sharded like the student (nothing at one process)
+            self.distill.teacher.shard(self.mesh, fsdp=cfg.parallel.fsdp, param_dtype=self.autocast_dtype)
+            if self.distill.teacher.sharded and self.is_main:
+                held, whole = self.distill.teacher.held_parameters()
+                log.info("distillation teacher sharded over %d processes: %d of its %d parameters held here",
+                         self.world_size, held, whole)
         self.dit.train()
         self.params = {n: p for n, p in self.dit.named_parameters() if p.requires_grad}  # DTensors under FSDP
         self.optimizer = build_adamw(self.params.items(), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
