@@ -8,8 +8,9 @@
     loss = |student(x_n, σ_n) − v*|²  (or pseudo-Huber)
 
 The draws (n, ε) come from the trainer's per-sample generators (``noise`` stream), so a distillation run resumes
-bit for bit and draws the same at any number of data-parallel processes. The teacher is replicated on every
-process (not sharded), frozen and never written to a checkpoint; the EMA target is the run's EMA, which is.
+bit for bit and draws the same at any number of data-parallel processes. Under torchrun the teacher is parallelized
+as the student is (:meth:`Teacher.shard`: context parallel, and FSDP2 shards with ``parallel.fsdp``, so each process
+holds 1/world of it); it is frozen and never written to a checkpoint; the EMA target is the run's EMA, which is.
 """
 
 from __future__ import annotations
