@@ -3,6 +3,7 @@ settings it was trained for, flags over those settings, and refusals."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -37,8 +38,8 @@ def release(tmp_path_factory):
 
 def test_a_saved_student_is_found_with_its_settings(release):
     assert has_student(release)
-    assert student_settings(release) == {"window": 3, "block": 1, "steps_per_shift": 1, "sample_shift": 2.0,
-                                         "guide_scale": 1.0}
+    assert student_settings(release) == {"window": 3, "block": 1, "anchor": False, "steps_per_shift": 1,
+                                         "sample_shift": 2.0, "guide_scale": 1.0}
     pipe, config = load_stream_pipe(release, device="cpu")
     assert pipe.dit_low is None and config == SETTINGS
     low = WanDiT.from_pretrained(release / "low_noise_model", dtype=torch.float32)
@@ -79,3 +80,15 @@ def test_a_release_without_a_student_or_with_a_bad_one_is_refused(release, tmp_p
     (bad / STUDENT_DIR / "stream.json").write_text(json.dumps({"window": 3, "speed": 2}))
     with pytest.raises(ValueError, match="unknown fields"):
         student_settings(bad)
+
+
+def test_an_anchored_students_settings_say_so(release, tmp_path):
+    """A student distilled on anchored windows is saved with anchor on, and streams anchored by default."""
+    anchored = tmp_path / "anchored"
+    shutil.copytree(release, anchored)
+    student = WanDiT.from_pretrained(release / STUDENT_DIR, dtype=torch.float32)
+    save_student(anchored, student, dataclasses.replace(SETTINGS, anchor=True))
+    assert student_settings(anchored)["anchor"] is True
+    _, config = load_stream_pipe(anchored, device="cpu")
+    assert config.anchor and config.groups == 2
+

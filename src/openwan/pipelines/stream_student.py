@@ -22,7 +22,7 @@ from openwan.pipelines.defaults import defaults_for
 from openwan.pipelines.stream import StreamConfig
 
 SETTINGS_FILE = "stream.json"
-SETTINGS = ("window", "block", "steps_per_shift", "sample_shift", "sigmas", "guide_scale")
+SETTINGS = ("window", "block", "anchor", "steps_per_shift", "sample_shift", "sigmas", "guide_scale")
 
 
 def has_student(release: str | Path) -> bool:
