@@ -4,13 +4,14 @@
    ``openwan data synth --paths wrap``) and their latent and text caches, encoded by the release's own VAE and text
    encoder (skipped when ``--cache`` names existing caches, e.g. the demo recipe's ``WORK/cache`` of 17-frame clips);
 2. the streaming teacher: the release's low-noise expert (trained on every noise level) fine-tuned on the stream's
-   staircase of per-frame levels (``timesteps.staircase``: a window of 5 latent frames on a 20-step grid, 4
-   sub-steps per shift) — diffusion forcing on the schedule the stream runs — each window cut at a random latent
-   offset of its clip (``window: random``), so that most windows come from the middle of a clip, where a stream's
-   window always is once it is full; with ``--anchor`` a share of the windows follow the clip's first latent frame,
-   given clean (``timesteps.anchor``), and the staircase walks the 4 frames after it (5 sub-steps per shift);
-3. the student: that teacher, guided, distilled into one sub-step per shift (``distill.staircase``: 5 steps per
-   latent frame, its guidance folded in);
+   staircase of per-frame levels (``timesteps.staircase``: on a 20-step grid) — diffusion forcing on the schedule
+   the stream runs — each window cut at a random latent offset of its clip (``window: random``), so that most
+   windows come from the middle of a clip, where a stream's window always is once it is full; with ``--anchor``
+   (0.8 by default) that share of the windows follow the clip's first latent frame, given clean
+   (``timesteps.anchor``), and the staircase walks the 4 frames after it (5 sub-steps per shift; without an anchor
+   the 5 frames of the window, 4 sub-steps per shift);
+3. the student: that teacher, guided, distilled into one sub-step per shift (``distill.staircase``: 4 steps per
+   latent frame on anchored windows, 5 without, its guidance folded in);
 4. the student written into the release's ``stream_model/`` with the settings it streams at, where
    ``openwan stream`` picks it up.
 
@@ -119,11 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--staircase", type=float, default=0.7,
                         help="the share of the fine-tuning samples on the staircase (the rest as the release was "
                              "trained: one level per clip; a tenth of all samples with a clean first frame)")
-    parser.add_argument("--anchor", type=float, default=0.0,
+    parser.add_argument("--anchor", type=float, default=0.8,
                         help="the share of the teacher's samples whose window follows an anchor (the clip's first "
                              "latent frame, clean); above 0, the student is distilled on anchored windows alone and "
-                             "streams with --anchor: the staircase walks the 4 frames after it")
-    parser.add_argument("--student-steps", type=int, default=1000, help="distillation steps (0: ship the teacher, "
+                             "streams with --anchor: the staircase walks the 4 frames after it (0: no anchor)")
+    parser.add_argument("--student-steps", type=int, default=500, help="distillation steps (0: ship the teacher, "
                                                                        "streamed at 1 sub-step per shift)")
     parser.add_argument("--student-lr", type=float, default=5e-5)
     parser.add_argument("--guide-scale", type=float, default=1.5, help="the teacher's guidance, folded in")
