@@ -12,7 +12,7 @@ OPENWAN=${OPENWAN:-".venv/bin/python -m openwan"}
 PY=${PY:-.venv/bin/python}
 WORK=${1:-runs/vae-study}
 # The demo recipe's work folder: its data/train clips are trained on, its text encoder and text cache are copied.
-SOURCE=${SOURCE:-runs/demo-varied2}
+SOURCE=${SOURCE:-runs/demo-model}
 ARMS=${ARMS:-"a b c"}
 VAE_STEPS=${VAE_STEPS:-800}
 VAE_BATCH=${VAE_BATCH:-8}
