@@ -119,20 +119,15 @@ def consistency_loss(v_pred: torch.Tensor, v_target: torch.Tensor, kind: str = "
         raise ValueError(f"Unknown consistency loss {kind!r}; use l2 or pseudo_huber.")
     error = (v_pred.float() - v_target.float()).square()
     if mask is None:
-        per_sample = error.flatten(1).mean(dim=1)
-        return error.mean() if kind == "l2" else ((per_sample + huber_c**2).sqrt() - huber_c).mean()
-    keep = per_sample_mask(mask, error)
+        per_clip = error.flatten(1).mean(dim=1)
+        return error.mean() if kind == "l2" else ((per_clip + huber_c**2).sqrt() - huber_c).mean()
+    keep = per_sample(mask, error)  # [B, 1, F, 1, 1] in error's dtype
     count = keep.expand_as(error).flatten(1).sum(dim=1)  # [B] elements that count
     sums = (error * keep).flatten(1).sum(dim=1)
     if kind == "l2":
         return sums.sum() / count.sum().clamp(min=1)
-    per_sample = sums / count.clamp(min=1)
-    return ((per_sample + huber_c**2).sqrt() - huber_c)[count > 0].mean()
-
-
-def per_sample_mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A per-frame mask [B, F] as float32 shaped to broadcast over x [B, C, F, h, w]."""
-    return mask.to(x.device, torch.float32)[:, None, :, None, None]
+    per_clip = sums / count.clamp(min=1)
+    return ((per_clip + huber_c**2).sqrt() - huber_c)[count > 0].mean()
 
 
 __all__ = ["Model", "consistency_loss", "consistency_target", "grid_timesteps", "guided_velocity", "jump",

@@ -45,10 +45,9 @@ from pathlib import Path
 
 import torch
 
-from openwan.data.video import resize_crop
 from openwan.diffusion import sampling_sigmas, timesteps_from_sigmas
-from openwan.pipelines.conditioning import to_model_range
 from openwan.pipelines.stream_state import StreamDecoder, read_state, write_state
+from openwan.pipelines.ti2v import encode_first_frame
 from openwan.runtime.offload import on_device
 
 
@@ -238,10 +237,8 @@ class VideoStream:
         from openwan.pipelines.wan import _as_frames  # the pipeline's own image check (imports this module)
 
         vae, device = self.pipe.vae, self.pipe.device
-        width, height = self.config.size
-        pixels = to_model_range(resize_crop(_as_frames(image)[:1].float(), (width, height)))  # [1, 3, 1, H, W]
         with torch.no_grad(), on_device(vae, device, self.pipe.offload_model):
-            z = vae.encode(pixels.to(device, vae.dtype)).float()[0]  # [C, 1, h, w]
+            z = encode_first_frame(vae, _as_frames(image), *self.config.size, device)[0]  # [C, 1, h, w]
         self.anchor, self.anchor_prompt = z, self.pure_prompt(0)
         self.pending = self.decoder.decode(z)
         self.joined = 1
@@ -273,9 +270,10 @@ class VideoStream:
                 first = joined - latents.shape[1]  # its first latent frame's number in the stream
                 clean, latents, levels = latents[:, :cfg.block], latents[:, cfg.block:].clone(), levels[1:]
                 frames = self.decoder.decode(clean)
-                prompt = self.pure_prompt(first)
-                if cfg.anchor and (anchor[0] is None or (prompt is not None and prompt != anchor[1])):
-                    anchor = (clean[:, :1].clone(), prompt)  # the first frame out, or the first after a switch
+                if cfg.anchor:  # the first frame out anchors the stream, and the first one after a switch
+                    prompt = self.pure_prompt(first)
+                    if anchor[0] is None or (prompt is not None and prompt != anchor[1]):
+                        anchor = (clean[:, :1].clone(), prompt)
         except BaseException:
             self.generator.set_state(generator)
             self.decoder.restore_snapshot(decoder)

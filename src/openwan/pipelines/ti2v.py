@@ -43,12 +43,19 @@ def best_output_size(image_wh: tuple[int, int], max_area: int, multiple: tuple[i
     return width_first if error(width_first) < error(height_first) else height_first
 
 
+def encode_first_frame(vae, image: torch.Tensor, width: int, height: int, device: torch.device | str
+                       ) -> torch.Tensor:
+    """``image`` [1, H, W, 3] in [0, 1] scaled to cover (width, height), center-cropped and encoded as a video's
+    first frame: normalised latents [1, C, 1, h, w], float32."""
+    pixels = to_model_range(resize_crop(image[:1].float(), (width, height)))  # [1, 3, 1, H, W] in [-1, 1]
+    return vae.encode(pixels.to(device, next(vae.parameters()).dtype)).float()
+
+
 def first_frame_conditioning(vae, image: torch.Tensor, width: int, height: int, frame_num: int,
                              device: torch.device | str) -> Conditioning:
-    """The conditioning of image-to-video: ``image`` [1, H, W, 3] in [0, 1] scaled to cover (width, height),
-    center-cropped, encoded as one frame, and held clean as the first of the video's latent frames."""
-    pixels = to_model_range(resize_crop(image[:1].float(), (width, height)))  # [1, 3, 1, H, W] in [-1, 1]
-    z = vae.encode(pixels.to(device, next(vae.parameters()).dtype)).float()  # [1, C, 1, h, w]
+    """The conditioning of image-to-video: ``image`` [1, H, W, 3] in [0, 1] encoded by :func:`encode_first_frame`
+    and held clean as the first of the video's latent frames."""
+    z = encode_first_frame(vae, image, width, height, device)  # [1, C, 1, h, w]
     frames = latent_frames(frame_num, vae.cfg.temporal_compression)
     clean = z.new_zeros(1, z.shape[1], frames, *z.shape[-2:])
     clean[:, :, :1] = z
