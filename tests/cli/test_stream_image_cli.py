@@ -50,6 +50,7 @@ def test_image_flags_are_refused_before_the_model_loads(argv, message, capsys, t
     assert main(["stream", *FAST, "--save-file", "x.mp4", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x.mp4").exists()  # refused before any file is written
 
 
 def test_an_image_does_not_restart_a_saved_stream(tmp_path, capsys, one_thread):
