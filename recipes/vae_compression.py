@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 from demo_model import write_dit_config
-from demo_text import pretrained_text_encoder
+from demo_text import TEXT_VOCABULARY_WEIGHT, pretrained_text_encoder
 
 from openwan.checkpoints.convert import save_sharded, write_json
 from openwan.checkpoints.release import save_release
 from openwan.configs import DIT_PRESETS
 from openwan.data.buckets import Bucket
-from openwan.data.cache import TEXT_INDEX, build_latent_cache
+from openwan.data.cache import TEXT_INDEX, build_latent_cache, build_text_cache
 from openwan.data.manifest import read_manifest
 from openwan.eval.reconstruction import evaluate_vae, psnr, synthetic_clips
 from openwan.models import WanDiT, WanVAE
@@ -140,17 +140,38 @@ def noisy_decoding(work: Path, arm: str, clips: int) -> dict | None:
 
 
 def vae_training(run: Path) -> dict:
-    """Steps, last-20-step mean squared error and summed step seconds of a ``train-vae`` run (its metrics.jsonl), up
-    to its newest checkpoint (the weights it exported)."""
+    """Steps, last-20-step mean squared error, summed step seconds and the median step's seconds of a ``train-vae``
+    run (its metrics.jsonl), up to its newest checkpoint (the weights it exported). On a shared machine the median
+    times the steps is the steadier cost: a stretch of steps slowed by another process moves the sum, not it."""
     last = max(step for step, _ in list_checkpoints(run))
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     logged = [m for m in logged if m["step"] <= last]
     tail = [m["l2"] for m in logged[-20:] if "l2" in m]
-    return {"steps": logged[-1]["step"] if logged else 0, "seconds": round(sum(m["step_time"] for m in logged), 1),
+    times = [m["step_time"] for m in logged]
+    return {"steps": logged[-1]["step"] if logged else 0, "seconds": round(sum(times), 1),
+            "median_step": round(statistics.median(times), 4) if times else None,
             "final_mse": round(statistics.mean(tail), 5) if tail else None}
 
 
 # ------------------------------------------------------------------------------------------- the DiT
+
+
+def prepare_source(folder: Path, clips: int = 4320) -> Path:
+    """A stand-in for the demo recipe's work folder holding what the study reads from it, built as the recipe builds
+    it (so that the study runs without the recipe's VAE and DiT stages): ``data/train`` (``clips`` synthetic clips
+    on reversible paths with varied captions, seed 0), the pre-trained ``text_encoder`` and the text cache
+    ``cache/text*`` of the training clips. Each part skips itself when it exists."""
+    manifest = folder / "data" / "train" / "manifest.jsonl"
+    if not manifest.is_file():
+        subprocess.run([sys.executable, "-m", "openwan", "data", "synth", "--out", str(manifest.parent), "--num",
+                        str(clips), "--seed", "0", "--paths", "reversible", "--captions", "varied"], check=True)
+    if not (folder / "cache" / TEXT_INDEX).is_file():
+        encoder, tokenizer = pretrained_text_encoder(folder / "text_encoder", vocabulary_weight=TEXT_VOCABULARY_WEIGHT,
+                                                     captions="varied")
+        with torch.no_grad():
+            build_text_cache(read_manifest(manifest), encoder, tokenizer, folder / "cache",
+                             text_len=DIT_PRESETS["demo-small"].text_len)
+    return folder
 
 
 def copy_text_side(work: Path, source: Path) -> None:
@@ -241,8 +262,9 @@ def prompt_following(work: Path, arm: str, seeds: list[int], steps: int, limit: 
 
 def table(work: Path, rows: dict[str, dict]) -> str:
     """The study's Markdown table (one row per arm with results so far)."""
-    head = ("| arm | VAE | compression, z | VAE params | VAE steps, s | PSNR dB (min) | SSIM | encode / decode ms "
-            "per clip | DiT steps, s | colour / shape / motion / all |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| arm | VAE | compression, z | VAE params | VAE steps, s (steps x median step) | PSNR dB (min) | SSIM | "
+            "encode / decode ms per clip | DiT steps, s | colour / shape / motion / all |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for arm, row in rows.items():
         rec = row.get("recon")
@@ -256,8 +278,11 @@ def table(work: Path, rows: dict[str, dict]) -> str:
                  if acc else "not run")
         dit = f"{row['dit']['steps']}, {row['dit_seconds']:.0f}" if row.get("dit_seconds") else "not run"
         vae = row.get("vae_train") or {"steps": 0, "seconds": 0}
+        image = row.get("vae_image_train")
+        vae_steps = f"{image['steps']} + {vae['steps']}" if image else f"{vae['steps']}"
+        vae_seconds = sum(r["steps"] * (r.get("median_step") or 0) or r["seconds"] for r in (vae, image) if r)
         lines.append(f"| {arm} | `{ARMS[arm]}` | {t}x{s}x{s}, z{rec['z_dim']} | {rec['vae_params'] / 1e6:.1f} M | "
-                     f"{vae['steps']}, {vae['seconds']:.0f} | "
+                     f"{vae_steps}, {vae_seconds:.0f} | "
                      f"{rec['psnr']:.2f} ({rec['psnr_min']:.2f}) | {rec['ssim']:.3f} | "
                      f"{speed} | {dit} | {score} |")
     text = head + "\n".join(lines) + "\n"
@@ -288,8 +313,14 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--eval-steps", type=int, default=20, help="sampler steps of openwan eval prompts")
     parser.add_argument("--eval-limit", type=int, default=0, help="evaluate only the first N prompts (0: all 18)")
+    parser.add_argument("--prepare-source", action="store_true",
+                        help="only build the clips, text encoder and text cache the study reads into the folder "
+                             "that --text-source names (as the demo recipe would), then stop")
     args = parser.parse_args(argv)
     work = args.work
+    if args.prepare_source:
+        print(f"wrote {prepare_source(args.text_source)}")
+        return 0
     arms = [a for a in args.arms if (work / a / "vae" / VAE_FILE).is_file()]
     if not arms:
         raise SystemExit(f"no trained VAE under {work}/ARM/vae/; run recipes/vae_compression.sh first.")
@@ -298,6 +329,8 @@ def main(argv=None) -> int:
         rows[arm]["recon"] = reconstruction(work, arm, args.recon_clips)
         rows[arm]["noisy_decoding"] = noisy_decoding(work, arm, args.noisy_clips) if args.noisy_clips else None
         rows[arm]["vae_train"] = vae_training(work / arm / "vae")
+        if (work / arm / "vae-image" / "metrics.jsonl").is_file():
+            rows[arm]["vae_image_train"] = vae_training(work / arm / "vae-image")
     if args.coding_times:
         for arm, timing in coding_times(work, arms).items():
             rows[arm]["coding"] = timing

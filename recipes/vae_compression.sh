@@ -12,13 +12,22 @@ OPENWAN=${OPENWAN:-".venv/bin/python -m openwan"}
 PY=${PY:-.venv/bin/python}
 WORK=${1:-runs/vae-study}
 # The demo recipe's work folder: its data/train clips are trained on, its text encoder and text cache are copied.
-SOURCE=${SOURCE:-runs/demo-model}
+# Without one (no SOURCE given and no runs/demo-model), WORK/source is built with just those parts, as the recipe
+# builds them (about 10 minutes: the clips, 2,000 text pre-training steps, the text cache).
+if [ -z "${SOURCE:-}" ]; then
+  SOURCE=runs/demo-model
+  [ -f "$SOURCE/cache/text_index.json" ] || SOURCE="$WORK/source"
+fi
 ARMS=${ARMS:-"a b c"}
 VAE_STEPS=${VAE_STEPS:-800}
 VAE_BATCH=${VAE_BATCH:-8}
 VAE_FRAMES=${VAE_FRAMES:-5}
 VAE_SIZE=${VAE_SIZE:-64}
 VAE_LR=${VAE_LR:-5e-4}
+# > 0: each VAE first trains VAE_IMAGE_STEPS on single frames (batch VAE_IMAGE_BATCH, lr 5e-4), the 3D causal VAE's
+# image path, as cheap as the demo recipe's 2D image stage; the clip phase (VAE_STEPS at VAE_LR) then starts from it.
+VAE_IMAGE_STEPS=${VAE_IMAGE_STEPS:-0}
+VAE_IMAGE_BATCH=${VAE_IMAGE_BATCH:-16}
 NOISY_STEPS=${NOISY_STEPS:-0}        # > 0: also fine-tune arm b's decoder on noisy latents (--decode-noise)
 NOISY_RANGE=${NOISY_RANGE:-"0 0.1"}
 RECON_CLIPS=${RECON_CLIPS:-36}
@@ -29,8 +38,11 @@ DIT_PRESET=${DIT_PRESET:-demo-small}
 EVAL_SEEDS=${EVAL_SEEDS:-0}
 EVAL_STEPS=${EVAL_STEPS:-20}
 MANIFEST="$SOURCE/data/train/manifest.jsonl"
-[ -f "$MANIFEST" ] || { echo "no training manifest at $MANIFEST; run recipes/demo_model.sh first or set SOURCE." >&2; exit 2; }
 mkdir -p "$WORK"
+if [ "$SOURCE" = "$WORK/source" ]; then
+  $PY "$(dirname "$0")/vae_compression.py" "$WORK" --manifest "$MANIFEST" --text-source "$SOURCE" --prepare-source
+fi
+[ -f "$MANIFEST" ] || { echo "no training manifest at $MANIFEST; run recipes/demo_model.sh first or set SOURCE." >&2; exit 2; }
 
 preset_of() { case "$1" in a) echo demo ;; b) echo demo-22 ;; c) echo demo-dcae ;;
   *) echo "ARMS holds a, b and c; got '$1'." >&2; exit 2 ;; esac; }
@@ -39,8 +51,16 @@ preset_of() { case "$1" in a) echo demo ;; b) echo demo-22 ;; c) echo demo-dcae 
 # it alike), 10·MSE + KL + the latent colour probe, AdamW at VAE_LR with a cosine to 5%.
 for arm in $ARMS; do
   preset=$(preset_of "$arm")
+  start=(--fresh-3d --preset "$preset")
+  if [ "$VAE_IMAGE_STEPS" -gt 0 ]; then
+    [ -f "$WORK/$arm/vae-image/Wan2.1_VAE.pth" ] || $OPENWAN train-vae --stage 2 "${start[@]}" --manifest "$MANIFEST" \
+      --out "$WORK/$arm/vae-image" --size "$VAE_SIZE" --frames 1 --batch-size "$VAE_IMAGE_BATCH" \
+      --steps "$VAE_IMAGE_STEPS" --lr 5e-4 --warmup-steps $((VAE_IMAGE_STEPS / 40)) --min-lr-ratio 0.05 \
+      --l1-weight 0 --l2-weight 10 --colour-weight 10 --log-every "${LOG_EVERY:-20}" --save-every 200 --workers 1
+    start=(--init "$WORK/$arm/vae-image/Wan2.1_VAE.pth")
+  fi
   if [ ! -f "$WORK/$arm/vae/Wan2.1_VAE.pth" ]; then
-    $OPENWAN train-vae --stage 2 --fresh-3d --preset "$preset" --manifest "$MANIFEST" --out "$WORK/$arm/vae" \
+    $OPENWAN train-vae --stage 2 "${start[@]}" --manifest "$MANIFEST" --out "$WORK/$arm/vae" \
       --size "$VAE_SIZE" --frames "$VAE_FRAMES" --batch-size "$VAE_BATCH" --steps "$VAE_STEPS" --lr "$VAE_LR" \
       --warmup-steps $((VAE_STEPS / 20)) --min-lr-ratio 0.05 --l1-weight 0 --l2-weight 10 --colour-weight 10 \
       --log-every "${LOG_EVERY:-20}" --save-every 100 --workers 1
