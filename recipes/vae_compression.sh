@@ -25,7 +25,8 @@ VAE_FRAMES=${VAE_FRAMES:-5}
 VAE_SIZE=${VAE_SIZE:-64}
 VAE_LR=${VAE_LR:-5e-4}
 # > 0: each VAE first trains VAE_IMAGE_STEPS on single frames (batch VAE_IMAGE_BATCH, lr 5e-4), the 3D causal VAE's
-# image path, as cheap as the demo recipe's 2D image stage; the clip phase (VAE_STEPS at VAE_LR) then starts from it.
+# image path, as cheap as the demo recipe's 2D image stage; the clip phase (VAE_STEPS at VAE_LR) then starts from its
+# newest-frame taps (--per-frame-start: the taps single frames never trained are zeroed, as inflation leaves them).
 VAE_IMAGE_STEPS=${VAE_IMAGE_STEPS:-0}
 VAE_IMAGE_BATCH=${VAE_IMAGE_BATCH:-16}
 NOISY_STEPS=${NOISY_STEPS:-0}        # > 0: also fine-tune arm b's decoder on noisy latents (--decode-noise)
@@ -57,7 +58,7 @@ for arm in $ARMS; do
       --out "$WORK/$arm/vae-image" --size "$VAE_SIZE" --frames 1 --batch-size "$VAE_IMAGE_BATCH" \
       --steps "$VAE_IMAGE_STEPS" --lr 5e-4 --warmup-steps $((VAE_IMAGE_STEPS / 40)) --min-lr-ratio 0.05 \
       --l1-weight 0 --l2-weight 10 --colour-weight 10 --log-every "${LOG_EVERY:-20}" --save-every 200 --workers 1
-    start=(--init "$WORK/$arm/vae-image/Wan2.1_VAE.pth")
+    start=(--init "$WORK/$arm/vae-image/Wan2.1_VAE.pth" --per-frame-start)
   fi
   if [ ! -f "$WORK/$arm/vae/Wan2.1_VAE.pth" ]; then
     $OPENWAN train-vae --stage 2 "${start[@]}" --manifest "$MANIFEST" --out "$WORK/$arm/vae" \

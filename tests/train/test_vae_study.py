@@ -106,3 +106,51 @@ def test_cli_sets_the_study_fields():
                               "o"])
     with pytest.raises(ValueError, match="--fresh-3d"):
         train_vae.resolve_config(args)
+
+
+@pytest.mark.parametrize("name", ["demo", "demo-22"])
+def test_per_frame_start_keeps_single_frames_and_leaves_a_model_as_inflation_does(name):
+    """A 3D VAE trained on single frames has trained only its newest-frame taps: the per-frame start zeroes the rest
+    and sets the temporal resampling to pass frames through, without changing how a single frame codes; an inflated
+    image VAE is already in that form."""
+    from openwan.models.image_vae import ImageVAE
+    from openwan.train.vae_models import inflate_image_vae, per_frame_start
+
+    cfg = vae_preset(name).replace(dim=4, decoder_dim=4)
+    torch.manual_seed(0)
+    vae = WanVAE(cfg).eval()
+    frame = shapes_clips(1, 5, 32)[:, :, :1]
+    start = WanVAE(cfg).eval()
+    start.load_state_dict(vae.state_dict())
+    per_frame_start(start)
+    with torch.no_grad():
+        z = vae.encode(frame)
+        assert torch.equal(start.encode(frame), z) and torch.equal(start.decode(z), vae.decode(z))
+    convs = [m for m in start.modules() if isinstance(m, torch.nn.Conv3d) and m.weight.shape[2] > 1]
+    assert convs and not any(m.weight[:, :, :-1].any() for m in convs)
+    assert any(m.weight[:, :, :-1].any() for m in vae.modules() if isinstance(m, torch.nn.Conv3d)
+               and m.weight.shape[2] > 1)
+    if cfg.patch_size == 1:  # the 2.1 design has an image VAE to inflate
+        torch.manual_seed(1)
+        inflated = inflate_image_vae(ImageVAE(cfg))
+        torch.manual_seed(1)
+        again = per_frame_start(inflate_image_vae(ImageVAE(cfg)))
+        assert all(torch.equal(a, b) for a, b in zip(inflated.state_dict().values(), again.state_dict().values()))
+
+
+def test_per_frame_start_is_refused_without_a_3d_init_and_set_by_the_cli(tmp_path):
+    from openwan.models.image_vae import ImageVAE
+    from openwan.train.vae_models import export_image_vae, initial_model
+
+    with pytest.raises(ValueError, match=r"model\.per_frame"):
+        _cfg(stage=2, model=VAEModelConfig(preset="demo-22", fresh_3d=True, per_frame=True))
+    with pytest.raises(ValueError, match=r"model\.per_frame"):
+        _cfg(stage=3, model=VAEModelConfig(init="v.pth", per_frame=True))
+    parser = argparse.ArgumentParser()
+    train_vae.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["train-vae", "--stage", "2", "--init", "v.pth", "--per-frame-start", "--manifest",
+                              "m.jsonl", "--out", "o"])
+    assert train_vae.resolve_config(args).model.per_frame
+    image = export_image_vae(ImageVAE(vae_preset("demo").replace(dim=4, decoder_dim=4)), tmp_path)
+    with pytest.raises(ValueError, match="drop per_frame"):
+        initial_model(2, image, per_frame=True)

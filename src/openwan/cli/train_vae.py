@@ -37,7 +37,7 @@ FIELDS = {
     "gan_adaptive": "gan_adaptive", "disc_dim": "disc_dim", "device": "device", "precision": "precision",
     "seed": "seed", "save_every": "save_every", "keep_last": "keep_last", "log_every": "log_every",
     "freeze_encoder": "freeze_encoder", "decoder_dim": "model.decoder_dim", "resume": "resume",
-    "fresh_3d": "model.fresh_3d", "decode_noise": "decode_noise",
+    "fresh_3d": "model.fresh_3d", "per_frame_start": "model.per_frame", "decode_noise": "decode_noise",
 }
 
 
@@ -98,6 +98,10 @@ def add_parser(sub) -> None:
     p.add_argument("--fresh-3d", action="store_true",
                    help="model.fresh_3d: stage 2 without --init: train a fresh 3D VAE of --preset directly on clips "
                         "(the way to train demo-22 / demo-dcae, which have no 2D image stage)")
+    p.add_argument("--per-frame-start", action="store_true",
+                   help="model.per_frame: stage 2 with --init a 3D VAE trained on single frames (--frames 1): start "
+                        "from its newest-frame taps alone (older temporal taps zeroed, temporal resampling passing "
+                        "frames through), so it codes clips frame by frame as an inflated image VAE does")
     p.add_argument("--decode-noise", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="decode_noise: with --freeze-encoder: train the decoder on latents noised to a flow-matching "
                         "level drawn from [LOW, HIGH] (e.g. 0 0.1), decoding the clean clip (LTX-Video's denoising "

@@ -44,12 +44,16 @@ class VAEModelConfig:
     image_vae.pth, inflated; stage 3: the stage-2 Wan2.1_VAE.pth), else a fresh one of ``preset`` (stage 1 only).
     ``decoder_dim``: the decoder's base width (a narrower ``init`` decoder is widened to it). ``fresh_3d`` (stage 2,
     no ``init``): start from a fresh 3D VAE of ``preset`` instead of an inflated stage-1 model — the way to train a
-    patchified residual (Wan2.2-style) preset, which has no 2D image stage."""
+    patchified residual (Wan2.2-style) preset, which has no 2D image stage. ``per_frame`` (stage 2, with a 3D
+    ``init``): start from the init's newest-frame taps alone — every older temporal tap zeroed and the temporal
+    down/up-sampling set to pass frames through, as inflating an image VAE leaves them — for a 3D VAE trained on
+    single frames (``data.frames: 1``), whose other taps never trained."""
 
     preset: str = "wan2.1"
     init: str | None = None
     decoder_dim: int | None = None
     fresh_3d: bool = False
+    per_frame: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,9 @@ def _validate_study(cfg: VAETrainConfig) -> None:
     if cfg.stage == 1 and cfg.model.init is None and (preset.patch_size > 1 or preset.residual):
         raise ValueError(f"model.preset {cfg.model.preset!r} is a patchified residual VAE, which has no 2D image "
                          "stage; train it directly in 3D: stage 2 with model.fresh_3d (--stage 2 --fresh-3d).")
+    if cfg.model.per_frame and (cfg.stage != 2 or cfg.model.init is None):
+        raise ValueError("model.per_frame starts a clip stage from a 3D VAE trained on single frames; use it in stage "
+                         "2 with model.init that VAE's Wan2.1_VAE.pth (--stage 2 --init FILE --per-frame-start).")
     noise = cfg.decode_noise
     check(len(noise) == 2 and 0 <= noise[0] <= noise[1] <= 0.5, "decode_noise",
           "two noise levels [low, high] with 0 <= low <= high <= 0.5", list(noise))

@@ -56,11 +56,29 @@ def inflate_image_vae(image_vae: ImageVAE) -> WanVAE:
                 target.zero_()
                 target[:, :, -1:] = src
         vae.load_state_dict(state)
-        for module in vae.modules():
-            mode = getattr(module, "mode", None)
-            if mode in ("downsample3d", "upsample3d"):
-                _init_time_conv(module.time_conv, repeats=2 if mode == "upsample3d" else 1)
+        _pass_frames_through(vae)
     return vae.to(next(image_vae.parameters()).device)
+
+
+def per_frame_start(vae: WanVAE) -> WanVAE:
+    """``vae`` reduced to its newest-frame taps, in place: every causal convolution's older temporal taps zeroed and
+    every temporal down/up-sampling set to pass frames through, as :func:`inflate_image_vae` leaves a model. A 3D VAE
+    trained on single frames has trained those taps alone (one frame after zero history skips the rest), so it codes
+    a single frame exactly as before and a clip frame by frame, ready for training on clips."""
+    with torch.no_grad():
+        for module in vae.modules():
+            if isinstance(module, nn.Conv3d) and module.weight.shape[2] > 1:
+                module.weight[:, :, :-1].zero_()
+        _pass_frames_through(vae)
+    return vae
+
+
+def _pass_frames_through(vae: WanVAE) -> None:
+    """Every temporal down/up-sampling convolution of ``vae`` set to pass its newest frame through."""
+    for module in vae.modules():
+        mode = getattr(module, "mode", None)
+        if mode in ("downsample3d", "upsample3d"):
+            _init_time_conv(module.time_conv, repeats=2 if mode == "upsample3d" else 1)
 
 
 def widen_decoder(model: WanVAE | ImageVAE, decoder_dim: int, *, init_scale: float = 0.1,
@@ -300,14 +318,15 @@ def is_image_vae_file(path: str | Path) -> bool:
 
 
 def initial_model(stage: int, init: str | Path | None = None, vae_config: VAEConfig | None = None,
-                  decoder_dim: int | None = None, fresh_3d: bool = False) -> nn.Module:
+                  decoder_dim: int | None = None, fresh_3d: bool = False, per_frame: bool = False) -> nn.Module:
     """The model a stage starts from.
 
     Stage 1: ``init`` (an image VAE file, to continue) or a fresh ImageVAE of ``vae_config`` (default: the
     released Wan2.1 widths). Stages 2 and 3: ``init`` is required — an image VAE file is inflated, a 3D VAE file
     (``Wan2.1_VAE.pth`` of the previous stage) is loaded. ``decoder_dim``: the decoder's base width — a fresh
     model is built with it, a loaded one narrower than it is widened (:func:`widen_decoder`). ``fresh_3d`` (stage 2,
-    no ``init``): a fresh 3D WanVAE of ``vae_config``, trained on clips from the start.
+    no ``init``): a fresh 3D WanVAE of ``vae_config``, trained on clips from the start. ``per_frame`` (a 3D
+    ``init``): that VAE through :func:`per_frame_start`.
     """
     if init is None and (stage == 1 or (stage == 2 and fresh_3d)):
         cfg = vae_config or VAEConfig()
@@ -319,10 +338,16 @@ def initial_model(stage: int, init: str | Path | None = None, vae_config: VAECon
     if stage == 1:
         model = load_image_vae(init)
     elif is_image_vae_file(init):
+        if per_frame:
+            raise ValueError(f"per_frame starts from a 3D VAE trained on single frames; {init} is an image VAE, "
+                             "which inflation already starts frame by frame: drop per_frame (--per-frame-start).")
         log.info("inflating the image VAE %s to the 3D causal VAE", init)
         model = inflate_image_vae(load_image_vae(init))
     else:
         model = load_trained_vae(init).train()
+        if per_frame:
+            log.info("starting from the newest-frame taps of %s", init)
+            model = per_frame_start(model)
     if decoder_dim is not None and decoder_dim != model.cfg.decoder_width:
         log.info("widening the decoder of %s from %d to %d base channels", init, model.cfg.decoder_width, decoder_dim)
         model = widen_decoder(model, decoder_dim)
@@ -339,6 +364,7 @@ __all__ = [
     "export_wan_vae",
     "inflate_image_vae",
     "initial_model",
+    "per_frame_start",
     "is_image_vae_file",
     "latent_stats",
     "load_image_vae",

@@ -456,7 +456,8 @@ def _stage_trainer(cfg: VAETrainConfig, out_dir: Path, model: nn.Module | None, 
         raise ValueError("freeze_encoder fine-tunes the decoder of a trained 3D VAE; give init= its "
                          "Wan2.1_VAE.pth (an image VAE has no latent space or statistics to keep yet).")
     if model is None:
-        model = initial_model(cfg.stage, init, vae_config, decoder_dim=decoder_dim, fresh_3d=cfg.model.fresh_3d)
+        model = initial_model(cfg.stage, init, vae_config, decoder_dim=decoder_dim, fresh_3d=cfg.model.fresh_3d,
+                              per_frame=cfg.model.per_frame)
     return VAETrainer(model, cfg, out_dir)
 
 
