@@ -47,17 +47,16 @@ def inflate_image_vae(image_vae: ImageVAE) -> WanVAE:
     with torch.no_grad():
         for key, target in state.items():
             if ".time_conv." in key:
-                continue  # set per module below
+                continue  # set by per_frame_start below
             src = flat[key]
             if src.shape == target.shape:
                 target.copy_(src)
-            else:  # [o, i, 1, k, k] -> [o, i, kt, k, k]: the kernel in the newest-frame tap, zeros before it
+            else:  # [o, i, 1, k, k] -> [o, i, kt, k, k]: the kernel in the newest-frame tap (per_frame_start zeroes
+                # the taps before it)
                 assert src.shape[2] == 1 and src.shape[:2] + src.shape[3:] == target.shape[:2] + target.shape[3:], key
-                target.zero_()
                 target[:, :, -1:] = src
         vae.load_state_dict(state)
-        _pass_frames_through(vae)
-    return vae.to(next(image_vae.parameters()).device)
+    return per_frame_start(vae).to(next(image_vae.parameters()).device)
 
 
 def per_frame_start(vae: WanVAE) -> WanVAE:
@@ -69,16 +68,10 @@ def per_frame_start(vae: WanVAE) -> WanVAE:
         for module in vae.modules():
             if isinstance(module, nn.Conv3d) and module.weight.shape[2] > 1:
                 module.weight[:, :, :-1].zero_()
-        _pass_frames_through(vae)
+            mode = getattr(module, "mode", None)
+            if mode in ("downsample3d", "upsample3d"):  # its time_conv: zeros but the newest tap, which passes through
+                _init_time_conv(module.time_conv, repeats=2 if mode == "upsample3d" else 1)
     return vae
-
-
-def _pass_frames_through(vae: WanVAE) -> None:
-    """Every temporal down/up-sampling convolution of ``vae`` set to pass its newest frame through."""
-    for module in vae.modules():
-        mode = getattr(module, "mode", None)
-        if mode in ("downsample3d", "upsample3d"):
-            _init_time_conv(module.time_conv, repeats=2 if mode == "upsample3d" else 1)
 
 
 def widen_decoder(model: WanVAE | ImageVAE, decoder_dim: int, *, init_scale: float = 0.1,
