@@ -138,9 +138,11 @@ def test_per_frame_start_keeps_single_frames_and_leaves_a_model_as_inflation_doe
         assert all(torch.equal(a, b) for a, b in zip(inflated.state_dict().values(), again.state_dict().values()))
 
 
-def test_per_frame_start_is_refused_without_a_3d_init_and_set_by_the_cli(tmp_path):
+def test_per_frame_start_is_refused_without_a_3d_init_and_set_by_the_cli(tmp_path, capsys):
+    from openwan.cli.main import main
+    from openwan.data.synthetic import make_dataset
     from openwan.models.image_vae import ImageVAE
-    from openwan.train.vae_models import export_image_vae, initial_model
+    from openwan.train.vae_models import export_image_vae
 
     with pytest.raises(ValueError, match=r"model\.per_frame"):
         _cfg(stage=2, model=VAEModelConfig(preset="demo-22", fresh_3d=True, per_frame=True))
@@ -153,4 +155,9 @@ def test_per_frame_start_is_refused_without_a_3d_init_and_set_by_the_cli(tmp_pat
     assert train_vae.resolve_config(args).model.per_frame
     image = export_image_vae(ImageVAE(vae_preset("demo").replace(dim=4, decoder_dim=4)), tmp_path)
     with pytest.raises(ValueError, match="drop per_frame"):
-        initial_model(2, image, per_frame=True)
+        run_stage(_cfg(stage=2, model=VAEModelConfig(init=str(image), per_frame=True)), [], tmp_path / "run")
+    manifest = make_dataset(tmp_path / "clips", 2, frames=5, size=32)
+    assert main(["train-vae", "--stage", "2", "--init", str(image), "--per-frame-start", "--manifest",
+                 str(manifest), "--out", str(tmp_path / "out"), "--size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "drop per_frame" in err and "Traceback" not in err and not (tmp_path / "out").exists()

@@ -330,10 +330,7 @@ def initial_model(stage: int, init: str | Path | None = None, vae_config: VAECon
         raise ValueError(f"stage {stage} starts from a trained model; give init= {previous}.")
     if stage == 1:
         model = load_image_vae(init)
-    elif is_image_vae_file(init):
-        if per_frame:
-            raise ValueError(f"per_frame starts from a 3D VAE trained on single frames; {init} is an image VAE, "
-                             "which inflation already starts frame by frame: drop per_frame (--per-frame-start).")
+    elif is_image_vae_file(init):  # per_frame has nothing to do here: inflation starts frame by frame
         log.info("inflating the image VAE %s to the 3D causal VAE", init)
         model = inflate_image_vae(load_image_vae(init))
     else:

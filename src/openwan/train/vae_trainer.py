@@ -452,13 +452,24 @@ def _stage_trainer(cfg: VAETrainConfig, out_dir: Path, model: nn.Module | None, 
         trainer.load_checkpoint(checkpoint)
         log.info("resumed from %s at step %d", checkpoint, trainer.step)
         return trainer
-    if cfg.freeze_encoder and model is None and (init is None or is_image_vae_file(init)):
-        raise ValueError("freeze_encoder fine-tunes the decoder of a trained 3D VAE; give init= its "
-                         "Wan2.1_VAE.pth (an image VAE has no latent space or statistics to keep yet).")
     if model is None:
+        _refuse_image_init(cfg, init)
         model = initial_model(cfg.stage, init, vae_config, decoder_dim=decoder_dim, fresh_3d=cfg.model.fresh_3d,
                               per_frame=cfg.model.per_frame)
     return VAETrainer(model, cfg, out_dir)
+
+
+def _refuse_image_init(cfg: VAETrainConfig, init: str | Path | None) -> None:
+    """The stage options that need a trained 3D VAE as ``init``, refused for none or an image VAE."""
+    if not (cfg.freeze_encoder or cfg.model.per_frame):
+        return
+    image = init is not None and is_image_vae_file(init)  # read only when one of them asks
+    if cfg.freeze_encoder and (init is None or image):
+        raise ValueError("freeze_encoder fine-tunes the decoder of a trained 3D VAE; give init= its "
+                         "Wan2.1_VAE.pth (an image VAE has no latent space or statistics to keep yet).")
+    if cfg.model.per_frame and image:
+        raise ValueError(f"per_frame starts from a 3D VAE trained on single frames; {init} is an image VAE, which "
+                         "inflation already starts frame by frame: drop per_frame (--per-frame-start).")
 
 
 def train_vae(cfg: VAETrainConfig) -> Path:
@@ -466,6 +477,8 @@ def train_vae(cfg: VAETrainConfig) -> Path:
     ``cfg.data.crop(stage)``), written to ``cfg.output_dir``. Returns the exported file."""
     if cfg.data.manifest is None:
         raise ValueError("VAE training needs a clip manifest: set data.manifest (--manifest).")
+    if not cfg.resume:  # before the data is read and the output folder made (a resumed run keeps its checkpoint)
+        _refuse_image_init(cfg, cfg.model.init)
     frames, size = cfg.data.crop(cfg.stage)
     torch.manual_seed(cfg.seed)
     data = clip_loader(cfg.data.manifest, frames, size, fps=cfg.data.fps, batch_size=cfg.data.batch_size,
