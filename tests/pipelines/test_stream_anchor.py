@@ -1,5 +1,6 @@
-"""Anchored streams: the stream's first latent frame (or an image's) kept clean ahead of every later window, what
-the DiT is given then, a prompt switch re-anchoring, bounded memory, resume, and the refusals."""
+"""Anchored streams: the stream's first latent frame (or an image's) kept clean ahead of every later window, what the
+DiT is given then, a prompt switch re-anchoring on a fresh frame of the new prompt, bounded memory, resume, and
+the refusals."""
 
 from __future__ import annotations
 
@@ -87,20 +88,27 @@ def test_an_image_started_stream_opens_on_the_image_and_keeps_its_latent(tiny):
     assert more.shape == (12, 64, 64, 3) and torch.equal(s.anchor, z)
 
 
-def test_a_prompt_switch_re_anchors_on_the_first_frame_made_under_the_new_prompt_alone(tiny):
+def test_a_prompt_switch_re_anchors_on_a_fresh_frame_of_the_new_prompt_as_its_first_frame_joins(tiny):
     s = stream(tiny, "a red ball", then=[(0.5, "a blue box")], window=3, steps_per_shift=1, anchor=True,
                transition=1, seed=2)
-    anchors = []
-    for _ in range(16):
-        s.step()
-        anchors.append((s.anchor_prompt, None if s.anchor is None else s.anchor.clone()))
     # 0.5 s = video frame 8, in latent frame 2, whose cross-fade over 1 frame ends at latent frame 3
     assert [s.pure_prompt(m) for m in range(5)] == [0, 0, None, 1, 1]
-    # latent frame m leaves the 2-group queue (1 sub-step per shift) at queue step m + 2: frame 0 at step 2 anchors
-    # the red stream, frame 3 at step 5 re-anchors it, and the anchor stays until another switch
-    assert [p for p, _ in anchors[:6]] == [None, 0, 0, 0, 1, 1] and anchors[-1][0] == 1
-    assert torch.equal(anchors[1][1], anchors[3][1]) and not torch.equal(anchors[3][1], anchors[4][1])
-    assert torch.equal(anchors[4][1], anchors[-1][1])
+    anchors, before = [], None
+    for step in range(12):
+        if step == 2:  # latent frame 2 joins at queue step 2: the switch's first frame
+            before = s.generator.get_state()
+        s.step()
+        anchors.append((s.anchor_prompt, None if s.anchor is None else s.anchor.clone()))
+    # frame 0 leaves the 2-group queue (1 sub-step per shift) at the second queue step and anchors the red stream;
+    # at the third, frame 2 joins and the anchor turns to the blue box's, which stays until another switch
+    assert [p for p, _ in anchors[:4]] == [None, 0, 1, 1] and anchors[-1][0] == 1
+    assert torch.equal(anchors[2][1], anchors[-1][1]) and not torch.equal(anchors[1][1], anchors[2][1])
+    # the new anchor is the first frame out of a stream of the new prompt alone, drawn from the stream's noise
+    fresh = stream(tiny, "a blue box", window=3, steps_per_shift=1, anchor=True, seed=2)
+    fresh.generator.set_state(before)
+    while fresh.anchor is None:
+        fresh.step()
+    assert torch.equal(anchors[2][1], fresh.anchor)
 
 
 def test_an_anchored_stream_holds_flat_memory_and_resumes_identically(tiny, tmp_path):

@@ -22,13 +22,16 @@ only on the offset between two tokens, so positions that kept growing would give
 arithmetic; the fixed frame keeps the angles small (no float precision lost after hours of video) and needs no
 change to the DiT.
 
-Anchor (``anchor=True``): the window's first slot holds one clean latent frame (σ 0) ahead of the staircase, and
-the staircase walks the G = (window − 1) / block groups after it. The anchor is the stream's first latent frame to
-leave the queue (or an image's latent, for a stream started from an image), so every later frame is denoised in
-attention to how the stream began: its colours and shapes, minutes later. A prompt switch re-anchors on the first
-frame to leave under the new prompt alone. Models are trained for it by ``timesteps.anchor`` (the clip's first
-latent frame given clean ahead of a window cut later in the clip); a DiT trained with clean first frames
-(``timesteps.first_frame``, Wan2.2 TI2V-style) already reads an anchor that is its window's neighbour.
+Anchor (``anchor=True``): the window's first slot holds one clean latent frame (σ 0) ahead of the staircase, and the
+staircase walks the G = (window − 1) / block groups after it. The anchor is the stream's first latent frame to leave
+the queue (or an image's latent, for a stream started from an image), so every later frame is denoised in attention
+to how the stream began: its colours and shapes, minutes later. A prompt switch re-anchors as its first latent frame
+joins the queue: the anchor becomes the first frame a new stream of the new prompt alone would give (drawn from the
+stream's noise, no anchor, the queue filled from empty: G·K more evaluations, once), so the object in the window's
+attention is the new prompt's while the frames in the queue carry the position over. Models are trained for it by
+``timesteps.anchor`` (the clip's first latent frame given clean ahead of a window cut later in the clip); a DiT
+trained with clean first frames (``timesteps.first_frame``, Wan2.2 TI2V-style) already reads an anchor that is its
+window's neighbour.
 
 Two-expert models (Wan2.2 A14B, the bundled demo model): each frame takes the velocity of the expert its own level
 picks (t >= boundary·1000: the high-noise expert); a window straddling the boundary runs both experts on the whole
@@ -253,48 +256,82 @@ class VideoStream:
         state saved after it still resumes identically."""
         cfg = self.config
         generator, decoder = self.generator.get_state(), self.decoder.snapshot()
+        anchor_before = (self.anchor, self.anchor_prompt)
         try:
+            joined = self.joined + cfg.block
+            anchor = (self.anchor, self.anchor_prompt)
+            if cfg.anchor and anchor[0] is not None:  # a switch re-anchors as its first latent frame joins
+                prompt = self._switch_starting(joined - cfg.block, joined)
+                if prompt is not None and prompt != anchor[1]:
+                    anchor = self.anchor, self.anchor_prompt = self._fresh_frame(prompt), prompt
             noise = torch.randn(self.latent_shape, generator=self.generator, device=self.latents.device,
                                 dtype=torch.float32)
-            latents, levels = torch.cat([self.latents, noise], dim=1), [*self.levels, 0]
-            joined = self.joined + cfg.block
-            for _ in range(cfg.steps_per_shift):
-                v = self.velocity(latents, levels, joined)
-                groups = latents.split(cfg.block, dim=1)
-                # Euler per group, x + (σ_next - σ)·v with Python floats: the ordinary solver's arithmetic
-                latents = torch.cat([x + (self._sig[i + 1] - self._sig[i]) * vg
-                                     for x, vg, i in zip(groups, v.split(cfg.block, dim=1), levels)], dim=1)
-                levels = [i + 1 for i in levels]
-            frames, anchor = self.pending[:0], (self.anchor, self.anchor_prompt)
+            latents, levels = self._shift(torch.cat([self.latents, noise], dim=1), [*self.levels, 0], joined)
+            frames = self.pending[:0]
             if levels[0] == len(self._sig) - 1:  # the oldest group reached σ = 0: it leaves
                 first = joined - latents.shape[1]  # its first latent frame's number in the stream
                 clean, latents, levels = latents[:, :cfg.block], latents[:, cfg.block:].clone(), levels[1:]
                 frames = self.decoder.decode(clean)
-                if cfg.anchor:  # the first frame out anchors the stream, and the first one after a switch
-                    prompt = self.pure_prompt(first)
-                    if anchor[0] is None or (prompt is not None and prompt != anchor[1]):
-                        anchor = (clean[:, :1].clone(), prompt)
+                if cfg.anchor and anchor[0] is None:  # the first frame out anchors the stream
+                    anchor = (clean[:, :1].clone(), self.pure_prompt(first))
         except BaseException:
             self.generator.set_state(generator)
             self.decoder.restore_snapshot(decoder)
+            self.anchor, self.anchor_prompt = anchor_before
             raise
         self.latents, self.levels, self.joined, self.steps, self.pending = (
             latents, levels, joined, self.steps + 1, torch.cat([self.pending, frames]))
         self.anchor, self.anchor_prompt = anchor
         return frames
 
-    def velocity(self, x: torch.Tensor, levels: list[int], joined: int | None = None) -> torch.Tensor:
+    def _shift(self, latents: torch.Tensor, levels: list[int], joined: int, prompt: int | None = None,
+               anchored: bool = True) -> tuple[torch.Tensor, list[int]]:
+        """K Euler sub-steps of the window ``latents`` whose groups sit at grid ``levels``."""
+        cfg = self.config
+        for _ in range(cfg.steps_per_shift):
+            v = self.velocity(latents, levels, joined, prompt=prompt, anchored=anchored)
+            groups = latents.split(cfg.block, dim=1)
+            # Euler per group, x + (σ_next - σ)·v with Python floats: the ordinary solver's arithmetic
+            latents = torch.cat([x + (self._sig[i + 1] - self._sig[i]) * vg
+                                 for x, vg, i in zip(groups, v.split(cfg.block, dim=1), levels)], dim=1)
+            levels = [i + 1 for i in levels]
+        return latents, levels
+
+    def _switch_starting(self, first: int, end: int) -> int | None:
+        """The prompt whose switch begins its cross-fade among latent frames ``first`` .. ``end`` - 1 (None: no
+        switch begins there)."""
+        for m in range(max(first, 1), end):
+            now, before = self.prompt_mix(m), self.prompt_mix(m - 1)
+            started = [i for i in range(1, len(now)) if now[i] > 0 and before[i] == 0]
+            if started:
+                return started[-1]
+        return None
+
+    def _fresh_frame(self, prompt: int) -> torch.Tensor:
+        """The first clean latent frame [C, 1, h, w] a new stream of prompt ``prompt`` alone would give (no anchor,
+        the queue filled from empty), drawn from the stream's noise."""
+        latents, levels = self.latents[:, :0], []
+        while not levels or levels[0] < len(self._sig) - 1:
+            noise = torch.randn(self.latent_shape, generator=self.generator, device=self.latents.device,
+                                dtype=torch.float32)
+            latents, levels = self._shift(torch.cat([latents, noise], dim=1), [*levels, 0], 0, prompt=prompt,
+                                          anchored=False)
+        return latents[:, :1].clone()
+
+    def velocity(self, x: torch.Tensor, levels: list[int], joined: int | None = None, *, prompt: int | None = None,
+                 anchored: bool = True) -> torch.Tensor:
         """The guided velocity [C, F, h, w] for the window's latents ``x`` [C, F, h, w] (latent frames joined - F ..
         joined - 1 of the stream; ``joined`` defaults to :attr:`joined`) whose groups sit at grid ``levels``."""
         pipe, cfg = self.pipe, self.config
         joined = self.joined if joined is None else joined
         numbers = list(range(joined - x.shape[1], joined))  # the stream's latent frame numbers of the window
         t_frames = self.timesteps[torch.tensor(levels).repeat_interleave(cfg.block)]  # [F] int64
-        anchored = self.anchor is not None
+        anchored = anchored and self.anchor is not None
         if anchored:  # the anchor goes first, clean (t 0), under the window's first frame's prompt mix
             x, numbers = torch.cat([self.anchor.to(x), x], dim=1), numbers[:1] + numbers
             t_frames = torch.cat([self.timesteps[-1:], t_frames])
-        mix = torch.tensor([self.prompt_mix(m) for m in numbers])  # [F, P]
+        mix = torch.tensor([self.prompt_mix(m) if prompt is None else
+                            [float(i == prompt) for i in range(len(self.contexts))] for m in numbers])  # [F, P]
         used = [i for i in range(mix.shape[1]) if bool(mix[:, i].any())]
         context = torch.cat([self.contexts[i][:1] for i in used] + [self.contexts[0][1:]])  # conds, negative (if any)
         weights = mix[:, used].T.to(x.device)[:, None, :, None, None] if len(used) > 1 else None  # [P', 1, F, 1, 1]
