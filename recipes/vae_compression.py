@@ -332,8 +332,9 @@ def main(argv=None) -> int:
         if (work / arm / "vae-image" / "metrics.jsonl").is_file():
             rows[arm]["vae_image_train"] = vae_training(work / arm / "vae-image")
     if args.coding_times:
-        for arm, timing in coding_times(work, arms).items():
-            rows[arm]["coding"] = timing
+        timings = coding_times(work, arms)  # read back whole when measured before, possibly with other arms
+        for arm in arms:
+            rows[arm]["coding"] = timings.get(arm)
     elif (found := _read_json(work / "coding_times.json")) is not None:
         for arm in arms:
             rows[arm]["coding"] = found.get(arm)
