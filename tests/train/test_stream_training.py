@@ -40,9 +40,9 @@ def test_the_trainer_draws_the_levels_the_stream_shows_its_model():
     seen = []
     velocity = s.velocity
 
-    def recording(x, levels, joined=None):
+    def recording(x, levels, joined=None, **options):
         seen.append(list(levels))
-        return velocity(x, levels, joined)
+        return velocity(x, levels, joined, **options)
 
     s.velocity = recording
     for _ in range(5):
