@@ -153,15 +153,19 @@ class PromptSchedule:
     def prompts(self) -> list[str]:
         return [p for _, p in self.entries]
 
-    def weights(self, latent_frame: int, fps: float, temporal: int, transition: int) -> list[float]:
-        """Cross-fade weight of each switch (entries 1..) at ``latent_frame``: 0 before the latent frame holding
-        the switch's time, rising by 1 / (transition + 1) per latent frame from there, 1 after."""
+    def first_frames(self, fps: float, temporal: int) -> list[int]:
+        """Each switch's (entries 1..) first latent frame: the one holding the video frame at its time."""
         out = []
         for start, _ in self.entries[1:]:
             pixel = round(start * fps)
-            first = 0 if pixel == 0 else (pixel - 1) // temporal + 1  # the latent frame holding that video frame
-            out.append(min(1.0, max(0.0, (latent_frame - first + 1) / (transition + 1))))
+            out.append(0 if pixel == 0 else (pixel - 1) // temporal + 1)
         return out
+
+    def weights(self, latent_frame: int, fps: float, temporal: int, transition: int) -> list[float]:
+        """Cross-fade weight of each switch (entries 1..) at ``latent_frame``: 0 before the switch's first latent
+        frame, rising by 1 / (transition + 1) per latent frame from there, 1 after."""
+        return [min(1.0, max(0.0, (latent_frame - first + 1) / (transition + 1)))
+                for first in self.first_frames(fps, temporal)]
 
 
 class VideoStream:
@@ -256,17 +260,14 @@ class VideoStream:
         state saved after it still resumes identically."""
         cfg = self.config
         generator, decoder = self.generator.get_state(), self.decoder.snapshot()
-        anchor_before = (self.anchor, self.anchor_prompt)
+        anchor = before = (self.anchor, self.anchor_prompt)
         try:
             joined = self.joined + cfg.block
-            anchor = (self.anchor, self.anchor_prompt)
             if cfg.anchor and anchor[0] is not None:  # a switch re-anchors as its first latent frame joins
                 prompt = self._switch_starting(joined - cfg.block, joined)
                 if prompt is not None and prompt != anchor[1]:
                     anchor = self.anchor, self.anchor_prompt = self._fresh_frame(prompt), prompt
-            noise = torch.randn(self.latent_shape, generator=self.generator, device=self.latents.device,
-                                dtype=torch.float32)
-            latents, levels = self._shift(torch.cat([self.latents, noise], dim=1), [*self.levels, 0], joined)
+            latents, levels = self._shift(torch.cat([self.latents, self._noise()], dim=1), [*self.levels, 0], joined)
             frames = self.pending[:0]
             if levels[0] == len(self._sig) - 1:  # the oldest group reached σ = 0: it leaves
                 first = joined - latents.shape[1]  # its first latent frame's number in the stream
@@ -277,7 +278,7 @@ class VideoStream:
         except BaseException:
             self.generator.set_state(generator)
             self.decoder.restore_snapshot(decoder)
-            self.anchor, self.anchor_prompt = anchor_before
+            self.anchor, self.anchor_prompt = before
             raise
         self.latents, self.levels, self.joined, self.steps, self.pending = (
             latents, levels, joined, self.steps + 1, torch.cat([self.pending, frames]))
@@ -297,24 +298,22 @@ class VideoStream:
             levels = [i + 1 for i in levels]
         return latents, levels
 
+    def _noise(self) -> torch.Tensor:
+        """One group of pure noise [C, block, h, w] from the stream's generator."""
+        return torch.randn(self.latent_shape, generator=self.generator, device=self.latents.device, dtype=torch.float32)
+
     def _switch_starting(self, first: int, end: int) -> int | None:
-        """The prompt whose switch begins its cross-fade among latent frames ``first`` .. ``end`` - 1 (None: no
-        switch begins there)."""
-        for m in range(max(first, 1), end):
-            now, before = self.prompt_mix(m), self.prompt_mix(m - 1)
-            started = [i for i in range(1, len(now)) if now[i] > 0 and before[i] == 0]
-            if started:
-                return started[-1]
-        return None
+        """The prompt whose switch has its first latent frame among ``first`` .. ``end`` - 1 (the latest such one;
+        None: no switch begins there)."""
+        starts = self.schedule.first_frames(self.config.fps, self.temporal)
+        return next((i for i in range(len(starts), 0, -1) if first <= starts[i - 1] < end), None)
 
     def _fresh_frame(self, prompt: int) -> torch.Tensor:
         """The first clean latent frame [C, 1, h, w] a new stream of prompt ``prompt`` alone would give (no anchor,
         the queue filled from empty), drawn from the stream's noise."""
         latents, levels = self.latents[:, :0], []
         while not levels or levels[0] < len(self._sig) - 1:
-            noise = torch.randn(self.latent_shape, generator=self.generator, device=self.latents.device,
-                                dtype=torch.float32)
-            latents, levels = self._shift(torch.cat([latents, noise], dim=1), [*levels, 0], 0, prompt=prompt,
+            latents, levels = self._shift(torch.cat([latents, self._noise()], dim=1), [*levels, 0], 0, prompt=prompt,
                                           anchored=False)
         return latents[:, :1].clone()
 
