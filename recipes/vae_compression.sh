@@ -45,6 +45,19 @@ if [ "$SOURCE" = "$WORK/source" ]; then
 fi
 [ -f "$MANIFEST" ] || { echo "no training manifest at $MANIFEST; run recipes/demo_model.sh first or set SOURCE." >&2; exit 2; }
 
+# REUSE=FOLDER: another study folder whose trained parts (ARM/vae-image, ARM/vae, ARM/cache) each arm links when
+# WORK lacks them, so that a DiT of another length trains on the same VAEs and latents and no VAE step runs.
+if [ -n "${REUSE:-}" ]; then
+  for arm in $ARMS; do
+    mkdir -p "$WORK/$arm"
+    for part in vae-image vae cache; do
+      if [ -e "$REUSE/$arm/$part" ] && [ ! -e "$WORK/$arm/$part" ]; then
+        ln -s "$(readlink -f "$REUSE/$arm/$part")" "$WORK/$arm/$part"
+      fi
+    done
+  done
+fi
+
 preset_of() { case "$1" in a) echo demo ;; b) echo demo-22 ;; c) echo demo-dcae ;;
   *) echo "ARMS holds a, b and c; got '$1'." >&2; exit 2 ;; esac; }
 
