@@ -13,6 +13,7 @@ from PIL import Image
 
 from openwan.cli import eval as eval_cmd
 from openwan.configs import VAE_PRESETS
+from openwan.data.synthetic import dataset_combinations
 from openwan.eval.reconstruction import (
     FLAT_COLOURS,
     chroma_kept,
@@ -167,6 +168,27 @@ def _cli(*argv: str) -> int:
     return args.run(args)
 
 
+class UpsideDownVAE(IdentityVAE):
+    """Decodes every frame upside down: a triangle then points down, which no dataset shape does."""
+
+    def decode(self, z):
+        return z.flip(-2)
+
+
+@pytest.mark.parametrize("paths", ["reversible", "wrap"])
+def test_the_shape_kept_is_read_in_windows_of_originals_and_reconstructions(paths):
+    kept = evaluate_vae(IdentityVAE(), frames=17, num_synthetic=6, photos=(), progress=False,
+                        paths=paths)["synthetic"]["shape_kept"]
+    assert kept["original"] == kept["reconstruction"] == 1.0
+    assert kept["reconstruction_by_shape"] == {"circle": 1.0, "square": 1.0, "triangle": 1.0}
+    flipped = evaluate_vae(UpsideDownVAE(), frames=17, num_synthetic=6, photos=(), progress=False,
+                           paths=paths)["synthetic"]["shape_kept"]
+    assert flipped["original"] == 1.0
+    assert flipped["reconstruction_by_shape"] == {"circle": 1.0, "square": 1.0, "triangle": 0.0}
+    shapes = [combo[1] for combo in dataset_combinations(6, 0, "heldout")]  # every clip has as many windows
+    assert flipped["reconstruction"] == pytest.approx(1 - shapes.count("triangle") / len(shapes), abs=1e-4)
+
+
 def test_cli_with_a_tiny_random_vae(tmp_path, capsys):
     vae = randomize(WanVAE(VAE_PRESETS["tiny"]), std=0.1)
     clips = torch.rand(3, 5, 32, 32, 3)
@@ -183,9 +205,12 @@ def test_cli_with_a_tiny_random_vae(tmp_path, capsys):
     report = json.loads((out / "vae_report.json").read_text())
     assert report["size"] == [32, 32] and report["frames"] == 5 and report["paths"] == "reversible"
     assert [c["name"] for c in report["photos"]["per_clip"]] == ["astronaut-pan", "astronaut-zoom"]
+    assert "shape read in 8-frame windows: reconstructions" in printed
+    assert set(report["synthetic"]["shape_kept"]) == {"original", "original_by_shape", "reconstruction",
+                                                      "reconstruction_by_shape"}
     for kind in ("synthetic", "photos"):
         r = report[kind]
-        assert set(r) == {"clips", "psnr", "psnr_min", "ssim", "ssim_min", "per_clip"}
+        assert set(r) - {"shape_kept"} == {"clips", "psnr", "psnr_min", "ssim", "ssim_min", "per_clip"}
         assert math.isfinite(r["psnr"]) and -1 <= r["ssim"] <= 1 and r["psnr_min"] <= r["psnr"]
     with Image.open(out / report["files"]["grid"]) as grid:
         assert grid.height > 4 * 96

@@ -150,6 +150,11 @@ def run_vae(args: argparse.Namespace) -> int:
             r = report[kind]
             print(f"{kind}: {r['clips']} clips, PSNR {r['psnr']:.2f} dB (min {r['psnr_min']:.2f}), "
                   f"SSIM {r['ssim']:.4f}")
+    if "synthetic" in report:
+        kept = report["synthetic"]["shape_kept"]
+        shapes = ", ".join(f"{k} {v:.0%}" for k, v in kept["reconstruction_by_shape"].items())
+        print(f"shape read in 8-frame windows: reconstructions {kept['reconstruction']:.1%} ({shapes}), "
+              f"originals {kept['original']:.1%}")
     flat = report["flat_fields"]
     print(f"flat colour fields: {flat['fields']}, PSNR {flat['psnr']:.2f} dB, chroma kept {flat['chroma_kept']:.3f} "
           "(1: every tint kept, 0: rendered grey)")

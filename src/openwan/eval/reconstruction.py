@@ -5,7 +5,10 @@ dataset's files, stored as mp4 and decoded again. Real clips are photographs shi
 into short camera moves: a horizontal pan and a zoom-in for each, cropped with sub-pixel windows and downscaled
 with an antialiasing filter. PSNR is over a whole clip (peak 1, frames in [0, 1]); SSIM is the standard
 Gaussian-window SSIM (Wang et al. 2004: sigma 1.5, K1 0.01, K2 0.03) of each frame, averaged over frames; both
-are then averaged over clips.
+are then averaged over clips. On synthetic clips the shapes detector (:mod:`openwan.eval.detector`) also reads
+each 8-frame window of the original and of its reconstruction: how often the reconstruction's object still has the
+clip's shape is what a video model on these latents can show of it at best (a decoder that rounds a square's corners
+makes every square the model draws read as a circle).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tqdm.auto import tqdm
 
 from openwan.data.synthetic import MP4_OPTIONS, dataset_combinations, render_clip
 from openwan.data.video import read_video, save_video
+from openwan.eval.detector import detect
 from openwan.eval.prompts import GridCell, GridRow, strip_frames, write_grid
 from openwan.fileio import atomic_write
 
@@ -59,6 +63,27 @@ def reconstruct(vae, clips: torch.Tensor) -> torch.Tensor:
     y = vae.decode(vae.encode(x))
     out = ((y.float().permute(0, 2, 3, 4, 1) + 1) / 2).clamp(0, 1).cpu()  # [B, T, H, W, 3]
     return out if clips.ndim == 5 else out[0]
+
+
+SHAPE_WINDOW, SHAPE_STRIDE = 8, 4  # frames per window the shape is read on, and between window starts
+
+
+def shapes_kept(pairs: list[tuple[str, torch.Tensor, torch.Tensor]], shapes: list[str], wrap: bool = False) -> dict:
+    """How often the detector reads ``shapes[i]`` in the 8-frame windows (every 4 frames) of the i-th original and
+    reconstruction of ``pairs`` (name, clip [T, H, W, 3], reconstruction); overall and per shape. ``wrap``: objects
+    that wrap around the frame's edges (``--paths wrap``)."""
+    hits: dict[str, dict[str, list[bool]]] = {"original": {}, "reconstruction": {}}
+    for (_, clip, out), shape in zip(pairs, shapes):
+        starts = range(0, max(1, clip.shape[0] - SHAPE_WINDOW + 1), SHAPE_STRIDE)
+        for kind, video in (("original", clip), ("reconstruction", out)):
+            read = [detect(video[t:t + SHAPE_WINDOW], wrap=wrap).shape == shape for t in starts]
+            hits[kind].setdefault(shape, []).extend(read)
+    report = {}
+    for kind, by_shape in hits.items():
+        every = [hit for read in by_shape.values() for hit in read]
+        report[kind] = round(sum(every) / max(1, len(every)), 4)
+        report[f"{kind}_by_shape"] = {k: round(sum(v) / len(v), 4) for k, v in sorted(by_shape.items())}
+    return report
 
 
 # ---------------------------------------------------------------------------------------------- clips
@@ -212,6 +237,8 @@ def evaluate_vae(vae, out_dir: str | Path | None = None, *, size: tuple[int, int
         clips = synthetic_clips(num_synthetic, seed, size, frames, paths=paths)
         report["paths"] = paths
         report["synthetic"], found = _score(vae, clips, batch_size, progress, "synthetic")
+        shapes = [combo[1] for combo in dataset_combinations(num_synthetic, seed, "heldout")]  # synthetic_clips' order
+        report["synthetic"]["shape_kept"] = shapes_kept(found, shapes, wrap=paths == "wrap")
         pairs += found[:4]
     if photos:
         report["photos"], found = _score(vae, photo_clips(photos, size, frames), batch_size, progress, "photos")
@@ -237,4 +264,5 @@ def _title(report: dict) -> str:
 
 
 __all__ = ["psnr", "ssim", "chroma_kept", "flat_fields", "FLAT_COLOURS", "reconstruct", "synthetic_clips",
-           "photo_clips", "pan_clip", "zoom_clip", "load_photo", "evaluate_vae", "check_clip_settings", "PHOTOS"]
+           "photo_clips", "pan_clip", "shapes_kept", "zoom_clip", "load_photo", "evaluate_vae", "check_clip_settings",
+           "PHOTOS"]
