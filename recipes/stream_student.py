@@ -13,7 +13,12 @@
 3. the student: that teacher, guided, distilled into one sub-step per shift (``distill.staircase``: 4 steps per
    latent frame on anchored windows, 5 without, its guidance folded in);
 4. the student written into the release's ``stream_model/`` with the settings it streams at, where
-   ``openwan stream`` picks it up.
+   ``openwan stream`` picks it up;
+5. the release's VAE decoder fine-tuned for that world (``--decoder-steps``; its encoder frozen, so the latents, the
+   caches and every DiT trained on them stay as they were): 9-frame windows of the wrapping clips at three offsets,
+   beside twice as many windows of ordinary clips (``--paths reversible``) so that clips decode as before. The
+   decoder the demo recipe trains has seen objects only inside the frame and draws one that crosses an edge with
+   rounded corners; the release's ``Wan2.1_VAE.pth`` is replaced by the fine-tuned one.
 
 Each step skips itself when its output exists, so a stopped run continues. What it measured: docs/streaming.md.
 """
@@ -21,6 +26,8 @@ Each step skips itself when its output exists, so a stopped run continues. What 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +36,8 @@ import torch
 
 from openwan.data.buckets import Bucket
 from openwan.data.cache import build_latent_cache, build_text_cache
-from openwan.data.manifest import read_manifest
+from openwan.data.manifest import read_manifest, write_manifest
+from openwan.fileio import atomic_write
 from openwan.pipelines.components import BUNDLED, load_components
 from openwan.pipelines.stream import StreamConfig
 from openwan.pipelines.stream_student import save_student
@@ -38,6 +46,8 @@ from openwan.train.checkpoint import checkpoint_dit, export_dit, latest_checkpoi
 WINDOW, SHIFT = 5, 3.0  # 17 frames: 5 latent frames, the stream's window; the demo's sampling shift
 CLIP_FRAMES = 49  # the synthetic clips' length: 13 latent frames, 9 window positions
 TEACHER_STEPS, STUDENT_PER_SHIFT = 20, 1  # the teacher's steps per latent frame; the student's sub-steps per shift
+VAE_FILE = "Wan2.1_VAE.pth"
+DECODER_FRAMES, DECODER_STARTS = 9, (0.0, 1.25, 2.5)  # s: windows at frames 0, 20 and 40 of a 49-frame clip
 
 TEACHER_CONFIG = """\
 model: {{preset: demo-small, path: {init}}}
@@ -79,20 +89,55 @@ output_dir: {out}
 
 def build_caches(work: Path, release: Path, clips: int, captions: str) -> Path:
     """Synthetic clips of the demo world and their caches under ``WORK/cache``, through the release's encoders."""
-    cache, data = work / "cache", work / "data"
+    cache = work / "cache"
     if (cache / "text_index.json").is_file():
         return cache
-    if not (data / "manifest.jsonl").is_file():
-        _openwan("data", "synth", "--out", str(data), "--num", str(clips), "--seed", "0", "--paths", "wrap",
-                 "--frames", str(CLIP_FRAMES), "--captions", captions)
     parts = load_components(release)
-    records = read_manifest(data / "manifest.jsonl")
+    records = read_manifest(wrap_clips(work, clips, captions))
     with torch.no_grad():
         build_latent_cache(records, parts["vae"], [Bucket(CLIP_FRAMES, 64, 64)], cache, batch_size=16,
                            num_workers=1)
         build_text_cache(records, parts["text_encoder"], parts["tokenizer"], cache,
                          text_len=parts["dit"].cfg.text_len)
     return cache
+
+
+def wrap_clips(work: Path, clips: int, captions: str) -> Path:
+    """``WORK/data``: ``clips`` synthetic clips of 49 frames whose objects wrap around the frame's edges."""
+    data = work / "data"
+    if not (data / "manifest.jsonl").is_file():
+        _openwan("data", "synth", "--out", str(data), "--num", str(clips), "--seed", "0", "--paths", "wrap",
+                 "--frames", str(CLIP_FRAMES), "--captions", captions)
+    return data / "manifest.jsonl"
+
+
+def decoder_manifest(work: Path, clips: int, captions: str) -> Path:
+    """The decoder's clips: every wrapping clip at :data:`DECODER_STARTS` (three windows of 9 frames each) and
+    twice ``clips`` ordinary 17-frame clips (``--paths reversible``, another seed), in one manifest."""
+    folder = work / "decoder-data"
+    manifest = folder / "manifest.jsonl"
+    if manifest.is_file():
+        return manifest
+    wrapping = read_manifest(wrap_clips(work, clips, captions))
+    if not (folder / "ordinary" / "manifest.jsonl").is_file():
+        _openwan("data", "synth", "--out", str(folder / "ordinary"), "--num", str(2 * clips), "--seed", "1",
+                 "--paths", "reversible", "--captions", captions)
+    ordinary = read_manifest(folder / "ordinary" / "manifest.jsonl")
+    windows = [dataclasses.replace(r, start=start, id=f"{r.id}@{start}") for r in wrapping for start in DECODER_STARTS]
+    return write_manifest(windows + ordinary, manifest)
+
+
+def wrap_decoder(work: Path, release: Path, steps: int, clips: int, captions: str) -> Path:
+    """The release's VAE with its decoder fine-tuned on :func:`decoder_manifest`'s clips (encoder frozen), in
+    ``WORK/decoder``; trained once, from the release's VAE as it was."""
+    out = work / "decoder" / VAE_FILE
+    if not out.is_file():
+        _openwan("train-vae", "--stage", "2", "--freeze-encoder", "--init", str(release / VAE_FILE),
+                 "--manifest", str(decoder_manifest(work, clips, captions)), "--out", str(out.parent),
+                 "--size", "64", "--frames", str(DECODER_FRAMES), "--batch-size", "4", "--steps", str(steps),
+                 "--lr", "1e-4", "--warmup-steps", "20", "--min-lr-ratio", "0.05", "--l1-weight", "0",
+                 "--l2-weight", "10", "--log-every", "50", "--save-every", "200", "--workers", "1")
+    return out
 
 
 def _openwan(*args: str) -> None:
@@ -128,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                        "streamed at 1 sub-step per shift)")
     parser.add_argument("--student-lr", type=float, default=5e-5)
     parser.add_argument("--guide-scale", type=float, default=1.5, help="the teacher's guidance, folded in")
+    parser.add_argument("--decoder-steps", type=int, default=800,
+                        help="fine-tuning steps of the release's VAE decoder on objects that cross the frame's "
+                             "edges (0: keep the release's VAE)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT's blocks")
     args = parser.parse_args(argv)
@@ -169,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
                                 guide_scale=args.guide_scale, anchor=anchored)
     # bfloat16 as the release's own DiTs (the loaders upcast)
     print(f"wrote {save_student(args.release, student, settings, dtype=torch.bfloat16)}")
+    if args.decoder_steps > 0:
+        decoder = wrap_decoder(work, args.release, args.decoder_steps, args.clips, args.captions)
+        if decoder.read_bytes() != (args.release / VAE_FILE).read_bytes():
+            atomic_write(args.release / VAE_FILE, lambda tmp: shutil.copyfile(decoder, tmp))
+            print(f"wrote {args.release / VAE_FILE} (the decoder fine-tuned for objects that cross the frame's edges)")
     return 0
 
 
