@@ -135,7 +135,10 @@ def _loaded(dataset: VideoClipDataset, indices: list[int], num_workers: int) -> 
     if num_workers == 0:
         yield from (loads[i] for i in range(len(loads)))
         return
-    yield from DataLoader(loads, batch_size=None, num_workers=num_workers, collate_fn=_unchanged)
+    # spawn: a worker forked from a process that has decoded video with PyAV can inherit a lock one of FFmpeg's
+    # threads held at the fork, and wait on it forever; a fresh interpreter inherits nothing.
+    yield from DataLoader(loads, batch_size=None, num_workers=num_workers, collate_fn=_unchanged,
+                          multiprocessing_context="spawn")
 
 
 def _unchanged(item):
