@@ -62,6 +62,8 @@ def coerce(tp: Any, value: Any, name: str) -> Any:
             try:
                 return coerce(option, value, name)
             except ValueError:
+                if len(options) == 1 and is_dataclass(option) and isinstance(value, Mapping):
+                    raise  # a section with one bad field: name that field, not the section
                 continue
         raise ValueError(f"config field {name} must be {' or '.join(describe(o) for o in options)}"
                          f"{' or null' if type(None) in args else ''}; got {value!r}.")
