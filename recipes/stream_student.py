@@ -71,7 +71,7 @@ STUDENT_CONFIG = """\
 model: {{preset: demo-small}}
 data: {{cache_dir: {cache}}}
 distill: {{teacher: {teacher}, guide_scale: {guide}, teacher_steps: {teacher_steps}, student_steps: {student_steps},
-          shift: {shift}, target: ema, loss: l2, staircase: true}}
+          shift: {shift}, objective: {objective}, target: ema, loss: l2, staircase: true}}
 timesteps: {{anchor: {anchor}}}
 stages:
   - {{name: stream-distill, steps: {steps}, batch_size: {batch}, buckets: [[17, 64, 64]], window: random}}
@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student-steps", type=int, default=500, help="distillation steps (0: ship the teacher, "
                                                                        "streamed at 1 sub-step per shift)")
     parser.add_argument("--student-lr", type=float, default=5e-5)
+    parser.add_argument("--objective", choices=("consistency", "trajectory"), default="consistency",
+                        help="the distillation objective (distill.objective): consistency, or regression on the "
+                             "teacher's whole walk of each shift (trajectory)")
     parser.add_argument("--guide-scale", type=float, default=1.5, help="the teacher's guidance, folded in")
     parser.add_argument("--decoder-steps", type=int, default=800,
                         help="fine-tuning steps of the release's VAE decoder on objects that cross the frame's "
@@ -206,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         student_yaml.write_text(STUDENT_CONFIG.format(
             cache=cache, teacher=teacher_dir, guide=args.guide_scale, teacher_steps=TEACHER_STEPS,
             student_steps=groups * STUDENT_PER_SHIFT, shift=SHIFT, steps=args.student_steps, batch=args.batch_size,
-            lr=args.student_lr, anchor=1.0 if anchored else 0.0, compile=compile_blocks, out=student_run))
+            lr=args.student_lr, objective=args.objective, anchor=1.0 if anchored else 0.0, compile=compile_blocks,
+            out=student_run))
         _train(student_yaml)
         student = checkpoint_dit(latest_checkpoint(student_run))
         settings = StreamConfig(window=WINDOW, steps_per_shift=STUDENT_PER_SHIFT, sample_shift=SHIFT, guide_scale=1.0,

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from openwan.diffusion import Consistency, make_solver, sample, student_sigmas, teacher_sigmas, timesteps_from_sigmas
-from openwan.diffusion.consistency import consistency_loss, consistency_target, grid_timesteps, jump, phase_end
+from openwan.diffusion.consistency import (
+    consistency_loss,
+    consistency_target,
+    grid_timesteps,
+    jump,
+    phase_end,
+    trajectory_target,
+)
 
 
 @pytest.mark.parametrize("n_steps,s_steps,shift", [(16, 4, 3.0), (20, 4, 5.0), (8, 2, 3.0), (12, 1, 1.0)])
@@ -94,6 +101,62 @@ def test_inner_targets_jump_with_the_target_model_to_the_phase_end():
         xm = x[i:i + 1] + (sm - sn) * vg
         f = xm if n[i] + 1 == end[i] else xm + (se - sm) * target(xm, t_of[n[i] + 1].view(1), cond[i:i + 1])
         torch.testing.assert_close(got[i:i + 1], (f - x[i:i + 1]) / (se - sn), rtol=1e-5, atol=1e-6)
+
+
+def test_trajectory_targets_walk_the_guided_teacher_over_the_whole_phase():
+    """Against the loop written out: from a student point the guided teacher takes Euler steps on the window, each
+    frame until its own phase end, and the target is the velocity that jumps x_n there; a frame at the grid's end
+    (an anchor) stays and gets target 0. With one teacher step per phase it equals the consistency target."""
+    sigmas = teacher_sigmas(8, 3.0)
+    t_of = grid_timesteps(sigmas)
+
+    def teacher(x, t, context):  # x [B, C, F, 1, 1], per-frame timesteps [B, F]
+        return torch.tanh(x) * (t[:, None, :, None, None] / 1000) + context
+
+    g = torch.Generator().manual_seed(5)
+    x, cond, neg = (torch.randn(2, 3, 3, 1, 1, generator=g) for _ in range(3))
+    n = torch.tensor([[8, 4, 0], [8, 6, 2]])  # an anchor, then two staircases of 2-step phases
+    end = torch.tensor([[8, 6, 2], [8, 8, 4]])
+    got = trajectory_target(teacher, x, cond, neg, sigmas, n, end, 2.0)
+    for b in range(2):
+        z, at = x[b:b + 1].clone(), n[b].tolist()
+        for _ in range(2):
+            tt = torch.tensor([[float(t_of[i]) for i in at]])
+            vg = teacher(z, tt, neg[b:b + 1]) + 2.0 * (teacher(z, tt, cond[b:b + 1]) - teacher(z, tt, neg[b:b + 1]))
+            nxt = [min(i + 1, e) for i, e in zip(at, end[b].tolist())]
+            dt = torch.tensor([float(sigmas[j] - sigmas[i]) for i, j in zip(at, nxt)])
+            z, at = z + dt.view(1, 1, 3, 1, 1) * vg, nxt
+        for f in range(3):
+            span = float(sigmas[end[b, f]] - sigmas[n[b, f]])
+            want = (z[0, :, f] - x[b, :, f]) / span if span else torch.zeros(3, 1, 1)
+            torch.testing.assert_close(got[b, :, f], want, rtol=1e-5, atol=1e-6)
+
+    def flat(x, t, context):  # per-sample timesteps [B]
+        return torch.tanh(x) * (t.view(-1, 1, 1, 1, 1) / 1000) + context
+
+    m = torch.tensor([3, 6])
+    torch.testing.assert_close(trajectory_target(flat, x, cond, neg, sigmas, m, m + 1, 2.0),
+                               consistency_target(flat, flat, x, cond, neg, sigmas, m, m + 1, 2.0))
+
+
+def test_trajectory_target_of_two_point_masses_points_at_the_guided_point():
+    """The guided field of two point masses has straight paths, so from every student point the whole phase's
+    teacher walk ends on the line to the guided point: the target is the velocity towards it."""
+    g = torch.Generator().manual_seed(6)
+    c1, c0 = torch.randn(2, 4, 8, generator=g), torch.randn(2, 4, 8, generator=g)
+    cond, uncond = _point_mass(c1), _point_mass(c0)
+
+    def teacher(x, t, context):
+        return torch.where(context.view(-1, 1, 1) > 0, cond(x, t, context), uncond(x, t, context))
+
+    guided_point = c0 + 3.0 * (c1 - c0)
+    sigmas = teacher_sigmas(12, 3.0)
+    for start in (0, 4, 8):
+        idx = torch.tensor([start, start])
+        s = sigmas[idx].float().view(-1, 1, 1)
+        x = (1 - s) * guided_point + s * torch.randn(2, 4, 8, generator=g)
+        v = trajectory_target(teacher, x, torch.ones(2), torch.zeros(2), sigmas, idx, phase_end(idx, 12, 3), 3.0)
+        torch.testing.assert_close(v, (x - guided_point) / s, rtol=1e-5, atol=1e-5)
 
 
 def test_losses():

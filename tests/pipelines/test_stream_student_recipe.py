@@ -1,18 +1,40 @@
-"""The streaming student recipe's decoder step: windows of the wrapping clips beside ordinary clips, and a decoder
-fine-tuned on them with the release's encoder left as it was."""
+"""The streaming student recipe: its distillation config is a valid training config with the objective asked for;
+its decoder step shows windows of the wrapping clips beside ordinary clips, and fine-tunes a decoder on them with the
+release's encoder left as it was."""
 
 from __future__ import annotations
 
 import shutil
 
+import pytest
 import torch
-from stream_student import DECODER_FRAMES, DECODER_STARTS, VAE_FILE, decoder_manifest, wrap_decoder
+from stream_student import (
+    DECODER_FRAMES,
+    DECODER_STARTS,
+    STUDENT_CONFIG,
+    VAE_FILE,
+    decoder_manifest,
+    wrap_decoder,
+)
 
 from openwan.data.buckets import Bucket
 from openwan.data.dataset import load_clip
 from openwan.data.manifest import read_manifest
 from openwan.models.vae import WanVAE
 from openwan.pipelines.components import BUNDLED
+from openwan.train import load_config
+
+
+@pytest.mark.parametrize("objective", ["consistency", "trajectory"])
+def test_the_student_config_distils_on_the_anchored_staircase_with_the_objective_asked_for(tmp_path, objective):
+    text = STUDENT_CONFIG.format(cache=tmp_path / "cache", teacher=tmp_path / "teacher", guide=1.5, teacher_steps=20,
+                                 student_steps=4, shift=3.0, steps=500, batch=16, lr=5e-5, objective=objective,
+                                 anchor=1.0, compile="false", out=tmp_path / "run")
+    (tmp_path / "student.yaml").write_text(text)
+    cfg = load_config(tmp_path / "student.yaml")
+    d = cfg.distill
+    assert (d.objective, d.staircase, d.teacher_steps, d.student_steps, d.guide_scale) == (objective, True, 20, 4, 1.5)
+    assert cfg.timesteps.anchor == 1.0 and cfg.stages[0].steps == 500
 
 
 def test_the_decoder_sees_wrapping_clips_at_three_offsets_beside_ordinary_ones(tmp_path):

@@ -72,11 +72,15 @@ def _error_to_teacher(model, teacher, batches, steps: int, guide: float) -> floa
     return total / len(batches)
 
 
-def test_distillation_brings_the_student_to_the_guided_teacher(tmp_path, teacher_dir):
+@pytest.mark.parametrize("objective", ["consistency", "trajectory"])
+def test_distillation_brings_the_student_to_the_guided_teacher(tmp_path, teacher_dir, objective):
     batches = _batches()
     teacher = WanDiT.from_pretrained(teacher_dir, dtype=torch.float32)
     trainer = Trainer(_cfg(tmp_path, teacher_dir, "stages.0.steps=40", "stages.0.batch_size=4", "optim.lr=3e-3",
-                           "ema.decay=0.9"), data=ListBatches(batches))
+                           "ema.decay=0.9", f"distill.objective={objective}"), data=ListBatches(batches))
+    if objective == "trajectory":  # pairs start at the student's points: 0 and 4 of the teacher's 8 steps
+        n, _ = trainer.distill._draw(trainer, batches[0]["latents"])
+        assert set(n.tolist()) <= {0, 4}
     before = _error_to_teacher(trainer.dit.eval(), teacher, batches, 2, 1.0)  # the student starts as the teacher
     naive = _error_to_teacher(teacher, teacher, batches, 2, SCALE)  # the teacher itself in 2 guided steps
     trainer.fit()
@@ -174,6 +178,7 @@ def test_an_expert_student_needs_a_two_expert_teacher(tmp_path, teacher_dir):
     ("distill.shift=0", "distill.shift"),
     ("distill.huber_c=0", "distill.huber_c"),
     ("ema.decay=0", "distill.target"),  # the ema target needs the run's EMA
+    ("distill.objective=dmd", "distill.objective"),
 ])
 def test_bad_settings_name_their_field(tmp_path, teacher_dir, override, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):

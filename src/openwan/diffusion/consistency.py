@@ -15,6 +15,11 @@ LCM / VideoLCM family, adapted to rectified flow:
 
 With S = 1 the only phase ends at σ = 0 and f is the x0 prediction: LCM. With S steps and a perfect student, an
 Euler run on the student's grid lands on the teacher's guided trajectory at every student point.
+
+:func:`trajectory_target` is the same fixed point reached without bootstrapping (regression on the teacher's ODE, as
+CausVid and Self-Forcing initialise their students): from a student point σ_n the teacher walks the whole phase,
+N/S guided Euler steps, and the student is trained to jump there in one. It costs N/S teacher steps per pair
+instead of one plus a target evaluation, needs no EMA target, and trains the student only where it is sampled.
 """
 
 from __future__ import annotations
@@ -108,6 +113,28 @@ def consistency_target(teacher: Model, target_model: Model, x_n: torch.Tensor, c
         return (f_target - x_n) / span.masked_fill(span == 0, 1.0)
 
 
+def trajectory_target(teacher: Model, x_n: torch.Tensor, context: torch.Tensor, context_negative: torch.Tensor,
+                      sigmas: torch.Tensor, n: torch.Tensor, end: torch.Tensor, scale: float) -> torch.Tensor:
+    """The velocity that jumps x_n to where the guided teacher's Euler steps n -> n+1 -> ... -> end take it.
+
+    As :func:`consistency_target` (sigmas, n, end per sample [B] or per latent frame [B, F]; frames at the grid's
+    last index N are context, their target 0), but the teacher walks all of n's phase: max(end − n) guided
+    evaluations, each sample or frame stopping at its own end (from student points, N/S for every batch, so every
+    process of a sharded teacher runs alike). Computed without gradients."""
+    with torch.no_grad():
+        last = sigmas.numel() - 1
+        end = end.clamp(max=last)
+        t = grid_timesteps(sigmas)
+        x, index = x_n, n
+        for _ in range(int((end - n).max())):
+            after = (index + 1).clamp(max=end)
+            v_g = guided_velocity(teacher, x, t[index].to(x_n.device), context, context_negative, scale)
+            x = jump(x, v_g.float(), sigmas[index], sigmas[after])
+            index = after
+        span = per_sample(sigmas[end] - sigmas[n], x_n)
+        return (x - x_n) / span.masked_fill(span == 0, 1.0)
+
+
 def consistency_loss(v_pred: torch.Tensor, v_target: torch.Tensor, kind: str = "l2",
                      huber_c: float = 0.03, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The distance between the student's velocity and the target's (float32 scalar, the batch mean).
@@ -131,4 +158,4 @@ def consistency_loss(v_pred: torch.Tensor, v_target: torch.Tensor, kind: str = "
 
 
 __all__ = ["Model", "consistency_loss", "consistency_target", "grid_timesteps", "guided_velocity", "jump",
-           "per_sample", "phase_end", "student_sigmas", "teacher_sigmas"]
+           "per_sample", "phase_end", "student_sigmas", "teacher_sigmas", "trajectory_target"]

@@ -7,6 +7,9 @@
     v* = consistency_target(teacher (guided), target (EMA or online student), x_n, n, end of n's phase),
     loss = |student(x_n, σ_n) − v*|²  (or pseudo-Huber)
 
+With ``objective: trajectory`` n is a student point and v* = trajectory_target(teacher (guided), x_n, n, end): the
+teacher walks the whole phase (N/S guided steps), no target model.
+
 The draws (n, ε) come from the trainer's per-sample generators (``noise`` stream), so a distillation run resumes
 bit for bit and draws the same at any number of data-parallel processes. Under torchrun the teacher is parallelized
 as the student is (:meth:`Teacher.shard`: context parallel, and FSDP2 shards with ``parallel.fsdp``, so each process
@@ -31,6 +34,7 @@ from openwan.diffusion.consistency import (
     per_sample,
     phase_end,
     teacher_sigmas,
+    trajectory_target,
 )
 from openwan.diffusion.objective import token_timesteps
 from openwan.diffusion.staircase import draw_staircase_indices
@@ -225,10 +229,14 @@ class Distillation:
         if cfg.guide_scale != 1.0:
             empty = self.negative_context(trainer, batch).to(context)  # [L', D]
             negative = empty[None].expand(x0.shape[0], -1, -1)
-        swap = trainer.ema.swapped_in() if cfg.target == "ema" else contextlib.nullcontext()
-        with swap, _autocast(device, trainer.autocast_dtype):
-            v_target = consistency_target(teacher, student, x_n, context, negative, self.sigmas, n, end,
-                                          cfg.guide_scale)
+        if cfg.objective == "trajectory":
+            with _autocast(device, trainer.autocast_dtype):
+                v_target = trajectory_target(teacher, x_n, context, negative, self.sigmas, n, end, cfg.guide_scale)
+        else:
+            swap = trainer.ema.swapped_in() if cfg.target == "ema" else contextlib.nullcontext()
+            with swap, _autocast(device, trainer.autocast_dtype):
+                v_target = consistency_target(teacher, student, x_n, context, negative, self.sigmas, n, end,
+                                              cfg.guide_scale)
         t_n = grid_timesteps(self.sigmas)[n].to(device)
         with _autocast(device, trainer.autocast_dtype):
             v_pred = student(x_n, t_n, context)
@@ -242,7 +250,8 @@ class Distillation:
         """Each sample's teacher grid index n [B] (int64; [B, F] on the staircase or with anchors) and noise ε like
         x0, on the CPU, from its own generator. An anchored sample (``timesteps.anchor``, :meth:`anchored
         <openwan.train.step_inputs.StepInputs.anchored>`) has its first latent frame at the grid's end N (σ 0) and
-        the rest drawn as for a window one frame shorter."""
+        the rest drawn as for a window one frame shorter. With ``objective: trajectory`` each draw is moved back to
+        the start of its phase (a student point), so the generators draw the same as for consistency."""
         cfg, pt = self.cfg, self.teacher.base.cfg.patch_size[0]
         frames = x0.shape[2]
         anchored = trainer.anchored(x0.shape[0])
@@ -259,6 +268,8 @@ class Distillation:
                 n = torch.randint(cfg.teacher_steps, (1,), generator=gen)
             else:
                 n = self.starts[torch.randint(self.starts.numel(), (1,), generator=gen)]
+            if cfg.objective == "trajectory":
+                n = n - n % (cfg.teacher_steps // cfg.student_steps)
             if anchor:
                 n = torch.cat([torch.full((pt,), cfg.teacher_steps, dtype=torch.int64), n.expand(rest)])
             index.append(n.expand(frames)[None] if per_frame else n)

@@ -25,6 +25,9 @@ class DistillConfig:
     sampled at guidance 1). ``negative_prompt``: the teacher's unconditional prompt (None: the empty prompt, as the
     text cache stores it). ``teacher_steps`` N: the teacher's Euler grid, one guided step per training pair;
     ``student_steps`` S (dividing N): the student's grid, every (N/S)-th teacher point; both grids use ``shift``.
+    ``objective``: ``consistency`` (a pair starts at any teacher point; one guided teacher step, then the target
+    model to the phase's end) or ``trajectory`` (a pair starts at a student point and the guided teacher walks the
+    whole phase, N/S steps: regression on the teacher's ODE, no bootstrapping; ``target`` is then unused).
     ``target``: ``ema`` (the run's EMA, ``ema.decay``, gives the consistency target) or ``online`` (the student
     itself without gradients). ``loss``: ``l2`` or ``pseudo_huber`` with ``huber_c``. ``expert``: with a
     two-expert teacher, train the student expert of one side of its boundary (``high``: the student steps that start
@@ -43,6 +46,7 @@ class DistillConfig:
     teacher_steps: int = 16
     student_steps: int = 4
     shift: float = 3.0
+    objective: Literal["consistency", "trajectory"] = "consistency"
     target: Literal["ema", "online"] = "ema"
     loss: Literal["l2", "pseudo_huber"] = "l2"
     huber_c: float = 0.03
@@ -59,7 +63,9 @@ def validate_distill(d: DistillConfig, ema_decay: float, name: str = "distill") 
     check(1 <= d.student_steps <= d.teacher_steps and d.teacher_steps % d.student_steps == 0, f"{name}.student_steps",
           f"an integer >= 1 that divides {name}.teacher_steps ({d.teacher_steps})", d.student_steps)
     check(math.isfinite(d.shift) and d.shift > 0, f"{name}.shift", "a positive number", d.shift)
-    check(d.target == "online" or ema_decay > 0, f"{name}.target",
+    check(d.objective in ("consistency", "trajectory"), f"{name}.objective", "consistency or trajectory",
+          d.objective)
+    check(d.objective == "trajectory" or d.target == "online" or ema_decay > 0, f"{name}.target",
           "online when ema.decay is 0 (the ema target is the run's EMA; set ema.decay > 0 to use it)", d.target)
     check(math.isfinite(d.huber_c) and d.huber_c > 0, f"{name}.huber_c", "a positive number", d.huber_c)
     check(not (d.staircase and d.expert is not None), f"{name}.expert",
