@@ -149,3 +149,29 @@ def test_random_windows_need_a_cache_and_one_window_length(tmp_path):
     with pytest.raises(ValueError, match=r"window: random cuts windows from a latent cache"):
         Trainer(cfg).fit()
     assert not list((tmp_path / "run").glob("step-*"))
+
+
+def test_workers_that_decode_video_are_spawned(tmp_path, monkeypatch):
+    """A manifest source's workers decode video: they start as fresh processes, since a worker forked after the
+    process has used FFmpeg can hang in it (PyAV 18.1.1). Their batches are the ones the same source gives without
+    workers."""
+    from openwan.data import sources
+
+    contexts = []
+
+    class Recorded(torch.utils.data.DataLoader):
+        def __init__(self, *args, **kwargs):
+            contexts.append(kwargs.get("multiprocessing_context"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(sources, "DataLoader", Recorded)
+    manifest = _manifest(tmp_path, bad=False)
+
+    def first_batches(workers: int) -> list[torch.Tensor]:
+        source = sources.bucket_source(manifest=str(manifest), cache_dir=None, buckets=[[5, 32, 32]], batch_size=2,
+                                       seed=0, num_workers=workers)
+        return [batch["video"] for batch, _ in zip(source, range(2))]
+
+    spawned, inline = first_batches(1), first_batches(0)
+    assert contexts == ["spawn", None] and len(spawned) == 2
+    assert all(torch.equal(a, b) for a, b in zip(spawned, inline))
