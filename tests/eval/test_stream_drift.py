@@ -103,9 +103,16 @@ def check_switch(switch: dict, video: torch.Tensor, end: int, target: dict, wind
         seen = detect(video[s:s + window])
         return all(getattr(seen, k) == v for k, v in target.items())
 
-    held = [s for s in range(frame, end - hold + 1) if all(shows(u) for u in range(s, s + hold - window + 1))]
-    expected = None if not held else (held[0] - frame) / 16
+    def latency(reads):
+        held = [s for s in range(frame, end - hold + 1) if all(reads(u) for u in range(s, s + hold - window + 1))]
+        return None if not held else (held[0] - frame) / 16
+
+    expected = latency(shows)
     assert switch["latency_s"] == expected
+    for key, value in target.items():  # each attribute read and held alone
+        assert switch["latency_by_attribute_s"][key] == latency(lambda s, k=key, v=value: getattr(
+            detect(video[s:s + window]), k) == v)
+    assert list(switch["latency_by_attribute_s"]) == list(target)
     assert (switch["status"] == "followed") == (expected is not None)
     firsts = [s for s in range(frame, end - window + 1) if shows(s)]
     assert switch["first_match_s"] == (None if not firsts else (firsts[0] - frame) / 16)

@@ -16,7 +16,8 @@ minutes of video are 9600 frames at 16 fps; none of them is held for long):
   sliding window of ``switch_window`` frames starting at T or later, sees the new prompt's colour (and its shape
   and motion where they differ from the previous prompt's) and keeps seeing it over ``hold_seconds`` of video.
   A window's time is its first frame, so a switch followed at once has latency 0. None when that never happens
-  before the next switch or the end.
+  before the next switch or the end. Each compared attribute also gets its own latency, read and held alone
+  (``latency_by_attribute_s``), which tells a slow attribute from a slow switch.
 
 :func:`drift_table` renders a report as a markdown table, one row per bucket; :func:`summary_lines` gives the
 speed and switch lines.
@@ -149,10 +150,12 @@ def summary_lines(report: dict) -> list[str]:
            f"{s['load_average_1min'][0]:.2f} -> {s['load_average_1min'][1]:.2f}"]
     for w in report["switches"]:
         what = f"switch at {w['time_s']:.2f} s to {w['prompt']!r} ({', '.join(w['compared']) or '-'}): "
+        each = ", ".join(f"{a} {'-' if t is None else f'{t:.2f} s'}" for a, t in w["latency_by_attribute_s"].items())
         if w["latency_s"] is not None:
-            out.append(what + f"followed after {w['latency_s']:.2f} s (held {report['settings']['hold_seconds']:g} s)")
+            what += f"followed after {w['latency_s']:.2f} s (held {report['settings']['hold_seconds']:g} s)"
         else:
-            out.append(what + w["status"])
+            what += w["status"]
+        out.append(what + (f"; each alone: {each}" if each else ""))
     out += [f"{name}: {why}" for name, why in report["not_measured"].items()]
     return out
 
@@ -289,42 +292,64 @@ class _Watch:
         # motion is called over a shorter span than a clip: the same speed moves the object proportionally less
         self.still = still_threshold * (window - 1) / (clip_frames - 1)
         self.need = max(0, round(hold_seconds * fps) - window)  # later window starts that must match too
-        self.run = self.first_match = self.latency = None
+        self.held = _Held(self.need)  # all compared attributes at once: the switch's latency
+        self.each = {a: _Held(self.need) for a in self.compared}  # each attribute on its own
+        self.first_match = None
         self.checked = 0
 
     def feed(self, start: int, recent) -> None:
         """Judge the window of ``recent`` frames starting at video frame ``start``."""
-        if (self.latency is not None or not self.compared or start < self.frame
-                or start + self.window > self.end):
+        if (all(h.frame is not None for h in (self.held, *self.each.values())) or not self.compared
+                or start < self.frame or start + self.window > self.end):
             return
         seen = detect(torch.stack(list(recent)), still_threshold=self.still, wrap=True)
         self.checked += 1
-        if all(getattr(seen, a) == self.target[ATTRIBUTES.index(a)] for a in self.compared):
-            self.run = start if self.run is None else self.run
-            self.first_match = start if self.first_match is None else self.first_match
-            if start - self.run >= self.need:
-                self.latency = (self.run - self.frame) / self.fps
-        else:
-            self.run = None
+        ok = {a: getattr(seen, a) == self.target[ATTRIBUTES.index(a)] for a in self.compared}
+        for a, held in self.each.items():
+            held.feed(start, ok[a])
+        if all(ok.values()) and self.first_match is None:
+            self.first_match = start
+        self.held.feed(start, all(ok.values()))
 
     def result(self) -> dict:
         """The switch's row of the report."""
         if not self.compared:
             status = "not judged: the prompt names no colour, shape and motion of the demo data"
-        elif self.latency is not None:
+        elif self.held.frame is not None:
             status = "followed"
         elif self.checked == 0:
             status = "not reached: the measured video ends too soon after the switch"
-        elif self.run is not None:
+        elif self.held.run is not None:
             status = "matching at the end, but for less than the hold time"
         else:
             status = "not followed within the measured video"
         return {"time_s": self.time_s, "frame": self.frame, "prompt": self.prompt,
                 "target": None if self.target is None else dict(zip(ATTRIBUTES, self.target)),
-                "compared": self.compared, "latency_s": None if self.latency is None else round(self.latency, 4),
-                "first_match_s": None if self.first_match is None else round((self.first_match - self.frame)
-                                                                               / self.fps, 4),
+                "compared": self.compared, "latency_s": self._seconds(self.held.frame),
+                "latency_by_attribute_s": {a: self._seconds(h.frame) for a, h in self.each.items()},
+                "first_match_s": self._seconds(self.first_match),
                 "windows_checked": self.checked, "status": status}
+
+    def _seconds(self, start: int | None) -> float | None:
+        """A window start as seconds after the switch."""
+        return None if start is None else round((start - self.frame) / self.fps, 4)
+
+
+class _Held:
+    """The first window start from which a reading holds: matching windows in a row spanning ``need`` frames."""
+
+    def __init__(self, need: int):
+        self.need, self.run, self.frame = need, None, None
+
+    def feed(self, start: int, ok: bool) -> None:
+        if self.frame is not None:
+            return
+        if not ok:
+            self.run = None
+            return
+        self.run = start if self.run is None else self.run
+        if start - self.run >= self.need:
+            self.frame = self.run
 
 
 def _buckets(rows: list[dict], total: int, bucket: int, fps: float) -> list[dict]:
