@@ -45,7 +45,7 @@ from openwan.train.checkpoint import checkpoint_dit, export_dit, latest_checkpoi
 
 WINDOW, SHIFT = 5, 3.0  # 17 frames: 5 latent frames, the stream's window; the demo's sampling shift
 CLIP_FRAMES = 49  # the synthetic clips' length: 13 latent frames, 9 window positions
-TEACHER_STEPS, STUDENT_PER_SHIFT = 20, 1  # the teacher's steps per latent frame; the student's sub-steps per shift
+TEACHER_STEPS = 20  # the teacher's steps per latent frame (on the staircase it was fine-tuned on)
 VAE_FILE = "Wan2.1_VAE.pth"
 DECODER_FRAMES, DECODER_STARTS = 9, (0.0, 1.25, 2.5)  # s: windows at frames 0, 20 and 40 of a 49-frame clip
 
@@ -170,11 +170,15 @@ def main(argv: list[str] | None = None) -> int:
                              "latent frame, clean); above 0, the student is distilled on anchored windows alone and "
                              "streams with --anchor: the staircase walks the 4 frames after it (0: no anchor)")
     parser.add_argument("--student-steps", type=int, default=500, help="distillation steps (0: ship the teacher, "
-                                                                       "streamed at 1 sub-step per shift)")
+                                                                       "streamed at --jumps-per-shift sub-steps)")
     parser.add_argument("--student-lr", type=float, default=5e-5)
     parser.add_argument("--objective", choices=("consistency", "trajectory"), default="consistency",
                         help="the distillation objective (distill.objective): consistency, or regression on the "
                              "teacher's whole walk of each shift (trajectory)")
+    parser.add_argument("--jumps-per-shift", type=int, default=1,
+                        help="the student's sub-steps per queue shift (DiT evaluations per latent frame); the "
+                             "teacher's grid is refined to 20 x this many steps so that each jump spans as many "
+                             "teacher steps")
     parser.add_argument("--guide-scale", type=float, default=1.5, help="the teacher's guidance, folded in")
     parser.add_argument("--decoder-steps", type=int, default=800,
                         help="fine-tuning steps of the release's VAE decoder on objects that cross the frame's "
@@ -182,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT's blocks")
     args = parser.parse_args(argv)
+    jumps = args.jumps_per_shift
+    if jumps < 1:
+        raise ValueError(f"--jumps-per-shift {jumps}: give 1 or more sub-steps per queue shift.")
+    if not 0 <= args.anchor <= 1:
+        raise ValueError(f"--anchor {args.anchor} is not a share of the samples; give a number from 0 to 1.")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     low = args.release / "low_noise_model"
@@ -189,8 +198,6 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"{args.release} is not a two-expert release (no low_noise_model/); give --release.")
     cache = (args.cache or build_caches(work, args.release, args.clips, args.captions)).resolve()
     compile_blocks = "true" if args.compile else "false"
-    if not 0 <= args.anchor <= 1:
-        raise ValueError(f"--anchor {args.anchor} is not a share of the samples; give a number from 0 to 1.")
     anchored = args.anchor > 0
     groups = WINDOW - anchored  # the staircase's frames: the window's, less the anchor's slot
     per_shift = TEACHER_STEPS // groups
@@ -207,17 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.student_steps > 0:
         student_yaml = work / "stream-student.yaml"
         student_yaml.write_text(STUDENT_CONFIG.format(
-            cache=cache, teacher=teacher_dir, guide=args.guide_scale, teacher_steps=TEACHER_STEPS,
-            student_steps=groups * STUDENT_PER_SHIFT, shift=SHIFT, steps=args.student_steps, batch=args.batch_size,
+            cache=cache, teacher=teacher_dir, guide=args.guide_scale, teacher_steps=TEACHER_STEPS * jumps,
+            student_steps=groups * jumps, shift=SHIFT, steps=args.student_steps, batch=args.batch_size,
             lr=args.student_lr, objective=args.objective, anchor=1.0 if anchored else 0.0, compile=compile_blocks,
             out=student_run))
         _train(student_yaml)
         student = checkpoint_dit(latest_checkpoint(student_run))
-        settings = StreamConfig(window=WINDOW, steps_per_shift=STUDENT_PER_SHIFT, sample_shift=SHIFT, guide_scale=1.0,
+        settings = StreamConfig(window=WINDOW, steps_per_shift=jumps, sample_shift=SHIFT, guide_scale=1.0,
                                 anchor=anchored)
     else:
         student = checkpoint_dit(latest_checkpoint(work / "teacher-run"))
-        settings = StreamConfig(window=WINDOW, steps_per_shift=STUDENT_PER_SHIFT, sample_shift=SHIFT,
+        settings = StreamConfig(window=WINDOW, steps_per_shift=jumps, sample_shift=SHIFT,
                                 guide_scale=args.guide_scale, anchor=anchored)
     # bfloat16 as the release's own DiTs (the loaders upcast)
     print(f"wrote {save_student(args.release, student, settings, dtype=torch.bfloat16)}")

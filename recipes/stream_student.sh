@@ -7,7 +7,8 @@
 # Environment: RELEASE (default: the bundled model), CACHE (existing latent + text caches of the release's
 # encoders, e.g. the demo recipe's WORK/cache; default: synthesise and encode CLIPS clips), CAPTIONS (templates or
 # varied, as the release was trained on), TEACHER_STEPS, STUDENT_STEPS (0: ship the staircase teacher itself),
-# GUIDE_SCALE (the guidance folded into the student), OBJECTIVE (distill.objective: consistency or trajectory),
+# GUIDE_SCALE (the guidance folded into the student), OBJECTIVE (distill.objective: consistency or trajectory), JUMPS
+# (the student's sub-steps per queue shift, 1 by default),
 # ANCHOR (the share of the teacher's windows that follow a clean anchor frame, 0.8 by default; above 0 the student
 # streams anchored, 0 makes an unanchored one), DECODER_STEPS (the release's VAE decoder fine-tuned on objects that
 # cross the frame's edges, encoder frozen; 0 keeps the release's).
@@ -21,5 +22,5 @@ mkdir -p "$WORK"
 $PY "$(dirname "$0")/stream_student.py" "$WORK" ${RELEASE:+--release "$RELEASE"} ${CACHE:+--cache "$CACHE"} \
   ${CLIPS:+--clips "$CLIPS"} ${CAPTIONS:+--captions "$CAPTIONS"} ${TEACHER_STEPS:+--teacher-steps "$TEACHER_STEPS"} \
   ${STUDENT_STEPS:+--student-steps "$STUDENT_STEPS"} ${GUIDE_SCALE:+--guide-scale "$GUIDE_SCALE"} \
-  ${OBJECTIVE:+--objective "$OBJECTIVE"} ${ANCHOR:+--anchor "$ANCHOR"} ${DECODER_STEPS:+--decoder-steps "$DECODER_STEPS"} \
+  ${OBJECTIVE:+--objective "$OBJECTIVE"} ${JUMPS:+--jumps-per-shift "$JUMPS"} ${ANCHOR:+--anchor "$ANCHOR"} ${DECODER_STEPS:+--decoder-steps "$DECODER_STEPS"} \
   ${COMPILE:+--compile} 2>&1 | tee -a "$WORK/recipe.log"

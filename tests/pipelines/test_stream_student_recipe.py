@@ -14,6 +14,7 @@ from stream_student import (
     STUDENT_CONFIG,
     VAE_FILE,
     decoder_manifest,
+    main,
     wrap_decoder,
 )
 
@@ -35,6 +36,13 @@ def test_the_student_config_distils_on_the_anchored_staircase_with_the_objective
     d = cfg.distill
     assert (d.objective, d.staircase, d.teacher_steps, d.student_steps, d.guide_scale) == (objective, True, 20, 4, 1.5)
     assert cfg.timesteps.anchor == 1.0 and cfg.stages[0].steps == 500
+
+
+@pytest.mark.parametrize("flag,value", [("--jumps-per-shift", "0"), ("--anchor", "1.5")])
+def test_the_recipe_refuses_bad_settings_before_making_anything(tmp_path, flag, value):
+    with pytest.raises(ValueError, match=flag):
+        main([str(tmp_path / "work"), flag, value])
+    assert not (tmp_path / "work").exists()
 
 
 def test_the_decoder_sees_wrapping_clips_at_three_offsets_beside_ordinary_ones(tmp_path):
