@@ -75,23 +75,24 @@ class SamplerLoader:
 
     Workers prefetch, so the sampler runs ahead of training; the state handed out is the sampler's position after
     the batches the trainer actually took (``state_dict(consumed=n)``). One pass is one epoch: the sampler moves
-    to the next epoch itself, and the trainer iterates again. ``spawn``: start the workers as fresh processes
-    (for datasets that decode video: a worker forked after the process has used FFmpeg, e.g. to write a sample
-    video, can wait forever on a lock FFmpeg held; PyAV 18.1.1 does).
+    to the next epoch itself, and the trainer iterates again. The workers of a dataset that decodes video
+    (:class:`VideoClipDataset`) start as fresh processes: a worker forked after the process has used FFmpeg, e.g.
+    to write a sample video, can wait forever on a lock FFmpeg held (PyAV 18.1.1 does).
     """
 
-    def __init__(self, dataset, batch_sampler, collate_fn, num_workers: int = 0, seed: int = 0, spawn: bool = False):
+    def __init__(self, dataset, batch_sampler, collate_fn, num_workers: int = 0, seed: int = 0):
         self.dataset, self.batch_sampler, self.collate_fn = dataset, batch_sampler, collate_fn
-        self.num_workers, self.seed, self.spawn = num_workers, seed, spawn
+        self.num_workers, self.seed = num_workers, seed
         self._state = _json_copy(batch_sampler.state_dict())
 
     def __iter__(self) -> Iterator[dict | None]:
         # An own generator, seeded by the epoch: worker seeds must not draw from torch's global generator, and a
         # resumed run must give its workers the seeds the uninterrupted run gave them.
         generator = torch.Generator().manual_seed(self.seed + int(self._state.get("epoch", 0)))
+        spawn = self.num_workers > 0 and isinstance(self.dataset, VideoClipDataset)
         loader = DataLoader(self.dataset, batch_sampler=self.batch_sampler, collate_fn=self.collate_fn,
                             num_workers=self.num_workers, generator=generator,
-                            multiprocessing_context="spawn" if self.spawn and self.num_workers else None)
+                            multiprocessing_context="spawn" if spawn else None)
         for consumed, batch in enumerate(loader, 1):
             self._state = _json_copy(self.batch_sampler.state_dict(consumed=consumed))
             yield batch
@@ -151,8 +152,7 @@ def bucket_source(*, manifest: str | None, cache_dir: str | None, buckets: Seque
     # Cut into global batches of batch_size (the same plan for any dp_size), each split over the dp ranks.
     sampler = BucketBatchSampler(assignments, batch_size // dp_size, seed=seed, image_video_ratio=image_video_ratio,
                                  rank=dp_rank, world_size=dp_size, weights=weights)
-    return SamplerLoader(dataset, sampler, collate, num_workers=num_workers, seed=seed,
-                         spawn=isinstance(dataset, VideoClipDataset))
+    return SamplerLoader(dataset, sampler, collate, num_workers=num_workers, seed=seed)
 
 
 def clip_loader(manifest: str, frames: int, size: int, *, fps: float, batch_size: int, num_workers: int,
@@ -169,7 +169,7 @@ def clip_loader(manifest: str, frames: int, size: int, *, fps: float, batch_size
                          "the frames (--frames) or the batch size (--batch-size).")
     dataset = VideoClipDataset(records, assignments, fps=fps)
     sampler = BucketBatchSampler(assignments, batch_size, seed=seed, weights=record_weights(records))
-    return SamplerLoader(dataset, sampler, collate, num_workers=num_workers, seed=seed, spawn=True)
+    return SamplerLoader(dataset, sampler, collate, num_workers=num_workers, seed=seed)
 
 
 def record_weights(records: Sequence[ClipRecord]) -> list[float] | None:
