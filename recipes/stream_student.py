@@ -10,8 +10,10 @@
    (0.8 by default) that share of the windows follow the clip's first latent frame, given clean
    (``timesteps.anchor``), and the staircase walks the 4 frames after it (5 sub-steps per shift; without an anchor
    the 5 frames of the window, 4 sub-steps per shift);
-3. the student: that teacher, guided, distilled into one sub-step per shift (``distill.staircase``: 4 steps per
-   latent frame on anchored windows, 5 without, its guidance folded in);
+3. the student: that teacher, guided, distilled into ``--jumps-per-shift`` sub-steps per shift (2 by default:
+   ``distill.staircase``, 8 steps per latent frame on anchored windows, 10 without, its guidance folded in), each
+   jump regressed onto the teacher's own walk of it on a grid of 20 x that many steps (``distill.objective:
+   trajectory``);
 4. the student written into the release's ``stream_model/`` with the settings it streams at, where
    ``openwan stream`` picks it up;
 5. the release's VAE decoder fine-tuned for that world (``--decoder-steps``; its encoder frozen, so the latents, the
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                  "them")
     parser.add_argument("--captions", choices=("templates", "varied"), default="varied",
                         help="the captions of the synthetic clips (as the release was trained on)")
-    parser.add_argument("--teacher-steps", type=int, default=1200, help="staircase fine-tuning steps")
+    parser.add_argument("--teacher-steps", type=int, default=3000, help="staircase fine-tuning steps")
     parser.add_argument("--teacher-lr", type=float, default=2e-4)
     parser.add_argument("--staircase", type=float, default=0.7,
                         help="the share of the fine-tuning samples on the staircase (the rest as the release was "
@@ -172,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student-steps", type=int, default=500, help="distillation steps (0: ship the teacher, "
                                                                        "streamed at --jumps-per-shift sub-steps)")
     parser.add_argument("--student-lr", type=float, default=5e-5)
-    parser.add_argument("--objective", choices=("consistency", "trajectory"), default="consistency",
+    parser.add_argument("--objective", choices=("consistency", "trajectory"), default="trajectory",
                         help="the distillation objective (distill.objective): consistency, or regression on the "
                              "teacher's whole walk of each shift (trajectory)")
-    parser.add_argument("--jumps-per-shift", type=int, default=1,
+    parser.add_argument("--jumps-per-shift", type=int, default=2,
                         help="the student's sub-steps per queue shift (DiT evaluations per latent frame); the "
                              "teacher's grid is refined to 20 x this many steps so that each jump spans as many "
                              "teacher steps")
