@@ -193,11 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--jumps-per-shift {jumps}: give 1 or more sub-steps per queue shift.")
     if not 0 <= args.anchor <= 1:
         raise ValueError(f"--anchor {args.anchor} is not a share of the samples; give a number from 0 to 1.")
-    work = args.work.resolve()
-    work.mkdir(parents=True, exist_ok=True)
     low = args.release / "low_noise_model"
     if not (low / "config.json").is_file():
         raise ValueError(f"{args.release} is not a two-expert release (no low_noise_model/); give --release.")
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
     cache = (args.cache or build_caches(work, args.release, args.clips, args.captions)).resolve()
     compile_blocks = "true" if args.compile else "false"
     anchored = args.anchor > 0

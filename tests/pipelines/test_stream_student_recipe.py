@@ -38,8 +38,10 @@ def test_the_student_config_distils_on_the_anchored_staircase_with_the_objective
     assert cfg.timesteps.anchor == 1.0 and cfg.stages[0].steps == 500
 
 
-@pytest.mark.parametrize("flag,value", [("--jumps-per-shift", "0"), ("--anchor", "1.5")])
+@pytest.mark.parametrize("flag,value", [("--jumps-per-shift", "0"), ("--anchor", "1.5"), ("--release", "nothing")])
 def test_the_recipe_refuses_bad_settings_before_making_anything(tmp_path, flag, value):
+    if flag == "--release":
+        value = str(tmp_path / value)
     with pytest.raises(ValueError, match=flag):
         main([str(tmp_path / "work"), flag, value])
     assert not (tmp_path / "work").exists()
